@@ -1,0 +1,36 @@
+# skald: make help lists the targets.
+PY ?= python3.11
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: help install run test lint typecheck fmt check bench
+
+help:  ## list targets
+	@grep -E '^[a-z]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+install:  ## create .venv and install skald with its dev tools
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+
+run: install  ## start the server on ./data (127.0.0.1:8080)
+	$(BIN)/skald serve
+
+test: install  ## run the whole test suite
+	$(BIN)/python -m pytest -q
+
+lint:  ## ruff
+	$(BIN)/ruff check skald tests bench
+	$(BIN)/ruff format --check skald tests bench
+
+typecheck:  ## mypy --strict
+	$(BIN)/mypy
+
+fmt:  ## format and fix
+	$(BIN)/ruff format skald tests bench
+	$(BIN)/ruff check --fix skald tests bench
+
+check: lint typecheck test  ## everything CI checks
+
+bench: install  ## print the benchmark figures
+	for b in bench/*.py; do $(BIN)/python $$b || exit 1; done

@@ -1,0 +1,147 @@
+"""The Quart-trio application: wiring of state, lifespan, middleware and routes.
+
+``create_app(settings)`` builds an app whose lifespan (``before_serving``)
+starts the supervisor inside ``app.nursery`` and whose ``after_serving``
+stops every actor after its queued work (so acknowledged writes are on disk
+before the process exits).
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import structlog
+import trio
+from quart import Quart, Response, request
+from quart_schema import QuartSchema
+from quart_trio import QuartTrio
+
+from skald import __version__
+from skald.auth.tokens import bootstrap_admin
+from skald.config import Settings
+from skald.connection import DocConnection
+from skald.errors import InvalidJSON
+from skald.http_errors import install_error_handlers
+from skald.metrics import Metrics
+from skald.state import AppState, get_state
+from skald.supervisor import Supervisor
+
+log = structlog.get_logger("skald.app")
+
+# Capability modules add themselves here: each entry gets (app, state) once at creation.
+Installer = Callable[[Quart, AppState], None]
+
+
+def _installers() -> list[Installer]:
+    from skald.routes import documents, operations
+
+    installers: list[Installer] = [operations.install, documents.install]
+    # Later capabilities are optional imports so the runtime stands on its own.
+    for module_name in (
+        "skald.routes.admin",
+        "skald.routes.identity",
+        "skald.routes.query",
+        "skald.routes.messages",
+        "skald.routes.streams",
+        "skald.routes.legacy",
+        "skald.routes.webhooks",
+        "skald.routes.leases",
+        "skald.routes.blobs",
+        "skald.routes.sync",
+    ):
+        try:
+            module = __import__(module_name, fromlist=["install"])
+        except ModuleNotFoundError as exc:
+            if exc.name == module_name:
+                continue
+            raise
+        installers.append(module.install)
+    return installers
+
+
+class _Request(QuartTrio.request_class):  # type: ignore[name-defined,misc]
+    def on_json_loading_failed(self, error: Exception) -> Any:
+        raise InvalidJSON(f"request body is not valid JSON: {error}")
+
+
+def create_app(settings: Settings, *, print_admin_token: bool = True) -> QuartTrio:
+    app = QuartTrio("skald")
+    app.request_class = _Request
+    app.config["BACKGROUND_TASK_SHUTDOWN_TIMEOUT"] = settings.grace_seconds
+    app.config["RESPONSE_TIMEOUT"] = None
+    app.config["BODY_TIMEOUT"] = None
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    metrics = Metrics()
+    state = AppState(settings=settings, metrics=metrics, supervisor=Supervisor(settings, metrics))
+    app.extensions["skald"] = state
+    QuartSchema(
+        app,
+        info={"title": "skald", "version": __version__},
+        swagger_ui_path=None,
+        redoc_ui_path=None,
+        scalar_ui_path=None,
+    )
+    install_error_handlers(app)
+    _install_lifespan(app, state, print_admin_token)
+    _install_request_context(app, state)
+    for install in _installers():
+        install(app, state)
+    return app
+
+
+def _install_lifespan(app: QuartTrio, state: AppState, print_admin_token: bool) -> None:
+    @app.before_serving
+    async def start_runtime() -> None:
+        await app.nursery.start(state.supervisor.run)
+        secret = state.settings.admin_token
+
+        def bootstrap(conn: DocConnection) -> str | None:
+            return bootstrap_admin(conn, secret)
+
+        plaintext = await state.supervisor.service.write(bootstrap)
+        if plaintext and print_admin_token:
+            # Printed exactly once, on the first start with an empty token table; never logged.
+            print(
+                f"\nskald: created the admin token (shown once, store it now):\n\n    {plaintext}\n",
+                file=sys.stderr,
+                flush=True,
+            )
+        state.services["bootstrap_admin_token"] = plaintext
+        log.info("skald ready", data_dir=str(state.settings.data_dir), version=__version__)
+
+    @app.after_serving
+    async def stop_runtime() -> None:
+        shutdown: trio.Event | None = state.services.get("shutdown_event")
+        if shutdown is not None:
+            shutdown.set()
+        await state.supervisor.aclose()
+        log.info("skald stopped")
+
+
+def _install_request_context(app: QuartTrio, state: AppState) -> None:
+    @app.before_request
+    async def bind_request() -> None:
+        request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
+        request_id = request_id[:128]
+        structlog.contextvars.clear_contextvars()
+        view_args = request.view_args or {}
+        structlog.contextvars.bind_contextvars(request_id=request_id, db_id=view_args.get("db_id"))
+        request.skald_started = time.perf_counter()  # type: ignore[attr-defined]
+        request.skald_request_id = request_id  # type: ignore[attr-defined]
+
+    @app.after_request
+    async def record_request(response: Response) -> Response:
+        rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        started = getattr(request, "skald_started", None)
+        state.metrics.requests.labels(rule, request.method, str(response.status_code)).inc()
+        if started is not None:
+            state.metrics.request_duration.labels(rule, request.method).observe(time.perf_counter() - started)
+        response.headers["X-Request-Id"] = getattr(request, "skald_request_id", "")
+        return response
+
+
+__all__ = ["create_app", "get_state"]

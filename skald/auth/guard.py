@@ -1,0 +1,148 @@
+"""Authentication of HTTP requests and the ``requires`` route decorator.
+
+Every route that touches a document or the admin API declares its action
+with ``@requires("query.read")``; the decorator authenticates the caller,
+asks :func:`skald.auth.scopes.decide` and stores the principal in
+``g.principal``. The action is kept on the view (``view.skald_action``) so
+the authorization matrix test discovers every route from the route table.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from quart import g, request
+
+from skald.auth.scopes import GLOBAL, Principal, decide
+from skald.auth.tokens import TOKEN_PREFIX, TokenRecord, audit, find_by_secret, touch_token
+from skald.connection import DocConnection
+from skald.errors import ScopeDenied, TokenInvalid, Unauthenticated
+from skald.state import get_state
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+_CACHE_SECONDS = 5.0
+ResourceFn = Callable[[dict[str, Any]], str | None]
+SessionResolver = Callable[[], Awaitable[Principal | None]]
+
+
+class TokenCache:
+    """Short-lived cache of token lookups; revocations through this server clear it at once."""
+
+    def __init__(self) -> None:
+        self._entries: dict[str, tuple[float, TokenRecord | None]] = {}
+
+    def get(self, secret: str) -> tuple[bool, TokenRecord | None]:
+        entry = self._entries.get(secret)
+        if entry is None or entry[0] < time.monotonic():
+            return False, None
+        return True, entry[1]
+
+    def put(self, secret: str, record: TokenRecord | None) -> None:
+        if len(self._entries) > 10_000:
+            self._entries.clear()
+        self._entries[secret] = (time.monotonic() + _CACHE_SECONDS, record)
+
+    def clear(self) -> None:
+        self._entries.clear()
+
+
+def bearer_secret(allow_query_token: bool = False) -> str | None:
+    """The token a request carries: ``Authorization: Bearer <t>`` (or ``?token=`` where allowed)."""
+    header = request.headers.get("Authorization", "").strip()
+    if header:
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() in {"bearer", "token"} and value.strip():
+            return value.strip()
+        if allow_query_token and header.startswith(TOKEN_PREFIX):
+            return header
+    if allow_query_token:
+        token = request.args.get("token")
+        if token:
+            return token
+    return None
+
+
+async def authenticate(*, allow_query_token: bool = False, required: bool = True) -> Principal | None:
+    """Return the caller's principal; raise 401 for a missing, unknown, expired or revoked token."""
+    state = get_state()
+    secret = bearer_secret(allow_query_token)
+    if secret is None:
+        resolver: SessionResolver | None = state.services.get("session_resolver")
+        if resolver is not None:
+            principal = await resolver()
+            if principal is not None:
+                return principal
+        if not required:
+            return None
+        raise Unauthenticated("send Authorization: Bearer <token>")
+    cache: TokenCache = state.services.setdefault("token_cache", TokenCache())
+    hit, record = cache.get(secret)
+    if not hit:
+        record = await state.supervisor.service.read(lambda conn: find_by_secret(conn, secret))
+        cache.put(secret, record)
+        if record is not None and record.state() == "active":
+            token_id = record.id
+            await state.supervisor.service.write(lambda conn: touch_token(conn, token_id))
+    if record is None:
+        raise TokenInvalid("unknown token")
+    token_state = record.state()
+    if token_state != "active":
+        await _audit_denied(record.id, f"token {token_state}")
+        raise TokenInvalid(f"token is {token_state}")
+    return record.principal()
+
+
+async def _audit_denied(subject: str, reason: str) -> None:
+    state = get_state()
+    ip = request.remote_addr or ""
+
+    def write(conn: DocConnection) -> None:
+        audit(conn, "access.denied", subject=subject, detail={"reason": reason, "path": request.path}, ip=ip)
+
+    await state.supervisor.service.write(write)
+
+
+async def authorize(principal: Principal, db_id: str, action: str, resource: str | None = None) -> None:
+    """Raise :class:`ScopeDenied` (403) unless ``principal`` may do ``action``; audit denials."""
+    decision = decide(principal, db_id, action, resource)
+    if not decision.allowed:
+        await _audit_denied(principal.id, decision.reason)
+        raise ScopeDenied(decision.reason, action=action)
+
+
+def requires(
+    action: str,
+    *,
+    resource: ResourceFn | None = None,
+    db_param: str = "db_id",
+    allow_query_token: bool = False,
+) -> Callable[[F], F]:
+    """Declare the action a route needs; authenticate and authorize before the view runs.
+
+    ``resource(view_kwargs)`` names the resource (topic, path, endpoint) when
+    the route has one. Routes without a ``db_param`` are global (``*``).
+    """
+
+    def decorate(view: F) -> F:
+        @functools.wraps(view)
+        async def wrapper(*args: Any, **kwargs: Any) -> Any:
+            principal = await authenticate(allow_query_token=allow_query_token)
+            assert principal is not None
+            db_id = kwargs.get(db_param, GLOBAL)
+            await authorize(principal, db_id, action, resource(kwargs) if resource else None)
+            g.principal = principal
+            return await view(*args, **kwargs)
+
+        wrapper.skald_action = action  # type: ignore[attr-defined]
+        return wrapper  # type: ignore[return-value]
+
+    return decorate
+
+
+def current_principal() -> Principal:
+    principal: Principal = g.principal
+    return principal

@@ -1,0 +1,176 @@
+"""Settings: defaults < TOML file < ``SKALD_*`` environment < command-line flags.
+
+Every setting is one field of :class:`Settings`. Its environment name is
+``SKALD_`` + the upper-cased field name (``log_level`` -> ``SKALD_LOG_LEVEL``).
+In TOML a field may be written flat (``log_level = "info"``) or in a section
+whose name is the field's prefix (``[log] level = "info"``); the ``[server]``
+section holds the bare fields (``[server] port = 8080``). See ``ops/skald.toml``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, get_type_hints
+
+from skald.errors import BadRequest
+
+
+class ConfigError(BadRequest):
+    code = "config_error"
+    title = "Invalid configuration"
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    # server
+    host: str = "127.0.0.1"
+    port: int = 8080
+    data_dir: Path = Path("./data")
+    grace_seconds: float = 10.0
+    # logging
+    log_level: str = "info"
+    log_format: str = "console"  # console | json
+    # runtime
+    idle_timeout: float = 300.0
+    mailbox_size: int = 1024
+    max_batch: int = 256
+    read_pool_size: int = 2
+    synchronous: str = "NORMAL"  # NORMAL | FULL
+    busy_timeout_ms: int = 5000
+    # limits
+    query_timeout_ms: int = 5000
+    query_max_rows: int = 5000
+    query_max_bytes: int = 1024 * 1024
+    message_max_bytes: int = 1024 * 1024
+    webhook_max_bytes: int = 1024 * 1024
+    request_max_bytes: int = 2 * 1024 * 1024
+    sse_heartbeat_seconds: float = 15.0
+    subscriber_buffer: int = 1000
+    # identity
+    admin_token: str | None = None
+    oidc_issuer: str | None = None
+    oidc_client_id: str | None = None
+    oidc_client_secret: str | None = None
+    oidc_redirect_url: str | None = None
+    oidc_owner_claim: str = "email"
+    oidc_admin_claim: str = "skald_admin"
+    cookie_secure: bool = True
+    trusted_proxies: str = ""  # comma-separated IPs/CIDRs whose X-Forwarded-For is believed
+    rate_limit_per_second: float = 50.0
+    rate_limit_burst: int = 100
+    public_rate_per_second: float = 10.0
+    public_rate_burst: int = 20
+    # streams
+    stream_max_wait_seconds: float = 0.0  # 0 = unbounded, as the legacy spec asks
+    switch_timeout_seconds: float = 30.0
+    hook_secret_key: str | None = None
+    # object storage
+    s3_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
+    s3_bucket: str = "skald"
+    s3_access_key_id: str | None = None
+    s3_secret_access_key: str | None = None
+    blob_gc_grace_seconds: float = 86400.0
+
+    @property
+    def service_db_path(self) -> Path:
+        return self.data_dir / "_skald.db"
+
+    @property
+    def documents_dir(self) -> Path:
+        return self.data_dir / "documents"
+
+    def document_path(self, db_id: str) -> Path:
+        return self.documents_dir / f"{db_id}.sqlite3"
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+_TYPES = get_type_hints(Settings)
+
+
+def _coerce(name: str, value: Any) -> Any:
+    hint = _TYPES[name]
+    text = str(value)
+    try:
+        if hint is bool:
+            if isinstance(value, bool):
+                return value
+            lowered = text.strip().lower()
+            if lowered in {"1", "true", "yes", "on"}:
+                return True
+            if lowered in {"0", "false", "no", "off"}:
+                return False
+            raise ValueError(text)
+        if hint is int:
+            return int(value)
+        if hint is float:
+            return float(value)
+        if hint is Path:
+            return Path(text)
+        if value is None or text == "":
+            return None if "None" in str(hint) else text
+        return text
+    except ValueError:
+        raise ConfigError(f"setting {name!r}: cannot read {value!r} as {hint}") from None
+
+
+def _flatten_toml(data: Mapping[str, Any]) -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, Mapping):
+            for sub, subvalue in value.items():
+                name = sub if key == "server" else f"{key}_{sub}"
+                flat[name.replace("-", "_")] = subvalue
+        else:
+            flat[key.replace("-", "_")] = value
+    return flat
+
+
+def load_settings(
+    config_file: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Build :class:`Settings` from every layer.
+
+    ``config_file`` defaults to ``$SKALD_CONFIG`` when set. Unknown TOML keys
+    and unreadable values raise :class:`ConfigError` (a typo must not be
+    silently ignored). ``overrides`` are command-line flags; ``None`` values
+    mean "flag not given".
+    """
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    path = config_file or (Path(env["SKALD_CONFIG"]) if env.get("SKALD_CONFIG") else None)
+    if path is not None:
+        try:
+            raw = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path}: {exc}") from None
+        for name, value in _flatten_toml(raw).items():
+            if name not in _FIELDS:
+                raise ConfigError(f"config file {path}: unknown setting {name!r}")
+            values[name] = _coerce(name, value)
+    for name in _FIELDS:
+        env_name = "SKALD_" + name.upper()
+        if env_name in env:
+            values[name] = _coerce(name, env[env_name])
+    for name, value in (overrides or {}).items():
+        if value is not None:
+            values[name] = _coerce(name, value)
+    settings = Settings(**values)
+    if settings.log_format not in {"console", "json"}:
+        raise ConfigError("log_format must be 'console' or 'json'")
+    if settings.synchronous.upper() not in {"NORMAL", "FULL"}:
+        raise ConfigError("synchronous must be NORMAL or FULL")
+    if settings.mailbox_size < 1 or settings.max_batch < 1 or settings.read_pool_size < 1:
+        raise ConfigError("mailbox_size, max_batch and read_pool_size must be at least 1")
+    return settings

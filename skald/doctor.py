@@ -1,0 +1,81 @@
+"""``skald doctor``: a read-only health report of a data folder.
+
+Opens every database read-only (never through an actor, so it is safe with
+the server running) and reports the service schema, each document's schema
+version and ``PRAGMA quick_check``. Exit code 0 when everything is healthy
+or the folder is simply not initialized yet; 1 when anything is damaged,
+unreadable or newer than this code.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+from skald.errors import MigrationError
+from skald.migrations import check_migrations, latest_version, schema_version
+
+
+def _check_db(path: Path, kind: str) -> dict[str, Any]:
+    report: dict[str, Any] = {"path": str(path), "ok": False}
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    except sqlite3.Error as exc:
+        report["error"] = f"cannot open: {exc}"
+        return report
+    try:
+        report["schema_version"] = schema_version(conn)
+        report["latest_schema_version"] = latest_version(kind)
+        try:
+            pending = check_migrations(conn, kind)
+            report["pending_migrations"] = [m.id for m in pending]
+        except MigrationError as exc:
+            report["error"] = exc.detail
+            return report
+        result = [r[0] for r in conn.execute("PRAGMA quick_check").fetchall()]
+        report["quick_check"] = "ok" if result == ["ok"] else result[:20]
+        report["ok"] = result == ["ok"]
+    except sqlite3.Error as exc:
+        report["error"] = f"{type(exc).__name__}: {exc}"
+    finally:
+        conn.close()
+    return report
+
+
+def run_doctor(data_dir: Path) -> tuple[dict[str, Any], int]:
+    """Return ``(report, exit_code)``."""
+    report: dict[str, Any] = {"data_dir": str(data_dir)}
+    service = data_dir / "_skald.db"
+    if not data_dir.exists() or not service.exists():
+        report["status"] = "not initialized yet"
+        report["documents"] = []
+        return report, 0
+    report["service"] = _check_db(service, "service")
+    documents = []
+    docs_dir = data_dir / "documents"
+    for path in sorted(docs_dir.glob("*.sqlite3")) if docs_dir.exists() else []:
+        documents.append({"db_id": path.name.removesuffix(".sqlite3"), **_check_db(path, "document")})
+    report["documents"] = documents
+    healthy = report["service"]["ok"] and all(d["ok"] for d in documents)
+    report["status"] = "ok" if healthy else "problems found"
+    return report, 0 if healthy else 1
+
+
+def format_report(report: dict[str, Any]) -> str:
+    lines = [f"data folder: {report['data_dir']}", f"status: {report['status']}"]
+    if "service" in report:
+        lines.append(_line("service database", report["service"]))
+    for doc in report.get("documents", []):
+        lines.append(_line(f"document {doc['db_id']}", doc))
+    return "\n".join(lines)
+
+
+def _line(name: str, item: dict[str, Any]) -> str:
+    if item.get("error"):
+        return f"  {name}: ERROR {item['error']}"
+    check = item.get("quick_check")
+    return (
+        f"  {name}: schema {item.get('schema_version')}/{item.get('latest_schema_version')}, "
+        f"pending {item.get('pending_migrations')}, quick_check {check if check == 'ok' else 'FAILED: ' + str(check)}"
+    )

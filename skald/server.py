@@ -1,0 +1,62 @@
+"""Run the app under hypercorn's trio worker in this process, with graceful shutdown.
+
+SIGINT/SIGTERM: stop accepting, let in-flight requests finish within
+``grace_seconds``, end SSE streams (they watch the shutdown event), then the
+lifespan's ``after_serving`` commits queued writes and closes every actor.
+"""
+
+from __future__ import annotations
+
+import signal
+from functools import partial
+
+import structlog
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve as hypercorn_serve
+
+from skald.app import create_app
+from skald.config import Settings
+from skald.state import AppState
+
+log = structlog.get_logger("skald.server")
+
+
+def hypercorn_config(settings: Settings) -> Config:
+    config = Config()
+    config.bind = [f"{settings.host}:{settings.port}"]
+    config.graceful_timeout = settings.grace_seconds
+    config.accesslog = None
+    config.errorlog = "-"
+    config.keep_alive_timeout = 75
+    config.h11_max_incomplete_size = 64 * 1024
+    return config
+
+
+async def serve(settings: Settings, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
+    """Serve until SIGINT/SIGTERM; reports the bound addresses through ``task_status``."""
+    app = create_app(settings)
+    state: AppState = app.extensions["skald"]
+    shutdown = trio.Event()
+    state.services["shutdown_event"] = shutdown
+    config = hypercorn_config(settings)
+
+    async def watch_signals(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            task_status.started()
+            async for signum in signals:
+                log.info("shutdown requested", signal=signal.Signals(signum).name)
+                shutdown.set()
+                return
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(watch_signals)
+        binds = await nursery.start(partial(hypercorn_serve, app, config, shutdown_trigger=shutdown.wait))
+        for bind in binds:
+            print(f"skald listening on {bind}", flush=True)
+        task_status.started(binds)
+    log.info("server exited")
+
+
+def run(settings: Settings) -> None:
+    trio.run(serve, settings)

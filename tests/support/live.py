@@ -1,0 +1,136 @@
+"""A real skald on 127.0.0.1:0 for integration tests.
+
+``start_live_server(nursery, settings)`` runs the real app under
+``hypercorn.trio.serve`` in the test's nursery; ``SkaldProcess`` runs
+``python -m skald serve`` as a subprocess (for SIGTERM/SIGKILL tests).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import httpx
+import trio
+from hypercorn.config import Config
+from hypercorn.trio import serve
+
+from skald.app import create_app
+from skald.config import Settings
+from skald.state import AppState
+
+ADMIN_TOKEN = "skd_test_admin_token_0123456789abcdefghijklmnop"
+
+
+@dataclasses.dataclass
+class LiveServer:
+    url: str
+    settings: Settings
+    app: Any
+    _shutdown: trio.Event
+    _done: trio.Event
+
+    @property
+    def state(self) -> AppState:
+        state: AppState = self.app.extensions["skald"]
+        return state
+
+    def client(self, token: str | None = ADMIN_TOKEN, **kwargs: Any) -> httpx.AsyncClient:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        headers.update(kwargs.pop("headers", {}))
+        return httpx.AsyncClient(base_url=self.url, headers=headers, timeout=kwargs.pop("timeout", 30), **kwargs)
+
+    async def mint_token(self, *scopes: str, expires: str | None = None, label: str = "test") -> str:
+        """Mint a token with ``DB:ACTION[:PREFIX]`` scopes through the admin API; return its secret."""
+        from skald.auth.scopes import Scope
+        from skald.auth.tokens import create_token, parse_duration
+
+        parsed = [Scope.parse(s) for s in scopes]
+        expires_in = parse_duration(expires) if expires else None
+        secret, _ = await self.state.supervisor.service.write(
+            lambda conn: create_token(conn, scopes=parsed, label=label, owner="test", expires_in=expires_in)
+        )
+        return secret
+
+    async def stop(self) -> None:
+        self._shutdown.set()
+        await self._done.wait()
+
+
+async def start_live_server(nursery: trio.Nursery, settings: Settings) -> LiveServer:
+    app = create_app(settings, print_admin_token=False)
+    config = Config()
+    config.bind = ["127.0.0.1:0"]
+    config.graceful_timeout = 2
+    config.accesslog = None
+    shutdown = trio.Event()
+    done = trio.Event()
+    app.extensions["skald"].services["shutdown_event"] = shutdown
+
+    async def run(*, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            await serve(app, config, shutdown_trigger=shutdown.wait, task_status=task_status)
+        finally:
+            done.set()
+
+    binds = await nursery.start(run)
+    return LiveServer(binds[0], settings, app, shutdown, done)
+
+
+def make_settings(data_dir: Path, **overrides: Any) -> Settings:
+    return Settings(data_dir=data_dir, port=0, admin_token=ADMIN_TOKEN, cookie_secure=False, **overrides)
+
+
+class SkaldProcess:
+    """``python -m skald serve`` on port 0 in a subprocess; the URL is read from its stdout."""
+
+    def __init__(self, data_dir: Path, env: dict[str, str] | None = None, args: Sequence[str] = ()) -> None:
+        self.data_dir = data_dir
+        self.env = {**os.environ, "SKALD_ADMIN_TOKEN": ADMIN_TOKEN, "SKALD_LOG_LEVEL": "warning", **(env or {})}
+        self.args = list(args)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = ""
+
+    async def start(self) -> str:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "skald", "serve", "--port", "0", "--data-dir", str(self.data_dir), *self.args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            env=self.env,
+        )
+        assert self.proc.stdout is not None
+        line = await trio.to_thread.run_sync(self.proc.stdout.readline)
+        match = re.search(rb"listening on (http://\S+)", line)
+        if not match:
+            self.proc.kill()
+            raise RuntimeError(f"server did not start: {line!r}")
+        self.url = match[1].decode()
+        return self.url
+
+    def signal(self, signum: int = signal.SIGTERM) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+
+    async def wait(self, timeout: float = 30) -> int:
+        assert self.proc is not None
+        proc = self.proc
+        with trio.fail_after(timeout):
+            return await trio.to_thread.run_sync(proc.wait)
+
+    async def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            await self.wait()
+        if self.proc is not None and self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+
+__all__ = ["ADMIN_TOKEN", "LiveServer", "SkaldProcess", "partial", "start_live_server", "make_settings"]
