@@ -21,7 +21,6 @@ test: install  ## run the whole test suite
 
 lint:  ## ruff
 	$(BIN)/ruff check skald tests bench
-	$(BIN)/ruff format --check skald tests bench
 
 typecheck:  ## mypy --strict
 	$(BIN)/mypy

@@ -110,9 +110,11 @@ class DocumentActor:
         (e.g. the change feed keeps its triggers in step with the schema). A hook that
         raises fails that op alone."""
         self.holds = 0
-        self.inflight = 0
+        self.inflight = 1  # opening counts as work: a starting actor is never reaped
         self.last_active = trio.current_time()
         self.keep_alive_deadline = -math.inf
+        self.on_idle: Callable[[], None] | None = None
+        """Called when the actor may have become idle (the supervisor's reaper wakes on it)."""
         self.closing = trio.Event()
         """Set when the actor starts stopping; long-lived holders (SSE) end on it."""
         self.stopped = trio.Event()
@@ -147,7 +149,9 @@ class DocumentActor:
                 self._metrics.actors_open.inc()
                 self._metrics.actors_started.inc()
             started = True
+            self.inflight -= 1
             task_status.started()
+            self._touch()
             log.debug("actor started")
             async with self._receive:
                 await self._serve_mailbox()
@@ -186,11 +190,23 @@ class DocumentActor:
             yield self
         finally:
             self.holds -= 1
-            self.last_active = trio.current_time()
+            self._touch()
+
+    def _touch(self) -> None:
+        self.last_active = trio.current_time()
+        if self.on_idle is not None and not (self.holds or self.inflight):
+            self.on_idle()
 
     def keep_alive_until(self, deadline: float) -> None:
         """Do not reap before ``deadline`` (trio clock), e.g. while a lease is unexpired."""
         self.keep_alive_deadline = max(self.keep_alive_deadline, deadline)
+        self._touch()
+
+    def reap_deadline(self, idle_timeout: float) -> float:
+        """Earliest trio time this actor could be reaped, or +inf while something holds it."""
+        if self.holds or self.inflight or self.mailbox_depth or self.closing.is_set():
+            return math.inf
+        return max(self.last_active, self.keep_alive_deadline) + idle_timeout
 
     def idle_for(self, now: float) -> float:
         """Seconds this actor has been reapable, or 0 if something holds it open."""
@@ -268,7 +284,7 @@ class DocumentActor:
                     self._reader_available.notify()
         finally:
             self.inflight -= 1
-            self.last_active = trio.current_time()
+            self._touch()
 
     async def _take_reader(self) -> ConnectionWorker:
         async with self._reader_available:
@@ -300,7 +316,7 @@ class DocumentActor:
                     await self._run_batch(batch)
             finally:
                 self.inflight -= 1
-                self.last_active = trio.current_time()
+                self._touch()
                 if self._metrics:
                     self._metrics.mailbox_depth.labels(self.db_id).set(self.mailbox_depth)
 
@@ -358,7 +374,9 @@ class DocumentActor:
                 except Exception:
                     log.exception("commit listener failed")
         for op, result in zip(ops, results, strict=True):
-            op.finish(result if isinstance(result, outcome.Value) else outcome.Error(_translate(result.error)))
+            if isinstance(result, outcome.Error):
+                result = outcome.Error(_translate(result.error))
+            op.finish(result)
 
 
 def _group_commit(

@@ -24,7 +24,7 @@ from skald import __version__
 from skald.auth.tokens import bootstrap_admin
 from skald.config import Settings
 from skald.connection import DocConnection
-from skald.errors import InvalidJSON
+from skald.errors import InvalidJSON, ShuttingDown
 from skald.http_errors import install_error_handlers
 from skald.metrics import Metrics
 from skald.state import AppState, get_state
@@ -63,7 +63,10 @@ def _installers() -> list[Installer]:
     return installers
 
 
-class _Request(QuartTrio.request_class):  # type: ignore[name-defined,misc]
+_BaseRequest: Any = QuartTrio.request_class
+
+
+class _Request(_BaseRequest):  # type: ignore[misc]
     def on_json_loading_failed(self, error: Exception) -> Any:
         raise InvalidJSON(f"request body is not valid JSON: {error}")
 
@@ -124,6 +127,16 @@ def _install_lifespan(app: QuartTrio, state: AppState, print_admin_token: bool) 
 
 def _install_request_context(app: QuartTrio, state: AppState) -> None:
     @app.before_request
+    async def refuse_while_stopping() -> None:
+        # hypercorn keeps serving requests on open keep-alive connections during its grace
+        # period; new work is refused so shutdown is prompt and clients retry elsewhere.
+        shutdown: trio.Event | None = state.services.get("shutdown_event")
+        if shutdown is not None and shutdown.is_set():
+            error = ShuttingDown("server is shutting down; retry")
+            error.headers["Connection"] = "close"
+            raise error
+
+    @app.before_request
     async def bind_request() -> None:
         request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
         request_id = request_id[:128]
@@ -141,6 +154,9 @@ def _install_request_context(app: QuartTrio, state: AppState) -> None:
         if started is not None:
             state.metrics.request_duration.labels(rule, request.method).observe(time.perf_counter() - started)
         response.headers["X-Request-Id"] = getattr(request, "skald_request_id", "")
+        shutdown: trio.Event | None = state.services.get("shutdown_event")
+        if shutdown is not None and shutdown.is_set():
+            response.headers["Connection"] = "close"  # do not invite another request on this connection
         return response
 
 

@@ -7,6 +7,7 @@ other exception is a bug, logged with its traceback, and answered as 500.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from typing import Any
 
@@ -48,10 +49,8 @@ def render_error(error: SkaldError) -> Response:
 def _count(code: str) -> None:
     from skald.state import get_state
 
-    try:
+    with contextlib.suppress(RuntimeError, KeyError):
         get_state().metrics.rejected.labels(code).inc()
-    except (RuntimeError, KeyError):
-        pass
 
 
 def install_error_handlers(app: Quart) -> None:
@@ -90,8 +89,9 @@ def install_error_handlers(app: Quart) -> None:
         status = error.code or 500
         code = _HTTP_CODES.get(status, "http_error")
         headers: dict[str, str] = {}
-        if status == 405 and getattr(error, "valid_methods", None):
-            headers["Allow"] = ", ".join(sorted(error.valid_methods or []))
+        valid_methods = getattr(error, "valid_methods", None)
+        if status == 405 and valid_methods:
+            headers["Allow"] = ", ".join(sorted(valid_methods))
         body = {
             "type": PROBLEM_TYPE_BASE + code,
             "title": error.name,

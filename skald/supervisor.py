@@ -14,6 +14,7 @@ unexpired lease (see :meth:`DocumentActor.hold` and
 from __future__ import annotations
 
 import contextlib
+import math
 import shutil
 import time
 from collections.abc import AsyncIterator, Callable
@@ -47,6 +48,7 @@ class Supervisor:
         self._service: DocumentActor | None = None
         self._closed = False
         self._actor_hooks: list[ActorHook] = []
+        self._reaper_wakeup = trio.Event()
         self.started_at = time.time()
         self.metrics.mailbox_capacity.set(settings.mailbox_size)
 
@@ -207,7 +209,7 @@ class Supervisor:
 
     def _new_actor(self, db_id: str, migrations: str = "document") -> DocumentActor:
         s = self.settings
-        return DocumentActor(
+        actor = DocumentActor(
             db_id,
             s.document_path(db_id),
             migrations=migrations,
@@ -218,6 +220,8 @@ class Supervisor:
             busy_timeout_ms=s.busy_timeout_ms,
             metrics=self.metrics,
         )
+        actor.on_idle = self._wake_reaper
+        return actor
 
     async def _run_actor(
         self, actor: DocumentActor, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
@@ -232,18 +236,26 @@ class Supervisor:
     # ---- reaping ------------------------------------------------------------------------------------
 
     async def _reap_idle(self) -> None:
+        # Sleep until the earliest moment an idle actor could be reaped, or until an actor
+        # reports it may have become idle. No periodic wake-ups while everything is busy.
         timeout = self.settings.idle_timeout
-        interval = max(0.05, min(timeout / 4, 30.0))
         while True:
-            await trio.sleep(interval)
+            deadline = min((a.reap_deadline(timeout) for a in self._actors.values()), default=math.inf)
+            with trio.move_on_at(deadline):
+                await self._reaper_wakeup.wait()
+            self._reaper_wakeup = trio.Event()
             self.reap_idle_now()
 
-    def reap_idle_now(self) -> list[str]:
-        """Stop every actor idle for at least ``idle_timeout``; return their ids."""
+    def _wake_reaper(self) -> None:
+        self._reaper_wakeup.set()
+
+    def reap_idle_now(self, min_idle: float | None = None) -> list[str]:
+        """Stop every actor idle for at least ``min_idle`` (default ``idle_timeout``); return their ids."""
         now = trio.current_time()
+        threshold = self.settings.idle_timeout if min_idle is None else min_idle
         reaped = []
         for db_id, actor in list(self._actors.items()):
-            if actor.idle_for(now) >= self.settings.idle_timeout:
+            if not actor.closing.is_set() and actor.idle_for(now) >= threshold:
                 actor.stop("idle")
                 reaped.append(db_id)
         if reaped:

@@ -8,6 +8,7 @@ its thread and closes its connection: nothing is left behind.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 from collections.abc import Callable
@@ -20,7 +21,7 @@ from skald.connection import DocConnection
 
 T = TypeVar("T")
 
-_STOP = object()
+_Job = tuple[Callable[[DocConnection], object], Callable[[outcome.Outcome[object]], None]]
 
 
 class ConnectionWorker:
@@ -32,7 +33,7 @@ class ConnectionWorker:
 
     def __init__(self, opener: Callable[[], DocConnection], name: str) -> None:
         self._opener = opener
-        self._jobs: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()  # None stops the thread
         self._conn: DocConnection | None = None
         self._token = trio.lowlevel.current_trio_token()
         self._stopped = trio.Event()
@@ -43,23 +44,19 @@ class ConnectionWorker:
     def _main(self) -> None:
         while True:
             job = self._jobs.get()
-            if job is _STOP:
+            if job is None:
                 break
-            fn, done = job  # type: ignore[misc]
-            result = outcome.capture(self._call, fn)
-            try:
+            fn, done = job
+            result: outcome.Outcome[object] = outcome.capture(self._call, fn)
+            with contextlib.suppress(trio.RunFinishedError):
                 self._token.run_sync_soon(done, result)
-            except trio.RunFinishedError:
-                pass
         if self._conn is not None:
             self._conn.close()
             self._conn = None
-        try:
+        with contextlib.suppress(trio.RunFinishedError):
             self._token.run_sync_soon(self._stopped.set)
-        except trio.RunFinishedError:
-            pass
 
-    def _call(self, fn: Callable[[DocConnection], T]) -> T:
+    def _call(self, fn: Callable[[DocConnection], object]) -> object:
         if self._conn is None:
             self._conn = self._opener()
         return fn(self._conn)
@@ -76,8 +73,8 @@ class ConnectionWorker:
         finished = trio.Event()
         box: list[outcome.Outcome[T]] = []
 
-        def done(result: outcome.Outcome[T]) -> None:
-            box.append(result)
+        def done(result: outcome.Outcome[object]) -> None:
+            box.append(result)  # type: ignore[arg-type]  # fn returns T
             finished.set()
 
         self._jobs.put((fn, done))
@@ -100,7 +97,7 @@ class ConnectionWorker:
         if self._closed:
             return
         self._closed = True
-        self._jobs.put(_STOP)
+        self._jobs.put(None)
         with trio.CancelScope(shield=True):
             await self._stopped.wait()
         # The thread has closed its connection and is returning: join is immediate.

@@ -5,7 +5,9 @@ from pathlib import Path
 
 import pytest
 import trio
-from support.live import LiveServer, start_live_server, make_settings
+from support.live import LiveServer, make_settings, start_live_server
+
+from skald.logs import configure_logging
 
 
 @pytest.fixture
@@ -19,3 +21,7 @@ async def server(nursery: trio.Nursery, data_dir: Path) -> AsyncIterator[LiveSer
     live = await start_live_server(nursery, make_settings(data_dir))
     yield live
     await live.stop()
+
+
+# Tests log at warning level: debug lines from every actor would drown failures.
+configure_logging("warning")

@@ -6,7 +6,7 @@ import argparse
 import json
 import sqlite3
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from skald.auth.scopes import Scope, ScopeError
 from skald.auth.tokens import audit, create_token, list_tokens, parse_duration, revoke_token
@@ -76,14 +76,14 @@ def cmd_create(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    records = _with_service_db(args, lambda conn: [r.to_public() for r in list_tokens(conn)])
+    records: list[dict[str, Any]] = _with_service_db(args, lambda conn: [r.to_public() for r in list_tokens(conn)])
     if args.output == "json":
         print(json.dumps(records, indent=2))
         return 0
     for r in records:
         scopes = " ".join(
             f"{s['db']}:{s['action']}" + (f":{s['resource_prefix']}" if s["resource_prefix"] else "")
-            for s in r["scopes"]  # type: ignore[union-attr]
+            for s in r["scopes"]
         )
         print(f"{r['id']}  {r['state']:8} {r['label'] or '-':20} {r['expires_at'] or 'never':21} {scopes}")
     return 0

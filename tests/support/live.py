@@ -100,7 +100,7 @@ class SkaldProcess:
         self.url = ""
 
     async def start(self) -> str:
-        self.proc = subprocess.Popen(
+        self.proc = subprocess.Popen(  # noqa: ASYNC220 - starts at once; only the readline below blocks
             [sys.executable, "-m", "skald", "serve", "--port", "0", "--data-dir", str(self.data_dir), *self.args],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -119,10 +119,10 @@ class SkaldProcess:
         assert self.proc is not None
         self.proc.send_signal(signum)
 
-    async def wait(self, timeout: float = 30) -> int:
+    async def wait(self, limit: float = 30) -> int:
         assert self.proc is not None
         proc = self.proc
-        with trio.fail_after(timeout):
+        with trio.fail_after(limit):
             return await trio.to_thread.run_sync(proc.wait)
 
     async def stop(self) -> None:
@@ -133,4 +133,4 @@ class SkaldProcess:
             self.proc.stdout.close()
 
 
-__all__ = ["ADMIN_TOKEN", "LiveServer", "SkaldProcess", "partial", "start_live_server", "make_settings"]
+__all__ = ["ADMIN_TOKEN", "LiveServer", "SkaldProcess", "make_settings", "partial", "start_live_server"]
