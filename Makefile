@@ -13,7 +13,9 @@ install:  ## create .venv and install skald with its dev tools
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
 
-run: install  ## start the server on ./data (127.0.0.1:8080)
+run:  ## install the server (no dev tools) and start it on ./data (127.0.0.1:8080)
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q -e .
 	$(BIN)/skald serve
 
 test: install  ## run the whole test suite
