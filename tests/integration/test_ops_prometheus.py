@@ -7,12 +7,14 @@ them part of CI, so a missing binary fails these tests instead of skipping them.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import re
 import shutil
 import socket
 import subprocess
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
 
@@ -188,8 +190,20 @@ def _free_port() -> int:
         return port
 
 
+@dataclasses.dataclass
+class RunningPrometheus:
+    url: str
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+
+    def check_alive(self) -> None:
+        if self.proc.poll() is not None:
+            log = self.log_path.read_text()
+            raise AssertionError(f"prometheus exited with {self.proc.returncode}: {log}")
+
+
 @contextlib.asynccontextmanager
-async def _open_prometheus(tmp_path: Path, target: str) -> AsyncIterator[str]:
+async def _open_prometheus(tmp_path: Path, target: str) -> AsyncIterator[RunningPrometheus]:
     config = {
         "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
         "rule_files": [str(ALERTS)],
@@ -199,10 +213,11 @@ async def _open_prometheus(tmp_path: Path, target: str) -> AsyncIterator[str]:
     config_path = tmp_path / "prometheus.yml"
     config_path.write_text(yaml.safe_dump(config))
     port = _free_port()
-    with (tmp_path / "prometheus.log").open("wb") as log:
+    log_path = tmp_path / "prometheus.log"
+    with log_path.open("wb") as log:
         proc = _start_prometheus(config_path, tmp_path / "tsdb", port, log)
         try:
-            yield f"http://127.0.0.1:{port}"
+            yield RunningPrometheus(f"http://127.0.0.1:{port}", proc, log_path)
         finally:
             proc.terminate()
             await trio.to_thread.run_sync(proc.wait)
@@ -216,9 +231,12 @@ def _start_prometheus(config: Path, storage: Path, port: int, log: IO[bytes]) ->
     )
 
 
-async def _poll(client: httpx.AsyncClient, path: str, params: dict[str, str], done: Any) -> Any:
+async def _poll(
+    prometheus: RunningPrometheus, client: httpx.AsyncClient, path: str, params: dict[str, str], done: Any
+) -> Any:
     """GET ``path`` until ``done(data)`` is truthy (Prometheus is an external process: bounded polling)."""
     while True:
+        prometheus.check_alive()
         try:
             response = await client.get(path, params=params)
             if response.status_code == 200:
@@ -234,31 +252,36 @@ async def test_real_prometheus_scrapes_skald(server: LiveServer, tmp_path: Path)
     await _scrape(server)  # a counter with samples exists before the first scrape
     target = server.url.removeprefix("http://")
     async with (
-        _open_prometheus(tmp_path, target) as base,
-        httpx.AsyncClient(base_url=base, timeout=10) as client,
+        _open_prometheus(tmp_path, target) as prometheus,
+        httpx.AsyncClient(base_url=prometheus.url, timeout=10) as client,
     ):
         with trio.fail_after(90):
             targets = await _poll(
-                client, "/api/v1/targets", {},
+                prometheus, client, "/api/v1/targets", {},
                 lambda d: any(t["health"] == "up" for t in d["activeTargets"]),
             )
             assert targets["activeTargets"][0]["labels"]["job"] == "skald"
             up_query = {"query": 'up{job="skald"} == 1'}
-            up = await _poll(client, "/api/v1/query", up_query, lambda d: d["result"])
+            up = await _poll(prometheus, client, "/api/v1/query", up_query, lambda d: d["result"])
             assert up["result"][0]["metric"]["instance"] == target
             assert up["result"][0]["value"][1] == "1"
             requests = await _poll(
-                client, "/api/v1/query",
+                prometheus, client, "/api/v1/query",
                 {"query": 'sum(skald_http_requests_total{job="skald", route="/api/v1/db/<db_id>"})'},
                 lambda d: d["result"],
             )
             assert float(requests["result"][0]["value"][1]) >= 3
-            # Every alert rule was loaded and evaluated without error against real data.
-            groups = await _poll(
-                client, "/api/v1/rules", {},
-                lambda d: d["groups"] and all(not r["lastEvaluation"].startswith("0001-")
-                                              for g in d["groups"] for r in g["rules"]),
-            )
+            # Every alert rule was loaded and evaluated without error against the scraped data:
+            # wait for an evaluation that started after the data was queryable.
+            data_seen = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=1)
+
+            def evaluated_since_data(data: dict[str, Any]) -> bool:
+                stamps = [r["lastEvaluation"][:19] for g in data["groups"] for r in g["rules"]]
+                return bool(stamps) and all(
+                    datetime.fromisoformat(t).replace(tzinfo=UTC) >= data_seen for t in stamps
+                )
+
+            groups = await _poll(prometheus, client, "/api/v1/rules", {}, evaluated_since_data)
         rules = [r for g in groups["groups"] for r in g["rules"]]
         assert len(rules) == len(_alert_rules())
         assert [(r["name"], r["health"], r.get("lastError", "")) for r in rules if r["health"] != "ok"] == []
