@@ -95,3 +95,16 @@ def test_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stderr.strip() == "", result.stderr
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+def test_unit_exposure_is_low(tmp_path: Path) -> None:
+    """`systemd-analyze security` rates the unit's exposure at most 2.0 of 10 ("OK")."""
+    unit = tmp_path / "skald.service"
+    unit.write_text(UNIT.read_text().replace("/opt/skald/.venv/bin/skald", "/bin/true"))
+    result = subprocess.run(
+        ["systemd-analyze", "security", "--offline=yes", "--threshold=20", str(unit)],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr
+    assert "Overall exposure level for skald.service" in result.stdout
