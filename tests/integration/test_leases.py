@@ -92,7 +92,7 @@ async def test_fifty_concurrent_acquirers_one_winner_per_window(
         for _window in range(3):
             results: list[httpx.Response] = []
 
-            async def contend(i: int) -> None:
+            async def contend(i: int, results: list[httpx.Response] = results) -> None:
                 results.append(
                     await client.post(
                         ACQUIRE, json={"resource": "leader", "owner": f"w{i}", "ttl_seconds": 5}
