@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from skald.connection import DocConnection
-from skald.errors import BadRequest, Unauthenticated, ValidationFailed
+from skald.errors import BadRequest, StorageError, Unauthenticated, ValidationFailed
 
 ENDPOINT_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 REDACTED = "[redacted]"
@@ -48,6 +48,11 @@ _DELIVERY_HEADERS = (
 class InvalidEndpoint(BadRequest):
     code = "invalid_endpoint"
     title = "Invalid webhook endpoint name"
+
+
+class InboxSchemaError(StorageError):
+    code = "webhook_inbox_schema"
+    title = "The webhook_inbox table no longer accepts deliveries"
 
 
 class SignatureMismatch(Unauthenticated):
@@ -240,6 +245,16 @@ def store_delivery(conn: DocConnection, delivery: Delivery) -> Stored:
     time) when that delivery id was already stored for the endpoint.
     Columns are named, so operator-added columns (with defaults) do not break it.
     """
+    try:
+        return _insert_delivery(conn, delivery)
+    except sqlite3.IntegrityError as exc:
+        # An operator-added column without a default, or a CHECK/trigger of theirs, refuses the row.
+        raise InboxSchemaError(f"webhook_inbox refused the delivery: {exc}") from None
+    except sqlite3.OperationalError as exc:
+        raise InboxSchemaError(f"webhook_inbox is not usable: {exc}") from None
+
+
+def _insert_delivery(conn: DocConnection, delivery: Delivery) -> Stored:
     row = conn.execute(
         "INSERT INTO webhook_inbox (endpoint, delivery_id, method, headers, query_string, content_type, body,"
         " received_at, verified) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"

@@ -30,7 +30,7 @@ _BASE = "/api/v1/db/<db_id>/webhooks/<endpoint>"
 
 
 def install(app: Quart, state: AppState) -> None:
-    app.add_url_rule(_BASE, view_func=ingest_view, methods=["POST", "PUT", "PATCH", "DELETE"])
+    app.add_url_rule(_BASE, view_func=ingest_view, methods=["POST", "PUT", "PATCH"])
     app.add_url_rule(_BASE + "/config", view_func=get_config_view, methods=["GET"])
     app.add_url_rule(_BASE + "/config", view_func=put_config_view, methods=["PUT"])
     app.add_url_rule(_BASE + "/config", view_func=delete_config_view, methods=["DELETE"])

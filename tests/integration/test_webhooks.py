@@ -180,3 +180,18 @@ async def test_acknowledged_delivery_survives_sigkill(tmp_path: Path) -> None:
         await second.stop()
     rows = inbox_rows(tmp_path / "data" / "documents" / "hooks.sqlite3")
     assert [(row["id"], bytes(row["body"])) for row in rows] == [(stored_id, body)]
+
+
+async def test_column_without_default_is_a_clear_error(server: LiveServer) -> None:
+    async with server.client() as client:
+        await client.put("/api/v1/db/hooks")
+        async with server.state.supervisor.open_document("hooks") as actor:
+            await actor.write(
+                lambda conn: conn.execute(
+                    "ALTER TABLE webhook_inbox ADD COLUMN owner TEXT CHECK (owner IS NOT NULL)"
+                )
+            )
+        r = await client.post("/api/v1/db/hooks/webhooks/e", content=b"{}")
+        assert r.status_code == 500
+        assert r.json()["code"] == "webhook_inbox_schema"
+        assert "CHECK constraint" in r.json()["detail"]
