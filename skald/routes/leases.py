@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from prometheus_client import Counter
 from quart import Quart, Response, jsonify, request
 
 from skald.auth.guard import authenticate, authorize
@@ -21,6 +22,12 @@ _BASE = "/api/v1/db/<db_id>/leases"
 
 def install(app: Quart, state: AppState) -> None:
     state.services.setdefault("leases", LeaseService())
+    state.services["lease_operations"] = Counter(
+        "skald_lease_operations_total",
+        "Successful lease operations, by operation (acquire, renew, release)",
+        ["operation"],
+        registry=state.metrics.registry,
+    )
     app.add_url_rule(_BASE + "/acquire", view_func=acquire_view, methods=["POST"])
     app.add_url_rule(_BASE + "/renew", view_func=renew_view, methods=["POST"])
     app.add_url_rule(_BASE + "/release", view_func=release_view, methods=["POST"])
@@ -64,6 +71,7 @@ async def acquire_view(db_id: str) -> tuple[Response, int]:
     service: LeaseService = state.services["leases"]
     async with state.supervisor.open_document(db_id) as actor:
         lease = await service.acquire(actor, resource, owner, ttl)
+    state.services["lease_operations"].labels("acquire").inc()
     return jsonify(lease.to_json()), 201
 
 
@@ -77,6 +85,7 @@ async def renew_view(db_id: str) -> dict[str, Any]:
     service: LeaseService = state.services["leases"]
     async with state.supervisor.open_document(db_id) as actor:
         lease = await service.renew(actor, data["resource"], token, ttl)
+    state.services["lease_operations"].labels("renew").inc()
     return lease.to_json()
 
 
@@ -89,5 +98,6 @@ async def release_view(db_id: str) -> dict[str, Any]:
     service: LeaseService = state.services["leases"]
     async with state.supervisor.open_document(db_id) as actor:
         lease = await service.release(actor, data["resource"], token)
+    state.services["lease_operations"].labels("release").inc()
     return {**lease.to_json(), "released": True}
 

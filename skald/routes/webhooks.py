@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from prometheus_client import Counter
 from quart import Quart, Response, jsonify, request
 
 from skald.auth.guard import requires
@@ -30,6 +31,12 @@ _BASE = "/api/v1/db/<db_id>/webhooks/<endpoint>"
 
 
 def install(app: Quart, state: AppState) -> None:
+    state.services["webhook_deliveries"] = Counter(
+        "skald_webhook_deliveries_total",
+        "Webhook deliveries acknowledged, by result (stored or duplicate)",
+        ["result"],
+        registry=state.metrics.registry,
+    )
     app.add_url_rule(_BASE, view_func=ingest_view, methods=["POST", "PUT", "PATCH"])
     app.add_url_rule(_BASE + "/config", view_func=get_config_view, methods=["GET"])
     app.add_url_rule(_BASE + "/config", view_func=put_config_view, methods=["PUT"])
@@ -87,6 +94,7 @@ async def ingest_view(db_id: str, endpoint: str) -> tuple[Response, int]:
 
     async with state.supervisor.open_document(db_id) as actor:
         stored = await actor.write(ingest)
+    state.services["webhook_deliveries"].labels("duplicate" if stored.duplicate else "stored").inc()
     payload = {
         "id": stored.id,
         "endpoint": endpoint,

@@ -49,6 +49,9 @@ async def test_github_delivery_stored_with_redaction_and_dedup(server: LiveServe
         assert denied.status_code == 403
         other = await admin.post("/api/v1/db/hooks/webhooks/other", content=body, headers=headers)
         assert other.status_code == 201 and other.json()["id"] != first["id"]
+        metrics = (await admin.get("/metrics")).text
+        assert 'skald_webhook_deliveries_total{result="stored"} 2.0' in metrics
+        assert 'skald_webhook_deliveries_total{result="duplicate"} 1.0' in metrics
     rows = inbox_rows(server.settings.document_path("hooks"))
     assert [r["endpoint"] for r in rows] == ["github", "other"]
     row = rows[0]
