@@ -45,6 +45,9 @@ async def _body(db_id: str, action: str) -> dict[str, Any]:
     """Authenticate, parse the JSON object body and authorize ``action`` on its resource."""
     principal = await authenticate()
     assert principal is not None
+    # First the action on the document (so a caller without any lease scope gets 403 whatever the
+    # body), then the action on the body's resource (scopes may be limited to resource prefixes).
+    await authorize(principal, db_id, action)
     data = await request.get_json(force=True)
     if not isinstance(data, dict):
         raise ValidationFailed("body must be a JSON object")

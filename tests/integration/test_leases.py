@@ -77,6 +77,8 @@ async def test_scope_limits_lease_resources(server: LiveServer, clock: ManualClo
         assert ok.status_code == 201
         denied = await client.post(ACQUIRE, json={"resource": "other", "owner": "w"})
         assert denied.status_code == 403
+        no_body = await client.post(RELEASE, content=b"")
+        assert no_body.status_code == 403 and no_body.json()["code"] == "scope_denied"
         no_renew = await client.post(
             RENEW, json={"resource": "jobs/a", "lease_token": ok.json()["lease_token"]}
         )
