@@ -103,4 +103,3 @@ async def release_view(db_id: str) -> dict[str, Any]:
         lease = await service.release(actor, data["resource"], token)
     state.services["lease_operations"].labels("release").inc()
     return {**lease.to_json(), "released": True}
-
