@@ -1,0 +1,105 @@
+"""Rate limiting middleware: a token bucket per machine token and per client IP.
+
+- A request carrying ``Authorization: Bearer`` spends from its token's bucket
+  (keyed by the token's SHA-256, which names a token as uniquely as its id and
+  costs no database lookup on the hot path).
+- A request without a token spends from its client IP's bucket (the IP comes
+  from :func:`skald.client_ip.client_ip`, believing ``X-Forwarded-For`` only
+  from ``settings.trusted_proxies``).
+- A 401 answer also spends from the IP's bucket, and a token-bearing request
+  from an IP whose bucket is empty is refused: guessing random tokens cannot
+  sidestep the per-IP limit.
+
+Rates come from ``rate_limit_per_second`` / ``rate_limit_burst``. Probes and
+scrapers (``/healthz``, ``/readyz``, ``/metrics``) are exempt. Refusals are
+429 problem+json with ``Retry-After`` and counted in
+``skald_rate_limited_total{scope}``.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter
+from quart import Quart, Response, request
+
+from skald.auth.guard import bearer_secret
+from skald.auth.tokens import hash_token
+from skald.client_ip import client_ip
+from skald.errors import RateLimited
+from skald.ratelimit import Clock, RateLimiter
+from skald.state import AppState, get_state
+
+EXEMPT_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+
+
+class Bucket(RateLimiter):
+    def wait_time(self, key: str) -> float:
+        """Seconds until ``key`` could spend a token (0 = now), without spending one."""
+        entry = self._buckets.get(key)
+        if entry is None:
+            return 0.0
+        tokens = min(self.burst, entry[0] + (self._clock() - entry[1]) * self.rate)
+        return 0.0 if tokens >= 1.0 else (1.0 - tokens) / self.rate
+
+
+class Throttle:
+    """The per-token and per-IP buckets of one app."""
+
+    def __init__(self, state: AppState, clock: Clock | None = None) -> None:
+        settings = state.settings
+        kwargs = {"clock": clock} if clock is not None else {}
+        self.tokens = Bucket(settings.rate_limit_per_second, settings.rate_limit_burst, **kwargs)
+        self.ips = Bucket(settings.rate_limit_per_second, settings.rate_limit_burst, **kwargs)
+        self.rejected = Counter(
+            "skald_rate_limited_total", "Requests refused by the rate limiter, by bucket scope", ["scope"],
+            registry=state.metrics.registry,
+        )
+
+    def check(self, secret: str | None, ip: str) -> None:
+        """Spend one token from the caller's bucket or raise :class:`RateLimited`."""
+        if secret is None:
+            self._spend(self.ips, "ip:" + ip, "ip")
+            return
+        # An IP that exhausted its bucket with failed authentications may not try more tokens.
+        wait = self.ips.wait_time("ip:" + ip)
+        if wait > 0:
+            self.rejected.labels("ip").inc()
+            raise RateLimited(wait, f"too many requests from {ip}; retry in {wait:.2f}s")
+        self._spend(self.tokens, "token:" + hash_token(secret), "token")
+
+    def charge_failure(self, ip: str) -> None:
+        self.ips.try_acquire("ip:" + ip)
+
+    def _spend(self, limiter: Bucket, key: str, scope: str) -> None:
+        wait = limiter.try_acquire(key)
+        if wait > 0:
+            self.rejected.labels(scope).inc()
+            detail = f"rate limit exceeded for this {scope}; retry in {wait:.2f}s"
+            raise RateLimited(wait, detail, scope=scope)
+
+
+def request_ip() -> str:
+    """The client IP of the current request, trusted-proxy aware."""
+    settings = get_state().settings
+    return client_ip(
+        request.remote_addr,
+        request.headers.get("X-Forwarded-For"),
+        request.headers.get("X-Real-IP"),
+        settings.trusted_proxies,
+    )
+
+
+def install(app: Quart, state: AppState) -> None:
+    throttle = Throttle(state)
+    state.services["throttle"] = throttle
+
+    @app.before_request
+    async def limit_rate() -> None:
+        if request.path in EXEMPT_PATHS:
+            return
+        throttle.check(bearer_secret(allow_query_token=True), request_ip())
+
+    @app.after_request
+    async def charge_failed_auth(response: Response) -> Response:
+        if response.status_code == 401:
+            throttle.charge_failure(request_ip())
+        return response
