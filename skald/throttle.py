@@ -100,6 +100,7 @@ def install(app: Quart, state: AppState) -> None:
 
     @app.after_request
     async def charge_failed_auth(response: Response) -> Response:
-        if response.status_code == 401:
+        # Anonymous requests already spent from the IP bucket; a rejected token costs its IP too.
+        if response.status_code == 401 and bearer_secret(allow_query_token=True) is not None:
             throttle.charge_failure(request_ip())
         return response

@@ -64,8 +64,13 @@ async def test_non_admin_token_is_403(server: LiveServer) -> None:
 
 async def test_validation_is_problem_json(server: LiveServer) -> None:
     async with server.client() as admin:
-        for body in [{"scopes": []}, {"scopes": ["x:no.such"]}, {"scopes": ["x:query.read"], "expires_in": "soon"},
-                     {"label": "x"}]:
+        bodies = [
+            {"scopes": []},
+            {"scopes": ["x:no.such"]},
+            {"scopes": ["x:query.read"], "expires_in": "soon"},
+            {"label": "x"},
+        ]
+        for body in bodies:
             r = await admin.post("/api/v1/admin/tokens", json=body)
             assert r.status_code == 400, (body, r.text)
             assert r.headers["content-type"] == "application/problem+json"
