@@ -10,7 +10,8 @@
   from an IP whose bucket is empty is refused: guessing random tokens cannot
   sidestep the per-IP limit.
 
-Rates come from ``rate_limit_per_second`` / ``rate_limit_burst``. Probes and
+Rates come from ``rate_limit_per_second`` / ``rate_limit_burst`` (a rate of 0
+turns the limiter off). Probes and
 scrapers (``/healthz``, ``/readyz``, ``/metrics``) are exempt. Refusals are
 429 problem+json with ``Retry-After`` and counted in
 ``skald_rate_limited_total{scope}``.
@@ -89,6 +90,9 @@ def request_ip() -> str:
 
 
 def install(app: Quart, state: AppState) -> None:
+    """Install the limiter; ``rate_limit_per_second <= 0`` turns it off (e.g. for load benchmarks)."""
+    if state.settings.rate_limit_per_second <= 0:
+        return
     throttle = Throttle(state)
     state.services["throttle"] = throttle
 

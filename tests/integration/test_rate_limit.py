@@ -53,3 +53,10 @@ async def test_untrusted_peer_cannot_spoof_forwarded_for(data_dir: Path, nursery
             r = await anon.get("/api/v1/db", headers={"X-Forwarded-For": f"192.0.2.{i}"})
             statuses.append(r.status_code)
     assert statuses == [401, 401, 429]
+
+
+async def test_rate_zero_turns_the_limiter_off(data_dir: Path, nursery: trio.Nursery) -> None:
+    settings = make_settings(data_dir, rate_limit_per_second=0.0, rate_limit_burst=1)
+    server = await start_live_server(nursery, settings)
+    async with server.client() as admin:
+        assert [(await admin.get("/api/v1/db")).status_code for _ in range(5)] == [200] * 5
