@@ -105,3 +105,17 @@ async def test_openapi_documents_the_request_model(server: LiveServer) -> None:
     post = spec["paths"]["/api/v1/admin/tokens"]["post"]
     assert "requestBody" in post
     assert "CreateTokenRequest" in str(spec)
+
+
+async def test_admin_actions_are_audited(server: LiveServer) -> None:
+    async with server.client() as admin:
+        assert (await admin.put("/api/v1/db/audited")).status_code == 201
+        assert (await admin.get("/api/v1/db/audited")).status_code == 200
+        assert (await admin.delete("/api/v1/db/audited")).status_code == 204
+        assert (await admin.delete("/api/v1/db/audited")).status_code == 404
+        events = (await admin.get("/api/v1/admin/audit", params={"event": "admin.action"})).json()["events"]
+    assert [(e["detail"]["method"], e["subject"], e["detail"]["status"]) for e in reversed(events)] == [
+        ("PUT", "audited", 201),
+        ("DELETE", "audited", 204),
+    ]
+    assert all(e["actor"].startswith("tok_") for e in events)
