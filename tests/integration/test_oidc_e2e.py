@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import html
+import os
 import re
 import shutil
 import subprocess
@@ -47,9 +48,9 @@ async def provider(server: LiveServer) -> AsyncIterator[str]:
     _require_tools()
     callback = server.url + "/auth/callback"
     proc = await trio.lowlevel.open_process(
-        ["node", str(OIDC_DIR / "provider.mjs")],
+        [str(shutil.which("node")), str(OIDC_DIR / "provider.mjs")],
         cwd=OIDC_DIR,
-        env={"PATH": "/usr/bin:/bin", "REDIRECT_URI": callback, "PORT": "0"},
+        env={**os.environ, "REDIRECT_URI": callback, "PORT": "0"},
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
     )
@@ -248,7 +249,11 @@ async def test_id_token_checks_against_the_real_jwks(server: LiveServer, provide
         }
         good = await signed()
         refusals["bad signature"] = good[:-4] + ("AAAA" if not good.endswith("AAAA") else "BBBB")
+        accepted = []
         for name, token in refusals.items():
-            with pytest.raises(LoginFailed):
+            try:
                 check(token)
-            assert name
+            except LoginFailed:
+                continue
+            accepted.append(name)
+        assert accepted == [], f"ID tokens accepted despite: {accepted}"
