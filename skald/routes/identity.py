@@ -19,6 +19,7 @@ from quart import Quart, Response, render_template, request
 
 from skald.auth.scopes import Principal, Scope, ScopeError
 from skald.auth.tokens import parse_duration
+from skald.connection import DocConnection
 from skald.errors import Forbidden
 from skald.mint_policy import personal_namespace, personal_scopes, refusal
 from skald.oidc import LoginFailed, OidcClient, OidcNotConfigured, configured
@@ -142,6 +143,9 @@ async def callback() -> Response:
     flow = await state.supervisor.service.write(lambda c: consume_login(c, state_value))
     if flow is None:
         raise await _login_failed("unknown, used or expired state")
+    returned_issuer = args.get("iss")  # RFC 9207: a mix-up attack shows up as a foreign issuer here
+    if returned_issuer is not None and returned_issuer != (await client.metadata()).issuer:
+        raise await _login_failed("the authorization response names another issuer")
     try:
         who = await client.complete(
             _redirect_uri(), code=code, code_verifier=flow.code_verifier, nonce=flow.nonce
@@ -149,7 +153,7 @@ async def callback() -> Response:
     except LoginFailed as exc:
         raise await _login_failed(exc.detail) from None
 
-    def open_session(conn: Any) -> str:
+    def open_session(conn: DocConnection) -> str:
         upsert_user(conn, owner=who.owner, issuer=client.issuer, subject=who.subject, name=who.name,
                     is_admin=who.is_admin)
         session_id, _ = create_session(conn, who.owner, who.is_admin)
