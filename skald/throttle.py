@@ -6,10 +6,14 @@
 - A request without a token spends from its client IP's bucket (the IP comes
   from :func:`skald.client_ip.client_ip`, believing ``X-Forwarded-For`` only
   from ``settings.trusted_proxies``).
+- Tokens that hold ``admin.token`` (globally) are not limited once known to
+  the token cache: they could mint themselves any number of buckets anyway.
 - A 401 answer also spends from the IP's bucket, and a token-bearing request
   from an IP whose bucket is empty is refused: guessing random tokens cannot
   sidestep the per-IP limit.
 
+Anonymous requests outside ``/api/``, ``/auth/`` and ``/ui/`` (the legacy
+public routes) are left to that namespace's own limiter.
 Rates come from ``rate_limit_per_second`` / ``rate_limit_burst`` (a rate of 0
 turns the limiter off). Probes and
 scrapers (``/healthz``, ``/readyz``, ``/metrics``) are exempt. Refusals are
@@ -22,7 +26,8 @@ from __future__ import annotations
 from prometheus_client import Counter
 from quart import Quart, Response, request
 
-from skald.auth.guard import bearer_secret
+from skald.auth.guard import TokenCache, bearer_secret
+from skald.auth.scopes import GLOBAL
 from skald.auth.tokens import hash_token
 from skald.client_ip import client_ip
 from skald.errors import RateLimited
@@ -30,6 +35,7 @@ from skald.ratelimit import Clock, RateLimiter
 from skald.state import AppState, get_state
 
 EXEMPT_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+ANONYMOUS_LIMITED_PREFIXES = ("/api/", "/auth/", "/ui/", "/openapi.json")
 
 
 class Bucket(RateLimiter):
@@ -43,10 +49,11 @@ class Bucket(RateLimiter):
 
 
 class Throttle:
-    """The per-token and per-IP buckets of one app."""
+    """The per-token and per-IP buckets of one app (in memory, per process)."""
 
     def __init__(self, state: AppState, clock: Clock | None = None) -> None:
         settings = state.settings
+        self._state = state
         kwargs = {"clock": clock} if clock is not None else {}
         self.tokens = Bucket(settings.rate_limit_per_second, settings.rate_limit_burst, **kwargs)
         self.ips = Bucket(settings.rate_limit_per_second, settings.rate_limit_burst, **kwargs)
@@ -65,7 +72,23 @@ class Throttle:
         if wait > 0:
             self.rejected.labels("ip").inc()
             raise RateLimited(wait, f"too many requests from {ip}; retry in {wait:.2f}s")
+        if self._is_token_admin(secret):
+            return
         self._spend(self.tokens, "token:" + hash_token(secret), "token")
+
+    def _is_token_admin(self, secret: str) -> bool:
+        # A holder of admin.token can mint itself any number of buckets: limiting it protects nothing.
+        # Known only once the guard has cached the token (its first request is charged like any other).
+        cache: TokenCache | None = self._state.services.get("token_cache")
+        if cache is None:
+            return False
+        hit, record = cache.get(secret)
+        return (
+            hit
+            and record is not None
+            and any(scope.grants(GLOBAL, "admin.token") for scope in record.scopes)
+            and record.state() == "active"
+        )
 
     def charge_failure(self, ip: str) -> None:
         self.ips.try_acquire("ip:" + ip)
@@ -98,9 +121,13 @@ def install(app: Quart, state: AppState) -> None:
 
     @app.before_request
     async def limit_rate() -> None:
-        if request.path in EXEMPT_PATHS:
+        path = request.path
+        if path in EXEMPT_PATHS:
             return
-        throttle.check(bearer_secret(allow_query_token=True), request_ip())
+        secret = bearer_secret(allow_query_token=True)
+        if secret is None and not path.startswith(ANONYMOUS_LIMITED_PREFIXES):
+            return  # anonymous legacy routes (/p, /public, /h, /r, ...) have the public limiter
+        throttle.check(secret, request_ip())
 
     @app.after_request
     async def charge_failed_auth(response: Response) -> Response:

@@ -26,6 +26,9 @@ async def test_burst_beyond_bucket_is_429_and_others_unaffected(
         assert int(refused.headers["retry-after"]) >= 1
         # another token from the same address has its own bucket
         assert (await b.get("/api/v1/db")).status_code == 200
+        # admin.token holders could mint themselves new buckets: they are not limited
+        async with server.client() as admin:
+            assert [(await admin.get("/api/v1/db")).status_code for _ in range(8)] == [200] * 8
         # probes are exempt
         assert [(await a.get("/healthz")).status_code for _ in range(5)] == [200] * 5
 
@@ -39,8 +42,11 @@ async def test_burst_beyond_bucket_is_429_and_others_unaffected(
         # guessing tokens from the exhausted address does not get around the limit
         guess = await anon.get("/api/v1/db", headers={**first, "Authorization": "Bearer skd_guess"})
         assert guess.status_code == 429
+        # anonymous requests outside the API are left to the legacy namespace's own limiter
+        outside = [(await anon.get("/no-such-legacy-path", headers=first)).status_code for _ in range(3)]
+        assert outside == [404] * 3
         metrics = (await anon.get("/metrics")).text
-    assert 'skald_rate_limited_total{scope="token"} 1.0' in metrics
+    assert 'skald_rate_limited_total{scope="token"} 1.0' in metrics  # the admin was never refused
     assert 'skald_rate_limited_total{scope="ip"} 2.0' in metrics
 
 
