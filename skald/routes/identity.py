@@ -13,6 +13,7 @@ calls through ``state.services["session_resolver"]`` (writes need the
 from __future__ import annotations
 
 import dataclasses
+import secrets
 from typing import Any
 
 from quart import Quart, Response, render_template, request
@@ -211,15 +212,20 @@ async def _page(
     form: _Form | None = None,
 ) -> Response:
     records = await fetch_tokens(get_state(), owner=session.owner)
+    script_nonce = secrets.token_urlsafe(16)
     tokens = [{**r.to_public(), "scopes": [str(s) for s in r.scopes]} for r in reversed(records)]
     html = await render_template(
         "tokens.html", owner=session.owner, is_admin=session.is_admin, csrf=session.csrf, tokens=tokens,
         error=error, new_token=new_token, form=form or _Form(), expiry_choices=EXPIRY_CHOICES,
-        namespace=personal_namespace(session.owner),
+        namespace=personal_namespace(session.owner), script_nonce=script_nonce,
     )
     response = Response(html, status=status, content_type="text/html; charset=utf-8")
     response.headers["Cache-Control"] = "no-store"
     response.headers["X-Frame-Options"] = "DENY"
+    response.headers["Content-Security-Policy"] = (
+        f"default-src 'none'; style-src 'unsafe-inline'; script-src 'nonce-{script_nonce}'; "
+        "base-uri 'none'; frame-ancestors 'none'"
+    )
     return response
 
 

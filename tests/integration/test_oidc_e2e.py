@@ -104,7 +104,7 @@ def browser_flow(base: str, issuer: str) -> dict[str, Any]:
     """The whole browser scenario (sync Playwright, run in a worker thread)."""
     seen: dict[str, Any] = {}
     with _browser() as browser:
-        context = browser.new_context()
+        context = browser.new_context(permissions=["clipboard-read", "clipboard-write"])
         page = context.new_page()
         page.goto(base + "/ui/tokens")
         _log_in_at_provider(page, issuer, "alice")
@@ -119,6 +119,9 @@ def browser_flow(base: str, issuer: str) -> dict[str, Any]:
         page.wait_for_selector("#secret")
         secret = (page.text_content("#secret") or "").strip()
         seen["secret"] = secret
+        page.click("#copy")
+        page.locator("#copy", has_text="Copied").wait_for()
+        seen["clipboard"] = page.evaluate("navigator.clipboard.readText()")
 
         with httpx.Client(base_url=base, headers={"Authorization": f"Bearer {secret}"}) as api:
             seen["put"] = api.put("/api/v1/db/alice-example.test").status_code
@@ -190,6 +193,7 @@ async def test_browser_login_mint_use_revoke(server: LiveServer, provider: str) 
     assert cookie["sameSite"] == "Lax"
     assert cookie["secure"] is False  # cookie_secure is off for this plain-http test server
     assert seen["secret"].startswith("skd_")
+    assert seen["clipboard"] == seen["secret"]  # the copy button works (under the page's CSP)
     assert seen["put"] == 201 and seen["get"] == 200
     assert seen["other_doc"] == 403
     assert seen["secret_shown_again"] is False

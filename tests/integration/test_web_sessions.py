@@ -24,6 +24,13 @@ async def signed_in(server: LiveServer, owner: str, is_admin: bool = False) -> t
     return result
 
 
+def files_containing(folder: Path, needles: list[str]) -> list[Path]:
+    return [
+        path for path in folder.rglob("*")
+        if path.is_file() and any(n.encode() in path.read_bytes() for n in needles)
+    ]
+
+
 async def start(data_dir: Path, nursery: trio.Nursery) -> LiveServer:
     # Discovery happens only when a login starts; this issuer is never contacted except by that test.
     settings = make_settings(data_dir, oidc_issuer="http://127.0.0.1:9", oidc_client_id="skald")
@@ -38,6 +45,7 @@ async def test_token_page_and_csrf(data_dir: Path, nursery: trio.Nursery) -> Non
         assert page.status_code == 200
         assert "alice@example.com" in page.text and f'value="{csrf}"' in page.text
         assert page.headers["cache-control"] == "no-store"
+        assert "script-src 'nonce-" in page.headers["content-security-policy"]
 
         no_csrf = await web.post("/ui/tokens", data={"scopes": "alice-example.com:query.read"})
         assert no_csrf.status_code == 403 and no_csrf.json()["code"] == "csrf_failed"
@@ -78,6 +86,10 @@ async def test_token_page_and_csrf(data_dir: Path, nursery: trio.Nursery) -> Non
         assert 'skald_session=""' in out.headers["set-cookie"] or "Max-Age=0" in out.headers["set-cookie"]
         again = await web.get("/ui/tokens")
         assert again.status_code == 303 and again.headers["location"].startswith("/auth/login")
+
+    # neither the session id nor the token's plaintext is stored anywhere in the data folder
+    await server.stop()
+    assert files_containing(data_dir, [cookie, bob_cookie, secret[1]]) == []
 
 
 async def test_admin_session_uses_admin_api(data_dir: Path, nursery: trio.Nursery) -> None:
