@@ -12,7 +12,6 @@ from typing import Any
 from skald.client import Client, profiles
 from skald.client.errors import BadRequest, ServerUnreachable, SkaldClientError, Unauthorized
 
-Sub = argparse._SubParsersAction[argparse.ArgumentParser]
 _READ_FIRST = {"SELECT", "VALUES", "EXPLAIN"}
 _WRITE_WORDS = re.compile(r"\b(INSERT|UPDATE|DELETE|REPLACE|CREATE|DROP|ALTER|ATTACH|DETACH|VACUUM|REINDEX)\b", re.I)
 _COMMENTS = re.compile(r"--[^\n]*|/\*.*?\*/", re.S)
@@ -33,7 +32,7 @@ def is_read_only(sql: str) -> bool:
     return False
 
 
-def register(subparsers: Sub) -> None:
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     config = subparsers.add_parser("config", help="client profiles (server URL and token)")
     csub = config.add_subparsers(dest="config_command", metavar="ACTION")
     cset = csub.add_parser("set", help="set url or token in a profile")
