@@ -27,6 +27,7 @@ EXCLUDED_PREFIXES = ("_skald_", "sqlite_")
 EXCLUDED_TABLES = frozenset({"schema_migrations"})
 DEFAULT_RETENTION = 100_000
 _PRUNE_EVERY = 500
+_OURS = "name LIKE '\\_skald\\_chg\\_%' ESCAPE '\\'"
 
 
 def is_replicated(name: str) -> bool:
@@ -59,7 +60,7 @@ def _row_expr(alias: str, columns: list[str]) -> str:
 
 
 def replicated_tables(conn: sqlite3.Connection) -> dict[str, str]:
-    """Replicated tables of the main database: name -> CREATE sql (virtual tables and their shadows excluded)."""
+    """Replicated tables: name -> CREATE sql (virtual tables and their shadow tables excluded)."""
     rows = conn.execute("SELECT name, sql FROM main.sqlite_master WHERE type = 'table'").fetchall()
     virtual = [name for name, sql in rows if (sql or "").upper().startswith("CREATE VIRTUAL")]
     found: dict[str, str] = {}
@@ -91,8 +92,9 @@ def _create_triggers(conn: sqlite3.Connection, table: str) -> None:
     t, lit = _q(table), _lit(table)
     insert = "INSERT INTO _skald_changes (tbl, op, rowid_old, rowid_new, pk_json, row_json)"
     if without_rowid:
-        ins = f"{insert} VALUES ({lit}, 'insert', NULL, NULL, {_row_expr('NEW', pk)}, {_row_expr('NEW', columns)})"
-        upd = f"{insert} VALUES ({lit}, 'update', NULL, NULL, {_row_expr('OLD', pk)}, {_row_expr('NEW', columns)})"
+        new_row = _row_expr("NEW", columns)
+        ins = f"{insert} VALUES ({lit}, 'insert', NULL, NULL, {_row_expr('NEW', pk)}, {new_row})"
+        upd = f"{insert} VALUES ({lit}, 'update', NULL, NULL, {_row_expr('OLD', pk)}, {new_row})"
         dele = f"{insert} VALUES ({lit}, 'delete', NULL, NULL, {_row_expr('OLD', pk)}, NULL)"
     else:
         ins = f"{insert} VALUES ({lit}, 'insert', NEW.rowid, NEW.rowid, NULL, {_row_expr('NEW', columns)})"
@@ -102,7 +104,9 @@ def _create_triggers(conn: sqlite3.Connection, table: str) -> None:
         name = _q(f"{TRIGGER_PREFIX}{table}_{op}")
         conn.execute(f"CREATE TRIGGER main.{name} AFTER {op.upper()} ON {t} BEGIN {body}; END")
     # Record the table as it is now and every current row (rows written before the triggers existed).
-    sql = conn.execute("SELECT sql FROM main.sqlite_master WHERE type='table' AND name=?", (table,)).fetchone()[0]
+    sql = conn.execute(
+        "SELECT sql FROM main.sqlite_master WHERE type='table' AND name=?", (table,)
+    ).fetchone()[0]
     conn.execute("INSERT INTO _skald_changes (tbl, op, sql) VALUES (?, 'schema', ?)", (table, sql))
     if without_rowid:
         conn.execute(
@@ -111,7 +115,8 @@ def _create_triggers(conn: sqlite3.Connection, table: str) -> None:
         )
     else:
         conn.execute(
-            f"{insert} SELECT {lit}, 'insert', r.rowid, r.rowid, NULL, {_row_expr('r', columns)} FROM main.{t} AS r"
+            f"{insert} SELECT {lit}, 'insert', r.rowid, r.rowid, NULL, {_row_expr('r', columns)}"
+            f" FROM main.{t} AS r"
         )
     conn.execute("INSERT OR REPLACE INTO _skald_change_tables (tbl, sql) VALUES (?, ?)", (table, sql))
 
@@ -134,12 +139,16 @@ def sync_triggers(conn: sqlite3.Connection, *, retention: int = DEFAULT_RETENTIO
     ours = {
         name: tbl
         for name, tbl in conn.execute(
-            "SELECT name, tbl_name FROM main.sqlite_master WHERE type='trigger' AND name LIKE '\\_skald\\_chg\\_%' ESCAPE '\\'"
+            "SELECT name, tbl_name FROM main.sqlite_master WHERE type='trigger' AND " + _OURS
         ).fetchall()
     }
     for name, tbl in ours.items():
         # Triggers follow a renamed table but keep their old name; regenerate those.
-        stale = tbl not in tables or known.get(tbl) != tables[tbl] or not name.startswith(f"{TRIGGER_PREFIX}{tbl}_")
+        stale = (
+            tbl not in tables
+            or known.get(tbl) != tables[tbl]
+            or not name.startswith(f"{TRIGGER_PREFIX}{tbl}_")
+        )
         if stale:
             conn.execute(f"DROP TRIGGER IF EXISTS main.{_q(name)}")
     for table in sorted(set(known) - set(tables)):
@@ -147,9 +156,7 @@ def sync_triggers(conn: sqlite3.Connection, *, retention: int = DEFAULT_RETENTIO
         conn.execute("DELETE FROM _skald_change_tables WHERE tbl = ?", (table,))
     have = {
         r[0]
-        for r in conn.execute(
-            "SELECT tbl_name FROM main.sqlite_master WHERE type='trigger' AND name LIKE '\\_skald\\_chg\\_%' ESCAPE '\\'"
-        )
+        for r in conn.execute("SELECT tbl_name FROM main.sqlite_master WHERE type='trigger' AND " + _OURS)
     }
     for table, sql in sorted(tables.items()):
         if known.get(table) != sql or table not in have:

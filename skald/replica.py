@@ -86,7 +86,9 @@ def install_snapshot(client: Client, db_id: str, path: Path) -> int:
     conn = sqlite3.connect(str(tmp), isolation_level=None)
     try:
         conn.execute("BEGIN")
-        for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type='trigger' AND name LIKE '_skald_chg_%'").fetchall():
+        for (name,) in conn.execute(
+            "SELECT name FROM sqlite_master WHERE type='trigger' AND name LIKE '_skald_chg_%'"
+        ).fetchall():
             conn.execute(f"DROP TRIGGER {_q(name)}")  # the replica must not record its own feed
         conn.execute("DELETE FROM _skald_changes")
         conn.execute(f"CREATE TABLE IF NOT EXISTS {STATE_TABLE} (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
@@ -119,7 +121,9 @@ def apply_change(conn: sqlite3.Connection, change: Change) -> None:
             row = change["row"]
             cols = ", ".join(_q(c) for c in row)
             marks = ", ".join("?" for _ in row)
-            conn.execute(f"INSERT OR REPLACE INTO {table} ({cols}) VALUES ({marks})", [_value(v) for v in row.values()])
+            conn.execute(
+                f"INSERT OR REPLACE INTO {table} ({cols}) VALUES ({marks})", [_value(v) for v in row.values()]
+            )
         return
     rowid = change["rowid"]
     if op == "delete" or (op == "update" and change.get("new_rowid") != rowid):
@@ -130,7 +134,8 @@ def apply_change(conn: sqlite3.Connection, change: Change) -> None:
         cols = ", ".join(["rowid", *(_q(c) for c in row)])
         marks = ", ".join("?" for _ in range(len(row) + 1))
         conn.execute(
-            f"INSERT OR REPLACE INTO {table} ({cols}) VALUES ({marks})", [new_rowid, *(_value(v) for v in row.values())]
+            f"INSERT OR REPLACE INTO {table} ({cols}) VALUES ({marks})",
+            [new_rowid, *(_value(v) for v in row.values())],
         )
 
 

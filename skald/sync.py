@@ -14,12 +14,12 @@ import functools
 import os
 import sqlite3
 import tempfile
+import weakref
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import trio
-import weakref
 
 from skald.actor import CommitInfo, DocumentActor
 from skald.changefeed import DEFAULT_RETENTION, last_seq, read_changes, sync_triggers
@@ -81,7 +81,8 @@ class SyncService:
         try:
             seq = await actor.read(lambda conn: _backup_into(conn, path))
         except BaseException:
-            path.unlink(missing_ok=True)
+            with trio.CancelScope(shield=True):
+                await trio.Path(path).unlink(missing_ok=True)
             raise
         return path, seq
 
@@ -106,4 +107,5 @@ async def stream_file(path: Path) -> AsyncIterator[bytes]:
                     break
                 yield chunk
     finally:
-        path.unlink(missing_ok=True)
+        with trio.CancelScope(shield=True):
+            await trio.Path(path).unlink(missing_ok=True)

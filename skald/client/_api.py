@@ -78,7 +78,9 @@ def query(db_id: str, sql: str, args: Any = None, options: dict[str, Any] | None
 
 def batch(db_id: str, statements: list[tuple[str, Any]] | list[dict[str, Any]]) -> Call:
     items = [
-        {"sql": s["sql"], "args": encode_args(s.get("args"))} if isinstance(s, dict) else {"sql": s[0], "args": encode_args(s[1])}
+        {"sql": s["sql"], "args": encode_args(s.get("args"))}
+        if isinstance(s, dict)
+        else {"sql": s[0], "args": encode_args(s[1])}
         for s in statements
     ]
     return Call("POST", f"{_db(db_id)}/query/batch", json={"statements": items})
@@ -122,7 +124,9 @@ def _topics(topics: tuple[str, ...] | list[str]) -> list[tuple[str, str]]:
     return [("topic", t) for t in topics]
 
 
-def poll_messages(db_id: str, topics: list[str], since_id: int | None = None, limit: int | None = None) -> Call:
+def poll_messages(
+    db_id: str, topics: list[str], since_id: int | None = None, limit: int | None = None
+) -> Call:
     params = _topics(topics)
     if since_id is not None:
         params.append(("since_id", str(since_id)))
@@ -131,7 +135,9 @@ def poll_messages(db_id: str, topics: list[str], since_id: int | None = None, li
     return Call("GET", f"{_db(db_id)}/messages", params=params)
 
 
-def subscribe(db_id: str, topics: list[str], since_id: int | None, tail: int | None, last_event_id: str | None) -> Call:
+def subscribe(
+    db_id: str, topics: list[str], since_id: int | None, tail: int | None, last_event_id: str | None
+) -> Call:
     params = _topics(topics)
     if since_id is not None and last_event_id is None:
         params.append(("since_id", str(since_id)))
@@ -182,7 +188,9 @@ def lease_release(db_id: str, lease: dict[str, Any]) -> Call:
 
 # ---- blobs --------------------------------------------------------------------------------------
 def blob_init(db_id: str, sha256: str, size: int, content_type: str = "application/octet-stream") -> Call:
-    return Call("POST", f"{_db(db_id)}/blobs", json={"sha256": sha256, "size": size, "content_type": content_type})
+    return Call(
+        "POST", f"{_db(db_id)}/blobs", json={"sha256": sha256, "size": size, "content_type": content_type}
+    )
 
 
 def blob_complete(db_id: str, blob_id: str) -> Call:
@@ -214,7 +222,12 @@ def changes(db_id: str, since: int, limit: int | None = None) -> Call:
 
 
 def changes_stream(db_id: str, since: int) -> Call:
-    return Call("GET", f"{_db(db_id)}/changes/stream", params=[("since", str(since))], headers={"Accept": "text/event-stream"})
+    return Call(
+        "GET",
+        f"{_db(db_id)}/changes/stream",
+        params=[("since", str(since))],
+        headers={"Accept": "text/event-stream"},
+    )
 
 
 def parse_data(data: str) -> Any:

@@ -50,7 +50,9 @@ class AsyncClient:
     ) -> None:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         self.url = url.rstrip("/")
-        self._http = httpx.AsyncClient(base_url=self.url, headers=headers, timeout=timeout, transport=transport)
+        self._http = httpx.AsyncClient(
+            base_url=self.url, headers=headers, timeout=timeout, transport=transport
+        )
         self.reconnect_delay = reconnect_delay
         self.max_reconnect_delay = max_reconnect_delay
         self.max_reconnects = max_reconnects
@@ -58,7 +60,9 @@ class AsyncClient:
     async def __aenter__(self) -> AsyncClient:
         return self
 
-    async def __aexit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+    async def __aexit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         await self.aclose()
 
     async def aclose(self) -> None:
@@ -68,7 +72,12 @@ class AsyncClient:
     async def _send(self, call: _api.Call) -> httpx.Response:
         try:
             response = await self._http.request(
-                call.method, call.path, params=_params(call), json=call.json, content=call.content, headers=call.headers
+                call.method,
+                call.path,
+                params=_params(call),
+                json=call.json,
+                content=call.content,
+                headers=call.headers,
             )
         except httpx.TransportError as exc:
             raise unreachable(self.url, exc) from None
@@ -84,7 +93,12 @@ class AsyncClient:
         """One SSE connection; raises typed errors for 4xx/5xx answers."""
         try:
             async with aconnect_sse(
-                self._http, call.method, call.path, params=_params(call), json=call.json, headers=call.headers,
+                self._http,
+                call.method,
+                call.path,
+                params=_params(call),
+                json=call.json,
+                headers=call.headers,
                 timeout=httpx.Timeout(self._http.timeout.connect, read=None),
             ) as source:
                 if source.response.status_code >= 400:
@@ -120,7 +134,9 @@ class AsyncClient:
         result: QueryResult = await self._json(_api.query(db_id, sql, args, options))
         return result
 
-    async def batch(self, db_id: str, statements: list[tuple[str, Any]] | list[dict[str, Any]]) -> list[QueryResult]:
+    async def batch(
+        self, db_id: str, statements: list[tuple[str, Any]] | list[dict[str, Any]]
+    ) -> list[QueryResult]:
         body = await self._json(_api.batch(db_id, statements))
         results: list[QueryResult] = body["results"] if isinstance(body, dict) else body
         return results
@@ -140,7 +156,12 @@ class AsyncClient:
                         attempt = 0
                         if event.event == "error":
                             data = event.data if isinstance(event.data, dict) else {}
-                            raise SkaldClientError(400, str(data.get("code", "watch_error")), str(data.get("detail", event.data)), data)
+                            raise SkaldClientError(
+                                400,
+                                str(data.get("code", "watch_error")),
+                                str(data.get("detail", event.data)),
+                                data,
+                            )
                         if event.event not in ("snapshot", "update"):
                             continue
                         digest = event.data.get("result_hash") if isinstance(event.data, dict) else None
@@ -160,7 +181,9 @@ class AsyncClient:
         published: Published = await self._json(_api.publish(db_id, topic, payload, **kwargs))
         return published
 
-    async def poll_messages(self, db_id: str, *topics: str, since_id: int | None = None, limit: int | None = None) -> Any:
+    async def poll_messages(
+        self, db_id: str, *topics: str, since_id: int | None = None, limit: int | None = None
+    ) -> Any:
         return await self._json(_api.poll_messages(db_id, list(topics), since_id, limit))
 
     async def subscribe(
@@ -200,17 +223,23 @@ class AsyncClient:
         await self._send(_api.stream_respond(db_id, path, data))
 
     # ---- leases -------------------------------------------------------------------------------------
-    async def acquire_lease(self, db_id: str, resource: str, ttl: float, holder: str | None = None) -> dict[str, Any]:
+    async def acquire_lease(
+        self, db_id: str, resource: str, ttl: float, holder: str | None = None
+    ) -> dict[str, Any]:
         return dict(await self._json(_api.lease_acquire(db_id, resource, ttl, holder)))
 
-    async def renew_lease(self, db_id: str, lease: dict[str, Any], ttl: float | None = None) -> dict[str, Any]:
+    async def renew_lease(
+        self, db_id: str, lease: dict[str, Any], ttl: float | None = None
+    ) -> dict[str, Any]:
         return dict(await self._json(_api.lease_renew(db_id, lease, ttl)))
 
     async def release_lease(self, db_id: str, lease: dict[str, Any]) -> None:
         await self._send(_api.lease_release(db_id, lease))
 
     @asynccontextmanager
-    async def lease(self, db_id: str, resource: str, ttl: float = 30.0, holder: str | None = None) -> AsyncIterator[dict[str, Any]]:
+    async def lease(
+        self, db_id: str, resource: str, ttl: float = 30.0, holder: str | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
         """Hold a lease for the block: renewed every ``ttl/3`` seconds, released on exit (also on error)."""
         lease = await self.acquire_lease(db_id, resource, ttl, holder)
         try:
@@ -231,14 +260,18 @@ class AsyncClient:
                 await self.release_lease(db_id, lease)
 
     # ---- blobs --------------------------------------------------------------------------------------
-    async def upload_blob(self, db_id: str, data: bytes, content_type: str = "application/octet-stream") -> dict[str, Any]:
+    async def upload_blob(
+        self, db_id: str, data: bytes, content_type: str = "application/octet-stream"
+    ) -> dict[str, Any]:
         """Init an upload, PUT ``data`` to the presigned URL, then complete (the server verifies the hash)."""
         digest = hashlib.sha256(data).hexdigest()
         init = dict(await self._json(_api.blob_init(db_id, digest, len(data), content_type)))
         async with httpx.AsyncClient(timeout=self._http.timeout) as raw:
             put = await raw.put(init["upload_url"], content=data, headers=init.get("upload_headers") or {})
             if put.status_code >= 400:
-                raise SkaldClientError(put.status_code, "upload_failed", f"object storage refused the upload: {put.status_code}")
+                raise SkaldClientError(
+                    put.status_code, "upload_failed", f"object storage refused the upload: {put.status_code}"
+                )
         return dict(await self._json(_api.blob_complete(db_id, init["blob_id"])))
 
     async def blob_url(self, db_id: str, blob_id: str) -> str:
@@ -271,7 +304,10 @@ class AsyncClient:
         return page
 
     async def follow_changes(self, db_id: str, since: int = 0) -> AsyncGenerator[Event, None]:
-        """Yield ``change`` events after ``since`` forever (reconnecting); raise :class:`ResetRequired` on reset."""
+        """Yield ``change`` events after ``since`` forever (reconnecting).
+
+        Raises :class:`ResetRequired` when the feed no longer holds ``since``.
+        """
         cursor = since
         attempt = 0
         while True:
@@ -280,7 +316,9 @@ class AsyncClient:
                     async for event in events:
                         attempt = 0
                         if event.event == "reset":
-                            raise ResetRequired(410, "reset", "change feed no longer holds this sequence", event.data)
+                            raise ResetRequired(
+                                410, "reset", "change feed no longer holds this sequence", event.data
+                            )
                         if event.event == "change":
                             cursor = int(event.id)
                             yield event

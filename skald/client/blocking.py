@@ -50,7 +50,9 @@ class Client:
     def __enter__(self) -> Client:
         return self
 
-    def __exit__(self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
     def close(self) -> None:
@@ -60,7 +62,12 @@ class Client:
     def _send(self, call: _api.Call) -> httpx.Response:
         try:
             response = self._http.request(
-                call.method, call.path, params=_params(call), json=call.json, content=call.content, headers=call.headers
+                call.method,
+                call.path,
+                params=_params(call),
+                json=call.json,
+                content=call.content,
+                headers=call.headers,
             )
         except httpx.TransportError as exc:
             raise unreachable(self.url, exc) from None
@@ -75,7 +82,12 @@ class Client:
     def _events(self, call: _api.Call) -> Generator[Event, None, None]:
         try:
             with connect_sse(
-                self._http, call.method, call.path, params=_params(call), json=call.json, headers=call.headers,
+                self._http,
+                call.method,
+                call.path,
+                params=_params(call),
+                json=call.json,
+                headers=call.headers,
                 timeout=httpx.Timeout(self._http.timeout.connect, read=None),
             ) as source:
                 if source.response.status_code >= 400:
@@ -108,13 +120,18 @@ class Client:
         result: QueryResult = self._json(_api.query(db_id, sql, args, options))
         return result
 
-    def batch(self, db_id: str, statements: list[tuple[str, Any]] | list[dict[str, Any]]) -> list[QueryResult]:
+    def batch(
+        self, db_id: str, statements: list[tuple[str, Any]] | list[dict[str, Any]]
+    ) -> list[QueryResult]:
         body = self._json(_api.batch(db_id, statements))
         results: list[QueryResult] = body["results"] if isinstance(body, dict) else body
         return results
 
     def watch(self, db_id: str, sql: str, args: Any = None) -> Iterator[Event]:
-        """Yield ``snapshot``/``update`` events when the result changes; reconnects, skipping an unchanged hash."""
+        """Yield ``snapshot``/``update`` events when the result changes.
+
+        Reconnects on network loss; a snapshot with an unchanged hash is skipped.
+        """
         last_hash: str | None = None
         attempt = 0
         while True:
@@ -124,7 +141,12 @@ class Client:
                         attempt = 0
                         if event.event == "error":
                             data = event.data if isinstance(event.data, dict) else {}
-                            raise SkaldClientError(400, str(data.get("code", "watch_error")), str(data.get("detail", event.data)), data)
+                            raise SkaldClientError(
+                                400,
+                                str(data.get("code", "watch_error")),
+                                str(data.get("detail", event.data)),
+                                data,
+                            )
                         if event.event not in ("snapshot", "update"):
                             continue
                         digest = event.data.get("result_hash") if isinstance(event.data, dict) else None
@@ -143,10 +165,14 @@ class Client:
         published: Published = self._json(_api.publish(db_id, topic, payload, **kwargs))
         return published
 
-    def poll_messages(self, db_id: str, *topics: str, since_id: int | None = None, limit: int | None = None) -> Any:
+    def poll_messages(
+        self, db_id: str, *topics: str, since_id: int | None = None, limit: int | None = None
+    ) -> Any:
         return self._json(_api.poll_messages(db_id, list(topics), since_id, limit))
 
-    def subscribe(self, db_id: str, *topics: str, since_id: int | None = None, tail: int | None = None) -> Iterator[Event]:
+    def subscribe(
+        self, db_id: str, *topics: str, since_id: int | None = None, tail: int | None = None
+    ) -> Iterator[Event]:
         """Yield message events forever, resuming with ``Last-Event-ID`` after a disconnect."""
         last_id: str | None = None
         attempt = 0
@@ -181,7 +207,9 @@ class Client:
         self._send(_api.stream_respond(db_id, path, data))
 
     # ---- leases -------------------------------------------------------------------------------------
-    def acquire_lease(self, db_id: str, resource: str, ttl: float, holder: str | None = None) -> dict[str, Any]:
+    def acquire_lease(
+        self, db_id: str, resource: str, ttl: float, holder: str | None = None
+    ) -> dict[str, Any]:
         return dict(self._json(_api.lease_acquire(db_id, resource, ttl, holder)))
 
     def renew_lease(self, db_id: str, lease: dict[str, Any], ttl: float | None = None) -> dict[str, Any]:
@@ -191,7 +219,9 @@ class Client:
         self._send(_api.lease_release(db_id, lease))
 
     @contextlib.contextmanager
-    def lease(self, db_id: str, resource: str, ttl: float = 30.0, holder: str | None = None) -> Iterator[dict[str, Any]]:
+    def lease(
+        self, db_id: str, resource: str, ttl: float = 30.0, holder: str | None = None
+    ) -> Iterator[dict[str, Any]]:
         """Hold a lease for the block; a thread renews it every ``ttl/3`` s; released on exit."""
         lease = self.acquire_lease(db_id, resource, ttl, holder)
         stop = threading.Event()
@@ -211,11 +241,22 @@ class Client:
             self.release_lease(db_id, lease)
 
     # ---- blobs --------------------------------------------------------------------------------------
-    def upload_blob(self, db_id: str, data: bytes, content_type: str = "application/octet-stream") -> dict[str, Any]:
-        init = dict(self._json(_api.blob_init(db_id, hashlib.sha256(data).hexdigest(), len(data), content_type)))
-        put = httpx.put(init["upload_url"], content=data, headers=init.get("upload_headers") or {}, timeout=self._http.timeout)
+    def upload_blob(
+        self, db_id: str, data: bytes, content_type: str = "application/octet-stream"
+    ) -> dict[str, Any]:
+        init = dict(
+            self._json(_api.blob_init(db_id, hashlib.sha256(data).hexdigest(), len(data), content_type))
+        )
+        put = httpx.put(
+            init["upload_url"],
+            content=data,
+            headers=init.get("upload_headers") or {},
+            timeout=self._http.timeout,
+        )
         if put.status_code >= 400:
-            raise SkaldClientError(put.status_code, "upload_failed", f"object storage refused the upload: {put.status_code}")
+            raise SkaldClientError(
+                put.status_code, "upload_failed", f"object storage refused the upload: {put.status_code}"
+            )
         return dict(self._json(_api.blob_complete(db_id, init["blob_id"])))
 
     def blob_url(self, db_id: str, blob_id: str) -> str:
@@ -260,7 +301,9 @@ class Client:
                     for event in events:
                         attempt = 0
                         if event.event == "reset":
-                            raise ResetRequired(410, "reset", "change feed no longer holds this sequence", event.data)
+                            raise ResetRequired(
+                                410, "reset", "change feed no longer holds this sequence", event.data
+                            )
                         if event.event == "change":
                             cursor = int(event.id)
                         yield event

@@ -73,7 +73,12 @@ def error_from_response(response: httpx.Response, body: bytes | None = None) -> 
     except ValueError:
         pass
     code = str(problem.get("code") or f"http_{response.status_code}")
-    detail = str(problem.get("detail") or problem.get("title") or raw[:200].decode(errors="replace") or response.reason_phrase)
+    detail = str(
+        problem.get("detail")
+        or problem.get("title")
+        or raw[:200].decode(errors="replace")
+        or response.reason_phrase
+    )
     cls = _BY_STATUS.get(response.status_code, SkaldClientError)
     return cls(response.status_code, code, detail, problem)
 

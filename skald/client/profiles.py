@@ -66,5 +66,7 @@ def resolve(profile: str | None = None) -> Endpoint:
     url = os.environ.get("SKALD_URL") or values.get("url")
     token = os.environ.get("SKALD_TOKEN") or values.get("token")
     if not url:
-        raise NoProfile(f"no profile configured (profile {name!r} has no url): run `skald config set url http://HOST:PORT`")
+        raise NoProfile(
+            f"no profile configured (profile {name!r} has no url): run `skald config set url http://HOST:PORT`"
+        )
     return Endpoint(name, str(url).rstrip("/"), token)

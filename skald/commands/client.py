@@ -13,7 +13,9 @@ from skald.client import Client, profiles
 from skald.client.errors import BadRequest, ServerUnreachable, SkaldClientError, Unauthorized
 
 _READ_FIRST = {"SELECT", "VALUES", "EXPLAIN"}
-_WRITE_WORDS = re.compile(r"\b(INSERT|UPDATE|DELETE|REPLACE|CREATE|DROP|ALTER|ATTACH|DETACH|VACUUM|REINDEX)\b", re.I)
+_WRITE_WORDS = re.compile(
+    r"\b(INSERT|UPDATE|DELETE|REPLACE|CREATE|DROP|ALTER|ATTACH|DETACH|VACUUM|REINDEX)\b", re.I
+)
 _COMMENTS = re.compile(r"--[^\n]*|/\*.*?\*/", re.S)
 _STRINGS = re.compile(r"'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\"")
 
@@ -58,7 +60,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     _common(query)
     query.add_argument("db")
     query.add_argument("sql")
-    query.add_argument("--arg", action="append", default=[], help="positional argument (JSON value or text), repeatable")
+    query.add_argument(
+        "--arg", action="append", default=[], help="positional argument (JSON value or text), repeatable"
+    )
     query.add_argument("--output", choices=["table", "json"], default="table")
     query.add_argument("--write", action="store_true", help="allow a statement that writes")
     query.set_defaults(func=cmd_query)
@@ -195,7 +199,9 @@ def render(result: dict[str, Any], output: str) -> None:
         return
     table = Table(*result["columns"])
     for row in result.get("rows", []):
-        table.add_row(*("NULL" if v is None else json.dumps(v) if isinstance(v, dict) else str(v) for v in row))
+        table.add_row(
+            *("NULL" if v is None else json.dumps(v) if isinstance(v, dict) else str(v) for v in row)
+        )
     console.print(table)
     if result.get("truncated"):
         console.print("[yellow](truncated)[/yellow]")
@@ -252,7 +258,10 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
                 print(json.dumps({"event": event.event, "id": event.id, "data": event.data}))
             else:
                 data = event.data if isinstance(event.data, dict) else {}
-                print(f"{event.id} {data.get('topic', '')} {data.get('payload', data.get('payload_text', event.data))}")
+                print(
+                    f"{event.id} {data.get('topic', '')} "
+                    f"{data.get('payload', data.get('payload_text', event.data))}"
+                )
             sys.stdout.flush()
         return 0
 

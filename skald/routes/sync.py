@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -10,6 +11,8 @@ import trio
 from quart import Quart, Response, request
 
 from skald.auth.guard import requires
+from skald.changefeed import read_changes
+from skald.connection import DocConnection
 from skald.errors import ValidationFailed
 from skald.state import AppState, get_state
 from skald.sync import SyncService, stream_file
@@ -39,7 +42,9 @@ def _int_arg(name: str, default: int, *, minimum: int = 0, maximum: int | None =
     except ValueError:
         raise ValidationFailed(f"{name} must be an integer") from None
     if value < minimum or (maximum is not None and value > maximum):
-        raise ValidationFailed(f"{name} must be between {minimum} and {maximum if maximum is not None else 'any'}")
+        raise ValidationFailed(
+            f"{name} must be between {minimum} and {maximum if maximum is not None else 'any'}"
+        )
     return value
 
 
@@ -94,7 +99,7 @@ async def changes_stream_view(db_id: str) -> Response:
         with actor.hold():
             while not actor.closing.is_set() and not (shutdown is not None and shutdown.is_set()):
                 wake = service.wakeup(db_id)
-                page = await actor.read(lambda conn: _page(conn, cursor))
+                page = await actor.read(functools.partial(_page, cursor=cursor))
                 if page["reset"]:
                     yield _event("reset", {"since": cursor, "last_seq": page["last_seq"]})
                     return
@@ -115,9 +120,7 @@ async def changes_stream_view(db_id: str) -> Response:
     return response
 
 
-def _page(conn: Any, cursor: int) -> dict[str, Any]:
-    from skald.changefeed import read_changes
-
+def _page(conn: DocConnection, cursor: int) -> dict[str, Any]:
     return read_changes(conn, cursor, STREAM_PAGE)
 
 

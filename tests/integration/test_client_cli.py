@@ -10,8 +10,8 @@ import trio
 from support.live import ADMIN_TOKEN, LiveServer
 
 from skald.cli import main
-from skald.commands.client import describe, is_read_only
 from skald.client.errors import BadRequest
+from skald.commands.client import describe, is_read_only
 from skald.connection import DocConnection
 
 
@@ -30,7 +30,9 @@ async def skald(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, st
     return code, out, err
 
 
-async def test_config_profiles_and_env(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_config_profiles_and_env(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     assert (await skald(capsys, "config", "set", "url", "http://a:1"))[0] == 0
     assert (await skald(capsys, "config", "set", "token", "skd_secret_value"))[0] == 0
     assert (await skald(capsys, "config", "get", "url"))[1].strip() == "http://a:1"
@@ -44,7 +46,9 @@ async def test_config_profiles_and_env(capsys: pytest.CaptureFixture[str], monke
     assert (await skald(capsys, "config", "get", "url"))[1].strip() == "http://a:1"
 
 
-async def test_clear_one_line_errors(server: LiveServer, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+async def test_clear_one_line_errors(
+    server: LiveServer, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     code, _, err = await skald(capsys, "query", "notes", "SELECT 1")
     assert code == 1 and err.startswith("skald: no profile configured") and err.count("\n") == 1
     monkeypatch.setenv("SKALD_URL", server.url)
@@ -59,7 +63,7 @@ async def test_clear_one_line_errors(server: LiveServer, capsys: pytest.CaptureF
     assert code == 1 and "add --write" in err
     code, _, err = await skald(capsys, "query", "notes", "SELECT 1")
     assert code == 1 and err.startswith("skald: server unreachable") and err.count("\n") == 1
-    assert describe(BadRequest(400, "invalid_sql", "near \"SELEC\": syntax error")).startswith("invalid SQL:")
+    assert describe(BadRequest(400, "invalid_sql", 'near "SELEC": syntax error')).startswith("invalid SQL:")
 
 
 def test_write_guard_is_conservative() -> None:
@@ -74,7 +78,9 @@ def test_write_guard_is_conservative() -> None:
     assert not is_read_only("update t set a = 1")
 
 
-async def test_sync_pull_and_status(server: LiveServer, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+async def test_sync_pull_and_status(
+    server: LiveServer, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     async with server.client() as client:
         await client.put("/api/v1/db/notes")
 

@@ -11,7 +11,15 @@ import pytest
 import trio
 from support.live import ADMIN_TOKEN, LiveServer
 
-from skald.client import AsyncClient, Client, Forbidden, NotFound, ServerUnreachable, SkaldClientError, Unauthorized
+from skald.client import (
+    AsyncClient,
+    Client,
+    Forbidden,
+    NotFound,
+    ServerUnreachable,
+    SkaldClientError,
+    Unauthorized,
+)
 from skald.connection import DocConnection
 
 
@@ -60,7 +68,9 @@ def check_flow(result: dict[str, object], db_id: str, dest: Path) -> None:
 async def test_flows_under_trio(server: LiveServer, tmp_path: Path) -> None:
     await seed(server, "notes")
     async with AsyncClient(server.url, ADMIN_TOKEN, max_reconnects=0) as client:
-        check_flow(await document_flow(client, "notes", tmp_path / "a.sqlite"), "notes", tmp_path / "a.sqlite")
+        check_flow(
+            await document_flow(client, "notes", tmp_path / "a.sqlite"), "notes", tmp_path / "a.sqlite"
+        )
         # follow the feed; closing the document ends the stream and max_reconnects=0 gives up
         seen: list[int] = []
         with pytest.raises(SkaldClientError) as info:

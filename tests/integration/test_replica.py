@@ -30,21 +30,46 @@ def random_statements(rng: random.Random, step: int) -> list[tuple[str, tuple[An
     """One op: a single statement, a multi-row statement or a small batch."""
     i = rng.randrange(1, 400)
     choices: list[list[tuple[str, tuple[Any, ...]]]] = [
-        [("INSERT OR REPLACE INTO items (id, name, qty, price, data) VALUES (?, ?, ?, ?, ?)",
-          (i, f"n{step}", rng.randrange(100), rng.random() * 1e6, rng.randbytes(rng.randrange(0, 20)) or None))],
+        [
+            (
+                "INSERT OR REPLACE INTO items (id, name, qty, price, data) VALUES (?, ?, ?, ?, ?)",
+                (
+                    i,
+                    f"n{step}",
+                    rng.randrange(100),
+                    rng.random() * 1e6,
+                    rng.randbytes(rng.randrange(0, 20)) or None,
+                ),
+            )
+        ],
         [("UPDATE items SET qty = qty + 1, price = ? WHERE id = ?", (rng.random(), i))],
         [("DELETE FROM items WHERE id = ?", (i,))],
         [("UPDATE items SET name = name || 'x' WHERE id % 7 = ?", (i % 7,))],
         [("DELETE FROM items WHERE qty < ? AND id % 5 = 0", (rng.randrange(10),))],
         [("UPDATE OR IGNORE items SET id = id + 1000 WHERE id = ?", (i,))],
-        [("INSERT OR REPLACE INTO kv VALUES (?, ?)", (f"k{i % 50}", rng.choice([step, "t", 1.5, None, b"\x00\x01"])))],
+        [
+            (
+                "INSERT OR REPLACE INTO kv VALUES (?, ?)",
+                (f"k{i % 50}", rng.choice([step, "t", 1.5, None, b"\x00\x01"])),
+            )
+        ],
         [("DELETE FROM kv WHERE k = ?", (f"k{i % 50}",))],
-        [("INSERT INTO log VALUES (?, ?)", (f"m{step}", i)), ("INSERT INTO log SELECT msg || '+', n + 1 FROM log WHERE n = ?", (i,))],
+        [
+            ("INSERT INTO log VALUES (?, ?)", (f"m{step}", i)),
+            ("INSERT INTO log SELECT msg || '+', n + 1 FROM log WHERE n = ?", (i,)),
+        ],
         [("DELETE FROM log WHERE n % 11 = ?", (i % 11,))],
-        [("UPDATE log SET msg = ? WHERE rowid IN (SELECT rowid FROM log ORDER BY random() LIMIT 3)", (f"u{step}",))],
-        [("INSERT INTO items (name, qty, price) VALUES (?, ?, ?)", (f"b{step}", 1, 0.1)),
-         ("UPDATE kv SET v = ? WHERE k = ?", (step, f"k{i % 50}")),
-         ("DELETE FROM log WHERE rowid = (SELECT min(rowid) FROM log)", ())],
+        [
+            (
+                "UPDATE log SET msg = ? WHERE rowid IN (SELECT rowid FROM log ORDER BY random() LIMIT 3)",
+                (f"u{step}",),
+            )
+        ],
+        [
+            ("INSERT INTO items (name, qty, price) VALUES (?, ?, ?)", (f"b{step}", 1, 0.1)),
+            ("UPDATE kv SET v = ? WHERE k = ?", (step, f"k{i % 50}")),
+            ("DELETE FROM log WHERE rowid = (SELECT min(rowid) FROM log)", ()),
+        ],
     ]
     return rng.choice(choices)
 
@@ -58,7 +83,9 @@ async def run_ops(server: LiveServer, rng: random.Random, start: int, count: int
                     if step == 2500:
                         statements = [("ALTER TABLE items ADD COLUMN note TEXT DEFAULT 'n'", ())]
 
-                    def op(conn: DocConnection, statements: list[tuple[str, tuple[Any, ...]]] = statements) -> None:
+                    def op(
+                        conn: DocConnection, statements: list[tuple[str, tuple[Any, ...]]] = statements
+                    ) -> None:
                         for sql, args in statements:
                             conn.execute(sql, args)
 
@@ -83,8 +110,22 @@ def start_follower(server: LiveServer, replica: Path, tmp_path: Path, log: Path)
     }
     with log.open("wb") as stderr:
         return subprocess.Popen(
-            [sys.executable, "-m", "skald", "sync", "pull", "--db", "notes", "--to", str(replica), "--follow"],
-            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=stderr,
+            [
+                sys.executable,
+                "-m",
+                "skald",
+                "sync",
+                "pull",
+                "--db",
+                "notes",
+                "--to",
+                str(replica),
+                "--follow",
+            ],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
         )
 
 
@@ -103,7 +144,9 @@ async def server_seq(server: LiveServer) -> int:
         return await actor.read(last_seq)
 
 
-async def test_replica_follows_a_random_workload_through_a_follower_crash(server: LiveServer, tmp_path: Path) -> None:
+async def test_replica_follows_a_random_workload_through_a_follower_crash(
+    server: LiveServer, tmp_path: Path
+) -> None:
     rng = random.Random(9)
     replica = tmp_path / "notes.sqlite"
     async with server.client() as client:
@@ -141,4 +184,6 @@ async def test_replica_follows_a_random_workload_through_a_follower_crash(server
     assert actual == expected
     assert "snapshot" in (tmp_path / "first.log").read_text()
     resumed = (tmp_path / "second.log").read_text()
-    assert "snapshot" not in resumed and "following notes from sequence" in resumed  # resumed, no new snapshot
+    assert (
+        "snapshot" not in resumed and "following notes from sequence" in resumed
+    )  # resumed, no new snapshot

@@ -23,7 +23,9 @@ async def _write(server: LiveServer, db_id: str, *sql: str) -> None:
 async def test_snapshot_carries_the_sequence_it_includes(server: LiveServer, tmp_path: Path) -> None:
     async with server.client() as client:
         assert (await client.put("/api/v1/db/notes")).status_code == 201
-        await _write(server, "notes", "CREATE TABLE t (id INTEGER PRIMARY KEY, v)", "INSERT INTO t VALUES (1, 'a')")
+        await _write(
+            server, "notes", "CREATE TABLE t (id INTEGER PRIMARY KEY, v)", "INSERT INTO t VALUES (1, 'a')"
+        )
         r = await client.get("/api/v1/db/notes/snapshot")
         assert r.status_code == 200
         seq = int(r.headers["Skald-Change-Seq"])
@@ -43,7 +45,9 @@ async def test_snapshot_carries_the_sequence_it_includes(server: LiveServer, tmp
 async def test_changes_page_limit_and_validation(server: LiveServer) -> None:
     async with server.client() as client:
         await client.put("/api/v1/db/notes")
-        await _write(server, "notes", "CREATE TABLE t (v)", *[f"INSERT INTO t VALUES ({i})" for i in range(5)])
+        await _write(
+            server, "notes", "CREATE TABLE t (v)", *[f"INSERT INTO t VALUES ({i})" for i in range(5)]
+        )
         page = (await client.get("/api/v1/db/notes/changes", params={"since": 0, "limit": 2})).json()
         assert len(page["changes"]) == 2 and page["has_more"] is True
         bad = await client.get("/api/v1/db/notes/changes", params={"since": "x"})
@@ -74,7 +78,9 @@ async def test_change_stream_announces_new_commits_and_resets(server: LiveServer
         await _write(server, "notes", "CREATE TABLE t (v)")
         since = (await client.get("/api/v1/db/notes/changes")).json()["last_seq"]
         seen: list[dict[str, object]] = []
-        async with aconnect_sse(client, "GET", "/api/v1/db/notes/changes/stream", params={"since": since}) as source:
+        async with aconnect_sse(
+            client, "GET", "/api/v1/db/notes/changes/stream", params={"since": since}
+        ) as source:
             assert source.response.status_code == 200
             async with aclosing(source.aiter_sse()) as events:
                 await _write(server, "notes", "INSERT INTO t VALUES (1)")
@@ -89,7 +95,11 @@ async def test_change_stream_announces_new_commits_and_resets(server: LiveServer
                             # closing the document ends the stream (the client sees a clean end)
                             server.state.supervisor.open_actors["notes"].stop("test")
         assert [c["op"] for c in seen] == ["insert", "update", "delete"]
-        async with aconnect_sse(client, "GET", "/api/v1/db/notes/changes/stream", params={"since": 99_999}) as source:
-            async with aclosing(source.aiter_sse()) as events:
-                names = [sse.event async for sse in events]  # the server ends the stream after reset
+        async with (
+            aconnect_sse(
+                client, "GET", "/api/v1/db/notes/changes/stream", params={"since": 99_999}
+            ) as source,
+            aclosing(source.aiter_sse()) as events,
+        ):
+            names = [sse.event async for sse in events]  # the server ends the stream after reset
         assert names == ["reset"]

@@ -24,7 +24,11 @@ def _write(conn: sqlite3.Connection, *sql: str) -> None:
 
 def test_insert_update_delete_recorded_in_order(tmp_path: Path) -> None:
     conn = _open(tmp_path)
-    _write(conn, "CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT, data BLOB, x REAL)", "INSERT INTO t VALUES (1, 'a', x'00ff', 0.1)")
+    _write(
+        conn,
+        "CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT, data BLOB, x REAL)",
+        "INSERT INTO t VALUES (1, 'a', x'00ff', 0.1)",
+    )
     _write(conn, "INSERT INTO t VALUES (2, 'b', NULL, 1e300)")
     _write(conn, "UPDATE t SET name = 'c', id = 3 WHERE id = 2")
     _write(conn, "DELETE FROM t WHERE id = 1")
@@ -47,7 +51,13 @@ def test_without_rowid_keys_and_capability_tables_excluded(tmp_path: Path) -> No
     _write(conn, "UPDATE kv SET v = 2", "INSERT INTO _skald_meta VALUES ('x', 'y')")
     changes = read_changes(conn, 0, 100)["changes"]
     assert [c["table"] for c in changes] == ["kv", "kv", "kv"]
-    assert changes[2] == {"seq": changes[2]["seq"], "table": "kv", "op": "update", "key": {"k": "a"}, "row": {"k": "a", "v": 2}}
+    assert changes[2] == {
+        "seq": changes[2]["seq"],
+        "table": "kv",
+        "op": "update",
+        "key": {"k": "a"},
+        "row": {"k": "a", "v": 2},
+    }
 
 
 def test_schema_change_and_drop(tmp_path: Path) -> None:
