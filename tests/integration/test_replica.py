@@ -101,7 +101,9 @@ def dump(conn: sqlite3.Connection) -> dict[str, list[tuple[Any, ...]]]:
     return out
 
 
-def start_follower(server: LiveServer, replica: Path, tmp_path: Path, log: Path) -> subprocess.Popen[bytes]:
+def start_follower(
+    server: LiveServer, replica: Path, tmp_path: Path, log: Path, *extra: str
+) -> subprocess.Popen[bytes]:
     env = {
         **os.environ,
         "SKALD_URL": server.url,
@@ -121,6 +123,7 @@ def start_follower(server: LiveServer, replica: Path, tmp_path: Path, log: Path)
                 "--to",
                 str(replica),
                 "--follow",
+                *extra,
             ],
             cwd=ROOT,
             env=env,

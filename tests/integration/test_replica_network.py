@@ -1,0 +1,96 @@
+"""The follower survives network loss / an unreachable server: a TCP proxy between them is torn down."""
+
+from __future__ import annotations
+
+import random
+import signal
+import sqlite3
+from pathlib import Path
+
+import trio
+from support.live import LiveServer
+from test_replica import SCHEMA, dump, run_ops, server_seq, start_follower, wait_for_seq
+
+from skald.connection import DocConnection
+
+
+class Proxy:
+    """Forwards 127.0.0.1:<port> to the server; :meth:`cut` drops every connection and stops listening."""
+
+    def __init__(self, target_port: int) -> None:
+        self.target_port = target_port
+        self.port = 0
+        self._scope: trio.CancelScope | None = None
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        with trio.CancelScope() as self._scope:
+            listeners = await trio.open_tcp_listeners(self.port, host="127.0.0.1")
+            self.port = listeners[0].socket.getsockname()[1]
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(trio.serve_listeners, self._handle, listeners)
+                task_status.started()
+
+    def cut(self) -> None:
+        assert self._scope is not None
+        self._scope.cancel()
+
+    async def _handle(self, client: trio.SocketStream) -> None:
+        async with client, await trio.open_tcp_stream("127.0.0.1", self.target_port) as upstream:
+            async with trio.open_nursery() as nursery:
+
+                async def pump(src: trio.SocketStream, dst: trio.SocketStream) -> None:
+                    try:
+                        async for chunk in src:
+                            await dst.send_all(chunk)
+                    except trio.BrokenResourceError:
+                        pass
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(pump, client, upstream)
+                nursery.start_soon(pump, upstream, client)
+
+
+async def test_follower_resumes_after_network_loss(
+    server: LiveServer, tmp_path: Path, nursery: trio.Nursery
+) -> None:
+    rng = random.Random(5)
+    replica = tmp_path / "notes.sqlite"
+    async with server.client() as client:
+        await client.put("/api/v1/db/notes")
+
+    def schema(conn: DocConnection) -> None:
+        for sql in SCHEMA:
+            conn.execute(sql)
+
+    async with server.state.supervisor.open_document("notes") as actor:
+        await actor.write(schema)
+    proxy = Proxy(int(server.url.rsplit(":", 1)[1]))
+    await nursery.start(proxy.run)
+    live = LiveServer(
+        f"http://127.0.0.1:{proxy.port}", server.settings, server.app, server._shutdown, server._done
+    )
+    log = tmp_path / "follower.log"
+    follower = start_follower(live, replica, tmp_path, log, "--max-delay", "0.2")
+    try:
+        await run_ops(server, rng, 0, 300)
+        await wait_for_seq(replica, await server_seq(server), follower)
+        proxy.cut()  # every connection drops; new ones are refused
+        await run_ops(server, rng, 300, 300)
+        with trio.fail_after(30):
+            while "retrying" not in log.read_text():
+                await trio.sleep(0.05)
+        await nursery.start(proxy.run)  # back on the same port
+        await run_ops(server, rng, 600, 300)
+        await wait_for_seq(replica, await server_seq(server), follower)
+    finally:
+        follower.send_signal(signal.SIGKILL)
+        await trio.to_thread.run_sync(follower.wait)
+        proxy.cut()
+    async with server.state.supervisor.open_document("notes") as actor:
+        expected = await actor.read(dump)
+    conn = sqlite3.connect(replica)
+    try:
+        assert dump(conn) == expected
+    finally:
+        conn.close()
+    assert log.read_text().count("snapshot of notes") == 1  # resumed from its sequence, no new snapshot
