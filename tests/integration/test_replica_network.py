@@ -7,9 +7,10 @@ import signal
 import sqlite3
 from pathlib import Path
 
+import httpx
 import trio
-from support.live import LiveServer
-from test_replica import SCHEMA, dump, run_ops, server_seq, start_follower, wait_for_seq
+from support.live import ADMIN_TOKEN, LiveServer, SkaldProcess, make_settings
+from test_replica import SCHEMA, dump, random_statements, run_ops, server_seq, start_follower, wait_for_seq
 
 from skald.connection import DocConnection
 
@@ -35,7 +36,11 @@ class Proxy:
         self._scope.cancel()
 
     async def _handle(self, client: trio.SocketStream) -> None:
-        upstream = await trio.open_tcp_stream("127.0.0.1", self.target_port)
+        try:
+            upstream = await trio.open_tcp_stream("127.0.0.1", self.target_port)
+        except OSError:  # the server is down: the client sees its connection dropped
+            await client.aclose()
+            return
         async with client, upstream, trio.open_nursery() as nursery:
 
             async def pump(src: trio.SocketStream, dst: trio.SocketStream) -> None:
@@ -97,3 +102,75 @@ async def test_follower_resumes_after_network_loss(
     finally:
         conn.close()
     assert log.read_text().count("snapshot of notes") == 1  # resumed from its sequence, no new snapshot
+
+
+def write_directly(path: Path, rng: random.Random, start: int, count: int) -> None:
+    """Write to the document file while no server runs (the feed triggers live in the file)."""
+    conn = sqlite3.connect(path, isolation_level=None, timeout=30)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        for step in range(start, start + count):
+            for sql, args in random_statements(rng, step):
+                conn.execute(sql, args)
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+
+
+async def test_follower_survives_a_server_crash(tmp_path: Path, nursery: trio.Nursery) -> None:
+    rng = random.Random(7)
+    data_dir = tmp_path / "data"
+    doc = make_settings(data_dir).document_path("notes")
+    server = SkaldProcess(data_dir)
+    url = await server.start()
+    try:
+        async with httpx.AsyncClient(
+            base_url=url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}
+        ) as client:
+            assert (await client.put("/api/v1/db/notes")).status_code == 201
+        await server.stop()
+        conn = sqlite3.connect(doc)
+        conn.executescript(";".join(SCHEMA))
+        conn.close()
+        await trio.to_thread.run_sync(write_directly, doc, rng, 0, 300)
+        url = await server.start()
+        proxy = Proxy(int(url.rsplit(":", 1)[1]))
+        await nursery.start(proxy.run)
+        log = tmp_path / "follower.log"
+        fake = LiveServer(
+            f"http://127.0.0.1:{proxy.port}", make_settings(data_dir), None, trio.Event(), trio.Event()
+        )
+        follower = start_follower(fake, tmp_path / "notes.sqlite", tmp_path, log, "--max-delay", "0.2")
+        try:
+            await wait_for_seq(tmp_path / "notes.sqlite", await http_seq(url), follower)
+            server.signal(signal.SIGKILL)  # the server crashes
+            await server.wait()
+            assert server.proc is not None and server.proc.stdout is not None
+            server.proc.stdout.close()
+            await trio.to_thread.run_sync(write_directly, doc, rng, 300, 300)
+            url = await server.start()
+            proxy.target_port = int(url.rsplit(":", 1)[1])
+            await wait_for_seq(tmp_path / "notes.sqlite", await http_seq(url), follower)
+        finally:
+            follower.send_signal(signal.SIGKILL)
+            await trio.to_thread.run_sync(follower.wait)
+            proxy.cut()
+        expected = await trio.to_thread.run_sync(dump_file, doc)
+        assert await trio.to_thread.run_sync(dump_file, tmp_path / "notes.sqlite") == expected
+        assert sum(len(rows) for rows in expected.values()) > 50
+        assert log.read_text().count("snapshot of notes") == 1
+    finally:
+        await server.stop()
+
+
+async def http_seq(url: str) -> int:
+    async with httpx.AsyncClient(base_url=url, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as client:
+        return int((await client.get("/api/v1/db/notes/changes", params={"limit": 1})).json()["last_seq"])
+
+
+def dump_file(path: Path) -> dict[str, list[tuple[object, ...]]]:
+    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    try:
+        return dump(conn)
+    finally:
+        conn.close()
