@@ -52,11 +52,22 @@ def _value(ref: str) -> str:
     )
 
 
+_PAIRS = 60  # SQLite functions take at most 127 arguments: wide tables are built in slices
+
+
 def _row_expr(alias: str, columns: list[str]) -> str:
-    if not columns:
-        return "json_object()"
-    parts = ", ".join(f"{_lit(c)}, {_value(f'{alias}.{_q(c)}')}" for c in columns)
-    return f"json_object({parts})"
+    head, rest = columns[:_PAIRS], columns[_PAIRS:]
+    expr = "json_object(" + ", ".join(f"{_lit(c)}, {_value(f'{alias}.{_q(c)}')}" for c in head) + ")"
+    for start in range(0, len(rest), _PAIRS):
+        pairs = ", ".join(
+            f"{_lit(_json_path(c))}, {_value(f'{alias}.{_q(c)}')}" for c in rest[start : start + _PAIRS]
+        )
+        expr = f"json_insert({expr}, {pairs})"
+    return expr
+
+
+def _json_path(column: str) -> str:
+    return '$."' + column.replace('"', '\\"') + '"'
 
 
 def replicated_tables(conn: sqlite3.Connection) -> dict[str, str]:

@@ -90,3 +90,15 @@ def test_reset_when_pruned_or_from_the_future(tmp_path: Path) -> None:
     top = read_changes(conn, 20, 100)
     assert not top["reset"] and len(top["changes"]) == top["last_seq"] - 20
     assert read_changes(conn, top["last_seq"] + 1, 10)["reset"] is True
+
+
+def test_wide_tables_are_recorded_whole(tmp_path: Path) -> None:
+    conn = _open(tmp_path)
+    columns = [f"c{i}" for i in range(150)]
+    values = ", ".join("NULL" if i == 140 else "x'01'" if i == 130 else str(i) for i in range(150))
+    _write(conn, f"CREATE TABLE wide ({', '.join(columns)})", f"INSERT INTO wide VALUES ({values})")
+    row = read_changes(conn, 0, 10)["changes"][1]["row"]
+    assert list(row) == columns
+    assert (
+        row["c0"] == 0 and row["c149"] == 149 and row["c140"] is None and row["c130"] == {"$base64": "AQ=="}
+    )
