@@ -103,3 +103,55 @@ async def test_change_stream_announces_new_commits_and_resets(server: LiveServer
         ):
             names = [sse.event async for sse in events]  # the server ends the stream after reset
         assert names == ["reset"]
+
+
+async def test_replica_takes_a_new_snapshot_after_a_reset(server: LiveServer, tmp_path: Path) -> None:
+    from support.live import ADMIN_TOKEN
+
+    from skald.client import Client
+    from skald.replica import pull
+
+    server.state.services["sync"].retention = 5  # applies to actors started from now on
+    async with server.client() as client:
+        await client.put("/api/v1/db/notes")
+    await _write(server, "notes", "CREATE TABLE t (id INTEGER PRIMARY KEY, v)")
+    replica = tmp_path / "r.sqlite"
+    messages: list[str] = []
+
+    def sync() -> int:
+        with Client(server.url, ADMIN_TOKEN) as client:
+            return pull(client, "notes", replica, report=messages.append)
+
+    await trio.to_thread.run_sync(sync)
+    async with server.state.supervisor.open_document("notes") as actor:
+        for i in range(600):  # the feed is pruned to 5 entries every 500 write ops
+            await actor.write(lambda conn, i=i: conn.execute("INSERT INTO t VALUES (?, ?)", (i, f"v{i}")))
+    seq = await trio.to_thread.run_sync(sync)
+    assert "change feed was reset: taking a new snapshot" in messages
+    assert sum(m.startswith("snapshot of notes") for m in messages) == 2
+    copy = sqlite3.connect(replica)
+    assert copy.execute("SELECT count(*), max(v) FROM t").fetchone() == (600, "v99")
+    assert not {"tokens", "audit_log", "documents"} & {
+        r[0] for r in copy.execute("SELECT name FROM sqlite_master")
+    }
+    copy.close()
+    async with server.client() as client:
+        assert seq == (await client.get("/api/v1/db/notes/changes", params={"since": seq})).json()["last_seq"]
+
+
+async def test_change_stream_resumes_from_last_event_id(server: LiveServer) -> None:
+    async with server.client() as client:
+        await client.put("/api/v1/db/notes")
+        await _write(
+            server, "notes", "CREATE TABLE t (v)", "INSERT INTO t VALUES (1)", "INSERT INTO t VALUES (2)"
+        )
+        last = (await client.get("/api/v1/db/notes/changes")).json()["last_seq"]
+        headers = {"Last-Event-ID": str(last - 1)}
+        ids: list[str] = []
+        stream = aconnect_sse(client, "GET", "/api/v1/db/notes/changes/stream", headers=headers)
+        async with stream as source, aclosing(source.aiter_sse()) as events:
+            with trio.fail_after(10):
+                async for sse in events:
+                    ids.append(sse.id)
+                    server.state.supervisor.open_actors["notes"].stop("test")  # ends the stream
+        assert ids == [str(last)]
