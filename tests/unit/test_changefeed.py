@@ -4,7 +4,7 @@ import sqlite3
 from pathlib import Path
 
 from skald.changefeed import prune, read_changes, sync_triggers
-from skald.connection import open_connection
+from skald.connection import DocConnection, open_connection
 from skald.migrations import apply_migrations
 
 
@@ -102,3 +102,24 @@ def test_wide_tables_are_recorded_whole(tmp_path: Path) -> None:
     assert (
         row["c0"] == 0 and row["c149"] == 149 and row["c140"] is None and row["c130"] == {"$base64": "AQ=="}
     )
+
+
+def test_feed_triggers_record_under_a_policy_that_denies_capability_tables(tmp_path: Path) -> None:
+    conn = _open(tmp_path)
+    assert isinstance(conn, DocConnection)
+    _write(conn, "CREATE TABLE t (a)")
+
+    def deny_capability_writes(action: int, arg1: str | None, *rest: str | None) -> int:
+        if action == sqlite3.SQLITE_INSERT and (arg1 or "").startswith("_skald_"):
+            return sqlite3.SQLITE_DENY
+        return sqlite3.SQLITE_OK
+
+    with conn.policy(deny_capability_writes):
+        _write(conn, "INSERT INTO t VALUES (1)")
+        try:
+            conn.execute("INSERT INTO _skald_changes (tbl, op) VALUES ('t', 'insert')")
+        except sqlite3.DatabaseError as exc:
+            assert "not authorized" in str(exc)
+        else:
+            raise AssertionError("a direct write to the feed must still be refused")
+    assert [c["op"] for c in read_changes(conn, 0, 10)["changes"]] == ["schema", "insert"]
