@@ -204,7 +204,15 @@ def _pull_once(
     should_stop: Callable[[], bool],
 ) -> int:
     state = read_state(path)
-    if state is None or state.get("db_id") != db_id:
+    if state is None and path.exists() and path.stat().st_size > 0:
+        raise SkaldClientError(
+            400, "not_a_replica", f"{path} exists and is not a skald replica; not touching it"
+        )
+    if state is not None and state.get("db_id") != db_id:
+        raise SkaldClientError(
+            400, "not_a_replica", f"{path} is a replica of {state.get('db_id')}, not {db_id}"
+        )
+    if state is None:
         seq = install_snapshot(client, db_id, path)
         report(f"snapshot of {db_id} at sequence {seq}")
     else:

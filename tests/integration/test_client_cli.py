@@ -104,3 +104,26 @@ async def test_sync_pull_and_status(
     code, out, _ = await skald(capsys, "sync", "status", "--to", str(replica))
     assert code == 0 and "lag:        0 change(s)" in out and f"endpoint:   {server.url}" in out
     assert "profile:    default" in out and "last error: -" in out
+
+
+async def test_sync_pull_refuses_to_overwrite_other_files(
+    server: LiveServer, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    async with server.client() as client:
+        await client.put("/api/v1/db/notes")
+        await client.put("/api/v1/db/other")
+    monkeypatch.setenv("SKALD_URL", server.url)
+    monkeypatch.setenv("SKALD_TOKEN", ADMIN_TOKEN)
+    mine = tmp_path / "mine.sqlite"
+    conn = sqlite3.connect(mine)
+    conn.execute("CREATE TABLE precious (x)")
+    conn.close()
+    code, _, err = await skald(capsys, "sync", "pull", "--db", "notes", "--to", str(mine))
+    assert code == 1 and "is not a skald replica" in err
+    conn = sqlite3.connect(mine)
+    assert conn.execute("SELECT name FROM sqlite_master").fetchall() == [("precious",)]
+    conn.close()
+    replica = tmp_path / "notes.sqlite"
+    assert (await skald(capsys, "sync", "pull", "--db", "notes", "--to", str(replica)))[0] == 0
+    code, _, err = await skald(capsys, "sync", "pull", "--db", "other", "--to", str(replica))
+    assert code == 1 and "is a replica of notes, not other" in err
