@@ -48,7 +48,8 @@ def _lit(text: str) -> str:
 def _value(ref: str) -> str:
     return (
         f"CASE typeof({ref}) WHEN 'blob' THEN json_object('$hex', hex({ref})) "
-        f"WHEN 'real' THEN json(quote({ref})) ELSE {ref} END"
+        f"WHEN 'real' THEN CASE WHEN abs({ref}) > 1.7976931348623157e308 "
+        f"THEN json_object('$real', quote({ref})) ELSE json(quote({ref})) END ELSE {ref} END"
     )
 
 

@@ -35,6 +35,8 @@ def _q(name: str) -> str:
 def _value(value: Any) -> Any:
     if isinstance(value, dict) and "$base64" in value:
         return base64.b64decode(value["$base64"])
+    if isinstance(value, dict) and "$real" in value:  # infinities, which JSON cannot hold
+        return float(value["$real"])
     return value
 
 

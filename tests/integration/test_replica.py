@@ -50,7 +50,7 @@ def random_statements(rng: random.Random, step: int) -> list[tuple[str, tuple[An
         [
             (
                 "INSERT OR REPLACE INTO kv VALUES (?, ?)",
-                (f"k{i % 50}", rng.choice([step, "t", 1.5, None, b"\x00\x01"])),
+                (f"k{i % 50}", rng.choice([step, "t", 1.5, None, b"\x00\x01", float("-inf")])),
             )
         ],
         [("DELETE FROM kv WHERE k = ?", (f"k{i % 50}",))],

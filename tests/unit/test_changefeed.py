@@ -29,7 +29,7 @@ def test_insert_update_delete_recorded_in_order(tmp_path: Path) -> None:
         "CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT, data BLOB, x REAL)",
         "INSERT INTO t VALUES (1, 'a', x'00ff', 0.1)",
     )
-    _write(conn, "INSERT INTO t VALUES (2, 'b', NULL, 1e300)")
+    _write(conn, "INSERT INTO t VALUES (2, 'b', NULL, 1e300)", "INSERT INTO t VALUES (9, 'i', NULL, -9e999)")
     _write(conn, "UPDATE t SET name = 'c', id = 3 WHERE id = 2")
     _write(conn, "DELETE FROM t WHERE id = 1")
     page = read_changes(conn, 0, 100)
@@ -37,8 +37,10 @@ def test_insert_update_delete_recorded_in_order(tmp_path: Path) -> None:
     assert ops[0][0] == "schema"
     assert ops[1] == ("insert", 1, {"id": 1, "name": "a", "data": {"$base64": "AP8="}, "x": 0.1})
     assert ops[2] == ("insert", 2, {"id": 2, "name": "b", "data": None, "x": 1e300})
+    assert ops[3] == ("insert", 9, {"id": 9, "name": "i", "data": None, "x": {"$real": "-Inf"}})
+    ops = ops[:3] + ops[4:]
     assert ops[3] == ("update", 2, {"id": 3, "name": "c", "data": None, "x": 1e300})
-    assert page["changes"][3]["new_rowid"] == 3
+    assert page["changes"][4]["new_rowid"] == 3
     assert ops[4] == ("delete", 1, None)
     seqs = [c["seq"] for c in page["changes"]]
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
