@@ -39,6 +39,12 @@ class DocConnection(sqlite3.Connection):
         elif action == sqlite3.SQLITE_READ and arg1 is not None:
             self.read_tables.add(arg1)
         if self._policy is not None:
+            if (
+                action == sqlite3.SQLITE_INSERT
+                and arg1 == "_skald_changes"
+                and (source or "").startswith("_skald_chg_")
+            ):
+                return sqlite3.SQLITE_OK  # the change feed's own triggers (skald.changefeed) always record
             return self._policy(action, arg1, arg2, db_name, source)
         return sqlite3.SQLITE_OK
 

@@ -1,0 +1,237 @@
+"""Request shapes shared by :class:`~skald.client.Client` and :class:`~skald.client.AsyncClient`.
+
+Each function returns a :class:`Call`; the clients only execute them. Paths
+follow docs/*.md of each capability.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import json
+from typing import Any
+from urllib.parse import quote
+
+
+@dataclasses.dataclass(frozen=True)
+class Call:
+    method: str
+    path: str
+    params: list[tuple[str, str]] | None = None
+    json: Any = None
+    content: bytes | None = None
+    headers: dict[str, str] | None = None
+
+
+def _db(db_id: str) -> str:
+    return f"/api/v1/db/{quote(db_id, safe='')}"
+
+
+def _seg(value: str) -> str:
+    return quote(value, safe="/")
+
+
+def encode_args(args: Any) -> Any:
+    """BLOB arguments (bytes) become ``{"$base64": ...}``."""
+    if isinstance(args, bytes | bytearray):
+        return {"$base64": base64.b64encode(bytes(args)).decode()}
+    if isinstance(args, list | tuple):
+        return [encode_args(a) for a in args]
+    if isinstance(args, dict):
+        return {k: encode_args(v) for k, v in args.items()}
+    return args
+
+
+def decode_value(value: Any) -> Any:
+    """``{"$base64": ...}`` back to bytes."""
+    if isinstance(value, dict) and set(value) == {"$base64"}:
+        return base64.b64decode(value["$base64"])
+    return value
+
+
+# ---- documents ----------------------------------------------------------------------------------
+def list_documents() -> Call:
+    return Call("GET", "/api/v1/db")
+
+
+def create_document(db_id: str) -> Call:
+    return Call("PUT", _db(db_id))
+
+
+def get_document(db_id: str) -> Call:
+    return Call("GET", _db(db_id))
+
+
+def delete_document(db_id: str) -> Call:
+    return Call("DELETE", _db(db_id))
+
+
+# ---- query --------------------------------------------------------------------------------------
+def query(db_id: str, sql: str, args: Any = None, options: dict[str, Any] | None = None) -> Call:
+    body: dict[str, Any] = {"sql": sql}
+    if args is not None:
+        body["args"] = encode_args(args)
+    if options:
+        body["options"] = options
+    return Call("POST", f"{_db(db_id)}/query", json=body)
+
+
+def batch(db_id: str, statements: list[tuple[str, Any]] | list[dict[str, Any]]) -> Call:
+    items = [
+        {"sql": s["sql"], "args": encode_args(s.get("args"))}
+        if isinstance(s, dict)
+        else {"sql": s[0], "args": encode_args(s[1])}
+        for s in statements
+    ]
+    return Call("POST", f"{_db(db_id)}/query/batch", json={"statements": items})
+
+
+def watch(db_id: str, sql: str, args: Any = None, result_hash: str | None = None) -> Call:
+    body: dict[str, Any] = {"sql": sql}
+    if args is not None:
+        body["args"] = encode_args(args)
+    if result_hash:
+        body["result_hash"] = result_hash
+    return Call("POST", f"{_db(db_id)}/query/watch", json=body, headers={"Accept": "text/event-stream"})
+
+
+# ---- messages -----------------------------------------------------------------------------------
+def publish(
+    db_id: str,
+    topic: str,
+    payload: Any = None,
+    *,
+    text: str | None = None,
+    data: bytes | None = None,
+    content_type: str | None = None,
+    dedupe_key: str | None = None,
+) -> Call:
+    body: dict[str, Any] = {"topic": topic}
+    if data is not None:
+        body["payload_base64"] = base64.b64encode(data).decode()
+    elif text is not None:
+        body["payload_text"] = text
+    else:
+        body["payload"] = payload
+    if content_type:
+        body["content_type"] = content_type
+    if dedupe_key:
+        body["dedupe_key"] = dedupe_key
+    return Call("POST", f"{_db(db_id)}/messages", json=body)
+
+
+def _topics(topics: tuple[str, ...] | list[str]) -> list[tuple[str, str]]:
+    return [("topic", t) for t in topics]
+
+
+def poll_messages(
+    db_id: str, topics: list[str], since_id: int | None = None, limit: int | None = None
+) -> Call:
+    params = _topics(topics)
+    if since_id is not None:
+        params.append(("since_id", str(since_id)))
+    if limit is not None:
+        params.append(("limit", str(limit)))
+    return Call("GET", f"{_db(db_id)}/messages", params=params)
+
+
+def subscribe(
+    db_id: str, topics: list[str], since_id: int | None, tail: int | None, last_event_id: str | None
+) -> Call:
+    params = _topics(topics)
+    if since_id is not None and last_event_id is None:
+        params.append(("since_id", str(since_id)))
+    if tail is not None and last_event_id is None:
+        params.append(("tail", str(tail)))
+    headers = {"Accept": "text/event-stream"}
+    if last_event_id is not None:
+        headers["Last-Event-ID"] = last_event_id
+    return Call("GET", f"{_db(db_id)}/events/stream", params=params, headers=headers)
+
+
+# ---- streams ------------------------------------------------------------------------------------
+def stream_send(db_id: str, topic: str, data: bytes, *, broadcast: bool = False) -> Call:
+    params = [("pubsub", "true")] if broadcast else None
+    return Call("POST", f"{_db(db_id)}/streams/queue/{_seg(topic)}", params=params, content=data)
+
+
+def stream_next(db_id: str, topic: str) -> Call:
+    return Call("GET", f"{_db(db_id)}/streams/queue/{_seg(topic)}/next")
+
+
+def stream_request(db_id: str, path: str, data: bytes) -> Call:
+    return Call("POST", f"{_db(db_id)}/streams/req/{_seg(path)}", content=data)
+
+
+def stream_respond(db_id: str, path: str, data: bytes) -> Call:
+    return Call("POST", f"{_db(db_id)}/streams/res/{_seg(path)}", content=data)
+
+
+# ---- leases -------------------------------------------------------------------------------------
+def lease_acquire(db_id: str, resource: str, ttl: float, holder: str | None = None) -> Call:
+    body: dict[str, Any] = {"resource": resource, "ttl": ttl}
+    if holder:
+        body["holder"] = holder
+    return Call("POST", f"{_db(db_id)}/leases/acquire", json=body)
+
+
+def lease_renew(db_id: str, lease: dict[str, Any], ttl: float | None = None) -> Call:
+    body = {**lease}
+    if ttl is not None:
+        body["ttl"] = ttl
+    return Call("POST", f"{_db(db_id)}/leases/renew", json=body)
+
+
+def lease_release(db_id: str, lease: dict[str, Any]) -> Call:
+    return Call("POST", f"{_db(db_id)}/leases/release", json=lease)
+
+
+# ---- blobs --------------------------------------------------------------------------------------
+def blob_init(db_id: str, sha256: str, size: int, content_type: str = "application/octet-stream") -> Call:
+    return Call(
+        "POST", f"{_db(db_id)}/blobs", json={"sha256": sha256, "size": size, "content_type": content_type}
+    )
+
+
+def blob_complete(db_id: str, blob_id: str) -> Call:
+    return Call("POST", f"{_db(db_id)}/blobs/{_seg(blob_id)}/complete")
+
+
+def blob_read_url(db_id: str, blob_id: str) -> Call:
+    return Call("GET", f"{_db(db_id)}/blobs/{_seg(blob_id)}")
+
+
+def blob_claim(db_id: str, blob_id: str, owner: str) -> Call:
+    return Call("POST", f"{_db(db_id)}/blobs/{_seg(blob_id)}/claim", json={"owner": owner})
+
+
+def blob_release(db_id: str, blob_id: str, owner: str) -> Call:
+    return Call("POST", f"{_db(db_id)}/blobs/{_seg(blob_id)}/release", json={"owner": owner})
+
+
+# ---- sync ---------------------------------------------------------------------------------------
+def snapshot(db_id: str) -> Call:
+    return Call("GET", f"{_db(db_id)}/snapshot")
+
+
+def changes(db_id: str, since: int, limit: int | None = None) -> Call:
+    params = [("since", str(since))]
+    if limit is not None:
+        params.append(("limit", str(limit)))
+    return Call("GET", f"{_db(db_id)}/changes", params=params)
+
+
+def changes_stream(db_id: str, since: int) -> Call:
+    return Call(
+        "GET",
+        f"{_db(db_id)}/changes/stream",
+        params=[("since", str(since))],
+        headers={"Accept": "text/event-stream"},
+    )
+
+
+def parse_data(data: str) -> Any:
+    try:
+        return json.loads(data) if data else None
+    except ValueError:
+        return data

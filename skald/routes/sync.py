@@ -1,0 +1,137 @@
+"""Sync routes: ``GET …/snapshot``, ``GET …/changes`` (JSON page) and ``GET …/changes/stream`` (SSE)."""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import trio
+from quart import Quart, Response, request
+
+from skald.auth.guard import requires
+from skald.changefeed import read_changes
+from skald.connection import DocConnection
+from skald.errors import ValidationFailed
+from skald.state import AppState, get_state
+from skald.sync import SyncService, stream_file
+
+MAX_PAGE = 1000
+STREAM_PAGE = 500
+
+
+def install(app: Quart, state: AppState) -> None:
+    state.services["sync"] = SyncService(state.supervisor)
+    app.add_url_rule("/api/v1/db/<db_id>/snapshot", view_func=snapshot_view, methods=["GET"])
+    app.add_url_rule("/api/v1/db/<db_id>/changes", view_func=changes_view, methods=["GET"])
+    app.add_url_rule("/api/v1/db/<db_id>/changes/stream", view_func=changes_stream_view, methods=["GET"])
+
+
+def _service() -> SyncService:
+    service: SyncService = get_state().services["sync"]
+    return service
+
+
+def _int_arg(name: str, default: int, *, minimum: int = 0, maximum: int | None = None) -> int:
+    raw = request.args.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ValidationFailed(f"{name} must be an integer") from None
+    if value < minimum or (maximum is not None and value > maximum):
+        raise ValidationFailed(
+            f"{name} must be between {minimum} and {maximum if maximum is not None else 'any'}"
+        )
+    return value
+
+
+@requires("sync.read")
+async def snapshot_view(db_id: str) -> Response:
+    state = get_state()
+    async with state.supervisor.open_document(db_id) as actor:
+        path, seq = await _service().snapshot_file(actor)
+    response = Response(stream_file(path), content_type="application/vnd.sqlite3")
+    response.headers["Skald-Change-Seq"] = str(seq)
+    response.headers["Content-Length"] = str(path.stat().st_size)
+    response.headers["Content-Disposition"] = f'attachment; filename="{db_id}.sqlite"'
+    response.headers["Cache-Control"] = "no-store"
+    response.timeout = None
+    return response
+
+
+@requires("sync.read")
+async def changes_view(db_id: str) -> dict[str, Any]:
+    since = _int_arg("since", 0)
+    limit = _int_arg("limit", MAX_PAGE, minimum=1, maximum=MAX_PAGE)
+    async with get_state().supervisor.open_document(db_id) as actor:
+        page = await _service().changes(actor, since, limit)
+    page["since"] = since
+    page["has_more"] = bool(page["changes"]) and page["changes"][-1]["seq"] < page["last_seq"]
+    return page
+
+
+def _event(kind: str, data: Any, event_id: int | None = None) -> bytes:
+    head = f"id: {event_id}\n" if event_id is not None else ""
+    return f"{head}event: {kind}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+
+@requires("sync.read")
+async def changes_stream_view(db_id: str) -> Response:
+    since = _int_arg("since", -1)
+    if since < 0:
+        last = request.headers.get("Last-Event-ID", "")
+        since = int(last) if last.isdigit() else 0
+    state = get_state()
+    service = _service()
+    heartbeat = state.settings.sse_heartbeat_seconds
+    shutdown: trio.Event | None = state.services.get("shutdown_event")
+    async with state.supervisor.open_document(db_id) as actor:
+        await service.prepare(actor)
+        actor.keep_alive_until(trio.current_time() + 60)  # until the generator holds it
+
+    async def events() -> AsyncIterator[bytes]:
+        cursor = since
+        if actor.closing.is_set():
+            return
+        with actor.hold():
+            while not actor.closing.is_set() and not (shutdown is not None and shutdown.is_set()):
+                wake = service.wakeup(db_id)
+                page = await actor.read(functools.partial(_page, cursor=cursor))
+                if page["reset"]:
+                    yield _event("reset", {"since": cursor, "last_seq": page["last_seq"]})
+                    return
+                for change in page["changes"]:
+                    cursor = change["seq"]
+                    yield _event("change", change, cursor)
+                if len(page["changes"]) >= STREAM_PAGE:
+                    continue
+                with trio.move_on_after(heartbeat) as scope:
+                    await _first(wake, actor.closing, shutdown)
+                if scope.cancelled_caught:
+                    yield _event("heartbeat", {"last_seq": page["last_seq"]})
+
+    response = Response(events(), content_type="text/event-stream")
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["X-Accel-Buffering"] = "no"
+    response.timeout = None
+    return response
+
+
+def _page(conn: DocConnection, cursor: int) -> dict[str, Any]:
+    return read_changes(conn, cursor, STREAM_PAGE)
+
+
+async def _first(*events: trio.Event | None) -> None:
+    """Return when any of ``events`` is set."""
+    async with trio.open_nursery() as nursery:
+        for event in events:
+            if event is not None:
+
+                async def wait(e: trio.Event = event) -> None:
+                    await e.wait()
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(wait)

@@ -1,0 +1,129 @@
+"""The client CLI (config, query guard, sync pull/status) against a real server."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+import trio
+from support.live import ADMIN_TOKEN, LiveServer
+
+from skald.cli import main
+from skald.client.errors import BadRequest
+from skald.commands.client import describe, is_read_only
+from skald.connection import DocConnection
+
+
+@pytest.fixture(autouse=True)
+def isolated_config(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "config"))
+    for name in ("SKALD_URL", "SKALD_TOKEN", "SKALD_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    return tmp_path / "config"
+
+
+async def skald(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    capsys.readouterr()  # drop what the server logged so far
+    code = await trio.to_thread.run_sync(main, list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+async def test_config_profiles_and_env(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert (await skald(capsys, "config", "set", "url", "http://a:1"))[0] == 0
+    assert (await skald(capsys, "config", "set", "token", "skd_secret_value"))[0] == 0
+    assert (await skald(capsys, "config", "get", "url"))[1].strip() == "http://a:1"
+    listed = (await skald(capsys, "config", "list"))[1]
+    assert "url = http://a:1" in listed and "skd_secret_value" not in listed
+    assert (await skald(capsys, "config", "profiles", "use", "prod"))[0] == 0
+    assert (await skald(capsys, "config", "set", "url", "http://b:2"))[0] == 0
+    profiles = (await skald(capsys, "config", "profiles", "list"))[1]
+    assert "* prod  http://b:2" in profiles and "  default  http://a:1" in profiles
+    monkeypatch.setenv("SKALD_PROFILE", "default")
+    assert (await skald(capsys, "config", "get", "url"))[1].strip() == "http://a:1"
+
+
+async def test_clear_one_line_errors(
+    server: LiveServer, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    code, _, err = await skald(capsys, "query", "notes", "SELECT 1")
+    assert code == 1 and err.startswith("skald: no profile configured") and err.count("\n") == 1
+    monkeypatch.setenv("SKALD_URL", server.url)
+    monkeypatch.setenv("SKALD_TOKEN", "skd_not_a_real_token")
+    async with server.client() as client:
+        await client.put("/api/v1/db/notes")
+    code, _, err = await skald(capsys, "sync", "pull", "--db", "notes", "--to", str(tmp_path / "r.sqlite"))
+    assert code == 1 and err.startswith("skald: bad token (token_invalid)") and err.count("\n") == 1
+    # the write guard refuses before sending anything (the server is not even asked)
+    monkeypatch.setenv("SKALD_URL", "http://127.0.0.1:9")
+    code, _, err = await skald(capsys, "query", "notes", "DELETE FROM t")
+    assert code == 1 and "add --write" in err
+    code, _, err = await skald(capsys, "query", "notes", "SELECT 1")
+    assert code == 1 and err.startswith("skald: server unreachable") and err.count("\n") == 1
+    assert describe(BadRequest(400, "invalid_sql", 'near "SELEC": syntax error')).startswith("invalid SQL:")
+
+
+def test_write_guard_is_conservative() -> None:
+    assert is_read_only("SELECT * FROM t")
+    assert is_read_only("  -- comment\n select 'DELETE' from t")
+    assert is_read_only("WITH x AS (SELECT 1) SELECT * FROM x")
+    assert is_read_only("PRAGMA table_info(t)") is False  # function-call pragmas: conservative
+    assert not is_read_only("PRAGMA user_version = 3")
+    assert not is_read_only("WITH x AS (SELECT 1) DELETE FROM t")
+    assert not is_read_only("INSERT INTO t VALUES (1)")
+    assert not is_read_only("SELECT 1; DROP TABLE t")
+    assert not is_read_only("update t set a = 1")
+
+
+async def test_sync_pull_and_status(
+    server: LiveServer, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    async with server.client() as client:
+        await client.put("/api/v1/db/notes")
+
+    def op(conn: DocConnection) -> None:
+        conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v)")
+        conn.executemany("INSERT INTO t VALUES (?, ?)", [(i, f"v{i}") for i in range(50)])
+
+    async with server.state.supervisor.open_document("notes") as actor:
+        await actor.write(op)
+    assert (await skald(capsys, "config", "set", "url", server.url))[0] == 0
+    assert (await skald(capsys, "config", "set", "token", ADMIN_TOKEN))[0] == 0
+    replica = tmp_path / "notes.sqlite"
+    code, out, _ = await skald(capsys, "sync", "pull", "--db", "notes", "--to", str(replica))
+    assert code == 0 and "notes at sequence" in out
+    async with server.state.supervisor.open_document("notes") as actor:
+        await actor.write(lambda conn: conn.execute("DELETE FROM t WHERE id < 10"))
+    code, out, _ = await skald(capsys, "sync", "pull", "--db", "notes", "--to", str(replica))
+    conn = sqlite3.connect(replica)
+    assert conn.execute("SELECT count(*), min(id) FROM t").fetchone() == (40, 10)
+    conn.close()
+    code, out, _ = await skald(capsys, "sync", "status", "--to", str(replica))
+    assert code == 0 and "lag:        0 change(s)" in out and f"endpoint:   {server.url}" in out
+    assert "profile:    default" in out and "last error: -" in out
+
+
+async def test_sync_pull_refuses_to_overwrite_other_files(
+    server: LiveServer, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    async with server.client() as client:
+        await client.put("/api/v1/db/notes")
+        await client.put("/api/v1/db/other")
+    monkeypatch.setenv("SKALD_URL", server.url)
+    monkeypatch.setenv("SKALD_TOKEN", ADMIN_TOKEN)
+    mine = tmp_path / "mine.sqlite"
+    conn = sqlite3.connect(mine)
+    conn.execute("CREATE TABLE precious (x)")
+    conn.close()
+    code, _, err = await skald(capsys, "sync", "pull", "--db", "notes", "--to", str(mine))
+    assert code == 1 and "is not a skald replica" in err
+    conn = sqlite3.connect(mine)
+    assert conn.execute("SELECT name FROM sqlite_master").fetchall() == [("precious",)]
+    conn.close()
+    replica = tmp_path / "notes.sqlite"
+    assert (await skald(capsys, "sync", "pull", "--db", "notes", "--to", str(replica)))[0] == 0
+    code, _, err = await skald(capsys, "sync", "pull", "--db", "other", "--to", str(replica))
+    assert code == 1 and "is a replica of notes, not other" in err
