@@ -55,9 +55,10 @@ def check_flow(result: dict[str, object], db_id: str, dest: Path) -> None:
     assert result["info"]["db_id"] == db_id  # type: ignore[index]
     page, rest = result["page"], result["rest"]
     assert page["has_more"] is True and len(page["changes"]) == 3  # type: ignore[index]
-    ops = [c["op"] for c in page["changes"] + rest["changes"]]  # type: ignore[index,operator]
-    assert ops == ["schema"] + ["insert"] * 5
-    assert rest["changes"][-1]["row"] == {"id": 4, "v": {"$base64": "BA=="}}  # type: ignore[index]
+    # every document carries the webhook inbox table; its schema entry is in the feed too
+    ours = [c for c in page["changes"] + rest["changes"] if c["table"] != "webhook_inbox"]  # type: ignore[index,operator]
+    assert [c["op"] for c in ours] == ["schema"] + ["insert"] * 5
+    assert ours[-1]["row"] == {"id": 4, "v": {"$base64": "BA=="}}
     assert result["seq"] == rest["last_seq"]  # type: ignore[index]
     assert result["errors"] == [(404, "document_not_found")]
     copy = sqlite3.connect(dest)
@@ -80,7 +81,7 @@ async def test_flows_under_trio(server: LiveServer, tmp_path: Path) -> None:
                     if len(seen) == 6:
                         server.state.supervisor.open_actors["notes"].stop("test")
         assert info.value.code == "reconnects_exhausted"
-        assert seen == sorted(seen) and len(seen) == 6
+        assert seen == sorted(seen) and 6 <= len(seen) <= 7  # the 7th may already be on its way
 
 
 async def test_flows_under_asyncio(server: LiveServer, tmp_path: Path) -> None:
@@ -92,7 +93,8 @@ async def test_flows_under_asyncio(server: LiveServer, tmp_path: Path) -> None:
             result = await document_flow(client, "notes", dest)
             ops: list[str] = []
             async for event in client.follow_changes("notes", since=0):
-                ops.append(event.data["op"])
+                if event.data["table"] != "webhook_inbox":
+                    ops.append(event.data["op"])
                 if len(ops) == 6:
                     break
             return result, ops
