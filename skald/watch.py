@@ -1,0 +1,146 @@
+"""Reactive query watches: re-run a read-only query when a commit touches what it reads.
+
+A :class:`QueryWatch` holds its document open for as long as its event
+stream is consumed. After each evaluation it knows the tables the query read
+(recorded by the connection's authorizer, ``conn.track_reads()``); a commit
+listener marks the watch dirty only when the commit's written tables
+intersect that read set. The listener does a set intersection and sets a
+``trio.Event``: it never blocks the write path.
+
+Coalescing: one evaluation runs at a time; commits arriving meanwhile only
+set the dirty flag again, so a burst of commits causes at most one extra
+re-run. ``update`` is sent only when ``result_hash`` changed.
+
+Events (see docs/query.md): ``snapshot``, ``unchanged``, ``update``,
+``heartbeat``, ``error``. A failing re-run sends ``error`` and keeps the
+watch open; the next successful run is sent as ``update``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import trio
+
+from skald.actor import CommitInfo, DocumentActor
+from skald.errors import SkaldError
+from skald.query import Limits, Statement, StatementResult, execute
+from skald.sqlscope import StatementClass
+from skald.supervisor import Supervisor
+
+
+def sse_event(event: str, data: dict[str, Any], event_id: str | None = None) -> bytes:
+    lines = [f"event: {event}"]
+    if event_id:
+        lines.append(f"id: {event_id}")
+    lines.append("data: " + json.dumps(data, separators=(",", ":"), ensure_ascii=False))
+    return ("\n".join(lines) + "\n\n").encode("utf-8")
+
+
+async def _wait_any(events: list[trio.Event], seconds: float) -> None:
+    """Return when any event is set or after ``seconds``."""
+    if any(e.is_set() for e in events):
+        return
+    with trio.move_on_after(seconds):
+        async with trio.open_nursery() as nursery:
+
+            async def wait(event: trio.Event) -> None:
+                await event.wait()
+                nursery.cancel_scope.cancel(reason="watch woken")
+
+            for event in events:
+                nursery.start_soon(wait, event)
+
+
+class QueryWatch:
+    """One live query. Iterate :meth:`events` to drive it; leaving the iteration releases it."""
+
+    def __init__(
+        self,
+        supervisor: Supervisor,
+        db_id: str,
+        stmt: Statement,
+        limits: Limits,
+        *,
+        heartbeat_seconds: float,
+        known_hash: str | None = None,
+        shutdown: trio.Event | None = None,
+    ) -> None:
+        self.supervisor = supervisor
+        self.db_id = db_id
+        self.stmt = stmt
+        self.limits = limits
+        self.heartbeat_seconds = heartbeat_seconds
+        self.known_hash = known_hash
+        self.shutdown = shutdown or trio.Event()
+        self.read_tables: frozenset[str] | None = None  # None until the first run: any commit counts
+        self.dirty = trio.Event()
+        self.evaluations = 0
+
+    def _on_commit(self, info: CommitInfo) -> None:
+        if self.read_tables is None or not self.read_tables.isdisjoint(info.tables):
+            self.dirty.set()
+
+    async def _evaluate(self, actor: DocumentActor) -> tuple[StatementResult | None, SkaldError | None]:
+        self.dirty = trio.Event()  # commits from now on are seen by the next run
+        self.evaluations += 1
+        try:
+            result = await execute(actor, self.stmt, StatementClass.READ, self.limits)
+        except SkaldError as exc:
+            return None, exc
+        self.read_tables = result.read_tables
+        return result, None
+
+    async def events(self) -> AsyncIterator[bytes]:
+        """Encoded SSE events until the client leaves, the document closes or the server stops.
+
+        On cancellation or ``aclose()`` the commit listener is removed and the
+        document's hold released.
+        """
+        async with self.supervisor.open_document(self.db_id) as actor:
+            remove = actor.add_commit_listener(self._on_commit)
+            try:
+                result, error = await self._evaluate(actor)
+                last_hash: str | None = None
+                if error is not None:
+                    yield sse_event("error", error.problem())
+                else:
+                    assert result is not None
+                    last_hash = result.hash
+                    if last_hash == self.known_hash:
+                        yield sse_event("unchanged", {"result_hash": last_hash}, last_hash)
+                    else:
+                        yield sse_event("snapshot", _result_event(result, last_hash), last_hash)
+                while True:
+                    wake = self.dirty
+                    await _wait_any([wake, actor.closing, self.shutdown], self.heartbeat_seconds)
+                    if actor.closing.is_set() or self.shutdown.is_set():
+                        return
+                    if not wake.is_set():
+                        yield sse_event("heartbeat", {"time": round(time.time(), 3)})
+                        continue
+                    result, error = await self._evaluate(actor)
+                    if error is not None:
+                        last_hash = None
+                        yield sse_event("error", error.problem())
+                        continue
+                    assert result is not None
+                    new_hash = result.hash
+                    if new_hash != last_hash:
+                        last_hash = new_hash
+                        yield sse_event("update", _result_event(result, new_hash), new_hash)
+            finally:
+                remove()
+
+
+def _result_event(result: StatementResult, digest: str) -> dict[str, Any]:
+    return {
+        "columns": result.columns,
+        "rows": result.rows,
+        "row_count": len(result.rows),
+        "truncated": result.truncated,
+        "result_hash": digest,
+    }
