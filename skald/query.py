@@ -274,7 +274,6 @@ def run_statement(
         return 0
 
     recorder = ClassRecorder(allowed)
-    before_rowid = conn.execute("SELECT last_insert_rowid()").fetchone()[0]
     conn.set_progress_handler(progress, 1000)
     try:
         with conn.track_reads() as tables:
@@ -297,11 +296,11 @@ def run_statement(
         raise _translate_error(exc) from None
     finally:
         conn.set_progress_handler(None, 0)
-    changes, after_rowid = conn.execute("SELECT changes(), last_insert_rowid()").fetchone()
-    if allowed == StatementClass.READ:
-        changes, rowid = 0, None
-    else:
-        rowid = after_rowid if after_rowid != before_rowid else None
+    changes, rowid = conn.execute("SELECT changes(), last_insert_rowid()").fetchone()
+    if allowed == StatementClass.READ or not recorder.writes:
+        changes, rowid = 0, None  # changes() still holds the previous statement's count
+    elif not (recorder.inserts and changes):
+        rowid = None  # only an INSERT/REPLACE that inserted has a rowid to report
     return StatementResult(columns, rows, truncated, changes, rowid, frozenset(tables))
 
 

@@ -185,11 +185,16 @@ class ClassRecorder:
         self.allowed = allowed
         self.highest: StatementClass | None = None
         self.denied: list[str] = []
+        self.inserts = False  # the statement itself (not a trigger) inserts rows
+        self.writes = False  # the statement itself changes rows of a user table
 
     def __call__(
         self, action: int, arg1: str | None, arg2: str | None, db_name: str | None, source: str | None
     ) -> int:
         cls = classify_action(action, arg1, arg2, db_name, source)
+        if source is None and cls == StatementClass.WRITE and action in _DML_ACTIONS:
+            self.writes = True
+            self.inserts = self.inserts or action == sqlite3.SQLITE_INSERT
         if self.highest is None or cls > self.highest:
             self.highest = cls
         if cls > self.allowed:

@@ -76,6 +76,7 @@ def _limits(options: QueryOptions | None) -> Limits:
 
 
 async def _authorize_class(db_id: str, cls: StatementClass) -> None:
+    """Require the action the statement's class needs (``query.read`` was checked by the route)."""
     if cls > StatementClass.READ:
         await authorize(current_principal(), db_id, cls.action)
 
