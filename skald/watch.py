@@ -75,7 +75,7 @@ class QueryWatch:
         self.limits = limits
         self.heartbeat_seconds = heartbeat_seconds
         self.known_hash = known_hash
-        self.shutdown = shutdown or trio.Event()
+        self.shutdown = shutdown if shutdown is not None else trio.Event()
         self.read_tables: frozenset[str] | None = None  # None until the first run: any commit counts
         self.dirty = trio.Event()
         self.evaluations = 0

@@ -7,7 +7,6 @@ from typing import Any
 
 import httpx
 import trio
-
 from support.live import LiveServer, make_settings, start_live_server
 
 
