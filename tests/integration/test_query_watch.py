@@ -11,9 +11,9 @@ import httpx
 import pytest
 import trio
 from httpx_sse import ServerSentEvent, aconnect_sse
+from support.live import LiveServer, make_settings, start_live_server
 
 from skald.connection import DocConnection
-from support.live import LiveServer, make_settings, start_live_server
 
 # Leaving an SSE stream early leaves httpx/httpcore's inner async generators to the
 # garbage collector (aclosing() closes only the outer one); that is the client's
@@ -85,7 +85,7 @@ async def test_snapshot_then_update_only_for_tables_read(server: LiveServer) -> 
         # the client left: the watch released its hold on the document
         actor = server.state.supervisor.open_actors["d"]
         with trio.fail_after(5):
-            while actor.holds:
+            while actor.holds:  # noqa: ASYNC110 - bounded poll of a plain counter
                 await trio.sleep(0.01)
 
 
@@ -108,28 +108,30 @@ async def test_coalescing_under_rapid_writes(server: LiveServer, nursery: trio.N
         await _setup(c)
         body = _watch_body("SELECT count(*), max(v) FROM a", heartbeat=5)
         updates: list[dict[str, Any]] = []
-        async with aconnect_sse(c, "POST", "/api/v1/db/d/query/watch", json=body) as source:
-            async with aclosing(source.aiter_sse()) as events:
-                assert (await anext(events)).event == "snapshot"
-                async with server.state.supervisor.open_document("d") as actor:
+        async with (
+            aconnect_sse(c, "POST", "/api/v1/db/d/query/watch", json=body) as source,
+            aclosing(source.aiter_sse()) as events,
+        ):
+            assert (await anext(events)).event == "snapshot"
+            async with server.state.supervisor.open_document("d") as actor:
 
-                    async def write(value: int) -> None:
-                        def op(conn: DocConnection) -> None:
-                            conn.execute("INSERT INTO a(v) VALUES (?)", (value,))
+                async def write(value: int) -> None:
+                    def op(conn: DocConnection) -> None:
+                        conn.execute("INSERT INTO a(v) VALUES (?)", (value,))
 
-                        await actor.write(op)
+                    await actor.write(op)
 
-                    for burst in range(writes // 50):
-                        async with trio.open_nursery() as burst_nursery:
-                            for i in range(50):
-                                burst_nursery.start_soon(write, burst * 50 + i + 1)
-                    commits = actor.commits
-                with trio.fail_after(20):
-                    async for event in events:
-                        if event.event == "update":
-                            updates.append(_data(event))
-                            if updates[-1]["rows"] == [[writes, writes]]:
-                                break
+                for burst in range(writes // 50):
+                    async with trio.open_nursery() as burst_nursery:
+                        for i in range(50):
+                            burst_nursery.start_soon(write, burst * 50 + i + 1)
+                commits = actor.commits
+            with trio.fail_after(20):
+                async for event in events:
+                    if event.event == "update":
+                        updates.append(_data(event))
+                        if updates[-1]["rows"] == [[writes, writes]]:
+                            break
         assert updates[-1]["rows"] == [[writes, writes]]
         print("coalescing:", len(updates), "updates for", writes, "writes in", commits, "commits")
         assert len(updates) <= commits
@@ -147,33 +149,37 @@ async def test_hash_stable_across_restart_and_unchanged(tmp_path: Path, nursery:
                 await _setup(c)
                 await _insert(c, "a", "hello ✓")
                 await _insert(c, "a", 9007199254740993)
-            async with aconnect_sse(c, "POST", "/api/v1/db/d/query/watch", json=_watch_body(sql)) as source:
-                async with aclosing(source.aiter_sse()) as events:
-                    first = await anext(events)
-                    assert first.event == "snapshot"
-                    hashes.append(_data(first)["result_hash"])
-                    if round_ == 1:
-                        # the server stopping ends the stream (no hang on graceful shutdown)
-                        async with trio.open_nursery() as stopper:
-                            stopper.start_soon(live.stop)
-                            with trio.fail_after(10):
-                                async for _event in events:
-                                    pass
+            async with (
+                aconnect_sse(c, "POST", "/api/v1/db/d/query/watch", json=_watch_body(sql)) as source,
+                aclosing(source.aiter_sse()) as events,
+            ):
+                first = await anext(events)
+                assert first.event == "snapshot"
+                hashes.append(_data(first)["result_hash"])
+                if round_ == 1:
+                    # the server stopping ends the stream (no hang on graceful shutdown)
+                    async with trio.open_nursery() as stopper:
+                        stopper.start_soon(live.stop)
+                        with trio.fail_after(10):
+                            async for _event in events:
+                                pass
         if round_ == 0:
             await live.stop()
     assert hashes[0] == hashes[1]
     live = await start_live_server(nursery, make_settings(data_dir))
     async with live.client() as c:
         body = _watch_body(sql, result_hash=hashes[0])
-        async with aconnect_sse(c, "POST", "/api/v1/db/d/query/watch", json=body) as source:
-            async with aclosing(source.aiter_sse()) as events:
-                first = await anext(events)
-                assert first.event == "unchanged" and _data(first) == {"result_hash": hashes[0]}
+        async with (
+            aconnect_sse(c, "POST", "/api/v1/db/d/query/watch", json=body) as source,
+            aclosing(source.aiter_sse()) as events,
+        ):
+            first = await anext(events)
+            assert first.event == "unchanged" and _data(first) == {"result_hash": hashes[0]}
         # Last-Event-ID works the same way
         headers = {"Last-Event-ID": hashes[0]}
-        async with aconnect_sse(
-            c, "POST", "/api/v1/db/d/query/watch", json=_watch_body(sql), headers=headers
-        ) as s:
-            async with aclosing(s.aiter_sse()) as events:
-                assert (await anext(events)).event == "unchanged"
+        async with (
+            aconnect_sse(c, "POST", "/api/v1/db/d/query/watch", json=_watch_body(sql), headers=headers) as s,
+            aclosing(s.aiter_sse()) as events,
+        ):
+            assert (await anext(events)).event == "unchanged"
     await live.stop()

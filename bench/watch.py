@@ -1,0 +1,138 @@
+"""Write throughput of /query with 0 watches, 100 watches on unrelated tables, 100 on the written table.
+
+Starts ``python -m skald serve`` on port 0 in a subprocess (its own process, as
+in production), then drives it from this process over HTTP:
+
+    python bench/watch.py [--seconds 5] [--writers 16] [--watches 100]
+
+Prints the three write rates and their ratios to the 0-watch rate (goal:
+unrelated >= 0.9x none), plus how many watch updates were delivered.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import aclosing
+from pathlib import Path
+
+import httpx
+import trio
+from httpx_sse import aconnect_sse
+
+TOKEN = "skd_bench_admin_token_0123456789abcdefghijklmnop"
+
+
+async def start_server(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    env = {**os.environ, "SKALD_ADMIN_TOKEN": TOKEN, "SKALD_LOG_LEVEL": "warning"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "skald", "serve", "--port", "0", "--data-dir", str(data_dir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    assert proc.stdout is not None
+    line = await trio.to_thread.run_sync(proc.stdout.readline)
+    match = re.search(rb"listening on (http://\S+)", line)
+    if not match:
+        proc.kill()
+        raise SystemExit(f"server did not start: {line!r}")
+    return proc, match[1].decode()
+
+
+async def write_rate(client: httpx.AsyncClient, writers: int, seconds: float) -> float:
+    count = 0
+    deadline = trio.current_time() + seconds
+
+    async def writer() -> None:
+        nonlocal count
+        while trio.current_time() < deadline:
+            r = await client.post("/api/v1/db/bench/query", json={"sql": "INSERT INTO hot(v) VALUES (1)"})
+            r.raise_for_status()
+            count += 1
+
+    started = time.perf_counter()
+    async with trio.open_nursery() as nursery:
+        for _ in range(writers):
+            nursery.start_soon(writer)
+    return count / (time.perf_counter() - started)
+
+
+async def run_watch(client: httpx.AsyncClient, sql: str, ready: trio.Event, counts: list[int]) -> None:
+    body = {"sql": sql, "options": {"heartbeat_seconds": 30}}
+    async with (
+        aconnect_sse(client, "POST", "/api/v1/db/bench/query/watch", json=body) as source,
+        aclosing(source.aiter_sse()) as events,
+    ):
+        async for event in events:
+            if event.event == "snapshot":
+                ready.set()
+            elif event.event == "update":
+                counts[0] += 1
+
+
+async def phase(url: str, label: str, sql: str | None, args: argparse.Namespace) -> tuple[float, int]:
+    limits = httpx.Limits(max_connections=args.watches + args.writers + 10)
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    async with (
+        httpx.AsyncClient(base_url=url, headers=headers, timeout=60, limits=limits) as client,
+        trio.open_nursery() as nursery,
+    ):
+        counts = [0]
+        if sql is not None:
+            for _ in range(args.watches):
+                ready = trio.Event()
+                nursery.start_soon(run_watch, client, sql, ready, counts)
+                await ready.wait()
+        rate = await write_rate(client, args.writers, args.seconds)
+        await trio.sleep(0.5)  # let the last updates arrive before counting them
+        nursery.cancel_scope.cancel(reason="phase done")
+    print(f"{label:>28}: {rate:8.0f} writes/s  ({counts[0]} watch updates delivered)", flush=True)
+    return rate, counts[0]
+
+
+async def main(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory(prefix="skald-bench-") as tmp:
+        proc, url = await start_server(Path(tmp))
+        try:
+            headers = {"Authorization": f"Bearer {TOKEN}"}
+            async with httpx.AsyncClient(base_url=url, headers=headers, timeout=60) as client:
+                (await client.put("/api/v1/db/bench")).raise_for_status()
+                for sql in (
+                    "CREATE TABLE hot(id INTEGER PRIMARY KEY, v)",
+                    "CREATE TABLE cold(id INTEGER PRIMARY KEY, v)",
+                ):
+                    (await client.post("/api/v1/db/bench/query", json={"sql": sql})).raise_for_status()
+                await write_rate(client, args.writers, 1.0)  # warm-up
+            print(
+                f"skald watch bench: {args.writers} writers, {args.seconds:.0f} s per phase, {args.watches} watches"
+            )
+            none, _ = await phase(url, "0 watches", None, args)
+            unrelated, _ = await phase(
+                url, f"{args.watches} watches, other table", "SELECT count(*) FROM cold", args
+            )
+            related, _ = await phase(
+                url, f"{args.watches} watches, written table", "SELECT count(*), max(id) FROM hot", args
+            )
+            print(f"ratio unrelated/none: {unrelated / none:.2f}  (goal >= 0.90)")
+            print(f"ratio written/none:   {related / none:.2f}")
+        finally:
+            proc.terminate()
+            await trio.to_thread.run_sync(proc.wait)
+            if proc.stdout is not None:
+                proc.stdout.close()
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--writers", type=int, default=16)
+    parser.add_argument("--watches", type=int, default=100)
+    trio.run(main, parser.parse_args())
