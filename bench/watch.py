@@ -3,7 +3,7 @@
 Starts ``python -m skald serve`` on port 0 in a subprocess (its own process, as
 in production), then drives it from this process over HTTP:
 
-    python bench/watch.py [--seconds 5] [--writers 16] [--watches 100]
+    python bench/watch.py [--seconds 5] [--writers 16] [--watches 100] [--rounds 2]
 
 Prints the three write rates and their ratios to the 0-watch rate (goal:
 unrelated >= 0.9x none), plus how many watch updates were delivered.
@@ -30,11 +30,9 @@ TOKEN = "skd_bench_admin_token_0123456789abcdefghijklmnop"
 
 async def start_server(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
     env = {**os.environ, "SKALD_ADMIN_TOKEN": TOKEN, "SKALD_LOG_LEVEL": "warning"}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "skald", "serve", "--port", "0", "--data-dir", str(data_dir)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        env=env,
+    command = [sys.executable, "-m", "skald", "serve", "--port", "0", "--data-dir", str(data_dir)]
+    proc = await trio.to_thread.run_sync(
+        lambda: subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
     )
     assert proc.stdout is not None
     line = await trio.to_thread.run_sync(proc.stdout.readline)
@@ -109,16 +107,20 @@ async def main(args: argparse.Namespace) -> None:
                 ):
                     (await client.post("/api/v1/db/bench/query", json={"sql": sql})).raise_for_status()
                 await write_rate(client, args.writers, 1.0)  # warm-up
-            print(
-                f"skald watch bench: {args.writers} writers, {args.seconds:.0f} s per phase, {args.watches} watches"
-            )
-            none, _ = await phase(url, "0 watches", None, args)
-            unrelated, _ = await phase(
-                url, f"{args.watches} watches, other table", "SELECT count(*) FROM cold", args
-            )
-            related, _ = await phase(
-                url, f"{args.watches} watches, written table", "SELECT count(*), max(id) FROM hot", args
-            )
+            print(f"skald watch bench: {args.writers} writers, {args.seconds:.0f} s per phase,", end=" ")
+            print(f"{args.watches} watches, best of {args.rounds} rounds (phases interleaved)")
+            configs = [
+                ("0 watches", None),
+                (f"{args.watches} watches, other table", "SELECT count(*) FROM cold"),
+                (f"{args.watches} watches, written table", "SELECT count(*), max(id) FROM hot"),
+            ]
+            best = [0.0, 0.0, 0.0]
+            for _round in range(args.rounds):
+                for index, (label, sql) in enumerate(configs):
+                    rate, _ = await phase(url, label, sql, args)
+                    best[index] = max(best[index], rate)
+            none, unrelated, related = best
+            print(f"best: none {none:.0f}/s, unrelated {unrelated:.0f}/s, written table {related:.0f}/s")
             print(f"ratio unrelated/none: {unrelated / none:.2f}  (goal >= 0.90)")
             print(f"ratio written/none:   {related / none:.2f}")
         finally:
@@ -135,4 +137,5 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--writers", type=int, default=16)
     parser.add_argument("--watches", type=int, default=100)
+    parser.add_argument("--rounds", type=int, default=2)
     trio.run(main, parser.parse_args())
