@@ -75,19 +75,21 @@ async def run_watch(client: httpx.AsyncClient, sql: str, ready: trio.Event, coun
 
 
 async def phase(url: str, label: str, sql: str | None, args: argparse.Namespace) -> tuple[float, int]:
-    limits = httpx.Limits(max_connections=args.watches + args.writers + 10)
     headers = {"Authorization": f"Bearer {TOKEN}"}
+    # Watchers and writers are different clients (as in production), each with its own pool.
+    watch_limits = httpx.Limits(max_connections=args.watches + 10)
     async with (
-        httpx.AsyncClient(base_url=url, headers=headers, timeout=60, limits=limits) as client,
+        httpx.AsyncClient(base_url=url, headers=headers, timeout=60) as writers,
+        httpx.AsyncClient(base_url=url, headers=headers, timeout=60, limits=watch_limits) as watchers,
         trio.open_nursery() as nursery,
     ):
         counts = [0]
         if sql is not None:
             for _ in range(args.watches):
                 ready = trio.Event()
-                nursery.start_soon(run_watch, client, sql, ready, counts)
+                nursery.start_soon(run_watch, watchers, sql, ready, counts)
                 await ready.wait()
-        rate = await write_rate(client, args.writers, args.seconds)
+        rate = await write_rate(writers, args.writers, args.seconds)
         await trio.sleep(0.5)  # let the last updates arrive before counting them
         nursery.cancel_scope.cancel(reason="phase done")
     print(f"{label:>28}: {rate:8.0f} writes/s  ({counts[0]} watch updates delivered)", flush=True)
