@@ -74,26 +74,60 @@ async def run_watch(client: httpx.AsyncClient, sql: str, ready: trio.Event, coun
                 counts[0] += 1
 
 
-async def phase(url: str, label: str, sql: str | None, args: argparse.Namespace) -> tuple[float, int]:
+async def watcher_process(url: str, sql: str, watches: int) -> None:
+    """Child mode: hold ``watches`` watches, print "ready", count updates until stdin closes."""
     headers = {"Authorization": f"Bearer {TOKEN}"}
-    # Watchers and writers are different clients (as in production), each with its own pool.
-    watch_limits = httpx.Limits(max_connections=args.watches + 10)
+    limits = httpx.Limits(max_connections=watches + 10)
     async with (
-        httpx.AsyncClient(base_url=url, headers=headers, timeout=60) as writers,
-        httpx.AsyncClient(base_url=url, headers=headers, timeout=60, limits=watch_limits) as watchers,
+        httpx.AsyncClient(base_url=url, headers=headers, timeout=60, limits=limits) as client,
         trio.open_nursery() as nursery,
     ):
         counts = [0]
-        if sql is not None:
-            for _ in range(args.watches):
-                ready = trio.Event()
-                nursery.start_soon(run_watch, watchers, sql, ready, counts)
-                await ready.wait()
-        rate = await write_rate(writers, args.writers, args.seconds)
+        for _ in range(watches):
+            ready = trio.Event()
+            nursery.start_soon(run_watch, client, sql, ready, counts)
+            await ready.wait()
+        print("ready", flush=True)
+        await trio.to_thread.run_sync(sys.stdin.read)
         await trio.sleep(0.5)  # let the last updates arrive before counting them
-        nursery.cancel_scope.cancel(reason="phase done")
-    print(f"{label:>28}: {rate:8.0f} writes/s  ({counts[0]} watch updates delivered)", flush=True)
-    return rate, counts[0]
+        print(counts[0], flush=True)
+        nursery.cancel_scope.cancel(reason="bench phase done")
+
+
+async def phase(url: str, label: str, sql: str | None, args: argparse.Namespace) -> tuple[float, int]:
+    """One measurement. Watchers run in their own process (as separate clients would in
+    production), so their client-side work does not eat the writers' CPU."""
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    child: subprocess.Popen[str] | None = None
+    if sql is not None:
+        command = [
+            sys.executable,
+            __file__,
+            "--watcher-url",
+            url,
+            "--watcher-sql",
+            sql,
+            "--watches",
+            str(args.watches),
+        ]
+        child = await trio.to_thread.run_sync(
+            lambda: subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        )
+        assert child.stdout is not None
+        line = await trio.to_thread.run_sync(child.stdout.readline)
+        if line.strip() != "ready":
+            raise SystemExit(f"watchers did not start: {line!r}")
+    async with httpx.AsyncClient(base_url=url, headers=headers, timeout=60) as writers:
+        rate = await write_rate(writers, args.writers, args.seconds)
+    updates = 0
+    if child is not None:
+        assert child.stdin is not None and child.stdout is not None
+        child.stdin.close()
+        updates = int(await trio.to_thread.run_sync(child.stdout.readline))
+        await trio.to_thread.run_sync(child.wait)
+        child.stdout.close()
+    print(f"{label:>28}: {rate:8.0f} writes/s  ({updates} watch updates delivered)", flush=True)
+    return rate, updates
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -140,4 +174,10 @@ if __name__ == "__main__":
     parser.add_argument("--writers", type=int, default=16)
     parser.add_argument("--watches", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=2)
-    trio.run(main, parser.parse_args())
+    parser.add_argument("--watcher-url", help=argparse.SUPPRESS)
+    parser.add_argument("--watcher-sql", help=argparse.SUPPRESS)
+    parsed = parser.parse_args()
+    if parsed.watcher_url:
+        trio.run(watcher_process, parsed.watcher_url, parsed.watcher_sql, parsed.watches)
+    else:
+        trio.run(main, parsed)

@@ -260,15 +260,23 @@ def classify_sync(conn: DocConnection, stmt: Statement) -> StatementClass:
 
 
 def run_statement(
-    conn: DocConnection, stmt: Statement, allowed: StatementClass, limits: Limits
+    conn: DocConnection,
+    stmt: Statement,
+    allowed: StatementClass,
+    limits: Limits,
+    deadline: float | None = None,
 ) -> StatementResult:
-    """Run one statement under an enforcing policy and the limits; fetch its bounded result."""
-    deadline = time.monotonic() + limits.timeout_ms / 1000
+    """Run one statement under an enforcing policy and the limits; fetch its bounded result.
+
+    ``deadline`` (``time.monotonic()``) defaults to now + ``limits.timeout_ms``; a batch
+    passes one deadline for all its statements.
+    """
+    stop_at = time.monotonic() + limits.timeout_ms / 1000 if deadline is None else deadline
     timed_out = False
 
     def progress() -> int:
         nonlocal timed_out
-        if time.monotonic() > deadline:
+        if time.monotonic() > stop_at:
             timed_out = True
             return 1
         return 0
@@ -327,9 +335,10 @@ def run_batch(
     """Run ``stmts`` in order; the first failure raises with ``statement_index`` (the caller's
     transaction or savepoint then rolls everything back)."""
     results = []
+    deadline = time.monotonic() + limits.timeout_ms / 1000  # the time limit covers the whole batch
     for index, stmt in enumerate(stmts):
         try:
-            results.append(run_statement(conn, stmt, allowed, limits))
+            results.append(run_statement(conn, stmt, allowed, limits, deadline))
         except (BadRequest, Forbidden, Conflict) as exc:
             exc.extra["statement_index"] = index
             exc.detail = f"statement {index}: {exc.detail}"
