@@ -18,11 +18,13 @@ watch open; the next successful run is sent as ``update``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import outcome
 import trio
 
 from skald.actor import CommitInfo, DocumentActor
@@ -55,6 +57,60 @@ async def _wait_any(events: list[trio.Event], seconds: float) -> None:
                 nursery.start_soon(wait, event)
 
 
+@dataclasses.dataclass
+class _SharedRun:
+    actor: DocumentActor
+    commits: int
+    done: trio.Event = dataclasses.field(default_factory=trio.Event)
+    result: outcome.Outcome[StatementResult] | None = None
+
+
+class WatchHub:
+    """Shares evaluations between watches of the same query on the same document.
+
+    A dashboard opened by 100 people watches one query 100 times; after a commit
+    they all need the same result. A run is reused when no commit happened since it
+    started (``actor.commits`` unchanged): it saw at least that state. One entry per
+    distinct query, dropped when its last watch ends.
+    """
+
+    def __init__(self) -> None:
+        self._runs: dict[tuple[Any, ...], _SharedRun] = {}
+        self._users: dict[tuple[Any, ...], int] = {}
+
+    def acquire(self, key: tuple[Any, ...]) -> None:
+        self._users[key] = self._users.get(key, 0) + 1
+
+    def release(self, key: tuple[Any, ...]) -> None:
+        self._users[key] -= 1
+        if not self._users[key]:
+            del self._users[key]
+            self._runs.pop(key, None)
+
+    async def evaluate(
+        self, key: tuple[Any, ...], actor: DocumentActor, stmt: Statement, limits: Limits
+    ) -> StatementResult:
+        """The query's result as of at least the actor's latest commit; raises its SkaldError."""
+        while True:
+            run = self._runs.get(key)
+            if run is not None and run.actor is actor and run.commits == actor.commits:
+                await run.done.wait()
+                if run.result is not None:
+                    return run.result.unwrap()
+                continue  # its owner was cancelled: run it ourselves
+            run = _SharedRun(actor, actor.commits)
+            self._runs[key] = run
+            try:
+                run.result = outcome.Value(await execute(actor, stmt, StatementClass.READ, limits))
+            except SkaldError as exc:
+                run.result = outcome.Error(exc)
+            finally:
+                if run.result is None and self._runs.get(key) is run:
+                    del self._runs[key]
+                run.done.set()
+            return run.result.unwrap()
+
+
 class QueryWatch:
     """One live query. Iterate :meth:`events` to drive it; leaving the iteration releases it."""
 
@@ -68,6 +124,7 @@ class QueryWatch:
         heartbeat_seconds: float,
         known_hash: str | None = None,
         shutdown: trio.Event | None = None,
+        hub: WatchHub | None = None,
     ) -> None:
         self.supervisor = supervisor
         self.db_id = db_id
@@ -79,6 +136,8 @@ class QueryWatch:
         self.read_tables: frozenset[str] | None = None  # None until the first run: any commit counts
         self.dirty = trio.Event()
         self.evaluations = 0
+        self.hub = hub if hub is not None else WatchHub()
+        self.key = (db_id, stmt.sql, repr(stmt.params), limits)
 
     def _on_commit(self, info: CommitInfo) -> None:
         if self.read_tables is None or not self.read_tables.isdisjoint(info.tables):
@@ -88,7 +147,7 @@ class QueryWatch:
         self.dirty = trio.Event()  # commits from now on are seen by the next run
         self.evaluations += 1
         try:
-            result = await execute(actor, self.stmt, StatementClass.READ, self.limits)
+            result = await self.hub.evaluate(self.key, actor, self.stmt, self.limits)
         except SkaldError as exc:
             return None, exc
         self.read_tables = result.read_tables
@@ -102,6 +161,7 @@ class QueryWatch:
         """
         async with self.supervisor.open_document(self.db_id) as actor:
             remove = actor.add_commit_listener(self._on_commit)
+            self.hub.acquire(self.key)
             try:
                 result, error = await self._evaluate(actor)
                 last_hash: str | None = None
@@ -134,6 +194,7 @@ class QueryWatch:
                         yield sse_event("update", _result_event(result, new_hash), new_hash)
             finally:
                 remove()
+                self.hub.release(self.key)
 
 
 def _result_event(result: StatementResult, digest: str) -> dict[str, Any]:

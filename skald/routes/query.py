@@ -28,7 +28,7 @@ from skald.query import (
 )
 from skald.sqlscope import StatementClass
 from skald.state import AppState, get_state
-from skald.watch import QueryWatch
+from skald.watch import QueryWatch, WatchHub
 
 Args = list[Any] | dict[str, Any] | None
 
@@ -66,6 +66,7 @@ class WatchBody(BaseModel):
 
 
 def install(app: Quart, state: AppState) -> None:
+    state.services["query_watch_hub"] = WatchHub()
     app.add_url_rule("/api/v1/db/<db_id>/query", view_func=query_view, methods=["POST"])
     app.add_url_rule("/api/v1/db/<db_id>/query/batch", view_func=batch_view, methods=["POST"])
     app.add_url_rule("/api/v1/db/<db_id>/query/watch", view_func=watch_view, methods=["POST"])
@@ -135,6 +136,7 @@ async def watch_view(db_id: str, data: WatchBody) -> Response:
         heartbeat_seconds=options.heartbeat_seconds or state.settings.sse_heartbeat_seconds,
         known_hash=options.result_hash or request.headers.get("Last-Event-ID"),
         shutdown=state.services.get("shutdown_event"),
+        hub=state.services["query_watch_hub"],
     )
     response = Response(
         watch.events(),

@@ -183,3 +183,32 @@ async def test_hash_stable_across_restart_and_unchanged(tmp_path: Path, nursery:
         ):
             assert (await anext(events)).event == "unchanged"
     await live.stop()
+
+
+async def test_identical_watches_all_get_the_update(server: LiveServer, nursery: trio.Nursery) -> None:
+    """Watches of one query share evaluations; each still sees every change."""
+    async with server.client() as c, server.client() as w:
+        await _setup(c)
+        got: list[list[Any]] = []
+        snapshots = trio.Semaphore(0)
+
+        async def watch() -> None:
+            body = _watch_body("SELECT count(*) FROM a", heartbeat=30)
+            async with (
+                aconnect_sse(c, "POST", "/api/v1/db/d/query/watch", json=body) as source,
+                aclosing(source.aiter_sse()) as events,
+            ):
+                assert _data(await anext(events))["rows"] == [[0]]
+                snapshots.release()
+                event = await anext(events)
+                assert event.event == "update"
+                got.append(_data(event)["rows"])
+
+        async with trio.open_nursery() as watchers:
+            for _ in range(5):
+                watchers.start_soon(watch)
+            for _ in range(5):
+                await snapshots.acquire()
+            await _insert(w, "a", 1)
+        assert got == [[[1]]] * 5
+        assert not server.state.services["query_watch_hub"]._runs
