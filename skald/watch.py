@@ -24,7 +24,6 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import outcome
 import trio
 
 from skald.actor import CommitInfo, DocumentActor
@@ -62,7 +61,8 @@ class _SharedRun:
     actor: DocumentActor
     commits: int
     done: trio.Event = dataclasses.field(default_factory=trio.Event)
-    result: outcome.Outcome[StatementResult] | None = None
+    result: StatementResult | None = None
+    error: SkaldError | None = None
 
 
 class WatchHub:
@@ -96,19 +96,22 @@ class WatchHub:
             if run is not None and run.actor is actor and run.commits == actor.commits:
                 await run.done.wait()
                 if run.result is not None:
-                    return run.result.unwrap()
+                    return run.result
+                if run.error is not None:
+                    raise run.error
                 continue  # its owner was cancelled: run it ourselves
             run = _SharedRun(actor, actor.commits)
             self._runs[key] = run
             try:
-                run.result = outcome.Value(await execute(actor, stmt, StatementClass.READ, limits))
+                run.result = await execute(actor, stmt, StatementClass.READ, limits)
             except SkaldError as exc:
-                run.result = outcome.Error(exc)
+                run.error = exc
+                raise
             finally:
-                if run.result is None and self._runs.get(key) is run:
+                if run.result is None and run.error is None and self._runs.get(key) is run:
                     del self._runs[key]
                 run.done.set()
-            return run.result.unwrap()
+            return run.result
 
 
 class QueryWatch:
