@@ -32,6 +32,8 @@ from skald.query import Limits, Statement, StatementResult, execute
 from skald.sqlscope import StatementClass
 from skald.supervisor import Supervisor
 
+_SCHEMA_TABLES = frozenset({"sqlite_master", "sqlite_schema"})
+
 
 def sse_event(event: str, data: dict[str, Any], event_id: str | None = None) -> bytes:
     lines = [f"event: {event}"]
@@ -143,7 +145,11 @@ class QueryWatch:
         self.key = (db_id, stmt.sql, repr(stmt.params), limits)
 
     def _on_commit(self, info: CommitInfo) -> None:
-        if self.read_tables is None or not self.read_tables.isdisjoint(info.tables):
+        if (
+            self.read_tables is None
+            or not self.read_tables.isdisjoint(info.tables)
+            or not _SCHEMA_TABLES.isdisjoint(info.tables)  # DDL may change any result (or break it)
+        ):
             self.dirty.set()
 
     async def _evaluate(self, actor: DocumentActor) -> tuple[StatementResult | None, SkaldError | None]:

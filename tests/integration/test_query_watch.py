@@ -215,3 +215,27 @@ async def test_identical_watches_all_get_the_update(server: LiveServer, nursery:
         with trio.fail_after(5):  # the server notices the disconnects shortly after
             while hub._runs:  # noqa: ASYNC110 - bounded poll of a plain dict
                 await trio.sleep(0.01)
+
+
+async def test_failing_watch_sends_error_and_stays_open(server: LiveServer) -> None:
+    async with server.client() as c, server.client() as w:
+        await _setup(c)
+        await _insert(w, "a", 1)
+        body = _watch_body("SELECT v FROM a", heartbeat=30)
+        async with (
+            aconnect_sse(c, "POST", "/api/v1/db/d/query/watch", json=body) as source,
+            aclosing(source.aiter_sse()) as events,
+        ):
+            assert _data(await anext(events))["rows"] == [[1]]
+            r = await w.post("/api/v1/db/d/query", json={"sql": "DROP TABLE a"})
+            assert r.status_code == 200
+            event = await anext(events)
+            assert event.event == "error"
+            assert _data(event)["code"] == "sql_error" and "no such table" in _data(event)["detail"]
+            r = await w.post("/api/v1/db/d/query", json={"sql": "CREATE TABLE a(id INTEGER PRIMARY KEY, v)"})
+            assert r.status_code == 200
+            event = await anext(events)
+            assert event.event == "update" and _data(event)["rows"] == []
+            await _insert(w, "a", 5)
+            event = await anext(events)
+            assert event.event == "update" and _data(event)["rows"] == [[5]]
