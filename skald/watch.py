@@ -29,6 +29,7 @@ import trio
 from skald.actor import CommitInfo, DocumentActor
 from skald.errors import SkaldError
 from skald.query import Limits, Statement, StatementResult, execute
+from skald.query_metrics import QueryMetrics
 from skald.sqlscope import StatementClass
 from skald.supervisor import Supervisor
 
@@ -130,6 +131,7 @@ class QueryWatch:
         known_hash: str | None = None,
         shutdown: trio.Event | None = None,
         hub: WatchHub | None = None,
+        metrics: QueryMetrics | None = None,
     ) -> None:
         self.supervisor = supervisor
         self.db_id = db_id
@@ -143,6 +145,7 @@ class QueryWatch:
         self.evaluations = 0
         self.hub = hub if hub is not None else WatchHub()
         self.key = (db_id, stmt.sql, repr(stmt.params), limits)
+        self.metrics = metrics
 
     def _on_commit(self, info: CommitInfo) -> None:
         if (
@@ -155,6 +158,8 @@ class QueryWatch:
     async def _evaluate(self, actor: DocumentActor) -> tuple[StatementResult | None, SkaldError | None]:
         self.dirty = trio.Event()  # commits from now on are seen by the next run
         self.evaluations += 1
+        if self.metrics is not None:
+            self.metrics.watch_runs.inc()
         try:
             result = await self.hub.evaluate(self.key, actor, self.stmt, self.limits)
         except SkaldError as exc:
@@ -171,6 +176,8 @@ class QueryWatch:
         async with self.supervisor.open_document(self.db_id) as actor:
             remove = actor.add_commit_listener(self._on_commit)
             self.hub.acquire(self.key)
+            if self.metrics is not None:
+                self.metrics.watches.inc()
             try:
                 result, error = await self._evaluate(actor)
                 last_hash: str | None = None
@@ -204,6 +211,8 @@ class QueryWatch:
             finally:
                 remove()
                 self.hub.release(self.key)
+                if self.metrics is not None:
+                    self.metrics.watches.dec()
 
 
 def _result_event(result: StatementResult, digest: str) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from skald.query import (
     execute,
     execute_batch,
 )
+from skald.query_metrics import QueryMetrics
 from skald.sqlscope import StatementClass
 from skald.state import AppState, get_state
 from skald.watch import QueryWatch, WatchHub
@@ -67,6 +68,7 @@ class WatchBody(BaseModel):
 
 def install(app: Quart, state: AppState) -> None:
     state.services["query_watch_hub"] = WatchHub()
+    state.services["query_metrics"] = QueryMetrics(state.metrics.registry)
     app.add_url_rule("/api/v1/db/<db_id>/query", view_func=query_view, methods=["POST"])
     app.add_url_rule("/api/v1/db/<db_id>/query/batch", view_func=batch_view, methods=["POST"])
     app.add_url_rule("/api/v1/db/<db_id>/query/watch", view_func=watch_view, methods=["POST"])
@@ -80,6 +82,11 @@ async def _authorize_class(db_id: str, cls: StatementClass) -> None:
     """Require the action the statement's class needs (``query.read`` was checked by the route)."""
     if cls > StatementClass.READ:
         await authorize(current_principal(), db_id, cls.action)
+
+
+def _metrics() -> QueryMetrics:
+    metrics: QueryMetrics = get_state().services["query_metrics"]
+    return metrics
 
 
 def _ms(started: float) -> float:
@@ -99,6 +106,7 @@ async def query_view(db_id: str, data: QueryBody) -> dict[str, Any]:
         result = await execute(actor, stmt, cls, limits)
     body = result.to_json()
     body["duration_ms"] = _ms(started)
+    _metrics().duration.labels(cls.name.lower()).observe(body["duration_ms"] / 1000)
     return body
 
 
@@ -113,7 +121,9 @@ async def batch_view(db_id: str, data: BatchBody) -> dict[str, Any]:
         cls = await classify_all(actor, stmts)
         await _authorize_class(db_id, cls)
         results = await execute_batch(actor, stmts, cls, limits)
-    return {"results": [r.to_json() for r in results], "duration_ms": _ms(started)}
+    duration_ms = _ms(started)
+    _metrics().duration.labels(cls.name.lower()).observe(duration_ms / 1000)
+    return {"results": [r.to_json() for r in results], "duration_ms": duration_ms}
 
 
 @requires("query.read")
@@ -137,6 +147,7 @@ async def watch_view(db_id: str, data: WatchBody) -> Response:
         known_hash=options.result_hash or request.headers.get("Last-Event-ID"),
         shutdown=state.services.get("shutdown_event"),
         hub=state.services["query_watch_hub"],
+        metrics=_metrics(),
     )
     response = Response(
         watch.events(),

@@ -251,8 +251,13 @@ async def test_runaway_query_stopped_while_others_answer(tmp_path: Path, nursery
         await live.stop()
 
 
-async def test_openapi_lists_query_routes(server: LiveServer) -> None:
+async def test_openapi_and_metrics(server: LiveServer) -> None:
     async with server.client() as c:
         spec = (await c.get("/openapi.json")).json()
+        await c.put("/api/v1/db/d")
+        assert (await _q(c, "SELECT 1")).status_code == 200
+        metrics = (await c.get("/metrics")).text
+    assert 'skald_query_duration_seconds_count{kind="read"} 1.0' in metrics
+    assert "skald_query_watches 0.0" in metrics
     assert "/api/v1/db/{db_id}/query" in spec["paths"]
     assert "/api/v1/db/{db_id}/query/watch" in spec["paths"]
