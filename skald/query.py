@@ -41,6 +41,7 @@ from skald.errors import BadRequest, Conflict, Forbidden, ScopeDenied
 from skald.sqlscope import ClassRecorder, StatementClass
 
 MAX_SAFE_INTEGER = 2**53 - 1
+_MIN_VALUE_LIMIT = 16 * 1024 * 1024  # bytes: the smallest per-value length limit a statement runs with
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 
 JSONValue = Any
@@ -283,6 +284,9 @@ def run_statement(
 
     recorder = ClassRecorder(allowed)
     conn.set_progress_handler(progress, 1000)
+    # No single value may outgrow what a result could carry (printf('%.*c', 1e9, 'x') would
+    # otherwise allocate a gigabyte before the byte cap could look at it).
+    previous_length = conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, max(_MIN_VALUE_LIMIT, 16 * limits.max_bytes))
     try:
         with conn.track_reads() as tables:
             with conn.policy(recorder):
@@ -304,6 +308,7 @@ def run_statement(
         raise _translate_error(exc) from None
     finally:
         conn.set_progress_handler(None, 0)
+        conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, previous_length)
     changes, rowid = conn.execute("SELECT changes(), last_insert_rowid()").fetchone()
     if allowed == StatementClass.READ or not recorder.writes:
         changes, rowid = 0, None  # changes() still holds the previous statement's count
