@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -217,8 +218,21 @@ class StatementResult:
             "last_insert_rowid": self.last_insert_rowid,
         }
 
-    @property
+    @functools.cached_property
+    def event_json(self) -> bytes:
+        """The watch event payload (columns, rows, row_count, truncated, result_hash), encoded once."""
+        payload = {
+            "columns": self.columns,
+            "rows": self.rows,
+            "row_count": len(self.rows),
+            "truncated": self.truncated,
+            "result_hash": self.hash,
+        }
+        return json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+    @functools.cached_property
     def hash(self) -> str:
+        """``result_hash``; computed once (watches of one query share the result)."""
         return result_hash(self.columns, self.rows)
 
 

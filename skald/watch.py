@@ -189,7 +189,7 @@ class QueryWatch:
                     if last_hash == self.known_hash:
                         yield sse_event("unchanged", {"result_hash": last_hash}, last_hash)
                     else:
-                        yield sse_event("snapshot", _result_event(result, last_hash), last_hash)
+                        yield _result_event("snapshot", result)
                 while True:
                     wake = self.dirty
                     await _wait_any([wake, actor.closing, self.shutdown], self.heartbeat_seconds)
@@ -207,7 +207,7 @@ class QueryWatch:
                     new_hash = result.hash
                     if new_hash != last_hash:
                         last_hash = new_hash
-                        yield sse_event("update", _result_event(result, new_hash), new_hash)
+                        yield _result_event("update", result)
             finally:
                 remove()
                 self.hub.release(self.key)
@@ -215,11 +215,6 @@ class QueryWatch:
                     self.metrics.watches.dec()
 
 
-def _result_event(result: StatementResult, digest: str) -> dict[str, Any]:
-    return {
-        "columns": result.columns,
-        "rows": result.rows,
-        "row_count": len(result.rows),
-        "truncated": result.truncated,
-        "result_hash": digest,
-    }
+def _result_event(event: str, result: StatementResult) -> bytes:
+    """An encoded ``snapshot``/``update`` event (the JSON is encoded once per shared result)."""
+    return f"event: {event}\nid: {result.hash}\ndata: ".encode() + result.event_json + b"\n\n"
