@@ -22,10 +22,10 @@ from skald.query import (
     Statement,
     classify,
     classify_all,
-    decode_args,
     execute,
     execute_batch,
 )
+from skald.query_json import decode_args
 from skald.query_metrics import QueryMetrics
 from skald.sqlscope import StatementClass
 from skald.state import AppState, get_state
