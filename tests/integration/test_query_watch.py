@@ -239,3 +239,18 @@ async def test_failing_watch_sends_error_and_stays_open(server: LiveServer) -> N
             await _insert(w, "a", 5)
             event = await anext(events)
             assert event.event == "update" and _data(event)["rows"] == [[5]]
+
+
+async def test_watch_ends_when_document_is_deleted(server: LiveServer) -> None:
+    async with server.client() as c, server.client() as admin:
+        await _setup(c)
+        body = _watch_body("SELECT count(*) FROM a", heartbeat=30)
+        async with (
+            aconnect_sse(c, "POST", "/api/v1/db/d/query/watch", json=body) as source,
+            aclosing(source.aiter_sse()) as events,
+        ):
+            assert (await anext(events)).event == "snapshot"
+            assert (await admin.delete("/api/v1/db/d")).status_code == 204
+            with trio.fail_after(10):
+                rest = [event.event async for event in events]
+            assert "update" not in rest
