@@ -186,6 +186,39 @@ async def test_batch_all_or_nothing(server: LiveServer) -> None:
         assert [x["rows"] for x in r.json()["results"]] == [[[2]], [[2]]]
 
 
+async def test_batch_ddl_then_use(server: LiveServer) -> None:
+    """A batch may use what its own DDL creates; runtime enforcement still refuses the forbidden."""
+    batch = {
+        "statements": [
+            {"sql": "CREATE TABLE n(a)"},
+            {"sql": "INSERT INTO n VALUES (1)"},
+            {"sql": "SELECT a FROM n"},
+        ]
+    }
+    writer = await server.mint_token("d:query.write")
+    async with server.client() as c, server.client(writer) as w:
+        await c.put("/api/v1/db/d")
+        r = await w.post("/api/v1/db/d/query/batch", json=batch)
+        assert r.status_code == 403 and r.json()["code"] == "scope_denied"
+        r = await c.post("/api/v1/db/d/query/batch", json=batch)
+        assert r.status_code == 200, r.text
+        assert r.json()["results"][2]["rows"] == [[1]]
+        sneaky = {
+            "statements": [
+                {"sql": "CREATE TABLE m(a)"},
+                {"sql": "CREATE TRIGGER m_t AFTER INSERT ON m BEGIN DELETE FROM _skald_meta; END"},
+                {"sql": "INSERT INTO m VALUES (1)"},
+            ]
+        }
+        r = await c.post("/api/v1/db/d/query/batch", json=sneaky)
+        assert r.status_code == 403 and r.json()["code"] == "statement_forbidden"
+        assert r.json()["statement_index"] == 2
+        r = await _q(c, "SELECT count(*) FROM _skald_meta")
+        assert r.json()["rows"][0][0] > 0
+        r = await _q(c, "SELECT count(*) FROM sqlite_master WHERE name IN ('m', 'm_t')")
+        assert r.json()["rows"] == [[0]]  # all or nothing
+
+
 async def test_row_and_byte_caps(tmp_path: Path, nursery: trio.Nursery) -> None:
     live = await start_live_server(
         nursery, make_settings(tmp_path / "data", query_max_rows=50, query_max_bytes=2000)
