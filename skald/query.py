@@ -207,6 +207,7 @@ def run_statement(
         return 0
 
     recorder = ClassRecorder(allowed)
+    capability_objects = _capability_objects(conn) if allowed == StatementClass.ADMIN else None
     conn.set_progress_handler(progress, 1000)
     # No single value may outgrow what a result could carry (printf('%.*c', 1e9, 'x') would
     # otherwise allocate a gigabyte before the byte cap could look at it).
@@ -233,12 +234,24 @@ def run_statement(
     finally:
         conn.set_progress_handler(None, 0)
         conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, previous_length)
+    if capability_objects is not None and _capability_objects(conn) != capability_objects:
+        # The authorizer does not report the new name of ALTER TABLE ... RENAME TO; a user
+        # object under skald's prefix would collide with a later migration.
+        raise StatementForbidden("refused: the statement creates or renames a capability table")
     changes, rowid = conn.execute("SELECT changes(), last_insert_rowid()").fetchone()
     if allowed == StatementClass.READ or not recorder.writes:
         changes, rowid = 0, None  # changes() still holds the previous statement's count
     elif not (recorder.inserts and changes):
         rowid = None  # only an INSERT/REPLACE that inserted has a rowid to report
     return StatementResult(columns, rows, truncated, changes, rowid, frozenset(tables))
+
+
+def _capability_objects(conn: DocConnection) -> set[str]:
+    rows = conn.execute(
+        "SELECT name FROM sqlite_master WHERE lower(name) LIKE '\\_skald\\_%' ESCAPE '\\' "
+        "OR lower(tbl_name) LIKE '\\_skald\\_%' ESCAPE '\\' OR name = 'schema_migrations'"
+    )
+    return {row[0] for row in rows}
 
 
 def _fetch(cursor: sqlite3.Cursor, limits: Limits) -> tuple[list[list[JSONValue]], bool]:

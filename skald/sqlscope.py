@@ -132,12 +132,13 @@ def classify_action(
         )
     if action in _DML_ACTIONS:
         table = (arg1 or "").lower()
-        if db_name != "main":
-            return StatementClass.FORBIDDEN
         if table in _SCHEMA_TABLES:
             # Only SQLite's own DDL code writes here (a direct write is refused by SQLite:
-            # "table sqlite_master may not be modified"); the DDL action itself classifies it.
+            # "table sqlite_master may not be modified"; ALTER TABLE ... RENAME also updates
+            # sqlite_temp_master); the DDL action itself classifies the statement.
             return StatementClass.READ
+        if db_name != "main":
+            return StatementClass.FORBIDDEN
         if is_capability_table(table):
             return StatementClass.FORBIDDEN
         if table.startswith("sqlite_stat"):

@@ -95,6 +95,14 @@ async def test_errors_are_problem_json(server: LiveServer) -> None:
             assert r.status_code == status, (args, r.text)
             assert r.headers["content-type"] == "application/problem+json"
             assert r.json()["code"] == code, (args, r.json())
+        # the authorizer does not see the new name of a rename: checked after the statement
+        r = await _q(c, "ALTER TABLE t RENAME TO _skald_mine")
+        assert r.status_code == 403 and r.json()["code"] == "statement_forbidden"
+        assert (await _q(c, "SELECT count(*) FROM t")).status_code == 200
+        r = await _q(c, "ALTER TABLE t RENAME TO t2")
+        assert r.status_code == 200
+        r = await _q(c, "ALTER TABLE t2 RENAME TO t")
+        assert r.status_code == 200
         await _q(c, "INSERT INTO t(name) VALUES ('x')")
         r = await _q(c, "INSERT INTO t(name) VALUES ('x')")
         assert r.status_code == 409 and r.json()["code"] == "constraint_violation"

@@ -50,6 +50,7 @@ CORPUS: list[tuple[str, StatementClass]] = [
     ("CREATE TRIGGER tr2 AFTER INSERT ON t BEGIN UPDATE u SET t_id = new.id; END", A),
     ("DROP TABLE u", A),
     ("ALTER TABLE t ADD COLUMN extra", A),
+    ("ALTER TABLE u RENAME TO u2", A),
     ("ANALYZE", A),
     ("REINDEX", A),
     ("PRAGMA user_version = 7", A),
