@@ -46,9 +46,7 @@ class LiveServer:
     def client(self, token: str | None = ADMIN_TOKEN, **kwargs: Any) -> httpx.AsyncClient:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         headers.update(kwargs.pop("headers", {}))
-        return httpx.AsyncClient(
-            base_url=self.url, headers=headers, timeout=kwargs.pop("timeout", 30), **kwargs
-        )
+        return httpx.AsyncClient(base_url=self.url, headers=headers, timeout=kwargs.pop("timeout", 30), **kwargs)
 
     async def mint_token(self, *scopes: str, expires: str | None = None, label: str = "test") -> str:
         """Mint a token with ``DB:ACTION[:PREFIX]`` scopes through the admin API; return its secret."""
@@ -96,29 +94,14 @@ class SkaldProcess:
 
     def __init__(self, data_dir: Path, env: dict[str, str] | None = None, args: Sequence[str] = ()) -> None:
         self.data_dir = data_dir
-        self.env = {
-            **os.environ,
-            "SKALD_ADMIN_TOKEN": ADMIN_TOKEN,
-            "SKALD_LOG_LEVEL": "warning",
-            **(env or {}),
-        }
+        self.env = {**os.environ, "SKALD_ADMIN_TOKEN": ADMIN_TOKEN, "SKALD_LOG_LEVEL": "warning", **(env or {})}
         self.args = list(args)
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""
 
     async def start(self) -> str:
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "skald",
-                "serve",
-                "--port",
-                "0",
-                "--data-dir",
-                str(self.data_dir),
-                *self.args,
-            ],
+            [sys.executable, "-m", "skald", "serve", "--port", "0", "--data-dir", str(self.data_dir), *self.args],
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             env=self.env,
