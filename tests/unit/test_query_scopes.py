@@ -164,3 +164,15 @@ def test_enforced_while_running(
     assert conn.execute("SELECT count(*) FROM _skald_meta WHERE key = 'pwned'").fetchone()[0] == 0
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
+
+
+def test_repeated_statements_still_reach_the_authorizer(conn: DocConnection) -> None:
+    """A cached prepared statement would skip the authorizer (no tracking, no policy)."""
+    for value in range(3):
+        conn.written_tables = set()
+        conn.execute("INSERT INTO t(name) VALUES (?)", (str(value),))
+        assert conn.written_tables == {"t"}
+    limits = Limits(timeout_ms=2000, max_rows=10, max_bytes=10_000)
+    for _ in range(2):
+        with pytest.raises(SkaldError):
+            run_statement(conn, Statement("DELETE FROM t", ()), R, limits)
