@@ -78,6 +78,10 @@ def open_connection(
 ) -> DocConnection:
     """Open ``path`` with skald's pragmas.
 
+    The statement cache is off: SQLite calls the authorizer only when a
+    statement is prepared, so a cached statement would bypass both the table
+    tracking (commit fan-out, query watches) and scope policies.
+
     Write connections get WAL, the chosen ``synchronous`` level, foreign keys
     and a busy timeout, and run in autocommit mode (``isolation_level=None``)
     so the actor controls transactions explicitly. Read-only connections open
@@ -86,11 +90,20 @@ def open_connection(
     if readonly:
         uri = f"file:{path.resolve()}?mode=ro"
         conn = sqlite3.connect(
-            uri, uri=True, factory=DocConnection, check_same_thread=False, isolation_level=None
+            uri,
+            uri=True,
+            factory=DocConnection,
+            check_same_thread=False,
+            isolation_level=None,
+            cached_statements=0,
         )
     else:
         conn = sqlite3.connect(
-            str(path), factory=DocConnection, check_same_thread=False, isolation_level=None
+            str(path),
+            factory=DocConnection,
+            check_same_thread=False,
+            isolation_level=None,
+            cached_statements=0,
         )
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={synchronous.upper()}")

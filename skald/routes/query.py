@@ -1,0 +1,158 @@
+"""Query API: ``POST /api/v1/db/{db_id}/query``, ``/query/batch`` and ``/query/watch`` (SSE).
+
+Routes parse, authorize and render; :mod:`skald.query` and :mod:`skald.watch`
+do the work. Every route needs at least ``query.read``; the statement's class
+(decided by SQLite's authorizer) then decides whether ``query.write`` or
+``query.admin`` is needed too.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from pydantic import BaseModel, Field
+from quart import Quart, Response, request
+from quart_schema import validate_request
+
+from skald.auth.guard import authorize, current_principal, requires
+from skald.query import (
+    Limits,
+    NotReadOnly,
+    Statement,
+    classify,
+    classify_all,
+    execute,
+    execute_batch,
+)
+from skald.query_json import decode_args
+from skald.query_metrics import QueryMetrics
+from skald.sqlscope import StatementClass
+from skald.state import AppState, get_state
+from skald.watch import QueryWatch, WatchHub
+
+Args = list[Any] | dict[str, Any] | None
+
+
+class QueryOptions(BaseModel):
+    max_rows: int | None = Field(default=None, ge=0, description="lower the server's row cap")
+    timeout_ms: int | None = Field(default=None, ge=1, description="lower the server's time limit")
+
+
+class QueryBody(BaseModel):
+    sql: str = Field(description="exactly one SQL statement")
+    args: Args = Field(default=None, description="positional list or named object; see docs/query.md")
+    options: QueryOptions | None = None
+
+
+class BatchStatement(BaseModel):
+    sql: str
+    args: Args = None
+
+
+class BatchBody(BaseModel):
+    statements: list[BatchStatement] = Field(min_length=1, max_length=1000)
+    options: QueryOptions | None = None
+
+
+class WatchOptions(QueryOptions):
+    heartbeat_seconds: float | None = Field(default=None, gt=0, le=3600)
+    result_hash: str | None = Field(default=None, description="hash the client already has")
+
+
+class WatchBody(BaseModel):
+    sql: str
+    args: Args = None
+    options: WatchOptions | None = None
+
+
+def install(app: Quart, state: AppState) -> None:
+    state.services["query_watch_hub"] = WatchHub()
+    state.services["query_metrics"] = QueryMetrics(state.metrics.registry)
+    app.add_url_rule("/api/v1/db/<db_id>/query", view_func=query_view, methods=["POST"])
+    app.add_url_rule("/api/v1/db/<db_id>/query/batch", view_func=batch_view, methods=["POST"])
+    app.add_url_rule("/api/v1/db/<db_id>/query/watch", view_func=watch_view, methods=["POST"])
+
+
+def _limits(options: QueryOptions | None) -> Limits:
+    return Limits.from_request(get_state().settings, options.model_dump() if options else None)
+
+
+async def _authorize_class(db_id: str, cls: StatementClass) -> None:
+    """Require the action the statement's class needs (``query.read`` was checked by the route)."""
+    if cls > StatementClass.READ:
+        await authorize(current_principal(), db_id, cls.action)
+
+
+def _metrics() -> QueryMetrics:
+    metrics: QueryMetrics = get_state().services["query_metrics"]
+    return metrics
+
+
+def _ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 3)
+
+
+@requires("query.read")
+@validate_request(QueryBody)
+async def query_view(db_id: str, data: QueryBody) -> dict[str, Any]:
+    """Run one statement; reads on the read pool, writes in the next group commit."""
+    started = time.perf_counter()
+    stmt = Statement(data.sql, decode_args(data.args))
+    limits = _limits(data.options)
+    async with get_state().supervisor.open_document(db_id) as actor:
+        cls = await classify(actor, stmt)
+        await _authorize_class(db_id, cls)
+        result = await execute(actor, stmt, cls, limits)
+    body = result.to_json()
+    body["duration_ms"] = _ms(started)
+    _metrics().duration.labels(cls.name.lower()).observe(body["duration_ms"] / 1000)
+    return body
+
+
+@requires("query.read")
+@validate_request(BatchBody)
+async def batch_view(db_id: str, data: BatchBody) -> dict[str, Any]:
+    """Run several statements in one transaction: all or nothing."""
+    started = time.perf_counter()
+    stmts = [Statement(s.sql, decode_args(s.args)) for s in data.statements]
+    limits = _limits(data.options)
+    async with get_state().supervisor.open_document(db_id) as actor:
+        cls = await classify_all(actor, stmts)
+        await _authorize_class(db_id, cls)
+        results = await execute_batch(actor, stmts, cls, limits)
+    duration_ms = _ms(started)
+    _metrics().duration.labels(cls.name.lower()).observe(duration_ms / 1000)
+    return {"results": [r.to_json() for r in results], "duration_ms": duration_ms}
+
+
+@requires("query.read")
+@validate_request(WatchBody)
+async def watch_view(db_id: str, data: WatchBody) -> Response:
+    """SSE stream of a read-only query's result: snapshot, then updates when it changes."""
+    state = get_state()
+    stmt = Statement(data.sql, decode_args(data.args))
+    options = data.options or WatchOptions()
+    limits = _limits(options)
+    async with state.supervisor.open_document(db_id) as actor:
+        cls = await classify(actor, stmt)
+    if cls != StatementClass.READ:
+        raise NotReadOnly(f"this statement needs {cls.action}; watches run read-only statements")
+    watch = QueryWatch(
+        state.supervisor,
+        db_id,
+        stmt,
+        limits,
+        heartbeat_seconds=options.heartbeat_seconds or state.settings.sse_heartbeat_seconds,
+        known_hash=options.result_hash or request.headers.get("Last-Event-ID"),
+        shutdown=state.services.get("shutdown_event"),
+        hub=state.services["query_watch_hub"],
+        metrics=_metrics(),
+    )
+    response = Response(
+        watch.events(),
+        content_type="text/event-stream",
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )
+    response.timeout = None
+    return response
