@@ -22,6 +22,7 @@ from typing import Any
 
 import structlog
 import trio
+import trio.lowlevel
 
 from skald.actor import DocumentActor
 from skald.connection import DocConnection
@@ -65,10 +66,16 @@ def backoff_seconds(attempts: int) -> float:
 
 
 def enqueue_op(
-    conn: DocConnection, job_type: str, payload: dict[str, Any], now: float, run_after: float, max_attempts: int
+    conn: DocConnection,
+    job_type: str,
+    payload: dict[str, Any],
+    now: float,
+    run_after: float,
+    max_attempts: int,
 ) -> int:
     cur = conn.execute(
-        "INSERT INTO jobs (type, payload_json, status, attempts, max_attempts, run_after, created_at, updated_at)"
+        "INSERT INTO jobs (type, payload_json, status, attempts, max_attempts, run_after, created_at,"
+        " updated_at)"
         " VALUES (?, ?, 'pending', 0, ?, ?, ?, ?)",
         (job_type, json.dumps(payload), max_attempts, run_after, now, now),
     )
@@ -102,7 +109,8 @@ def get_op(conn: DocConnection, job_id: int) -> Job | None:
 
 def complete_op(conn: DocConnection, job_id: int, now: float) -> None:
     conn.execute(
-        "UPDATE jobs SET status = 'completed', lease_expires_at = NULL, updated_at = ? WHERE id = ?", (now, job_id)
+        "UPDATE jobs SET status = 'completed', lease_expires_at = NULL, updated_at = ? WHERE id = ?",
+        (now, job_id),
     )
 
 
@@ -130,7 +138,8 @@ def reclaim_expired_op(conn: DocConnection, now: float) -> list[int]:
     ids = [
         r[0]
         for r in conn.execute(
-            "SELECT id FROM jobs WHERE status = 'running' AND lease_expires_at IS NOT NULL AND lease_expires_at <= ?",
+            "SELECT id FROM jobs WHERE status = 'running' AND lease_expires_at IS NOT NULL"
+            " AND lease_expires_at <= ?",
             (now,),
         )
     ]
@@ -151,7 +160,12 @@ class JobQueue:
         self.enqueued = trio.Event()
 
     async def enqueue(
-        self, job_type: str, payload: dict[str, Any] | None = None, *, delay: float = 0.0, max_attempts: int = 5
+        self,
+        job_type: str,
+        payload: dict[str, Any] | None = None,
+        *,
+        delay: float = 0.0,
+        max_attempts: int = 5,
     ) -> int:
         now = self.clock()
         data = payload or {}
@@ -175,7 +189,9 @@ class JobQueue:
 
         return await self._service().write(op)
 
-    async def claim_next(self, types: Iterable[str], lease_seconds: float = DEFAULT_LEASE_SECONDS) -> Job | None:
+    async def claim_next(
+        self, types: Iterable[str], lease_seconds: float = DEFAULT_LEASE_SECONDS
+    ) -> Job | None:
         now = self.clock()
         kinds = list(types)
         return await self._service().write(lambda conn: claim_next_op(conn, kinds, now, lease_seconds))
@@ -228,8 +244,6 @@ class JobWorker:
             return False
         try:
             await self.handlers[job.type](job.payload)
-        except ServiceUnavailable:
-            raise  # shutting down: the lease brings it back
         except Exception as exc:
             log.warning("job failed", job_id=job.id, type=job.type, error=repr(exc))
             await self.queue.fail(job.id, repr(exc))
@@ -248,7 +262,7 @@ class JobWorker:
                         await self.queue.enqueue_unless_queued(job_type)
                         next_periodic[job_type] = now + every
                 while await self.run_once():
-                    await trio.sleep(0)
+                    await trio.lowlevel.checkpoint()
                 enqueued = self.queue.enqueued
                 with trio.move_on_after(self.poll_seconds):
                     await enqueued.wait()
