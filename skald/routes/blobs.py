@@ -56,12 +56,21 @@ def install(app: Quart, state: AppState) -> None:
     async def stop_worker() -> None:
         scope.cancel()
 
-    app.add_url_rule(f"{PREFIX}/init-upload", view_func=init_upload_view, methods=["POST"])
-    app.add_url_rule(f"{PREFIX}/complete-upload", view_func=complete_upload_view, methods=["POST"])
-    app.add_url_rule(f"{PREFIX}/<sha256>/read-url", view_func=read_url_view, methods=["GET"])
-    app.add_url_rule(f"{PREFIX}/claim", view_func=claim_view, methods=["POST"])
-    app.add_url_rule(f"{PREFIX}/release", view_func=release_view, methods=["POST"])
-    app.add_url_rule(PREFIX, view_func=list_view, methods=["GET"])
+    app.add_url_rule(
+        f"{PREFIX}/init-upload", endpoint="blobs.init_upload", view_func=init_upload_view, methods=["POST"]
+    )
+    app.add_url_rule(
+        f"{PREFIX}/complete-upload",
+        endpoint="blobs.complete_upload",
+        view_func=complete_upload_view,
+        methods=["POST"],
+    )
+    app.add_url_rule(
+        f"{PREFIX}/<sha256>/read-url", endpoint="blobs.read_url", view_func=read_url_view, methods=["GET"]
+    )
+    app.add_url_rule(f"{PREFIX}/claim", endpoint="blobs.claim", view_func=claim_view, methods=["POST"])
+    app.add_url_rule(f"{PREFIX}/release", endpoint="blobs.release", view_func=release_view, methods=["POST"])
+    app.add_url_rule(PREFIX, endpoint="blobs.list", view_func=list_view, methods=["GET"])
 
 
 def _service() -> BlobService:
