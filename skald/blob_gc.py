@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import trio
+from prometheus_client import CollectorRegistry, Counter
 
 from skald.connection import DocConnection
 from skald.errors import DocumentUnavailable
@@ -72,12 +73,16 @@ class GarbageCollector:
         store: ObjectStore,
         grace_seconds: float,
         clock: Callable[[], float] = time.time,
+        registry: CollectorRegistry | None = None,
     ) -> None:
         self.supervisor = supervisor
         self.store = store
         self.grace = grace_seconds
         self.clock = clock
         self._limiter = trio.CapacityLimiter(2)
+        self.deleted_total = Counter(
+            "skald_blob_gc_deleted_total", "Objects deleted from object storage by blob GC", registry=registry
+        )
 
     async def referenced(self) -> set[str]:
         """Union of every registered document's references."""
@@ -135,6 +140,7 @@ class GarbageCollector:
         for sha256 in deleted:
             await self.store.delete(blob_key(sha256))
         deleted += await self._sweep_orphans(cutoff)
+        self.deleted_total.inc(len(deleted))
         return deleted
 
     async def _sweep_orphans(self, cutoff: float) -> list[str]:

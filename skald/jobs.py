@@ -23,6 +23,7 @@ from typing import Any
 import structlog
 import trio
 import trio.lowlevel
+from prometheus_client import CollectorRegistry, Counter
 
 from skald.actor import DocumentActor
 from skald.connection import DocConnection
@@ -222,13 +223,24 @@ class JobWorker:
     """
 
     def __init__(
-        self, queue: JobQueue, *, poll_seconds: float = 5.0, lease_seconds: float = DEFAULT_LEASE_SECONDS
+        self,
+        queue: JobQueue,
+        *,
+        poll_seconds: float = 5.0,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
+        registry: CollectorRegistry | None = None,
     ) -> None:
         self.queue = queue
         self.poll_seconds = poll_seconds
         self.lease_seconds = lease_seconds
         self.handlers: dict[str, Handler] = {}
         self.periodic: list[tuple[str, float]] = []
+        self.runs = Counter(
+            "skald_jobs_runs_total",
+            "Background job runs by type and outcome (completed, retry, failed)",
+            ["type", "outcome"],
+            registry=registry,
+        )
 
     def register(self, job_type: str, handler: Handler, *, every: float | None = None) -> None:
         """Run ``handler(payload)`` for jobs of ``job_type``; ``every`` also enqueues one periodically."""
@@ -246,9 +258,13 @@ class JobWorker:
             await self.handlers[job.type](job.payload)
         except Exception as exc:
             log.warning("job failed", job_id=job.id, type=job.type, error=repr(exc))
-            await self.queue.fail(job.id, repr(exc))
+            failed = await self.queue.fail(job.id, repr(exc))
+            self.runs.labels(
+                job.type, failed.status if failed and failed.status == "failed" else "retry"
+            ).inc()
         else:
             await self.queue.complete(job.id)
+            self.runs.labels(job.type, "completed").inc()
         return True
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

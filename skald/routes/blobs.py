@@ -28,12 +28,14 @@ def install(app: Quart, state: AppState) -> None:
     store = ObjectStore(settings) if storage_configured(settings) else None
     service = BlobService(state.supervisor, store)
     queue = JobQueue(lambda: state.supervisor.service)
-    worker = JobWorker(queue)
+    worker = JobWorker(queue, registry=state.metrics.registry)
     state.services["blobs"] = service
     state.services["jobs"] = queue
     state.services["job_worker"] = worker
     if store is not None:
-        gc = GarbageCollector(state.supervisor, store, settings.blob_gc_grace_seconds)
+        gc = GarbageCollector(
+            state.supervisor, store, settings.blob_gc_grace_seconds, registry=state.metrics.registry
+        )
         state.services["blob_gc"] = gc
 
         async def run_gc(payload: dict[str, Any]) -> None:

@@ -33,5 +33,7 @@ async def test_background_worker_runs_enqueued_jobs(server: LiveServer) -> None:
             raise AssertionError("job never completed")
     assert seen == [{"hello": "world"}]
     async with server.client() as client:
+        metrics = (await client.get("/metrics")).text
+        assert 'skald_jobs_runs_total{outcome="completed",type="test.echo"} 1.0' in metrics
         r = await client.post("/api/v1/db/x/blobs/claim", json={"sha256": "a" * 64, "ref": "r"})
         assert r.status_code in {404, 503}  # no document x; never a 500

@@ -4,6 +4,7 @@ import hashlib
 from pathlib import Path
 
 import httpx
+import pytest
 import trio
 from support.live import LiveServer, make_settings, start_live_server
 
@@ -133,18 +134,13 @@ async def test_validation_errors(blob_server: LiveServer) -> None:
 
 
 async def test_unconfigured_storage_answers_503(
-    nursery: trio.Nursery, tmp_path: Path, monkeypatch: object
+    nursery: trio.Nursery, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import os
-
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
-        os.environ.pop(name, None)
-    os.environ["AWS_SHARED_CREDENTIALS_FILE"] = str(tmp_path / "none")
-    os.environ["AWS_CONFIG_FILE"] = str(tmp_path / "none")
-    try:
-        live = await start_live_server(nursery, make_settings(tmp_path / "data"))
-    finally:
-        del os.environ["AWS_SHARED_CREDENTIALS_FILE"], os.environ["AWS_CONFIG_FILE"]
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    live = await start_live_server(nursery, make_settings(tmp_path / "data"))
     async with live.client() as client:
         assert (await client.put("/api/v1/db/media")).status_code == 201
         r = await client.post(f"{B}/init-upload", json={"sha256": "a" * 64, "size": 1})
