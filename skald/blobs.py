@@ -14,13 +14,14 @@ from collections.abc import Callable
 from typing import Any
 
 from skald.connection import DocConnection
-from skald.errors import Conflict, NotFound, ValidationFailed
+from skald.errors import Conflict, NotFound, PayloadTooLarge, ValidationFailed
 from skald.objectstore import ObjectStorageUnconfigured, ObjectStore, blob_key
 from skald.supervisor import Supervisor
 
 UPLOAD_URL_SECONDS = 3600
 READ_URL_SECONDS = 900
 MAX_REF_LENGTH = 512
+MAX_SINGLE_PUT_BYTES = 5 * 1024**3  # S3's limit for one PUT; larger needs multipart (not offered yet)
 
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
@@ -87,6 +88,8 @@ class BlobService:
     async def init_upload(self, db_id: str, sha256: str, size: int, content_type: str) -> dict[str, Any]:
         """Return ``exists: true`` for a complete object, else a presigned PUT URL for it."""
         store = self.store
+        if size > MAX_SINGLE_PUT_BYTES:
+            raise PayloadTooLarge(f"blobs are limited to {MAX_SINGLE_PUT_BYTES} bytes (one S3 PUT)")
         now = self.clock()
 
         def op(conn: DocConnection) -> tuple[bool, int]:

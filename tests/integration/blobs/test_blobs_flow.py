@@ -128,6 +128,8 @@ async def test_validation_errors(blob_server: LiveServer) -> None:
         for body in ({"sha256": "xyz", "size": 1}, {"sha256": "a" * 64, "size": -1}, {"sha256": "a" * 64}):
             r = await client.post(f"{B}/init-upload", json=body)
             assert r.status_code == 400 and r.json()["code"] == "validation_failed"
+        r = await client.post(f"{B}/init-upload", json={"sha256": "a" * 64, "size": 5 * 1024**3 + 1})
+        assert r.status_code == 413 and r.json()["code"] == "payload_too_large"
         r = await client.post(f"{B}/claim", json={"sha256": "a" * 64, "ref": ""})
         assert r.status_code == 400
         assert (await client.get("/api/v1/db/nope/blobs")).json()["code"] == "document_not_found"
