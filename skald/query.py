@@ -247,9 +247,12 @@ def run_statement(
 
 
 def _capability_objects(conn: DocConnection) -> set[str]:
+    # The change feed's triggers on user tables come and go with those tables: not counted.
     rows = conn.execute(
-        "SELECT name FROM sqlite_master WHERE lower(name) LIKE '\\_skald\\_%' ESCAPE '\\' "
-        "OR lower(tbl_name) LIKE '\\_skald\\_%' ESCAPE '\\' OR name = 'schema_migrations'"
+        "SELECT name FROM sqlite_master WHERE (lower(name) LIKE '\\_skald\\_%' ESCAPE '\\' "
+        "OR lower(tbl_name) LIKE '\\_skald\\_%' ESCAPE '\\' OR name = 'schema_migrations') "
+        "AND NOT (type = 'trigger' AND lower(name) LIKE '\\_skald\\_chg\\_%' ESCAPE '\\' "
+        "AND lower(tbl_name) NOT LIKE '\\_skald\\_%' ESCAPE '\\')"
     )
     return {row[0] for row in rows}
 

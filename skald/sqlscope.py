@@ -153,6 +153,10 @@ def classify_action(
             names = []  # statistics and index rebuilds do not change what a table holds
         elif action == sqlite3.SQLITE_ALTER_TABLE:
             names = [arg2]
+        elif action == sqlite3.SQLITE_DROP_TRIGGER and (arg1 or "").lower().startswith("_skald_chg_"):
+            # Dropping a user table drops the change feed's triggers on it (skald.changefeed
+            # re-creates them while the table exists): judge by the table, not the trigger.
+            names = [arg2]
         else:
             names = [arg1, arg2]
         if any(is_capability_table(n) for n in names):

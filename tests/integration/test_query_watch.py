@@ -228,7 +228,7 @@ async def test_failing_watch_sends_error_and_stays_open(server: LiveServer) -> N
         ):
             assert _data(await anext(events))["rows"] == [[1]]
             r = await w.post("/api/v1/db/d/query", json={"sql": "DROP TABLE a"})
-            assert r.status_code == 200
+            assert r.status_code == 200, r.text
             event = await anext(events)
             assert event.event == "error"
             assert _data(event)["code"] == "sql_error" and "no such table" in _data(event)["detail"]

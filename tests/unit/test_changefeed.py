@@ -83,7 +83,9 @@ def test_schema_change_and_drop(tmp_path: Path) -> None:
     assert ("u", "insert", {"a": 3, "b": 7}) in ops
     assert ops.count(("u", "insert", {"a": 3, "b": 7})) == 1
     assert ("t", "drop", None) in ops and ops[-1] == ("u", "drop", None)
-    triggers = conn.execute("SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND tbl_name != 'webhook_inbox'").fetchone()[0]
+    triggers = conn.execute(
+        "SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND tbl_name != 'webhook_inbox'"
+    ).fetchone()[0]
     assert triggers == 0
 
 
