@@ -104,7 +104,7 @@ async def test_open_and_reap_500_documents_leaves_nothing_behind(tmp_path: Path)
             await actor.stopped.wait()
         await trio.testing.wait_all_tasks_blocked()
         assert sup.open_actors == {}
-        assert _fd_count() == fds
+        assert _fd_count() <= fds  # other tests' sockets may close meanwhile; a leak only adds
         # trio's own thread cache may retire idle threads meanwhile, so: no more than before,
         # and none of skald's connection threads left.
         assert threading.active_count() <= threads
