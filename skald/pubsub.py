@@ -147,6 +147,7 @@ class Subscriber:
         self._send, self.receive = trio.open_memory_channel[Message](limit)
         self.buffered_bytes = 0
         self.overflowed = False
+        self.first_lost_id = 0
         self.closed = False
 
     def wants(self, message: Message) -> bool:
@@ -155,23 +156,38 @@ class Subscriber:
         return not self.filters or any(f.matches(message.topic) for f in self.filters)
 
     def offer(self, message: Message) -> bool:
-        """Buffer ``message``; False (and the subscriber is closed) if the buffer is full."""
+        """Buffer ``message``; False (and the subscriber is closed) if the buffer is full.
+
+        On overflow the buffered messages are dropped at once (a stuck client
+        must not pin memory); ``first_lost_id`` remembers where the gap starts.
+        """
         if self.buffered_bytes + message.size > SUBSCRIBER_BUFFER_BYTES and self.buffered_bytes > 0:
-            self.overflowed = True
+            self._overflow(message)
         else:
             try:
                 self._send.send_nowait(message)
                 self.buffered_bytes += message.size
                 return True
             except trio.WouldBlock:
-                self.overflowed = True
+                self._overflow(message)
             except (trio.ClosedResourceError, trio.BrokenResourceError):
                 pass
         self.close()
         return False
 
+    def _overflow(self, message: Message) -> None:
+        self.overflowed = True
+        self.first_lost_id = message.id
+        while True:
+            try:
+                dropped = self.receive.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                break
+            self.first_lost_id = min(self.first_lost_id, dropped.id)
+        self.buffered_bytes = 0
+
     def taken(self, message: Message) -> None:
-        self.buffered_bytes -= message.size
+        self.buffered_bytes = max(0, self.buffered_bytes - message.size)
 
     def close(self) -> None:
         self.closed = True
@@ -192,8 +208,6 @@ class Hub:
                 dropped.append(sub)
         for sub in dropped:
             self.subscribers.discard(sub)
-            if sub.overflowed:
-                self._pubsub.slow_dropped.inc()
 
     def add(self, sub: Subscriber) -> None:
         self.subscribers.add(sub)
