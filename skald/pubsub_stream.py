@@ -25,7 +25,7 @@ import trio
 
 from skald.actor import DocumentActor
 from skald.errors import SkaldError
-from skald.pubsub import Hub, PubSub, Subscriber
+from skald.pubsub import Hub, Message, PubSub, Subscriber
 from skald.supervisor import Supervisor
 from skald.topics import TopicFilter
 
@@ -98,9 +98,9 @@ async def _run(
                 messages, _scanned = await pubsub.read_after(
                     actor, last, req.filters, req.prefixes, REPLAY_PAGE
                 )
-                for message in messages:
-                    yield message.sse()
-                    last = message.id
+                for old in messages:
+                    yield old.sse()
+                    last = old.id
                 pubsub.delivered.inc(len(messages))
                 if current[0].overflowed:
                     # history outran the live buffer: re-register and keep reading from SQLite
@@ -112,7 +112,7 @@ async def _run(
         yield sse_event("heartbeat", {"live": True})
         sub = current[0]
         while not _ended(actor, shutdown):
-            message = None
+            message: Message | None = None
             with trio.move_on_after(req.heartbeat) as waited:
                 with contextlib.suppress(trio.EndOfChannel):
                     message = await sub.receive.receive()

@@ -99,9 +99,10 @@ async def authenticate(*, allow_query_token: bool = False, required: bool = True
 async def _audit_denied(subject: str, reason: str) -> None:
     state = get_state()
     ip = request.remote_addr or ""
+    path = request.path  # read here: the op runs in the writer thread, outside the request context
 
     def write(conn: DocConnection) -> None:
-        audit(conn, "access.denied", subject=subject, detail={"reason": reason, "path": request.path}, ip=ip)
+        audit(conn, "access.denied", subject=subject, detail={"reason": reason, "path": path}, ip=ip)
 
     await state.supervisor.service.write(write)
 
