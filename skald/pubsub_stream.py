@@ -60,8 +60,9 @@ async def event_stream(
             hub = pubsub.hub(actor)
             sub = _subscribe(pubsub, hub, req)
             # _run swaps in a fresh subscriber on replay overflow; the list holds the current one
-            async for frame in _run(pubsub, hub, actor, req, shutdown, [sub]):
-                yield frame
+            async with contextlib.aclosing(_run(pubsub, hub, actor, req, shutdown, [sub])) as frames:
+                async for frame in frames:
+                    yield frame
     except SkaldError as exc:
         yield sse_event("error", {"code": exc.code, "detail": exc.detail})
 

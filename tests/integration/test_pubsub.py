@@ -34,7 +34,8 @@ async def test_publish_forms_and_replay(server: LiveServer) -> None:
         assert set(r1.json()) == {"id", "topic", "created_at"}
         r2 = await client.post(f"{DB}/messages", json={"topic": "a/c", "payload_text": "héllo",
                                                       "content_type": "text/plain"})
-        r3 = await client.post(f"{DB}/messages", json={"topic": "z", "payload_base64": base64.b64encode(b"\0\1").decode()})
+        raw = base64.b64encode(b"\0\1").decode()
+        r3 = await client.post(f"{DB}/messages", json={"topic": "z", "payload_base64": raw})
         ids = [r.json()["id"] for r in (r1, r2, r3)]
         assert ids == sorted(ids) and len(set(ids)) == 3
         events = await collect(client, {"since_id": 0}, 3)
@@ -74,7 +75,8 @@ async def test_publish_validation(server: LiveServer) -> None:
             r = await client.post(f"{DB}/messages", json=body)
             assert r.status_code == 400, body
             assert r.headers["content-type"] == "application/problem+json"
-        big = await client.post(f"{DB}/messages", json={"topic": "a", "payload_text": "x" * (1024 * 1024 + 1)})
+        too_big = "x" * (1024 * 1024 + 1)
+        big = await client.post(f"{DB}/messages", json={"topic": "a", "payload_text": too_big})
         assert big.status_code == 413 and big.json()["code"] == "payload_too_large"
         ok = await client.post(f"{DB}/messages", json={"topic": "a", "payload_text": "x" * (1024 * 1024)})
         assert ok.status_code == 201

@@ -19,7 +19,7 @@ async def follow(
     stop_when: Callable[[list[Event]], bool],
     params: Any = None,
     headers: dict[str, str] | None = None,
-    timeout: float = 30,
+    limit_seconds: float = 30,
 ) -> list[Event]:
     """Collect events until ``stop_when(events)`` is true or the server ends the stream.
 
@@ -27,12 +27,14 @@ async def follow(
     async generators, while ``break`` leaves them to the garbage collector (which warns).
     """
     out: list[Event] = []
-    with trio.fail_after(timeout), trio.CancelScope() as stop:
+    with trio.fail_after(limit_seconds), trio.CancelScope() as stop:
         async with aconnect_sse(client, "GET", path, params=params, headers=headers or {}) as src:
             if src.response.status_code != 200:
                 await src.response.aread()
                 raise AssertionError(f"stream refused: {src.response.status_code} {src.response.text}")
             async for sse in src.aiter_sse():
+                if stop.cancel_called:
+                    continue  # events already buffered before the cancellation lands
                 out.append((sse.event, sse.id, json.loads(sse.data)))
                 if stop_when(out):
                     stop.cancel()
