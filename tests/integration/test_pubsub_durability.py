@@ -30,6 +30,32 @@ async def _all_messages(client: httpx.AsyncClient) -> dict[int, object]:
         since = page["next_since_id"]
 
 
+async def _publish_until_killed(
+    client: httpx.AsyncClient, proc: SkaldProcess, round_no: int, kill_at: int, acked: dict[int, object]
+) -> None:
+    """Four clients publish; the server gets SIGKILL once ``kill_at`` publishes were acknowledged."""
+    killed = trio.Event()
+
+    async def publisher(n: int) -> None:
+        i = 0
+        while not killed.is_set():
+            payload = {"round": round_no, "client": n, "i": i}
+            try:
+                r = await client.post(f"{DB}/messages", json={"topic": f"d/{n}", "payload": payload})
+            except httpx.TransportError:
+                return
+            if r.status_code == 201:
+                acked[r.json()["id"]] = payload
+                if len(acked) >= kill_at and not killed.is_set():
+                    proc.signal(signal.SIGKILL)
+                    killed.set()
+            i += 1
+
+    async with trio.open_nursery() as nursery:
+        for n in range(4):
+            nursery.start_soon(publisher, n)
+
+
 @pytest.mark.slow
 async def test_every_acknowledged_publish_survives_sigkill(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
@@ -45,27 +71,8 @@ async def test_every_acknowledged_publish_survives_sigkill(tmp_path: Path) -> No
                 else:  # everything acknowledged before the previous kill is there
                     present = await _all_messages(client)
                     assert {i: present.get(i) for i in acked} == acked
-                kill_after = rng.randint(10, 300)  # a random moment, counted in acknowledgements
-                killed = trio.Event()
-
-                async def publisher(n: int) -> None:
-                    i = 0
-                    while not killed.is_set():
-                        payload = {"round": round_no, "client": n, "i": i}
-                        try:
-                            r = await client.post(f"{DB}/messages", json={"topic": f"d/{n}", "payload": payload})
-                        except httpx.TransportError:
-                            return
-                        if r.status_code == 201:
-                            acked[r.json()["id"]] = payload
-                            if len(acked) >= kill_after * (round_no + 1) and not killed.is_set():
-                                proc.signal(signal.SIGKILL)
-                                killed.set()
-                        i += 1
-
-                async with trio.open_nursery() as nursery:
-                    for n in range(4):
-                        nursery.start_soon(publisher, n)
+                kill_at = len(acked) + rng.randint(10, 300)  # a random moment, in acknowledgements
+                await _publish_until_killed(client, proc, round_no, kill_at, acked)
             assert await proc.wait() == -signal.SIGKILL
         finally:
             await proc.stop()
@@ -102,7 +109,8 @@ async def test_slow_consumer_is_cut_off_and_memory_stays_bounded(tmp_path: Path)
                     baseline = server.memory_info().rss
                     peak = baseline
                     for _ in range(total):
-                        r = await publisher.post(f"{DB}/messages", json={"topic": "big", "payload_text": payload})
+                        body = {"topic": "big", "payload_text": payload}
+                        r = await publisher.post(f"{DB}/messages", json=body)
                         assert r.status_code == 201
                         ids.append(r.json()["id"])
                         peak = max(peak, server.memory_info().rss)
@@ -121,8 +129,8 @@ async def test_slow_consumer_is_cut_off_and_memory_stays_bounded(tmp_path: Path)
             assert got == ids[: len(got)]  # what it did get is in order, without gaps
             assert error["resume_from"] == (got[-1] if got else ids[0] - 1)
             # resuming from the documented cursor yields exactly the rest
-            rest = (await publisher.get(f"{DB}/messages", params={"topic": "big", "since_id": error["resume_from"],
-                                                                  "limit": 1000})).json()
+            params = {"topic": "big", "since_id": error["resume_from"], "limit": 1000}
+            rest = (await publisher.get(f"{DB}/messages", params=params)).json()
             assert [m["id"] for m in rest["messages"]] == ids[len(got):]
             metrics = (await publisher.get("/metrics")).text
             assert "skald_slow_consumers_dropped_total 1.0" in metrics
