@@ -18,7 +18,6 @@ from __future__ import annotations
 import base64
 import binascii
 import dataclasses
-import datetime
 import json
 from typing import Any
 
@@ -30,6 +29,7 @@ from skald.actor import DocumentActor
 from skald.connection import DocConnection
 from skald.errors import PayloadTooLarge, ValidationFailed
 from skald.metrics import Metrics
+from skald.pubsub_retention import Retention, iso_timestamp
 from skald.supervisor import Supervisor
 from skald.topics import TopicFilter, topic_allowed, validate_topic
 
@@ -37,8 +37,6 @@ log = structlog.get_logger("skald.pubsub")
 
 SUBSCRIBER_BUFFER_BYTES = 8 * 1024 * 1024
 """Payload bytes one subscriber may have buffered before it counts as slow."""
-SWEEP_BATCH = 500
-SWEEP_INTERVAL_SECONDS = 5.0
 PAYLOAD_FORMS = ("payload", "payload_text", "payload_base64")
 _FORM_OF_KEY = {"payload": "json", "payload_text": "text", "payload_base64": "base64"}
 _KEY_OF_FORM = {v: k for k, v in _FORM_OF_KEY.items()}
@@ -128,11 +126,6 @@ def parse_publish(body: object, max_bytes: int) -> tuple[str, str, bytes, str | 
     if dedupe_key is not None and (not isinstance(dedupe_key, str) or not 1 <= len(dedupe_key) <= 255):
         raise ValidationFailed("dedupe_key must be a string of 1-255 characters")
     return topic, _FORM_OF_KEY[key], payload, content_type, dedupe_key
-
-
-def _now_iso() -> str:
-    now = datetime.datetime.now(datetime.UTC)
-    return now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z"
 
 
 # ---- fan-out ----------------------------------------------------------------------------------------
@@ -227,20 +220,6 @@ class Hub:
 # ---- the service ------------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
-class RetentionPolicy:
-    max_age_seconds: float | None = None
-    max_count: int | None = None
-    max_bytes: int | None = None
-
-    @property
-    def empty(self) -> bool:
-        return self.max_age_seconds is None and self.max_count is None and self.max_bytes is None
-
-    def to_json(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
 class PubSub:
     """Per-app pub/sub service (``state.services["pubsub"]``)."""
 
@@ -248,7 +227,7 @@ class PubSub:
         self.supervisor = supervisor
         self.subscriber_buffer = subscriber_buffer
         self._hubs: dict[int, tuple[DocumentActor, Hub]] = {}
-        self._policies: dict[str, RetentionPolicy] = {}
+        self.retention = Retention(supervisor)
         self._nursery: trio.Nursery | None = None
         r = metrics.registry
         self.published = Counter("skald_messages_published_total", "Messages committed", registry=r)
@@ -274,7 +253,7 @@ class PubSub:
             self._nursery = nursery
             if shutdown is not None:
                 nursery.start_soon(self._close_on, shutdown, None)
-            nursery.start_soon(self._sweep_forever)
+            nursery.start_soon(self.retention.sweep_forever)
             task_status.started()
             await trio.sleep_forever()
 
@@ -287,7 +266,7 @@ class PubSub:
         entry = self._hubs.pop(key, None)
         if entry is not None:
             entry[1].close_all()
-            self._policies.pop(entry[0].db_id, None)
+            self.retention.forget(entry[0].db_id)
 
     def hub(self, actor: DocumentActor) -> Hub:
         entry = self._hubs.get(id(actor))
@@ -306,7 +285,7 @@ class PubSub:
         content_type: str | None, dedupe_key: str | None,
     ) -> PublishResult:
         """Commit one message; returns after COMMIT. Dedupe hits return the original (created=False)."""
-        created_at = _now_iso()
+        created_at = iso_timestamp()
         hub = self.hub(actor)
 
         def insert(conn: DocConnection) -> PublishResult:
@@ -420,110 +399,10 @@ class PubSub:
 
         return await actor.read(fetch)
 
-    # ---- retention -------------------------------------------------------------------------------
-
-    async def get_policy(self, actor: DocumentActor) -> RetentionPolicy:
-        cached = self._policies.get(actor.db_id)
-        if cached is not None:
-            return cached
-
-        def fetch(conn: DocConnection) -> RetentionPolicy:
-            row = conn.execute(
-                "SELECT max_age_seconds, max_count, max_bytes FROM _skald_message_retention WHERE id = 1"
-            ).fetchone()
-            return RetentionPolicy(*row) if row else RetentionPolicy()
-
-        policy = await actor.read(fetch)
-        self._policies[actor.db_id] = policy
-        return policy
-
-    async def set_policy(self, actor: DocumentActor, policy: RetentionPolicy) -> int:
-        """Store the policy, then sweep at once; returns how many messages were removed."""
-
-        def store(conn: DocConnection) -> None:
-            conn.execute(
-                "INSERT INTO _skald_message_retention (id, max_age_seconds, max_count, max_bytes, updated_at)"
-                " VALUES (1, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET"
-                " max_age_seconds = excluded.max_age_seconds, max_count = excluded.max_count,"
-                " max_bytes = excluded.max_bytes, updated_at = excluded.updated_at",
-                (policy.max_age_seconds, policy.max_count, policy.max_bytes, _now_iso()),
-            )
-
-        await actor.write(store)
-        self._policies[actor.db_id] = policy
-        return await self.sweep(actor)
-
-    async def sweep(self, actor: DocumentActor) -> int:
-        """Enforce the policy in batches of :data:`SWEEP_BATCH` rows, each its own small write op."""
-        policy = await self.get_policy(actor)
-        if policy.empty:
-            return 0
-        removed = 0
-        while True:
-            batch = await actor.write(lambda conn: _prune_batch(conn, policy))
-            removed += batch
-            if batch < SWEEP_BATCH:
-                return removed
-            await trio.lowlevel.checkpoint()  # let queued publishes take the writer between batches
-
-    async def _sweep_forever(self) -> None:
-        while True:
-            await trio.sleep(SWEEP_INTERVAL_SECONDS)
-            for actor in list(self.supervisor.open_actors.values()):
-                if actor.closing.is_set():
-                    continue
-                try:
-                    await self.sweep(actor)
-                except Exception as exc:  # a failed sweep is retried next round; never kill the service
-                    log.warning("retention sweep failed", db_id=actor.db_id, error=str(exc))
-
-
 def _visible(message: Message, filters: list[TopicFilter], prefixes: list[str] | None) -> bool:
     if not topic_allowed(message.topic, prefixes):
         return False
     return not filters or any(f.matches(message.topic) for f in filters)
 
 
-def _prune_batch(conn: DocConnection, policy: RetentionPolicy) -> int:
-    """Delete up to SWEEP_BATCH of the oldest messages the policy no longer keeps; record the cursor."""
-    limit_id = 0
-    if policy.max_age_seconds is not None:
-        cutoff = datetime.datetime.now(datetime.UTC) - datetime.timedelta(seconds=policy.max_age_seconds)
-        cutoff_text = cutoff.strftime("%Y-%m-%dT%H:%M:%S.") + f"{cutoff.microsecond // 1000:03d}Z"
-        row = conn.execute(
-            "SELECT max(id) FROM (SELECT id FROM _skald_messages WHERE created_at < ? ORDER BY id LIMIT ?)",
-            (cutoff_text, SWEEP_BATCH),
-        ).fetchone()
-        limit_id = max(limit_id, int(row[0] or 0))
-    if policy.max_count is not None:
-        (total,) = conn.execute("SELECT count(*) FROM _skald_messages").fetchone()
-        excess = min(int(total) - policy.max_count, SWEEP_BATCH)
-        if excess > 0:
-            row = conn.execute(
-                "SELECT id FROM _skald_messages ORDER BY id LIMIT 1 OFFSET ?", (excess - 1,)
-            ).fetchone()
-            limit_id = max(limit_id, int(row[0]))
-    if policy.max_bytes is not None:
-        (total_bytes,) = conn.execute("SELECT coalesce(sum(size), 0) FROM _skald_messages").fetchone()
-        over = int(total_bytes) - policy.max_bytes
-        if over > 0:
-            freed = 0
-            for msg_id, size in conn.execute(
-                "SELECT id, size FROM _skald_messages ORDER BY id LIMIT ?", (SWEEP_BATCH,)
-            ):
-                freed += int(size)
-                limit_id = max(limit_id, int(msg_id))
-                if freed >= over:
-                    break
-    if limit_id == 0:
-        return 0
-    cursor = conn.execute("DELETE FROM _skald_messages WHERE id <= ?", (limit_id,))
-    conn.execute(
-        "INSERT INTO _skald_message_retention (id, pruned_through) VALUES (1, ?)"
-        " ON CONFLICT (id) DO UPDATE SET pruned_through = max(pruned_through, excluded.pruned_through)",
-        (limit_id,),
-    )
-    return cursor.rowcount
-
-
-__all__ = ["Hub", "Message", "PubSub", "RetentionPolicy", "Subscriber", "parse_publish"]
+__all__ = ["Hub", "Message", "PubSub", "Subscriber", "parse_publish"]

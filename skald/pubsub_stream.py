@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import trio
@@ -76,7 +76,7 @@ def _subscribe(pubsub: PubSub, hub: Hub, req: StreamRequest) -> Subscriber:
 async def _run(
     pubsub: PubSub, hub: Hub, actor: DocumentActor, req: StreamRequest,
     shutdown: trio.Event | None, current: list[Subscriber],
-) -> AsyncIterator[bytes]:
+) -> AsyncGenerator[bytes, None]:
     try:
         last = -1  # highest id sent; -1: live only, deliver whatever arrives
         cursor: int | None = None

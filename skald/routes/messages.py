@@ -14,7 +14,8 @@ from skald.auth.guard import authorize, current_principal, requires
 from skald.auth.scopes import allowed_prefixes
 from skald.errors import BadRequest, DocumentNotFound, PayloadTooLarge, ScopeDenied, ValidationFailed
 from skald.ids import validate_db_id
-from skald.pubsub import PubSub, RetentionPolicy, parse_publish
+from skald.pubsub import PubSub, parse_publish
+from skald.pubsub_retention import RetentionPolicy
 from skald.pubsub_stream import StreamRequest, event_stream
 from skald.state import AppState, get_state
 from skald.topics import TopicFilter
@@ -168,7 +169,7 @@ async def put_retention_view(db_id: str) -> dict[str, Any]:
         _policy_value(body, "max_bytes", int),
     )
     async with get_state().supervisor.open_document(db_id) as actor:
-        removed = await _pubsub().set_policy(actor, policy)
+        removed = await _pubsub().retention.set_policy(actor, policy)
     return {**policy.to_json(), "removed": removed}
 
 
@@ -176,7 +177,7 @@ async def put_retention_view(db_id: str) -> dict[str, Any]:
 async def get_retention_view(db_id: str) -> dict[str, Any]:
     pubsub = _pubsub()
     async with get_state().supervisor.open_document(db_id) as actor:
-        policy = await pubsub.get_policy(actor)
+        policy = await pubsub.retention.get_policy(actor)
         pruned = await pubsub.pruned_through(actor)
     return {**policy.to_json(), "pruned_through": pruned}
 
