@@ -7,7 +7,7 @@ One run, one ``skald serve`` process (fresh data folder):
     each with wrk at 1, 8 and 32 connections, then the ratio (b)/(a);
 (c) publish -> delivery latency p50/p99 to 1, 100 and 1,000 SSE subscribers.
 
-Usage: ``python bench/pubsub.py [--seconds 5] [--messages 30]``. Needs ``wrk``.
+Usage: ``python bench/pubsub.py [--seconds 3] [--rounds 3] [--messages 30]``. Needs ``wrk``.
 The load generator shares the machine with the server: numbers are relative.
 """
 
@@ -132,7 +132,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--seconds", type=int, default=5, help="wrk duration per point")
+    parser.add_argument("--seconds", type=int, default=3, help="wrk duration per round")
+    parser.add_argument("--rounds", type=int, default=3, help="alternating a/b rounds per point (median)")
     parser.add_argument("--messages", type=int, default=30, help="messages per latency point")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -144,11 +145,21 @@ def main() -> None:
         script = tmp / "post.lua"
         script.write_text(_WRK_SCRIPT)
         cores = os.cpu_count()
-        print(f"skald pub/sub benchmark against {url} ({cores} cores, wrk -t1, {args.seconds}s each)")
+        setup = f"{cores} cores, wrk -t1, median of {args.rounds} x {args.seconds}s"
+        print(f"skald pub/sub benchmark against {url} ({setup})")
         print(f"{'clients':>8} {'(a) no-op req/s':>16} {'(b) publish req/s':>18} {'(b)/(a)':>8}")
         for connections in (1, 8, 32):
-            noop, bad_a = wrk_rate(f"{url}/api/v1/db/{DB}/ping", connections, args.seconds, script)
-            publish, bad_b = wrk_rate(f"{url}/api/v1/db/{DB}/messages", connections, args.seconds, script)
+            # a and b alternate for several rounds (median of each): the machine is shared and noisy,
+            # and interleaving keeps drift from favouring either side
+            noops, publishes, bad_a, bad_b = [], [], 0, 0
+            for _ in range(args.rounds):
+                rate, bad = wrk_rate(f"{url}/api/v1/db/{DB}/ping", connections, args.seconds, script)
+                noops.append(rate)
+                bad_a += bad
+                rate, bad = wrk_rate(f"{url}/api/v1/db/{DB}/messages", connections, args.seconds, script)
+                publishes.append(rate)
+                bad_b += bad
+            noop, publish = statistics.median(noops), statistics.median(publishes)
             note = f"  (non-2xx: a={bad_a} b={bad_b})" if bad_a or bad_b else ""
             print(f"{connections:>8} {noop:>16.0f} {publish:>18.0f} {publish / noop:>8.2f}{note}")
         print()
