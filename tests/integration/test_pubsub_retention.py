@@ -116,15 +116,13 @@ async def test_stream_ends_on_server_shutdown(server: LiveServer) -> None:
         async with trio.open_nursery() as nursery:
             result: list[list[Event]] = []
 
-            ended_before_server_exit: list[bool] = []
-
             async def subscriber() -> None:
+                # follow() returning normally means the response ended cleanly (final chunk sent):
+                # had hypercorn cancelled the stream at its graceful timeout, httpx would raise
+                # RemoteProtocolError (incomplete chunked read)
                 result.append(await follow(client, f"{DB}/events/stream", note_live, params={"since_id": 0}))
-                # the stream ended on the shutdown event, not because the server was torn down around it
-                ended_before_server_exit.append(not server._done.is_set())
 
             nursery.start_soon(subscriber)
             await live.wait()
             await server.stop()
         assert message_ids(result[0]) == [r.json()["id"]]
-        assert ended_before_server_exit == [True]
