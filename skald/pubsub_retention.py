@@ -102,14 +102,23 @@ class Retention:
             await trio.lowlevel.checkpoint()  # let queued publishes take the writer between batches
 
     async def sweep_forever(self) -> None:
-        """Sweep every open document every :data:`SWEEP_INTERVAL_SECONDS`; runs until cancelled."""
+        """Sweep open documents every :data:`SWEEP_INTERVAL_SECONDS`; runs until cancelled.
+
+        A document is swept only if it committed since its last sweep or something holds it
+        open (subscribers): sweeping an idle document would keep it from being reaped.
+        """
+        swept_at: dict[int, tuple[DocumentActor, int]] = {}
         while True:
             await trio.sleep(SWEEP_INTERVAL_SECONDS)
-            for actor in list(self.supervisor.open_actors.values()):
-                if actor.closing.is_set():
+            actors = list(self.supervisor.open_actors.values())
+            swept_at = {key: value for key, value in swept_at.items() if value[0] in actors}
+            for actor in actors:
+                previous = swept_at.get(id(actor))
+                if actor.closing.is_set() or (previous and previous[1] == actor.commits and not actor.holds):
                     continue
                 try:
                     await self.sweep(actor)
+                    swept_at[id(actor)] = (actor, actor.commits)
                 except Exception as exc:  # a failed sweep is retried next round; never kill the service
                     log.warning("retention sweep failed", db_id=actor.db_id, error=str(exc))
 

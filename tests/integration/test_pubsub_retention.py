@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
 import trio
-from support.live import LiveServer
+from support.live import LiveServer, make_settings, start_live_server
 from support.sse import Event, follow, message_ids
 
+from skald import pubsub_retention
 from skald.connection import DocConnection
 
 DB = "/api/v1/db/pub"
@@ -126,3 +130,28 @@ async def test_stream_ends_on_server_shutdown(server: LiveServer) -> None:
             await live.wait()
             await server.stop()
         assert message_ids(result[0]) == [r.json()["id"]]
+
+
+async def test_background_sweep_enforces_the_policy(
+    nursery: trio.Nursery, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(pubsub_retention, "SWEEP_INTERVAL_SECONDS", 0.05)
+    live = await start_live_server(nursery, make_settings(data_dir))
+    try:
+        async with live.client() as client:
+            assert (await client.put(DB)).status_code == 201
+            policy = await client.put(f"{DB}/messages/retention", json={"max_count": 2})
+            assert policy.json()["removed"] == 0
+            ids = [
+                (await client.post(f"{DB}/messages", json={"topic": "t", "payload": i})).json()["id"]
+                for i in range(6)
+            ]
+            with trio.fail_after(20):
+                while True:  # polling with a bound: the sweep runs in the background
+                    kept = [m["id"] for m in (await client.get(f"{DB}/messages")).json()["messages"]]
+                    if len(kept) == 2:
+                        break
+                    await trio.sleep(0.02)
+            assert kept == ids[-2:]
+    finally:
+        await live.stop()
