@@ -69,8 +69,8 @@ class Retention:
             return RetentionPolicy(*row) if row else RetentionPolicy()
 
         policy = await actor.read(fetch)
-        self._policies[actor.db_id] = policy
-        return policy
+        # set_policy may have cached a newer policy while this read ran: never overwrite it
+        return self._policies.setdefault(actor.db_id, policy)
 
     async def set_policy(self, actor: DocumentActor, policy: RetentionPolicy) -> int:
         """Store the policy, then sweep at once; returns how many messages were removed."""
