@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -14,7 +15,7 @@ DB = "/api/v1/db/pub"
 STREAM = f"{DB}/events/stream"
 
 
-def _stop_after(count: int) -> object:
+def _stop_after(count: int) -> Callable[[list[Event]], bool]:
     def enough(events: list[Event]) -> bool:
         return len(message_ids(events)) >= count or events[-1][0] == "error"
 
@@ -43,13 +44,13 @@ async def test_more_than_ten_thousand_messages(server: LiveServer) -> None:
     odd = sorted(ids["odd"])
     async with server.client() as client:
         cursor = odd[5000]
-        events = await follow(client, STREAM, _stop_after(len(odd) - 5001),  # type: ignore[arg-type]
+        events = await follow(client, STREAM, _stop_after(len(odd) - 5001),
                               params={"topic": "n/odd", "since_id": cursor})
         assert message_ids(events) == odd[5001:]
-        events = await follow(client, STREAM, _stop_after(10),  # type: ignore[arg-type]
+        events = await follow(client, STREAM, _stop_after(10),
                               params={"topic": "+/even", "since_id": every[10_000]})
         assert message_ids(events) == [i for i in every[10_001:] if i in set(ids["even"])][:10]
-        events = await follow(client, STREAM, _stop_after(1000),  # type: ignore[arg-type]
+        events = await follow(client, STREAM, _stop_after(1000),
                               params={"tail": 1000, "topic": "n/#"})
         assert message_ids(events) == every[-1000:]
         polled = (await client.get(f"{DB}/messages", params={"since_id": every[-3], "limit": 10})).json()
@@ -68,17 +69,17 @@ async def test_resume_across_restart(tmp_path: Path) -> None:
                 r = await client.post(f"{DB}/messages", json={"topic": f"t/{i % 3}", "payload": i})
                 assert r.status_code == 201
                 sent.append(r.json()["id"])
-            first = await follow(client, STREAM, _stop_after(8), params={"since_id": 0})  # type: ignore[arg-type]
+            first = await follow(client, STREAM, _stop_after(8), params={"since_id": 0})
             assert message_ids(first) == sent[:8]
         await proc.stop()
         url = await proc.start()
         async with httpx.AsyncClient(base_url=url, headers=headers) as client:
-            resumed = await follow(client, STREAM, _stop_after(12),  # type: ignore[arg-type]
+            resumed = await follow(client, STREAM, _stop_after(12),
                                    params={"since_id": 0}, headers={"Last-Event-ID": first[-1][1]})
             assert message_ids(resumed) == sent[8:]
-            tail = await follow(client, STREAM, _stop_after(3), params={"tail": 3})  # type: ignore[arg-type]
+            tail = await follow(client, STREAM, _stop_after(3), params={"tail": 3})
             assert message_ids(tail) == sent[-3:]
-            since = await follow(client, STREAM, _stop_after(2),  # type: ignore[arg-type]
+            since = await follow(client, STREAM, _stop_after(2),
                                  params={"since_id": sent[17], "topic": "t/+"})
             assert message_ids(since) == sent[18:]
             # new messages keep counting up after the restart (ids never reused)
@@ -113,7 +114,7 @@ async def test_reconnect_race_no_gap_no_duplicate(server: LiveServer) -> None:
                 headers = {"Last-Event-ID": str(received[-1])} if received else {}
                 params = {} if received else {"since_id": "0"}
                 want = rng.randint(1, 6)
-                events = await follow(sub, STREAM, _stop_after(want),  # type: ignore[arg-type]
+                events = await follow(sub, STREAM, _stop_after(want),
                                       params={**params, "topic": "race"}, headers=headers)
                 assert not [e for e in events if e[0] in {"error", "reset"}], round_no
                 received.extend(message_ids(events))
@@ -122,7 +123,7 @@ async def test_reconnect_race_no_gap_no_duplicate(server: LiveServer) -> None:
     async with server.client() as sub:
         remaining = len([c for c in committed if c > received[-1]])
         if remaining:
-            events = await follow(sub, STREAM, _stop_after(remaining),  # type: ignore[arg-type]
+            events = await follow(sub, STREAM, _stop_after(remaining),
                                   headers={"Last-Event-ID": str(received[-1])})
             received.extend(message_ids(events))
     assert len(committed) > 50  # the publisher really ran through the reconnects

@@ -4,6 +4,7 @@ import pytest
 import trio
 
 from skald import pubsub as pubsub_module
+from skald.errors import PayloadTooLarge, ValidationFailed
 from skald.pubsub import Message, Subscriber, parse_publish
 from skald.topics import TopicFilter
 
@@ -61,9 +62,9 @@ def test_message_json_keeps_the_payload_form() -> None:
 def test_parse_publish_limits() -> None:
     topic, form, payload, _, _ = parse_publish({"topic": "a", "payload_base64": "AAE="}, 2)
     assert (topic, form, payload) == ("a", "base64", b"\0\1")
-    with pytest.raises(pubsub_module.PayloadTooLarge):
+    with pytest.raises(PayloadTooLarge):
         parse_publish({"topic": "a", "payload_text": "abc"}, 2)
-    with pytest.raises(pubsub_module.ValidationFailed):
+    with pytest.raises(ValidationFailed):
         parse_publish({"topic": "a", "payload_text": 5}, 100)
-    with pytest.raises(pubsub_module.ValidationFailed):
+    with pytest.raises(ValidationFailed):
         parse_publish({"topic": "a", "payload": 1, "dedupe_key": ""}, 100)
