@@ -29,7 +29,7 @@ import functools
 import json
 import sqlite3
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from skald.actor import DocumentActor
@@ -345,19 +345,43 @@ async def classify_all(actor: DocumentActor, stmts: Sequence[Statement]) -> Stat
     return await actor.read(run)
 
 
+Guard = Callable[[DocConnection], None]
+"""A check run first inside the same write op (e.g. a lease fence): raising refuses the write."""
+
+
 async def execute(
-    actor: DocumentActor, stmt: Statement, cls: StatementClass, limits: Limits
+    actor: DocumentActor, stmt: Statement, cls: StatementClass, limits: Limits, guard: Guard | None = None
 ) -> StatementResult:
-    """Run a classified statement: reads on the read pool, the rest as one group-commit op."""
-    if cls == StatementClass.READ:
+    """Run a classified statement: reads on the read pool, the rest as one group-commit op.
+
+    With a ``guard`` the statement always runs as a write op, right after the guard,
+    so nothing can change what the guard checked in between.
+    """
+    if cls == StatementClass.READ and guard is None:
         return await actor.read(lambda conn: run_statement(conn, stmt, cls, limits))
-    return await actor.write(lambda conn: run_statement(conn, stmt, cls, limits))
+
+    def op(conn: DocConnection) -> StatementResult:
+        if guard is not None:
+            guard(conn)
+        return run_statement(conn, stmt, cls, limits)
+
+    return await actor.write(op)
 
 
 async def execute_batch(
-    actor: DocumentActor, stmts: Sequence[Statement], cls: StatementClass, limits: Limits
+    actor: DocumentActor,
+    stmts: Sequence[Statement],
+    cls: StatementClass,
+    limits: Limits,
+    guard: Guard | None = None,
 ) -> list[StatementResult]:
     """All statements in one transaction (one read snapshot, or one write op: all or nothing)."""
-    if cls == StatementClass.READ:
+    if cls == StatementClass.READ and guard is None:
         return await actor.read(lambda conn: _read_batch(conn, stmts, limits))
-    return await actor.write(lambda conn: run_batch(conn, stmts, cls, limits))
+
+    def op(conn: DocConnection) -> list[StatementResult]:
+        if guard is not None:
+            guard(conn)
+        return run_batch(conn, stmts, cls, limits)
+
+    return await actor.write(op)

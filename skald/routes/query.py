@@ -16,7 +16,9 @@ from quart import Quart, Response, request
 from quart_schema import validate_request
 
 from skald.auth.guard import authorize, current_principal, requires
+from skald.connection import DocConnection
 from skald.query import (
+    Guard,
     Limits,
     NotReadOnly,
     Statement,
@@ -39,10 +41,16 @@ class QueryOptions(BaseModel):
     timeout_ms: int | None = Field(default=None, ge=1, description="lower the server's time limit")
 
 
+class FenceBody(BaseModel):
+    resource: str = Field(min_length=1, description="the leased resource")
+    token: int | str = Field(description="the fence number the writer holds")
+
+
 class QueryBody(BaseModel):
     sql: str = Field(description="exactly one SQL statement")
     args: Args = Field(default=None, description="positional list or named object; see docs/query.md")
     options: QueryOptions | None = None
+    fence: FenceBody | None = Field(default=None, description="refuse the write (409 stale_fence) unless current")
 
 
 class BatchStatement(BaseModel):
@@ -53,6 +61,7 @@ class BatchStatement(BaseModel):
 class BatchBody(BaseModel):
     statements: list[BatchStatement] = Field(min_length=1, max_length=1000)
     options: QueryOptions | None = None
+    fence: FenceBody | None = None
 
 
 class WatchOptions(QueryOptions):
@@ -84,6 +93,19 @@ async def _authorize_class(db_id: str, cls: StatementClass) -> None:
         await authorize(current_principal(), db_id, cls.action)
 
 
+def _fence_guard(fence: FenceBody | None) -> Guard | None:
+    """The lease fence check, run inside the same transaction as the write it guards."""
+    if fence is None:
+        return None
+    leases = get_state().services["leases"]
+    resource, token = fence.resource, fence.token
+
+    def guard(conn: DocConnection) -> None:
+        leases.check_fence(conn, resource, token)
+
+    return guard
+
+
 def _metrics() -> QueryMetrics:
     metrics: QueryMetrics = get_state().services["query_metrics"]
     return metrics
@@ -103,7 +125,7 @@ async def query_view(db_id: str, data: QueryBody) -> dict[str, Any]:
     async with get_state().supervisor.open_document(db_id) as actor:
         cls = await classify(actor, stmt)
         await _authorize_class(db_id, cls)
-        result = await execute(actor, stmt, cls, limits)
+        result = await execute(actor, stmt, cls, limits, _fence_guard(data.fence))
     body = result.to_json()
     body["duration_ms"] = _ms(started)
     _metrics().duration.labels(cls.name.lower()).observe(body["duration_ms"] / 1000)
@@ -120,7 +142,7 @@ async def batch_view(db_id: str, data: BatchBody) -> dict[str, Any]:
     async with get_state().supervisor.open_document(db_id) as actor:
         cls = await classify_all(actor, stmts)
         await _authorize_class(db_id, cls)
-        results = await execute_batch(actor, stmts, cls, limits)
+        results = await execute_batch(actor, stmts, cls, limits, _fence_guard(data.fence))
     duration_ms = _ms(started)
     _metrics().duration.labels(cls.name.lower()).observe(duration_ms / 1000)
     return {"results": [r.to_json() for r in results], "duration_ms": duration_ms}

@@ -11,6 +11,7 @@ import pytest
 import trio
 from support.live import ADMIN_TOKEN, LiveServer
 
+from skald.changefeed import INCLUDED_CAPABILITY_TABLES
 from skald.client import (
     AsyncClient,
     Client,
@@ -55,8 +56,8 @@ def check_flow(result: dict[str, object], db_id: str, dest: Path) -> None:
     assert result["info"]["db_id"] == db_id  # type: ignore[index]
     page, rest = result["page"], result["rest"]
     assert page["has_more"] is True and len(page["changes"]) == 3  # type: ignore[index]
-    # every document carries the webhook inbox table; its schema entry is in the feed too
-    ours = [c for c in page["changes"] + rest["changes"] if c["table"] != "webhook_inbox"]  # type: ignore[index,operator]
+    # every document carries the inbox and message tables; their schema entries are in the feed too
+    ours = [c for c in page["changes"] + rest["changes"] if c["table"] not in INCLUDED_CAPABILITY_TABLES]  # type: ignore[index,operator]
     assert [c["op"] for c in ours] == ["schema"] + ["insert"] * 5
     assert ours[-1]["row"] == {"id": 4, "v": {"$base64": "BA=="}}
     assert result["seq"] == rest["last_seq"]  # type: ignore[index]
@@ -81,7 +82,7 @@ async def test_flows_under_trio(server: LiveServer, tmp_path: Path) -> None:
                     if len(seen) == 6:
                         server.state.supervisor.open_actors["notes"].stop("test")
         assert info.value.code == "reconnects_exhausted"
-        assert seen == sorted(seen) and 6 <= len(seen) <= 7  # the 7th may already be on its way
+        assert seen == sorted(seen) and len(seen) >= 6  # later entries may already be on their way
 
 
 async def test_flows_under_asyncio(server: LiveServer, tmp_path: Path) -> None:
@@ -93,7 +94,7 @@ async def test_flows_under_asyncio(server: LiveServer, tmp_path: Path) -> None:
             result = await document_flow(client, "notes", dest)
             ops: list[str] = []
             async for event in client.follow_changes("notes", since=0):
-                if event.data["table"] != "webhook_inbox":
+                if event.data["table"] not in INCLUDED_CAPABILITY_TABLES:
                     ops.append(event.data["op"])
                 if len(ops) == 6:
                     break

@@ -182,7 +182,8 @@ async def test_replica_follows_a_random_workload_through_a_follower_crash(
         actual = dump(conn)
     finally:
         conn.close()
-    assert set(expected) == {"items", "kv", "log", "webhook_inbox"}  # the inbox is in every document
+    # the inbox and message tables are in every document
+    assert set(expected) == {"items", "kv", "log", "webhook_inbox", "_skald_messages"}
     assert sum(len(rows) for rows in expected.values()) > 100
     assert actual == expected
     assert "snapshot" in (tmp_path / "first.log").read_text()

@@ -4,7 +4,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from skald.changefeed import prune, read_changes, sync_triggers
+from skald.changefeed import INCLUDED_CAPABILITY_TABLES, prune, read_changes, sync_triggers
 from skald.connection import DocConnection, open_connection
 from skald.migrations import apply_migrations
 
@@ -16,9 +16,9 @@ def _open(tmp_path: Path) -> sqlite3.Connection:
 
 
 def _page(conn: sqlite3.Connection, since: int = 0, limit: int = 100) -> dict[str, Any]:
-    """The feed without the webhook inbox, which every document has from its migrations."""
+    """The feed without the capability tables every document has from its migrations."""
     page = read_changes(conn, since, limit)
-    return {**page, "changes": [c for c in page["changes"] if c["table"] != "webhook_inbox"]}
+    return {**page, "changes": [c for c in page["changes"] if c["table"] not in INCLUDED_CAPABILITY_TABLES]}
 
 
 def _write(conn: sqlite3.Connection, *sql: str) -> None:
@@ -84,7 +84,7 @@ def test_schema_change_and_drop(tmp_path: Path) -> None:
     assert ops.count(("u", "insert", {"a": 3, "b": 7})) == 1
     assert ("t", "drop", None) in ops and ops[-1] == ("u", "drop", None)
     triggers = conn.execute(
-        "SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND tbl_name != 'webhook_inbox'"
+        "SELECT count(*) FROM sqlite_master WHERE type = 'trigger' AND tbl_name IN ('t', 'u')"
     ).fetchone()[0]
     assert triggers == 0
 
