@@ -2,19 +2,31 @@
 
 from __future__ import annotations
 
-from skald.client.aio import AsyncClient, ResetRequired
+from skald.client.aio import AsyncClient, EventStream
 from skald.client.blocking import Client
 from skald.client.errors import (
     BadRequest,
     Conflict,
     Forbidden,
+    LeaseLost,
     NotFound,
     RateLimited,
+    ResetRequired,
     ServerUnreachable,
     SkaldClientError,
     Unauthorized,
+    is_invalid_sql,
 )
-from skald.client.types import Change, ChangesPage, Event, Published, QueryResult
+from skald.client.types import (
+    Change,
+    ChangesPage,
+    Event,
+    Lease,
+    Message,
+    MessagesPage,
+    Published,
+    QueryResult,
+)
 
 __all__ = [
     "AsyncClient",
@@ -24,7 +36,12 @@ __all__ = [
     "Client",
     "Conflict",
     "Event",
+    "EventStream",
     "Forbidden",
+    "Lease",
+    "LeaseLost",
+    "Message",
+    "MessagesPage",
     "NotFound",
     "Published",
     "QueryResult",
@@ -33,4 +50,5 @@ __all__ = [
     "ServerUnreachable",
     "SkaldClientError",
     "Unauthorized",
+    "is_invalid_sql",
 ]

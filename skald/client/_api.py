@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import hashlib
 import json
+from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
 
@@ -67,31 +69,73 @@ def delete_document(db_id: str) -> Call:
 
 
 # ---- query --------------------------------------------------------------------------------------
-def query(db_id: str, sql: str, args: Any = None, options: dict[str, Any] | None = None) -> Call:
+def fence_body(fence: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """``{"resource", "token"}`` for the server; a lease (``{"resource", "fence", ...}``) is accepted too."""
+    if fence is None:
+        return None
+    token = fence["token"] if "token" in fence else fence["fence"]
+    return {"resource": fence["resource"], "token": token}
+
+
+def query(
+    db_id: str,
+    sql: str,
+    args: Any = None,
+    options: dict[str, Any] | None = None,
+    fence: Mapping[str, Any] | None = None,
+) -> Call:
     body: dict[str, Any] = {"sql": sql}
     if args is not None:
         body["args"] = encode_args(args)
     if options:
         body["options"] = options
+    if fence is not None:
+        body["fence"] = fence_body(fence)
     return Call("POST", f"{_db(db_id)}/query", json=body)
 
 
-def batch(db_id: str, statements: list[tuple[str, Any]] | list[dict[str, Any]]) -> Call:
-    items = [
-        {"sql": s["sql"], "args": encode_args(s.get("args"))}
-        if isinstance(s, dict)
-        else {"sql": s[0], "args": encode_args(s[1])}
-        for s in statements
-    ]
-    return Call("POST", f"{_db(db_id)}/query/batch", json={"statements": items})
+Statements = Sequence[tuple[str, Any]] | Sequence[Mapping[str, Any]] | Sequence[str]
 
 
-def watch(db_id: str, sql: str, args: Any = None, result_hash: str | None = None) -> Call:
+def batch(
+    db_id: str,
+    statements: Statements,
+    options: dict[str, Any] | None = None,
+    fence: Mapping[str, Any] | None = None,
+) -> Call:
+    """``statements``: ``(sql, args)`` pairs, ``{"sql", "args"}`` objects or bare SQL strings."""
+    items: list[dict[str, Any]] = []
+    for s in statements:
+        if isinstance(s, str):
+            items.append({"sql": s})
+        elif isinstance(s, Mapping):
+            items.append({"sql": s["sql"], "args": encode_args(s.get("args"))})
+        else:
+            items.append({"sql": s[0], "args": encode_args(s[1])})
+    body: dict[str, Any] = {"statements": items}
+    if options:
+        body["options"] = options
+    if fence is not None:
+        body["fence"] = fence_body(fence)
+    return Call("POST", f"{_db(db_id)}/query/batch", json=body)
+
+
+def watch(
+    db_id: str,
+    sql: str,
+    args: Any = None,
+    result_hash: str | None = None,
+    options: dict[str, Any] | None = None,
+) -> Call:
+    """``result_hash``: the hash the client already shows; the server then answers ``unchanged``."""
     body: dict[str, Any] = {"sql": sql}
     if args is not None:
         body["args"] = encode_args(args)
+    opts = dict(options or {})
     if result_hash:
-        body["result_hash"] = result_hash
+        opts["result_hash"] = result_hash
+    if opts:
+        body["options"] = opts
     return Call("POST", f"{_db(db_id)}/query/watch", json=body, headers={"Accept": "text/event-stream"})
 
 
@@ -121,6 +165,7 @@ def publish(
 
 
 def _topics(topics: tuple[str, ...] | list[str]) -> list[tuple[str, str]]:
+    """Topic filters (MQTT wildcards ``+`` and ``#``) as repeated ``topic=`` parameters."""
     return [("topic", t) for t in topics]
 
 
@@ -136,20 +181,28 @@ def poll_messages(
 
 
 def subscribe(
-    db_id: str, topics: list[str], since_id: int | None, tail: int | None, last_event_id: str | None
+    db_id: str,
+    topics: list[str],
+    since_id: int | None,
+    tail: int | None,
+    last_event_id: str | None,
+    heartbeat: float | None = None,
 ) -> Call:
+    """The first connection sends ``since_id``/``tail``; a reconnect sends ``Last-Event-ID`` instead."""
     params = _topics(topics)
     if since_id is not None and last_event_id is None:
         params.append(("since_id", str(since_id)))
     if tail is not None and last_event_id is None:
         params.append(("tail", str(tail)))
+    if heartbeat is not None:
+        params.append(("heartbeat", str(heartbeat)))
     headers = {"Accept": "text/event-stream"}
     if last_event_id is not None:
         headers["Last-Event-ID"] = last_event_id
     return Call("GET", f"{_db(db_id)}/events/stream", params=params, headers=headers)
 
 
-# ---- streams ------------------------------------------------------------------------------------
+# ---- streams: routes not merged yet; shapes from the issue, untested against a server ----------
 def stream_send(db_id: str, topic: str, data: bytes, *, broadcast: bool = False) -> Call:
     params = [("pubsub", "true")] if broadcast else None
     return Call("POST", f"{_db(db_id)}/streams/queue/{_seg(topic)}", params=params, content=data)
@@ -168,45 +221,64 @@ def stream_respond(db_id: str, path: str, data: bytes) -> Call:
 
 
 # ---- leases -------------------------------------------------------------------------------------
-def lease_acquire(db_id: str, resource: str, ttl: float, holder: str | None = None) -> Call:
-    body: dict[str, Any] = {"resource": resource, "ttl": ttl}
-    if holder:
-        body["holder"] = holder
+def lease_acquire(db_id: str, resource: str, owner: str, ttl_seconds: float | None = None) -> Call:
+    body: dict[str, Any] = {"resource": resource, "owner": owner}
+    if ttl_seconds is not None:
+        body["ttl_seconds"] = ttl_seconds
     return Call("POST", f"{_db(db_id)}/leases/acquire", json=body)
 
 
-def lease_renew(db_id: str, lease: dict[str, Any], ttl: float | None = None) -> Call:
-    body = {**lease}
-    if ttl is not None:
-        body["ttl"] = ttl
+def lease_renew(db_id: str, resource: str, lease_token: str, ttl_seconds: float | None = None) -> Call:
+    body: dict[str, Any] = {"resource": resource, "lease_token": lease_token}
+    if ttl_seconds is not None:
+        body["ttl_seconds"] = ttl_seconds
     return Call("POST", f"{_db(db_id)}/leases/renew", json=body)
 
 
-def lease_release(db_id: str, lease: dict[str, Any]) -> Call:
-    return Call("POST", f"{_db(db_id)}/leases/release", json=lease)
+def lease_release(db_id: str, resource: str, lease_token: str) -> Call:
+    return Call(
+        "POST", f"{_db(db_id)}/leases/release", json={"resource": resource, "lease_token": lease_token}
+    )
 
 
 # ---- blobs --------------------------------------------------------------------------------------
 def blob_init(db_id: str, sha256: str, size: int, content_type: str = "application/octet-stream") -> Call:
+    """-> ``{"sha256", "size", "exists": true}`` or ``{..., "exists": false, "upload": {method, url, headers}}``."""
     return Call(
-        "POST", f"{_db(db_id)}/blobs", json={"sha256": sha256, "size": size, "content_type": content_type}
+        "POST",
+        f"{_db(db_id)}/blobs/init-upload",
+        json={"sha256": sha256, "size": size, "content_type": content_type},
     )
 
 
-def blob_complete(db_id: str, blob_id: str) -> Call:
-    return Call("POST", f"{_db(db_id)}/blobs/{_seg(blob_id)}/complete")
+def blob_complete(db_id: str, sha256: str) -> Call:
+    return Call("POST", f"{_db(db_id)}/blobs/complete-upload", json={"sha256": sha256})
 
 
-def blob_read_url(db_id: str, blob_id: str) -> Call:
-    return Call("GET", f"{_db(db_id)}/blobs/{_seg(blob_id)}")
+def blob_read_url(db_id: str, sha256: str) -> Call:
+    return Call("GET", f"{_db(db_id)}/blobs/{_seg(sha256)}/read-url")
 
 
-def blob_claim(db_id: str, blob_id: str, owner: str) -> Call:
-    return Call("POST", f"{_db(db_id)}/blobs/{_seg(blob_id)}/claim", json={"owner": owner})
+def blob_claim(db_id: str, sha256: str, ref: str) -> Call:
+    return Call("POST", f"{_db(db_id)}/blobs/claim", json={"sha256": sha256, "ref": ref})
 
 
-def blob_release(db_id: str, blob_id: str, owner: str) -> Call:
-    return Call("POST", f"{_db(db_id)}/blobs/{_seg(blob_id)}/release", json={"owner": owner})
+def blob_release(db_id: str, sha256: str, ref: str) -> Call:
+    return Call("POST", f"{_db(db_id)}/blobs/release", json={"sha256": sha256, "ref": ref})
+
+
+def blob_list(db_id: str, sha256: str | None = None, limit: int | None = None) -> Call:
+    params: list[tuple[str, str]] = []
+    if sha256 is not None:
+        params.append(("sha256", sha256))
+    if limit is not None:
+        params.append(("limit", str(limit)))
+    return Call("GET", f"{_db(db_id)}/blobs", params=params or None)
+
+
+def upload_headers(upload: Mapping[str, Any], size: int) -> dict[str, str]:
+    """Headers for the presigned PUT: the server's (``Content-Type``) plus the length."""
+    return {**dict(upload.get("headers") or {}), "Content-Length": str(size)}
 
 
 # ---- sync ---------------------------------------------------------------------------------------
@@ -235,3 +307,12 @@ def parse_data(data: str) -> Any:
         return json.loads(data) if data else None
     except ValueError:
         return data
+
+
+def check_sha256(data: bytes, sha256: str) -> None:
+    """Raise when downloaded bytes do not hash to what was asked for."""
+    from skald.client.errors import SkaldClientError
+
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != sha256:
+        raise SkaldClientError(0, "hash_mismatch", f"downloaded bytes hash to {actual}, not {sha256}")

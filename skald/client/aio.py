@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-from collections.abc import AsyncGenerator, AsyncIterator
+import os
+import secrets
+import socket
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from contextlib import aclosing, asynccontextmanager
 from pathlib import Path
 from types import TracebackType
@@ -14,18 +18,73 @@ import httpx
 from httpx_sse import aconnect_sse
 
 from skald.client import _api
-from skald.client.errors import SkaldClientError, error_from_response, unreachable
-from skald.client.types import ChangesPage, Event, Published, QueryResult
+from skald.client.errors import (
+    Conflict,
+    Forbidden,
+    LeaseLost,
+    NotFound,
+    ResetRequired,
+    SkaldClientError,
+    error_from_response,
+    unreachable,
+)
+from skald.client.types import ChangesPage, Event, Lease, MessagesPage, Published, QueryResult
 
-SSE_RETRYABLE = (httpx.TransportError, httpx.RemoteProtocolError)
+__all__ = ["AsyncClient", "EventStream", "ResetRequired", "default_owner"]
+
+RETRYABLE = (0, 502, 503, 504)
 
 
 def _params(call: _api.Call) -> httpx.QueryParams | None:
     return httpx.QueryParams(tuple(call.params)) if call.params else None
 
 
-class ResetRequired(SkaldClientError):
-    """The change feed no longer holds the requested sequence: take a new snapshot."""
+def default_owner() -> str:
+    """The lease owner used when none is given: ``host/pid/random``."""
+    return f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(4)}"
+
+
+async def finish(agen: AsyncIterator[Any]) -> None:
+    """Run ``agen`` to its end under a cancelled scope.
+
+    The cancellation is raised at the innermost ``await`` (httpcore's socket
+    read) and unwinds every nested generator of httpx/httpcore. ``aclose()``
+    alone would only close the outermost one and leave the others suspended
+    for the garbage collector, which trio reports as a ``ResourceWarning``.
+    """
+    with anyio.CancelScope() as scope:
+        scope.cancel()
+        with contextlib.suppress(StopAsyncIteration, Exception):
+            while True:
+                await agen.__anext__()
+
+
+class EventStream:
+    """Events of one SSE subscription (watch, subscribe, follow_changes), reconnecting as documented.
+
+    Use it as ``async with client.watch(...) as events: async for event in events: ...``
+    (or ``contextlib.aclosing``): leaving the block closes the HTTP stream at once.
+    """
+
+    def __init__(self, events: AsyncGenerator[Event, None]) -> None:
+        self._events = events
+
+    def __aiter__(self) -> EventStream:
+        return self
+
+    async def __anext__(self) -> Event:
+        return await self._events.__anext__()
+
+    async def aclose(self) -> None:
+        await self._events.aclose()
+
+    async def __aenter__(self) -> EventStream:
+        return self
+
+    async def __aexit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
 
 
 class AsyncClient:
@@ -33,8 +92,10 @@ class AsyncClient:
 
     Iterators (:meth:`watch`, :meth:`subscribe`, :meth:`follow_changes`)
     reconnect with exponential backoff (``reconnect_delay`` doubling up to
-    ``max_reconnect_delay``) and resume where they left off; errors the server
-    reports (4xx) are raised as :class:`SkaldClientError` subclasses.
+    ``max_reconnect_delay``; at most ``max_reconnects`` times in a row, None:
+    forever) after network loss, 502/503/504 or the server ending the stream,
+    and resume where they left off; other errors the server reports are
+    raised as :class:`SkaldClientError` subclasses.
     """
 
     def __init__(
@@ -90,7 +151,7 @@ class AsyncClient:
         return response.json() if response.content else None
 
     async def _events(self, call: _api.Call) -> AsyncGenerator[Event, None]:
-        """One SSE connection; raises typed errors for 4xx/5xx answers."""
+        """One SSE connection; raises typed errors for 4xx/5xx answers; closes everything it opens."""
         try:
             async with aconnect_sse(
                 self._http,
@@ -98,15 +159,21 @@ class AsyncClient:
                 call.path,
                 params=_params(call),
                 json=call.json,
-                headers=call.headers,
+                headers=dict(call.headers or {}),
                 timeout=httpx.Timeout(self._http.timeout.connect, read=None),
             ) as source:
-                if source.response.status_code >= 400:
-                    body = await source.response.aread()
-                    raise error_from_response(source.response, body)
-                async with aclosing(source.aiter_sse()) as events:
-                    async for sse in events:
-                        yield Event(sse.event, sse.id, _api.parse_data(sse.data))
+                response = source.response
+                try:
+                    if response.status_code >= 400:
+                        raise error_from_response(response, await response.aread())
+                    sse_events = source.aiter_sse()
+                    try:
+                        async for sse in sse_events:
+                            yield Event(sse.event, sse.id, _api.parse_data(sse.data))
+                    finally:
+                        await finish(sse_events)
+                finally:
+                    await response.aclose()
         except httpx.TransportError as exc:
             raise unreachable(self.url, exc) from exc
 
@@ -130,86 +197,140 @@ class AsyncClient:
         await self._send(_api.delete_document(db_id))
 
     # ---- query --------------------------------------------------------------------------------------
-    async def query(self, db_id: str, sql: str, args: Any = None, **options: Any) -> QueryResult:
-        result: QueryResult = await self._json(_api.query(db_id, sql, args, options))
+    async def query(
+        self,
+        db_id: str,
+        sql: str,
+        args: Any = None,
+        *,
+        fence: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> QueryResult:
+        """One statement. ``options``: ``max_rows``, ``timeout_ms``; ``fence``: a lease (or
+        ``{"resource", "token"}``) the write must still hold (409 ``stale_fence`` otherwise)."""
+        result: QueryResult = await self._json(_api.query(db_id, sql, args, options, fence))
         return result
 
     async def batch(
-        self, db_id: str, statements: list[tuple[str, Any]] | list[dict[str, Any]]
+        self,
+        db_id: str,
+        statements: _api.Statements,
+        *,
+        fence: Mapping[str, Any] | None = None,
+        **options: Any,
     ) -> list[QueryResult]:
-        body = await self._json(_api.batch(db_id, statements))
-        results: list[QueryResult] = body["results"] if isinstance(body, dict) else body
+        """Several statements in one transaction (all or nothing); one result per statement."""
+        body = await self._json(_api.batch(db_id, statements, options, fence))
+        results: list[QueryResult] = body["results"]
         return results
 
-    async def watch(self, db_id: str, sql: str, args: Any = None) -> AsyncGenerator[Event, None]:
-        """Yield ``snapshot``/``update`` events whenever the result changes; reconnects transparently.
+    def watch(
+        self, db_id: str, sql: str, args: Any = None, *, heartbeat_seconds: float | None = None
+    ) -> EventStream:
+        """``snapshot`` then ``update`` events (data: columns, rows, row_count, truncated, result_hash).
 
-        After a reconnect the first snapshot is only yielded if its
-        ``result_hash`` differs from the last one seen.
+        A re-run that fails on the server comes as an ``error`` event (data: the
+        problem+json) and the watch goes on. Reconnects send the last
+        ``result_hash``, so an unchanged result is not repeated.
         """
+        options = {"heartbeat_seconds": heartbeat_seconds} if heartbeat_seconds else None
+        return EventStream(self._watch(db_id, sql, args, options))
+
+    async def _watch(
+        self, db_id: str, sql: str, args: Any, options: dict[str, Any] | None
+    ) -> AsyncGenerator[Event, None]:
         last_hash: str | None = None
         attempt = 0
         while True:
             try:
-                async with aclosing(self._events(_api.watch(db_id, sql, args, last_hash))) as events:
+                call = _api.watch(db_id, sql, args, last_hash, options)
+                async with aclosing(self._events(call)) as events:
                     async for event in events:
                         attempt = 0
                         if event.event == "error":
-                            data = event.data if isinstance(event.data, dict) else {}
-                            raise SkaldClientError(
-                                400,
-                                str(data.get("code", "watch_error")),
-                                str(data.get("detail", event.data)),
-                                data,
-                            )
-                        if event.event not in ("snapshot", "update"):
+                            last_hash = None  # the server sends the next good result as an update
+                            yield event
                             continue
+                        if event.event not in ("snapshot", "update"):
+                            continue  # unchanged, heartbeat
                         digest = event.data.get("result_hash") if isinstance(event.data, dict) else None
                         if digest is not None and digest == last_hash:
                             continue
                         last_hash = digest
                         yield event
             except SkaldClientError as exc:
-                if exc.status not in (0, 502, 503, 504):
+                if exc.status not in RETRYABLE:
                     raise
             attempt += 1
             await self._backoff(attempt)
 
     # ---- messages -----------------------------------------------------------------------------------
-    async def publish(self, db_id: str, topic: str, payload: Any = None, **kwargs: Any) -> Published:
-        """Publish JSON ``payload`` (or ``text=``, ``data=`` bytes, ``content_type=``, ``dedupe_key=``)."""
-        published: Published = await self._json(_api.publish(db_id, topic, payload, **kwargs))
+    async def publish(
+        self,
+        db_id: str,
+        topic: str,
+        payload: Any = None,
+        *,
+        text: str | None = None,
+        data: bytes | None = None,
+        content_type: str | None = None,
+        dedupe_key: str | None = None,
+    ) -> Published:
+        """Publish JSON ``payload``, or ``text=`` (UTF-8 text) or ``data=`` (bytes)."""
+        call = _api.publish(
+            db_id, topic, payload, text=text, data=data, content_type=content_type, dedupe_key=dedupe_key
+        )
+        published: Published = await self._json(call)
         return published
 
     async def poll_messages(
         self, db_id: str, *topics: str, since_id: int | None = None, limit: int | None = None
-    ) -> Any:
-        return await self._json(_api.poll_messages(db_id, list(topics), since_id, limit))
+    ) -> MessagesPage:
+        page: MessagesPage = await self._json(_api.poll_messages(db_id, list(topics), since_id, limit))
+        return page
 
-    async def subscribe(
-        self, db_id: str, *topics: str, since_id: int | None = None, tail: int | None = None
+    def subscribe(
+        self,
+        db_id: str,
+        *topics: str,
+        since_id: int | None = None,
+        tail: int | None = None,
+        heartbeat: float | None = None,
+    ) -> EventStream:
+        """``message`` events (data: the message; ``id``: its id) and ``reset`` events (retention
+        removed messages after the cursor). Reconnects send ``Last-Event-ID``; a ``slow_consumer``
+        error from the server is resumed the same way. Heartbeats are not yielded."""
+        return EventStream(self._subscribe(db_id, list(topics), since_id, tail, heartbeat))
+
+    async def _subscribe(
+        self,
+        db_id: str,
+        topics: list[str],
+        since_id: int | None,
+        tail: int | None,
+        heartbeat: float | None,
     ) -> AsyncGenerator[Event, None]:
-        """Yield message events forever, resuming with ``Last-Event-ID`` after a disconnect."""
         last_id: str | None = None
         attempt = 0
         while True:
             try:
-                call = _api.subscribe(db_id, list(topics), since_id, tail, last_id)
+                call = _api.subscribe(db_id, topics, since_id, tail, last_id, heartbeat)
                 async with aclosing(self._events(call)) as events:
                     async for event in events:
                         attempt = 0
                         if event.id:
                             last_id = event.id
-                        if event.event in ("heartbeat", "ping"):
-                            continue
-                        yield event
+                        if event.event == "error":
+                            break  # slow_consumer (id = resume point) or the document closing: reconnect
+                        if event.event in ("message", "reset"):
+                            yield event
             except SkaldClientError as exc:
-                if exc.status not in (0, 502, 503, 504):
+                if exc.status not in RETRYABLE:
                     raise
             attempt += 1
             await self._backoff(attempt)
 
-    # ---- streams ------------------------------------------------------------------------------------
+    # ---- streams (routes not merged yet: shapes from the issue) ---------------------------------------
     async def stream_send(self, db_id: str, topic: str, data: bytes, *, broadcast: bool = False) -> None:
         await self._send(_api.stream_send(db_id, topic, data, broadcast=broadcast))
 
@@ -224,31 +345,53 @@ class AsyncClient:
 
     # ---- leases -------------------------------------------------------------------------------------
     async def acquire_lease(
-        self, db_id: str, resource: str, ttl: float, holder: str | None = None
-    ) -> dict[str, Any]:
-        return dict(await self._json(_api.lease_acquire(db_id, resource, ttl, holder)))
+        self, db_id: str, resource: str, ttl_seconds: float | None = None, owner: str | None = None
+    ) -> Lease:
+        """Take ``resource``; the answer carries ``fence`` and (only here) ``lease_token``."""
+        call = _api.lease_acquire(db_id, resource, owner or default_owner(), ttl_seconds)
+        lease: Lease = await self._json(call)
+        return lease
 
-    async def renew_lease(
-        self, db_id: str, lease: dict[str, Any], ttl: float | None = None
-    ) -> dict[str, Any]:
-        return dict(await self._json(_api.lease_renew(db_id, lease, ttl)))
+    async def renew_lease(self, db_id: str, lease: Lease, ttl_seconds: float | None = None) -> Lease:
+        """Extend ``lease`` (same fence); returns the new state (without the token)."""
+        call = _api.lease_renew(db_id, lease["resource"], lease["lease_token"], ttl_seconds)
+        renewed: Lease = await self._json(call)
+        return renewed
 
-    async def release_lease(self, db_id: str, lease: dict[str, Any]) -> None:
-        await self._send(_api.lease_release(db_id, lease))
+    async def release_lease(self, db_id: str, lease: Lease) -> Lease:
+        """Give ``lease`` up; the next acquisition of the resource gets a higher fence."""
+        released: Lease = await self._json(_api.lease_release(db_id, lease["resource"], lease["lease_token"]))
+        return released
 
     @asynccontextmanager
     async def lease(
-        self, db_id: str, resource: str, ttl: float = 30.0, holder: str | None = None
-    ) -> AsyncIterator[dict[str, Any]]:
-        """Hold a lease for the block: renewed every ``ttl/3`` seconds, released on exit (also on error)."""
-        lease = await self.acquire_lease(db_id, resource, ttl, holder)
+        self,
+        db_id: str,
+        resource: str,
+        ttl_seconds: float = 30.0,
+        owner: str | None = None,
+        *,
+        renew_every: float | None = None,
+    ) -> AsyncIterator[Lease]:
+        """Hold a lease for the block: renewed every ``renew_every`` (default ``ttl_seconds/3``)
+        seconds, released on exit (also on error). If a renewal fails the block is cancelled and
+        :class:`LeaseLost` raised. Pass the lease as ``fence=`` to :meth:`query` to guard writes."""
+        lease = await self.acquire_lease(db_id, resource, ttl_seconds, owner)
+        lost: SkaldClientError | None = None
         try:
             async with anyio.create_task_group() as tg:
 
                 async def renew() -> None:
+                    nonlocal lost
                     while True:
-                        await anyio.sleep(ttl / 3)
-                        lease.update(await self.renew_lease(db_id, lease, ttl))
+                        await anyio.sleep(renew_every or ttl_seconds / 3)
+                        try:
+                            renewed = await self.renew_lease(db_id, lease, ttl_seconds)
+                        except SkaldClientError as exc:
+                            lost = exc
+                            tg.cancel_scope.cancel()
+                            return
+                        lease.update(renewed)
 
                 tg.start_soon(renew)
                 try:
@@ -256,32 +399,83 @@ class AsyncClient:
                 finally:
                     tg.cancel_scope.cancel()
         finally:
-            with anyio.CancelScope(shield=True):
-                await self.release_lease(db_id, lease)
+            if lost is None:
+                with anyio.CancelScope(shield=True), contextlib.suppress(Conflict, Forbidden, NotFound):
+                    lease.update(await self.release_lease(db_id, lease))
+        if lost is not None:
+            raise LeaseLost(lost.status, lost.code, f"lease on {resource} lost: {lost.detail}", lost.problem)
 
     # ---- blobs --------------------------------------------------------------------------------------
     async def upload_blob(
-        self, db_id: str, data: bytes, content_type: str = "application/octet-stream"
+        self,
+        db_id: str,
+        data: bytes,
+        content_type: str = "application/octet-stream",
+        *,
+        ref: str | None = None,
     ) -> dict[str, Any]:
-        """Init an upload, PUT ``data`` to the presigned URL, then complete (the server verifies the hash)."""
+        """init-upload, PUT ``data`` to the presigned URL (skipped if the server already has it),
+        complete-upload (the server verifies the hash), then claim it under ``ref`` if given.
+
+        Returns ``{"sha256", "size", "uploaded": bool, "ref"?}``.
+        """
         digest = hashlib.sha256(data).hexdigest()
-        init = dict(await self._json(_api.blob_init(db_id, digest, len(data), content_type)))
-        async with httpx.AsyncClient(timeout=self._http.timeout) as raw:
-            put = await raw.put(init["upload_url"], content=data, headers=init.get("upload_headers") or {})
-            if put.status_code >= 400:
+        init = await self._json(_api.blob_init(db_id, digest, len(data), content_type))
+        uploaded = not init["exists"]
+        if uploaded:
+            spec = init["upload"]
+            async with httpx.AsyncClient(timeout=self._http.timeout) as raw:
+                try:
+                    put = await raw.request(
+                        spec["method"], spec["url"], content=data, headers=_api.upload_headers(spec, len(data))
+                    )
+                except httpx.TransportError as exc:
+                    raise unreachable(spec["url"].split("?")[0], exc) from None
+            if put.status_code >= 300:
                 raise SkaldClientError(
                     put.status_code, "upload_failed", f"object storage refused the upload: {put.status_code}"
                 )
-        return dict(await self._json(_api.blob_complete(db_id, init["blob_id"])))
+            await self._json(_api.blob_complete(db_id, digest))
+        result: dict[str, Any] = {"sha256": digest, "size": len(data), "uploaded": uploaded}
+        if ref is not None:
+            await self.claim_blob(db_id, digest, ref)
+            result["ref"] = ref
+        return result
 
-    async def blob_url(self, db_id: str, blob_id: str) -> str:
-        return str((await self._json(_api.blob_read_url(db_id, blob_id)))["url"])
+    async def blob_info(self, db_id: str, sha256: str) -> dict[str, Any]:
+        """``{"sha256", "size", "content_type", "url", "expires_in", "expires_at"}`` (presigned GET)."""
+        return dict(await self._json(_api.blob_read_url(db_id, sha256)))
 
-    async def claim_blob(self, db_id: str, blob_id: str, owner: str) -> Any:
-        return await self._json(_api.blob_claim(db_id, blob_id, owner))
+    async def blob_url(self, db_id: str, sha256: str) -> str:
+        return str((await self.blob_info(db_id, sha256))["url"])
 
-    async def release_blob(self, db_id: str, blob_id: str, owner: str) -> Any:
-        return await self._json(_api.blob_release(db_id, blob_id, owner))
+    async def read_blob(self, db_id: str, sha256: str) -> bytes:
+        """Download the blob through its presigned URL; raises if the bytes do not hash to ``sha256``."""
+        url = await self.blob_url(db_id, sha256)
+        async with httpx.AsyncClient(timeout=self._http.timeout) as raw:
+            try:
+                response = await raw.get(url)
+            except httpx.TransportError as exc:
+                raise unreachable(url.split("?")[0], exc) from None
+        if response.status_code != 200:
+            raise SkaldClientError(
+                response.status_code, "download_failed", f"object storage answered {response.status_code}"
+            )
+        _api.check_sha256(response.content, sha256)
+        return response.content
+
+    async def claim_blob(self, db_id: str, sha256: str, ref: str) -> dict[str, Any]:
+        """Record that the document references the blob under ``ref`` (keeps it from GC)."""
+        return dict(await self._json(_api.blob_claim(db_id, sha256, ref)))
+
+    async def release_blob(self, db_id: str, sha256: str, ref: str) -> dict[str, Any]:
+        return dict(await self._json(_api.blob_release(db_id, sha256, ref)))
+
+    async def list_blobs(
+        self, db_id: str, sha256: str | None = None, limit: int | None = None
+    ) -> list[dict[str, Any]]:
+        """The document's claims: ``[{"sha256", "ref", ...}]``."""
+        return list((await self._json(_api.blob_list(db_id, sha256, limit)))["blobs"])
 
     # ---- sync ---------------------------------------------------------------------------------------
     async def snapshot(self, db_id: str, dest: str | Path) -> int:
@@ -292,9 +486,13 @@ class AsyncClient:
                 if response.status_code >= 400:
                     raise error_from_response(response, await response.aread())
                 seq = int(response.headers["Skald-Change-Seq"])
-                with open(dest, "wb") as fh:  # noqa: ASYNC230 - local file, small chunks
-                    async for chunk in response.aiter_bytes():
-                        fh.write(chunk)
+                chunks = response.aiter_bytes()
+                try:
+                    with open(dest, "wb") as fh:  # noqa: ASYNC230 - local file, small chunks
+                        async for chunk in chunks:
+                            fh.write(chunk)
+                finally:
+                    await finish(chunks)
         except httpx.TransportError as exc:
             raise unreachable(self.url, exc) from None
         return seq
@@ -303,11 +501,14 @@ class AsyncClient:
         page: ChangesPage = await self._json(_api.changes(db_id, since, limit))
         return page
 
-    async def follow_changes(self, db_id: str, since: int = 0) -> AsyncGenerator[Event, None]:
-        """Yield ``change`` events after ``since`` forever (reconnecting).
+    def follow_changes(self, db_id: str, since: int = 0) -> EventStream:
+        """``change`` events after ``since`` (``id``: the sequence; data: the change), reconnecting.
 
         Raises :class:`ResetRequired` when the feed no longer holds ``since``.
         """
+        return EventStream(self._follow_changes(db_id, since))
+
+    async def _follow_changes(self, db_id: str, since: int) -> AsyncGenerator[Event, None]:
         cursor = since
         attempt = 0
         while True:
@@ -325,7 +526,7 @@ class AsyncClient:
             except ResetRequired:
                 raise
             except SkaldClientError as exc:
-                if exc.status not in (0, 502, 503, 504):
+                if exc.status not in RETRYABLE:
                     raise
             attempt += 1
             await self._backoff(attempt)

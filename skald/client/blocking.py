@@ -6,7 +6,7 @@ import contextlib
 import hashlib
 import threading
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -15,11 +15,21 @@ import httpx
 from httpx_sse import connect_sse
 
 from skald.client import _api
-from skald.client.aio import ResetRequired
-from skald.client.errors import SkaldClientError, error_from_response, unreachable
-from skald.client.types import ChangesPage, Event, Published, QueryResult
+from skald.client.aio import RETRYABLE, default_owner
+from skald.client.errors import (
+    Conflict,
+    Forbidden,
+    LeaseLost,
+    NotFound,
+    ResetRequired,
+    SkaldClientError,
+    error_from_response,
+    unreachable,
+)
+from skald.client.types import ChangesPage, Event, Lease, MessagesPage, Published, QueryResult
 
-RETRYABLE = (0, 502, 503, 504)
+CHUNK = 1024 * 1024
+Progress = Callable[[int], None]
 
 
 def _params(call: _api.Call) -> httpx.QueryParams | None:
@@ -116,37 +126,48 @@ class Client:
         self._send(_api.delete_document(db_id))
 
     # ---- query --------------------------------------------------------------------------------------
-    def query(self, db_id: str, sql: str, args: Any = None, **options: Any) -> QueryResult:
-        result: QueryResult = self._json(_api.query(db_id, sql, args, options))
+    def query(
+        self,
+        db_id: str,
+        sql: str,
+        args: Any = None,
+        *,
+        fence: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> QueryResult:
+        """One statement (see :meth:`AsyncClient.query <skald.client.AsyncClient.query>`)."""
+        result: QueryResult = self._json(_api.query(db_id, sql, args, options, fence))
         return result
 
     def batch(
-        self, db_id: str, statements: list[tuple[str, Any]] | list[dict[str, Any]]
+        self,
+        db_id: str,
+        statements: _api.Statements,
+        *,
+        fence: Mapping[str, Any] | None = None,
+        **options: Any,
     ) -> list[QueryResult]:
-        body = self._json(_api.batch(db_id, statements))
-        results: list[QueryResult] = body["results"] if isinstance(body, dict) else body
+        body = self._json(_api.batch(db_id, statements, options, fence))
+        results: list[QueryResult] = body["results"]
         return results
 
-    def watch(self, db_id: str, sql: str, args: Any = None) -> Iterator[Event]:
-        """Yield ``snapshot``/``update`` events when the result changes.
-
-        Reconnects on network loss; a snapshot with an unchanged hash is skipped.
-        """
+    def watch(
+        self, db_id: str, sql: str, args: Any = None, *, heartbeat_seconds: float | None = None
+    ) -> Iterator[Event]:
+        """``snapshot``/``update`` (and ``error``) events; reconnects with the last ``result_hash``."""
+        options = {"heartbeat_seconds": heartbeat_seconds} if heartbeat_seconds else None
         last_hash: str | None = None
         attempt = 0
         while True:
             try:
-                with contextlib.closing(self._events(_api.watch(db_id, sql, args, last_hash))) as events:
+                call = _api.watch(db_id, sql, args, last_hash, options)
+                with contextlib.closing(self._events(call)) as events:
                     for event in events:
                         attempt = 0
                         if event.event == "error":
-                            data = event.data if isinstance(event.data, dict) else {}
-                            raise SkaldClientError(
-                                400,
-                                str(data.get("code", "watch_error")),
-                                str(data.get("detail", event.data)),
-                                data,
-                            )
+                            last_hash = None
+                            yield event
+                            continue
                         if event.event not in ("snapshot", "update"):
                             continue
                         digest = event.data.get("result_hash") if isinstance(event.data, dict) else None
@@ -161,39 +182,69 @@ class Client:
             self._backoff(attempt)
 
     # ---- messages -----------------------------------------------------------------------------------
-    def publish(self, db_id: str, topic: str, payload: Any = None, **kwargs: Any) -> Published:
-        published: Published = self._json(_api.publish(db_id, topic, payload, **kwargs))
+    def publish(
+        self,
+        db_id: str,
+        topic: str,
+        payload: Any = None,
+        *,
+        text: str | None = None,
+        data: bytes | None = None,
+        content_type: str | None = None,
+        dedupe_key: str | None = None,
+    ) -> Published:
+        call = _api.publish(
+            db_id, topic, payload, text=text, data=data, content_type=content_type, dedupe_key=dedupe_key
+        )
+        published: Published = self._json(call)
         return published
 
     def poll_messages(
         self, db_id: str, *topics: str, since_id: int | None = None, limit: int | None = None
-    ) -> Any:
-        return self._json(_api.poll_messages(db_id, list(topics), since_id, limit))
+    ) -> MessagesPage:
+        page: MessagesPage = self._json(_api.poll_messages(db_id, list(topics), since_id, limit))
+        return page
 
     def subscribe(
-        self, db_id: str, *topics: str, since_id: int | None = None, tail: int | None = None
+        self,
+        db_id: str,
+        *topics: str,
+        since_id: int | None = None,
+        tail: int | None = None,
+        heartbeat: float | None = None,
+        idle_timeout: float | None = None,
     ) -> Iterator[Event]:
-        """Yield message events forever, resuming with ``Last-Event-ID`` after a disconnect."""
+        """``message``/``reset`` events forever, resuming with ``Last-Event-ID`` after a disconnect.
+
+        ``idle_timeout``: also yield an ``idle`` event (no data) when that many seconds pass
+        without a message (needs ``heartbeat`` below it; the server's heartbeats drive the clock).
+        """
         last_id: str | None = None
         attempt = 0
+        quiet_since = time.monotonic()
         while True:
             try:
-                call = _api.subscribe(db_id, list(topics), since_id, tail, last_id)
+                call = _api.subscribe(db_id, list(topics), since_id, tail, last_id, heartbeat)
                 with contextlib.closing(self._events(call)) as events:
                     for event in events:
                         attempt = 0
                         if event.id:
                             last_id = event.id
-                        if event.event in ("heartbeat", "ping"):
-                            continue
-                        yield event
+                        if event.event == "error":
+                            break
+                        if event.event in ("message", "reset"):
+                            quiet_since = time.monotonic()
+                            yield event
+                        elif idle_timeout is not None and time.monotonic() - quiet_since >= idle_timeout:
+                            quiet_since = time.monotonic()
+                            yield Event("idle", "", None)
             except SkaldClientError as exc:
                 if exc.status not in RETRYABLE:
                     raise
             attempt += 1
             self._backoff(attempt)
 
-    # ---- streams ------------------------------------------------------------------------------------
+    # ---- streams (routes not merged yet: shapes from the issue) ---------------------------------------
     def stream_send(self, db_id: str, topic: str, data: bytes, *, broadcast: bool = False) -> None:
         self._send(_api.stream_send(db_id, topic, data, broadcast=broadcast))
 
@@ -208,28 +259,47 @@ class Client:
 
     # ---- leases -------------------------------------------------------------------------------------
     def acquire_lease(
-        self, db_id: str, resource: str, ttl: float, holder: str | None = None
-    ) -> dict[str, Any]:
-        return dict(self._json(_api.lease_acquire(db_id, resource, ttl, holder)))
+        self, db_id: str, resource: str, ttl_seconds: float | None = None, owner: str | None = None
+    ) -> Lease:
+        lease: Lease = self._json(_api.lease_acquire(db_id, resource, owner or default_owner(), ttl_seconds))
+        return lease
 
-    def renew_lease(self, db_id: str, lease: dict[str, Any], ttl: float | None = None) -> dict[str, Any]:
-        return dict(self._json(_api.lease_renew(db_id, lease, ttl)))
+    def renew_lease(self, db_id: str, lease: Lease, ttl_seconds: float | None = None) -> Lease:
+        renewed: Lease = self._json(
+            _api.lease_renew(db_id, lease["resource"], lease["lease_token"], ttl_seconds)
+        )
+        return renewed
 
-    def release_lease(self, db_id: str, lease: dict[str, Any]) -> None:
-        self._send(_api.lease_release(db_id, lease))
+    def release_lease(self, db_id: str, lease: Lease) -> Lease:
+        released: Lease = self._json(_api.lease_release(db_id, lease["resource"], lease["lease_token"]))
+        return released
 
     @contextlib.contextmanager
     def lease(
-        self, db_id: str, resource: str, ttl: float = 30.0, holder: str | None = None
-    ) -> Iterator[dict[str, Any]]:
-        """Hold a lease for the block; a thread renews it every ``ttl/3`` s; released on exit."""
-        lease = self.acquire_lease(db_id, resource, ttl, holder)
+        self,
+        db_id: str,
+        resource: str,
+        ttl_seconds: float = 30.0,
+        owner: str | None = None,
+        *,
+        renew_every: float | None = None,
+    ) -> Iterator[Lease]:
+        """Hold a lease for the block; a thread renews it every ``renew_every`` (default ttl/3) s.
+
+        Released on exit. A failed renewal stops the renewing and raises :class:`LeaseLost` when
+        the block ends (a thread cannot interrupt it: check ``lease["fence"]`` with ``fence=``).
+        """
+        lease = self.acquire_lease(db_id, resource, ttl_seconds, owner)
         stop = threading.Event()
+        lost: list[SkaldClientError] = []
 
         def renew() -> None:
-            while not stop.wait(ttl / 3):
-                with contextlib.suppress(SkaldClientError):
-                    lease.update(self.renew_lease(db_id, lease, ttl))
+            while not stop.wait(renew_every or ttl_seconds / 3):
+                try:
+                    lease.update(self.renew_lease(db_id, lease, ttl_seconds))
+                except SkaldClientError as exc:
+                    lost.append(exc)
+                    return
 
         thread = threading.Thread(target=renew, name="skald-lease-renew", daemon=True)
         thread.start()
@@ -238,35 +308,132 @@ class Client:
         finally:
             stop.set()
             thread.join()
-            self.release_lease(db_id, lease)
+            if not lost:
+                with contextlib.suppress(Conflict, Forbidden, NotFound):
+                    lease.update(self.release_lease(db_id, lease))
+        if lost:
+            exc = lost[0]
+            raise LeaseLost(exc.status, exc.code, f"lease on {resource} lost: {exc.detail}", exc.problem)
 
     # ---- blobs --------------------------------------------------------------------------------------
     def upload_blob(
-        self, db_id: str, data: bytes, content_type: str = "application/octet-stream"
+        self,
+        db_id: str,
+        source: bytes | str | Path,
+        content_type: str = "application/octet-stream",
+        *,
+        ref: str | None = None,
+        progress: Progress | None = None,
     ) -> dict[str, Any]:
-        init = dict(
-            self._json(_api.blob_init(db_id, hashlib.sha256(data).hexdigest(), len(data), content_type))
-        )
-        put = httpx.put(
-            init["upload_url"],
-            content=data,
-            headers=init.get("upload_headers") or {},
-            timeout=self._http.timeout,
-        )
-        if put.status_code >= 400:
+        """Like :meth:`AsyncClient.upload_blob`; ``source`` may be a file path (streamed in chunks,
+        ``progress(n_bytes)`` called per chunk)."""
+        if isinstance(source, bytes):
+            digest, size = hashlib.sha256(source).hexdigest(), len(source)
+        else:
+            digest, size = file_sha256(Path(source))
+        init = self._json(_api.blob_init(db_id, digest, size, content_type))
+        uploaded = not init["exists"]
+        if uploaded:
+            spec = init["upload"]
+            with contextlib.ExitStack() as stack:
+                if isinstance(source, bytes):
+                    body: bytes | Iterator[bytes] = source
+                    if progress is not None:
+                        progress(size)
+                else:
+                    body = _chunks(stack.enter_context(Path(source).open("rb")), progress)
+                try:
+                    put = httpx.request(
+                        spec["method"],
+                        spec["url"],
+                        content=body,
+                        headers=_api.upload_headers(spec, size),
+                        timeout=None,
+                    )
+                except httpx.TransportError as exc:
+                    raise unreachable(spec["url"].split("?")[0], exc) from None
+            if put.status_code >= 300:
+                raise SkaldClientError(
+                    put.status_code,
+                    "upload_failed",
+                    f"object storage refused the upload: {put.status_code} {put.text[:200]}",
+                )
+            self._json(_api.blob_complete(db_id, digest))
+        result: dict[str, Any] = {"sha256": digest, "size": size, "uploaded": uploaded}
+        if ref is not None:
+            self.claim_blob(db_id, digest, ref)
+            result["ref"] = ref
+        return result
+
+    def blob_info(self, db_id: str, sha256: str) -> dict[str, Any]:
+        return dict(self._json(_api.blob_read_url(db_id, sha256)))
+
+    def blob_url(self, db_id: str, sha256: str) -> str:
+        return str(self.blob_info(db_id, sha256)["url"])
+
+    def read_blob(self, db_id: str, sha256: str) -> bytes:
+        """The blob's bytes (verified against ``sha256``)."""
+        url = self.blob_url(db_id, sha256)
+        try:
+            response = httpx.get(url, timeout=self._http.timeout)
+        except httpx.TransportError as exc:
+            raise unreachable(url.split("?")[0], exc) from None
+        if response.status_code != 200:
             raise SkaldClientError(
-                put.status_code, "upload_failed", f"object storage refused the upload: {put.status_code}"
+                response.status_code, "download_failed", f"object storage answered {response.status_code}"
             )
-        return dict(self._json(_api.blob_complete(db_id, init["blob_id"])))
+        _api.check_sha256(response.content, sha256)
+        return response.content
 
-    def blob_url(self, db_id: str, blob_id: str) -> str:
-        return str(self._json(_api.blob_read_url(db_id, blob_id))["url"])
+    def download_blob(
+        self,
+        db_id: str,
+        sha256: str,
+        dest: str | Path,
+        *,
+        progress: Callable[[int, int | None], None] | None = None,
+    ) -> dict[str, Any]:
+        """Stream the blob to ``dest`` (through ``dest.part``; replaced only if the hash matches).
 
-    def claim_blob(self, db_id: str, blob_id: str, owner: str) -> Any:
-        return self._json(_api.blob_claim(db_id, blob_id, owner))
+        ``progress(n_bytes, total)`` per chunk. Returns ``{"sha256", "size", "path"}``.
+        """
+        info = self.blob_info(db_id, sha256)
+        out = Path(dest)
+        partial = out.with_name(out.name + ".part")
+        digest = hashlib.sha256()
+        try:
+            with httpx.stream("GET", info["url"], timeout=None) as response:
+                if response.status_code != 200:
+                    raise SkaldClientError(
+                        response.status_code,
+                        "download_failed",
+                        f"object storage answered {response.status_code}",
+                    )
+                with partial.open("wb") as fh:
+                    for chunk in response.iter_bytes(CHUNK):
+                        digest.update(chunk)
+                        fh.write(chunk)
+                        if progress is not None:
+                            progress(len(chunk), info.get("size"))
+        except httpx.TransportError as exc:
+            partial.unlink(missing_ok=True)
+            raise unreachable(str(info["url"]).split("?")[0], exc) from None
+        if digest.hexdigest() != sha256:
+            partial.unlink()
+            raise SkaldClientError(
+                0, "hash_mismatch", f"downloaded bytes hash to {digest.hexdigest()}, not {sha256}"
+            )
+        partial.replace(out)
+        return {"sha256": sha256, "size": info.get("size"), "path": str(out)}
 
-    def release_blob(self, db_id: str, blob_id: str, owner: str) -> Any:
-        return self._json(_api.blob_release(db_id, blob_id, owner))
+    def claim_blob(self, db_id: str, sha256: str, ref: str) -> dict[str, Any]:
+        return dict(self._json(_api.blob_claim(db_id, sha256, ref)))
+
+    def release_blob(self, db_id: str, sha256: str, ref: str) -> dict[str, Any]:
+        return dict(self._json(_api.blob_release(db_id, sha256, ref)))
+
+    def list_blobs(self, db_id: str, sha256: str | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+        return list(self._json(_api.blob_list(db_id, sha256, limit))["blobs"])
 
     # ---- sync ---------------------------------------------------------------------------------------
     def snapshot(self, db_id: str, dest: str | Path) -> int:
@@ -316,3 +483,21 @@ class Client:
                 raise SkaldClientError(0, "stream_ended", "change stream ended")
             attempt += 1
             self._backoff(attempt)
+
+
+def file_sha256(path: Path) -> tuple[str, int]:
+    """SHA-256 (hex) and size of a file, read in chunks."""
+    digest = hashlib.sha256()
+    size = 0
+    with path.open("rb") as fh:
+        while chunk := fh.read(CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def _chunks(fh: Any, progress: Progress | None) -> Iterator[bytes]:
+    while chunk := fh.read(CHUNK):
+        if progress is not None:
+            progress(len(chunk))
+        yield chunk

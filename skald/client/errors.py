@@ -50,6 +50,22 @@ class RateLimited(SkaldClientError):
         return float(self.problem.get("retry_after", 1))
 
 
+class ResetRequired(SkaldClientError):
+    """The change feed no longer holds the requested sequence: take a new snapshot."""
+
+
+class LeaseLost(SkaldClientError):
+    """A :meth:`lease` block's lease could not be renewed (expired, or taken over): stop acting on it."""
+
+
+SQL_ERROR_CODES = frozenset({"sql_error", "multiple_statements", "empty_statement"})
+
+
+def is_invalid_sql(exc: SkaldClientError) -> bool:
+    """True for the codes the query API uses for SQL that SQLite cannot run as given."""
+    return exc.status == 400 and exc.code in SQL_ERROR_CODES
+
+
 _BY_STATUS: dict[int, type[SkaldClientError]] = {
     400: BadRequest,
     401: Unauthorized,

@@ -1,12 +1,14 @@
-"""Typed shapes of what the clients return."""
+"""Typed shapes of what the clients return (the server's JSON, see docs/*.md of each capability)."""
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, TypedDict
+from typing import Any, NotRequired, TypedDict
 
 
 class QueryResult(TypedDict, total=False):
+    """``POST …/query`` (and each entry of a batch): rows as lists in ``columns`` order."""
+
     columns: list[str]
     rows: list[list[Any]]
     row_count: int
@@ -17,9 +19,44 @@ class QueryResult(TypedDict, total=False):
 
 
 class Published(TypedDict):
+    """``POST …/messages``: ``deduplicated`` is present (true) when ``dedupe_key`` matched an earlier one."""
+
     id: int
     topic: str
     created_at: str
+    deduplicated: NotRequired[bool]
+
+
+class Message(TypedDict, total=False):
+    """One message: exactly one of ``payload`` (JSON), ``payload_text``, ``payload_base64``."""
+
+    id: int
+    topic: str
+    payload: Any
+    payload_text: str
+    payload_base64: str
+    content_type: str | None
+    created_at: str
+
+
+class MessagesPage(TypedDict):
+    """``GET …/messages``: ``reset`` is present when retention removed messages after ``since_id``."""
+
+    messages: list[Message]
+    next_since_id: int
+    reset: NotRequired[dict[str, int]]
+
+
+class Lease(TypedDict):
+    """A lease; ``lease_token`` comes only with the acquisition (keep it to renew and release)."""
+
+    resource: str
+    owner: str
+    fence: int
+    ttl_seconds: float
+    expires_at: str
+    lease_token: NotRequired[str]
+    released: NotRequired[bool]
 
 
 class Change(TypedDict, total=False):
