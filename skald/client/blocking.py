@@ -153,7 +153,7 @@ class Client:
 
     def watch(
         self, db_id: str, sql: str, args: Any = None, *, heartbeat_seconds: float | None = None
-    ) -> Iterator[Event]:
+    ) -> Generator[Event, None, None]:
         """``snapshot``/``update`` (and ``error``) events; reconnects with the last ``result_hash``."""
         options = {"heartbeat_seconds": heartbeat_seconds} if heartbeat_seconds else None
         last_hash: str | None = None
@@ -213,7 +213,7 @@ class Client:
         tail: int | None = None,
         heartbeat: float | None = None,
         idle_timeout: float | None = None,
-    ) -> Iterator[Event]:
+    ) -> Generator[Event, None, None]:
         """``message``/``reset`` events forever, resuming with ``Last-Event-ID`` after a disconnect.
 
         ``idle_timeout``: also yield an ``idle`` event (no data) when that many seconds pass
@@ -455,7 +455,7 @@ class Client:
         page: ChangesPage = self._json(_api.changes(db_id, since, limit))
         return page
 
-    def follow_changes(self, db_id: str, since: int = 0, *, reconnect: bool = True) -> Iterator[Event]:
+    def follow_changes(self, db_id: str, since: int = 0, *, reconnect: bool = True) -> Generator[Event, None, None]:
         """Yield ``change`` events after ``since``; raise :class:`ResetRequired` on ``reset``.
 
         With ``reconnect=False`` connection errors are raised (the replica does its own backoff).

@@ -7,21 +7,16 @@ URLs; the skald server only hands out the URLs and verifies the upload.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import sys
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import httpx
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
+from skald.client import Client, SkaldClientError
 from skald.errors import SkaldError
-
-CHUNK = 1024 * 1024
 
 
 class ClientError(SkaldError):
@@ -62,23 +57,9 @@ def server_target(args: argparse.Namespace) -> tuple[str, str]:
     return url.rstrip("/"), token
 
 
-def _api(args: argparse.Namespace) -> httpx.Client:
+def _client(args: argparse.Namespace) -> Client:
     url, token = server_target(args)
-    return httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=300)
-
-
-def _json(response: httpx.Response) -> dict[str, Any]:
-    try:
-        body = response.json()
-    except ValueError:
-        body = {}
-    if response.status_code >= 400:
-        detail = body.get("detail") if isinstance(body, dict) else None
-        code = body.get("code") if isinstance(body, dict) else None
-        raise ClientError(f"{response.status_code} {code or ''}: {detail or response.text[:200]}")
-    if not isinstance(body, dict):
-        raise ClientError(f"unexpected response: {response.text[:200]}")
-    return body
+    return Client(url, token, timeout=300)
 
 
 def _progress(args: argparse.Namespace) -> Progress:
@@ -93,75 +74,43 @@ def _progress(args: argparse.Namespace) -> Progress:
     )
 
 
-def file_sha256(path: Path) -> tuple[str, int]:
-    digest = hashlib.sha256()
-    size = 0
-    with path.open("rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-    return digest.hexdigest(), size
+def _failed(exc: SkaldClientError) -> ClientError:
+    return ClientError(f"{exc.status} {exc.code}: {exc.detail}" if exc.status else exc.detail)
 
 
 def cmd_put(args: argparse.Namespace) -> int:
+    """The upload flow is :meth:`skald.client.Client.upload_blob`; this adds the progress bar."""
     path: Path = args.file
     if not path.is_file():
         print(f"skald: {path} is not a file", file=sys.stderr)
         return 2
-    sha256, size = file_sha256(path)
-    base = f"/api/v1/db/{args.db}/blobs"
-    with _api(args) as api:
-        init = _json(
-            api.post(
-                f"{base}/init-upload",
-                json={"sha256": sha256, "size": size, "content_type": args.content_type},
+    try:
+        with _client(args) as client, _progress(args) as progress:
+            task = progress.add_task(f"upload {path.name}", total=path.stat().st_size)
+            result = client.upload_blob(
+                args.db,
+                path,
+                args.content_type,
+                ref=args.ref,
+                progress=lambda n: progress.advance(task, n),
             )
-        )
-        uploaded = not init["exists"]
-        if uploaded:
-            spec = init["upload"]
-            with _progress(args) as progress, path.open("rb") as f:
-                task = progress.add_task(f"upload {path.name}", total=size)
-
-                def chunks() -> Iterator[bytes]:
-                    while chunk := f.read(CHUNK):
-                        progress.advance(task, len(chunk))
-                        yield chunk
-
-                headers = {**spec["headers"], "Content-Length": str(size)}
-                r = httpx.request(
-                    spec["method"], spec["url"], content=chunks(), headers=headers, timeout=None
-                )
-            if r.status_code >= 300:
-                raise ClientError(f"object storage refused the upload: {r.status_code} {r.text[:200]}")
-            _json(api.post(f"{base}/complete-upload", json={"sha256": sha256}))
-        result: dict[str, Any] = {"sha256": sha256, "size": size, "uploaded": uploaded}
-        if args.ref:
-            _json(api.post(f"{base}/claim", json={"sha256": sha256, "ref": args.ref}))
-            result["ref"] = args.ref
+    except SkaldClientError as exc:
+        raise _failed(exc) from None
     print(json.dumps(result))
     return 0
 
 
 def cmd_get(args: argparse.Namespace) -> int:
-    base = f"/api/v1/db/{args.db}/blobs"
-    with _api(args) as api:
-        info = _json(api.get(f"{base}/{args.sha256}/read-url"))
     out: Path = args.output
-    partial = out.with_name(out.name + ".part")
-    digest = hashlib.sha256()
-    with _progress(args) as progress, httpx.stream("GET", info["url"], timeout=None) as r:
-        if r.status_code != 200:
-            raise ClientError(f"object storage answered {r.status_code}")
-        task = progress.add_task(f"download {out.name}", total=info.get("size"))
-        with partial.open("wb") as f:
-            for chunk in r.iter_bytes(CHUNK):
-                digest.update(chunk)
-                f.write(chunk)
-                progress.advance(task, len(chunk))
-    if digest.hexdigest() != args.sha256:
-        partial.unlink()
-        raise ClientError(f"downloaded bytes hash to {digest.hexdigest()}, not {args.sha256}")
-    partial.replace(out)
-    print(json.dumps({"sha256": args.sha256, "size": info.get("size"), "path": str(out)}))
+    try:
+        with _client(args) as client, _progress(args) as progress:
+            task = progress.add_task(f"download {out.name}", total=None)
+
+            def advance(n: int, total: int | None) -> None:
+                progress.update(task, advance=n, total=total)
+
+            result = client.download_blob(args.db, args.sha256, out, progress=advance)
+    except SkaldClientError as exc:
+        raise _failed(exc) from None
+    print(json.dumps(result))
     return 0

@@ -10,7 +10,13 @@ from collections.abc import Callable
 from typing import Any
 
 from skald.client import Client, profiles
-from skald.client.errors import BadRequest, ServerUnreachable, SkaldClientError, Unauthorized
+from skald.client.errors import (
+    Forbidden,
+    ServerUnreachable,
+    SkaldClientError,
+    Unauthorized,
+    is_invalid_sql,
+)
 
 _READ_FIRST = {"SELECT", "VALUES", "EXPLAIN"}
 _WRITE_WORDS = re.compile(
@@ -71,15 +77,21 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     _common(watch)
     watch.add_argument("db")
     watch.add_argument("sql")
-    watch.add_argument("--arg", action="append", default=[])
+    watch.add_argument("--arg", action="append", default=[], help="positional argument, repeatable")
     watch.add_argument("--output", choices=["table", "json"], default="table")
+    watch.add_argument(
+        "--max-events", type=int, default=None, metavar="N", help="exit after N results (snapshot + updates)"
+    )
     watch.set_defaults(func=cmd_watch)
 
-    publish = subparsers.add_parser("publish", help="publish a message (DATA or - for stdin)")
+    publish = subparsers.add_parser("publish", help="publish a message (DATA, or - / nothing for stdin)")
     _common(publish)
     publish.add_argument("db")
     publish.add_argument("topic")
     publish.add_argument("data", nargs="?", default="-")
+    publish.add_argument(
+        "--json", action="store_true", help="DATA is JSON: send it as the JSON payload (default: text)"
+    )
     publish.add_argument("--content-type", default=None)
     publish.add_argument("--dedupe-key", default=None)
     publish.set_defaults(func=cmd_publish)
@@ -88,8 +100,17 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     _common(subscribe)
     subscribe.add_argument("db")
     subscribe.add_argument("filters", nargs="+")
-    subscribe.add_argument("--since", type=int, default=None)
+    subscribe.add_argument("--since", type=int, default=None, metavar="ID", help="replay messages after ID")
+    subscribe.add_argument("--tail", type=int, default=None, metavar="N", help="replay the last N messages")
     subscribe.add_argument("--output", choices=["text", "json"], default="json")
+    subscribe.add_argument("--max-events", type=int, default=None, metavar="N", help="exit after N messages")
+    subscribe.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="exit once no message came for SECONDS (e.g. after replaying --since)",
+    )
     subscribe.set_defaults(func=cmd_subscribe)
 
 
@@ -108,9 +129,11 @@ def describe(exc: SkaldClientError) -> str:
         return f"server unreachable: {exc.detail}"
     if isinstance(exc, Unauthorized):
         return f"bad token ({exc.code}): {exc.detail}"
-    if isinstance(exc, BadRequest) and "sql" in exc.code:
-        return f"invalid SQL: {exc.detail}"
-    return f"{exc.detail} ({exc.status} {exc.code})"
+    if is_invalid_sql(exc):
+        return f"invalid SQL ({exc.code}): {exc.detail}"
+    if isinstance(exc, Forbidden):
+        return f"not allowed ({exc.code}): {exc.detail}"
+    return f"{exc.detail} ({exc.status} {exc.code})" if exc.status else f"{exc.detail} ({exc.code})"
 
 
 def with_client(args: argparse.Namespace, fn: Callable[[Client], int]) -> int:
@@ -221,13 +244,26 @@ def cmd_query(args: argparse.Namespace) -> int:
 
 def cmd_watch(args: argparse.Namespace) -> int:
     values = [parse_arg(a) for a in args.arg]
+    redraw = args.output == "table" and sys.stdout.isatty()
 
     def run(client: Client) -> int:
-        for event in client.watch(args.db, args.sql, values or None):
-            if args.output == "table":
-                print("\x1b[2J\x1b[H", end="")  # redraw
-            render(event.data, args.output)
-            sys.stdout.flush()
+        shown = 0
+        events = client.watch(args.db, args.sql, values or None)
+        try:
+            for event in events:
+                if event.event == "error":  # a failing re-run: the watch goes on
+                    data = event.data if isinstance(event.data, dict) else {}
+                    print(f"skald: {data.get('detail', event.data)} ({data.get('code', 'error')})", file=sys.stderr)
+                    continue
+                if redraw:
+                    print("\x1b[2J\x1b[H", end="")
+                render(event.data, args.output)
+                sys.stdout.flush()
+                shown += 1
+                if args.max_events is not None and shown >= args.max_events:
+                    break
+        finally:
+            events.close()
         return 0
 
     return with_client(args, run)
@@ -236,15 +272,24 @@ def cmd_watch(args: argparse.Namespace) -> int:
 # ---- publish / subscribe --------------------------------------------------------------------------
 def cmd_publish(args: argparse.Namespace) -> int:
     raw = sys.stdin.buffer.read() if args.data == "-" else args.data.encode()
+    payload: Any = None
+    if args.json:
+        try:
+            payload = json.loads(raw)
+        except ValueError as exc:
+            return fail(f"DATA is not valid JSON: {exc}")
 
     def run(client: Client) -> int:
         kwargs: dict[str, Any] = {"content_type": args.content_type, "dedupe_key": args.dedupe_key}
-        try:
-            text = raw.decode()
-        except UnicodeDecodeError:
-            published = client.publish(args.db, args.topic, data=raw, **kwargs)
+        if args.json:
+            published = client.publish(args.db, args.topic, payload, **kwargs)
         else:
-            published = client.publish(args.db, args.topic, text=text, **kwargs)
+            try:
+                text = raw.decode()
+            except UnicodeDecodeError:
+                published = client.publish(args.db, args.topic, data=raw, **kwargs)
+            else:
+                published = client.publish(args.db, args.topic, text=text, **kwargs)
         print(json.dumps(published))
         return 0
 
@@ -252,17 +297,34 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
 
 def cmd_subscribe(args: argparse.Namespace) -> int:
+    if args.since is not None and args.tail is not None:
+        return fail("give --since or --tail, not both")
+    idle = args.idle_timeout
+    # heartbeats wake the client up while nothing arrives, so the idle check can run
+    heartbeat = max(0.05, idle / 4) if idle is not None else None
+
     def run(client: Client) -> int:
-        for event in client.subscribe(args.db, *args.filters, since_id=args.since):
-            if args.output == "json":
-                print(json.dumps({"event": event.event, "id": event.id, "data": event.data}))
-            else:
-                data = event.data if isinstance(event.data, dict) else {}
-                print(
-                    f"{event.id} {data.get('topic', '')} "
-                    f"{data.get('payload', data.get('payload_text', event.data))}"
-                )
-            sys.stdout.flush()
+        seen = 0
+        events = client.subscribe(
+            args.db, *args.filters, since_id=args.since, tail=args.tail, heartbeat=heartbeat, idle_timeout=idle
+        )
+        try:
+            for event in events:
+                if event.event == "idle":
+                    break
+                if args.output == "json":
+                    print(json.dumps({"event": event.event, "id": event.id, "data": event.data}))
+                else:
+                    data = event.data if isinstance(event.data, dict) else {}
+                    body = data.get("payload", data.get("payload_text", data.get("payload_base64")))
+                    print(f"{event.id} {event.event} {data.get('topic', '')} {json.dumps(body)}")
+                sys.stdout.flush()
+                if event.event == "message":
+                    seen += 1
+                    if args.max_events is not None and seen >= args.max_events:
+                        break
+        finally:
+            events.close()
         return 0
 
     return with_client(args, run)
