@@ -227,7 +227,7 @@ class AsyncClient:
     def watch(
         self, db_id: str, sql: str, args: Any = None, *, heartbeat_seconds: float | None = None
     ) -> EventStream:
-        """``snapshot`` then ``update`` events (data: columns, rows, row_count, truncated, result_hash).
+        """One ``snapshot``, then ``update`` events (data: columns, rows, row_count, truncated, result_hash).
 
         A re-run that fails on the server comes as an ``error`` event (data: the
         problem+json) and the watch goes on. Reconnects send the last
@@ -240,6 +240,7 @@ class AsyncClient:
         self, db_id: str, sql: str, args: Any, options: dict[str, Any] | None
     ) -> AsyncGenerator[Event, None]:
         last_hash: str | None = None
+        shown = False
         attempt = 0
         while True:
             try:
@@ -257,6 +258,9 @@ class AsyncClient:
                         if digest is not None and digest == last_hash:
                             continue
                         last_hash = digest
+                        if event.event == "snapshot" and shown:  # a reconnect's first result
+                            event = Event("update", event.id, event.data)
+                        shown = True
                         yield event
             except SkaldClientError as exc:
                 if exc.status not in RETRYABLE:

@@ -157,6 +157,7 @@ class Client:
         """``snapshot``/``update`` (and ``error``) events; reconnects with the last ``result_hash``."""
         options = {"heartbeat_seconds": heartbeat_seconds} if heartbeat_seconds else None
         last_hash: str | None = None
+        shown = False
         attempt = 0
         while True:
             try:
@@ -174,6 +175,9 @@ class Client:
                         if digest is not None and digest == last_hash:
                             continue
                         last_hash = digest
+                        if event.event == "snapshot" and shown:  # a reconnect's first result
+                            event = Event("update", event.id, event.data)
+                        shown = True
                         yield event
             except SkaldClientError as exc:
                 if exc.status not in RETRYABLE:

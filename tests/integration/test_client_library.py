@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections.abc import Callable
 from contextlib import aclosing
 from pathlib import Path
+from typing import Any
 
+import anyio
 import pytest
 import trio
 from support.live import ADMIN_TOKEN, LiveServer
@@ -14,12 +17,15 @@ from support.live import ADMIN_TOKEN, LiveServer
 from skald.changefeed import INCLUDED_CAPABILITY_TABLES
 from skald.client import (
     AsyncClient,
+    BadRequest,
     Client,
+    Conflict,
     Forbidden,
     NotFound,
     ServerUnreachable,
     SkaldClientError,
     Unauthorized,
+    is_invalid_sql,
 )
 from skald.connection import DocConnection
 
@@ -129,3 +135,164 @@ async def test_blocking_client_and_typed_errors(server: LiveServer, tmp_path: Pa
         ("Forbidden", 403, "scope_denied"),
         ("ServerUnreachable", 0, "unreachable"),
     ]
+
+
+# ---- query, batch, watch, publish/subscribe, leases: one flow, run under trio and under asyncio ----
+
+
+async def live_flow(client: AsyncClient, db_id: str, stop_document: Callable[[], None]) -> dict[str, Any]:
+    """Everything a user does with the async client; ``stop_document`` closes the document on the
+    server (its streams end), so the iterators must reconnect and resume."""
+    out: dict[str, Any] = {}
+    await client.create_document(db_id)
+    await client.query(db_id, "CREATE TABLE items (id INTEGER PRIMARY KEY, name TEXT, data BLOB)")
+    out["insert"] = await client.query(db_id, "INSERT INTO items (name, data) VALUES (?, ?)", ["a", b"\x00\x01"])
+    out["select"] = await client.query(db_id, "SELECT id, name, data FROM items WHERE name = ?", ["a"])
+    out["capped"] = await client.query(db_id, "SELECT 1 UNION ALL SELECT 2", max_rows=1)
+    out["batch"] = await client.batch(
+        db_id,
+        [("INSERT INTO items (name) VALUES (?)", ["b"]), {"sql": "UPDATE items SET name = 'B' WHERE name = ?", "args": ["b"]}],
+    )
+    try:
+        await client.batch(db_id, ["INSERT INTO items (name) VALUES ('c')", "INSERT INTO nope VALUES (1)"])
+    except BadRequest as exc:
+        out["batch_error"] = (exc.code, is_invalid_sql(exc))
+    out["count_after_failed_batch"] = (await client.query(db_id, "SELECT count(*) FROM items"))["rows"]
+    try:
+        await client.query(db_id, "SELEC 1")
+    except BadRequest as exc:
+        out["sql_error"] = (exc.status, exc.code, is_invalid_sql(exc))
+
+    # watch: snapshot, an update after a write, the document closing (reconnect with the result
+    # hash: nothing repeated), another update after a write, then leave the loop
+    watched: list[tuple[str, Any]] = []
+    async with client.watch(db_id, "SELECT count(*) AS n FROM items") as events:
+        async for event in events:
+            watched.append((event.event, event.data["rows"]))
+            if len(watched) == 1:
+                await client.query(db_id, "INSERT INTO items (name) VALUES ('w1')")
+            elif len(watched) == 2:
+                stop_document()
+                await client.query(db_id, "INSERT INTO items (name) VALUES ('w2')")
+            else:
+                break
+    out["watched"] = watched
+
+    # publish and subscribe: JSON, text and bytes; the document closes mid-stream and the
+    # subscription resumes with Last-Event-ID (no repeat, no gap)
+    published = [
+        await client.publish(db_id, "sensors/1", {"t": 21.5}),
+        await client.publish(db_id, "sensors/2", text="hello", content_type="text/plain"),
+        await client.publish(db_id, "other/x", data=b"\xff"),
+    ]
+    again = await client.publish(db_id, "sensors/1", {"t": 0}, dedupe_key="k1")
+    dup = await client.publish(db_id, "sensors/1", {"t": 1}, dedupe_key="k1")
+    out["dedupe"] = (dup["id"] == again["id"], dup.get("deduplicated"))
+    out["published_ids"] = [p["id"] for p in published] + [again["id"]]
+    got: list[tuple[str, Any]] = []
+    async with client.subscribe(db_id, "sensors/+", since_id=0, heartbeat=0.2) as messages:
+        async for event in messages:
+            got.append((event.id, event.data.get("payload", event.data.get("payload_text"))))
+            if len(got) == 2:
+                stop_document()
+                await client.publish(db_id, "sensors/3", {"late": True})
+            if len(got) == 4:
+                break
+    out["subscribed"] = got
+    poll = await client.poll_messages(db_id, "other/#", since_id=0)
+    out["poll"] = [(m["topic"], m.get("payload_base64")) for m in poll["messages"]]
+
+    # leases: renewed while held, fence guards writes, released on exit, the next fence is higher
+    async with client.lease(db_id, "jobs/nightly", ttl_seconds=2, renew_every=0.05) as lease:
+        first_expiry = lease["expires_at"]
+        with anyio.fail_after(10):
+            while lease["expires_at"] == first_expiry:
+                await anyio.sleep(0.02)
+        fence = lease["fence"]
+        await client.query(db_id, "INSERT INTO items (name) VALUES ('fenced')", fence=lease)
+        try:
+            await client.acquire_lease(db_id, "jobs/nightly", owner="someone-else")
+        except Conflict as exc:
+            out["held"] = exc.code
+    async with client.lease(db_id, "jobs/nightly") as second:
+        out["fences"] = (fence, second["fence"])
+        try:
+            await client.query(
+                db_id, "INSERT INTO items (name) VALUES ('stale')", fence={"resource": "jobs/nightly", "token": fence}
+            )
+        except Conflict as exc:
+            out["stale"] = exc.code
+    manual = await client.acquire_lease(db_id, "jobs/manual", ttl_seconds=5, owner="me")
+    renewed = await client.renew_lease(db_id, manual, ttl_seconds=10)
+    released = await client.release_lease(db_id, manual)
+    out["manual"] = (manual["owner"], renewed["ttl_seconds"], released.get("released"), "lease_token" in manual)
+    out["names"] = (await client.query(db_id, "SELECT name FROM items ORDER BY id"))["rows"]
+    return out
+
+
+def check_live_flow(out: dict[str, Any]) -> None:
+    assert out["insert"]["changes"] == 1 and out["insert"]["last_insert_rowid"] == 1
+    assert out["select"]["columns"] == ["id", "name", "data"]
+    assert out["select"]["rows"] == [[1, "a", {"$base64": "AAE="}]]
+    assert out["capped"]["rows"] == [[1]] and out["capped"]["truncated"] is True
+    assert [r["changes"] for r in out["batch"]] == [1, 1]
+    assert out["batch_error"] == ("sql_error", True)
+    assert out["count_after_failed_batch"] == [[2]]  # all or nothing
+    assert out["sql_error"] == (400, "sql_error", True)
+    assert out["watched"] == [("snapshot", [[2]]), ("update", [[3]]), ("update", [[4]])]
+    assert out["dedupe"] == (True, True)
+    one, two, _other, first_dedupe = out["published_ids"]
+    assert out["subscribed"] == [
+        (str(one), {"t": 21.5}),
+        (str(two), "hello"),
+        (str(first_dedupe), {"t": 0}),
+        (str(first_dedupe + 1), {"late": True}),
+    ]
+    assert out["poll"] == [("other/x", "/w==")]
+    assert out["held"] == "lease_held"
+    first, second = out["fences"]
+    assert second > first
+    assert out["stale"] == "stale_fence"
+    assert out["manual"] == ("me", 10.0, True, True)
+    assert out["names"] == [["a"], ["B"], ["w1"], ["w2"], ["fenced"]]
+
+
+async def test_live_flow_under_trio(server: LiveServer) -> None:
+    def stop() -> None:
+        server.state.supervisor.open_actors["live"].stop("test")
+
+    async with AsyncClient(server.url, ADMIN_TOKEN, reconnect_delay=0.01) as client:
+        check_live_flow(await live_flow(client, "live", stop))
+
+
+async def test_live_flow_under_asyncio(server: LiveServer) -> None:
+    def stop() -> None:  # called from the asyncio thread: the server lives in trio
+        trio.from_thread.run_sync(lambda: server.state.supervisor.open_actors["live"].stop("test"))
+
+    async def main() -> dict[str, Any]:
+        async with AsyncClient(server.url, ADMIN_TOKEN, reconnect_delay=0.01) as client:
+            return await live_flow(client, "live", stop)
+
+    check_live_flow(await trio.to_thread.run_sync(asyncio.run, main()))
+
+
+async def test_leaving_streams_early_closes_them(server: LiveServer) -> None:
+    """``break`` out of an ``async with`` stream, or cancel it: the server sees the stream end and
+    no generator is left for the garbage collector (pytest turns its warning into an error)."""
+    await seed(server, "notes")
+    hub = server.state.services["query_watch_hub"]
+    async with AsyncClient(server.url, ADMIN_TOKEN) as client:
+        for _ in range(3):
+            async with client.watch("notes", "SELECT count(*) FROM t") as events:
+                async for _event in events:
+                    break
+            async with aclosing(client.follow_changes("notes")) as feed:
+                async for _event in feed:
+                    break
+            with trio.move_on_after(0.05):
+                async with client.subscribe("notes", "#") as messages:
+                    async for _event in messages:
+                        pass
+        with trio.fail_after(10):
+            while hub._users:
+                await trio.sleep(0.01)
