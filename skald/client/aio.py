@@ -7,7 +7,7 @@ import hashlib
 import os
 import secrets
 import socket
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
 from contextlib import aclosing, asynccontextmanager
 from pathlib import Path
 from types import TracebackType
@@ -57,6 +57,23 @@ async def finish(agen: AsyncIterator[Any]) -> None:
         with contextlib.suppress(StopAsyncIteration, Exception):
             while True:
                 await agen.__anext__()
+
+
+@contextlib.contextmanager
+def _unwrap_single() -> Iterator[None]:
+    """Re-raise the lone exception of a task group's ExceptionGroup (the caller's own error)."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) != 1:
+            raise
+        exc = group.exceptions[0]
+        cause, context, suppress = exc.__cause__, exc.__context__, exc.__suppress_context__
+        try:
+            raise exc
+        finally:
+            exc.__cause__, exc.__context__, exc.__suppress_context__ = cause, context, suppress
+            del exc
 
 
 class EventStream:
@@ -383,25 +400,26 @@ class AsyncClient:
         lease = await self.acquire_lease(db_id, resource, ttl_seconds, owner)
         lost: SkaldClientError | None = None
         try:
-            async with anyio.create_task_group() as tg:
+            with _unwrap_single():
+                async with anyio.create_task_group() as tg:
 
-                async def renew() -> None:
-                    nonlocal lost
-                    while True:
-                        await anyio.sleep(renew_every or ttl_seconds / 3)
-                        try:
-                            renewed = await self.renew_lease(db_id, lease, ttl_seconds)
-                        except SkaldClientError as exc:
-                            lost = exc
-                            tg.cancel_scope.cancel()
-                            return
-                        lease.update(renewed)
+                    async def renew() -> None:
+                        nonlocal lost
+                        while True:
+                            await anyio.sleep(renew_every or ttl_seconds / 3)
+                            try:
+                                renewed = await self.renew_lease(db_id, lease, ttl_seconds)
+                            except SkaldClientError as exc:
+                                lost = exc
+                                tg.cancel_scope.cancel()
+                                return
+                            lease.update(renewed)
 
-                tg.start_soon(renew)
-                try:
-                    yield lease
-                finally:
-                    tg.cancel_scope.cancel()
+                    tg.start_soon(renew)
+                    try:
+                        yield lease
+                    finally:
+                        tg.cancel_scope.cancel()
         finally:
             if lost is None:
                 with anyio.CancelScope(shield=True), contextlib.suppress(Conflict, Forbidden, NotFound):

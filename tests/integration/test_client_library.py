@@ -137,6 +137,15 @@ async def test_blocking_client_and_typed_errors(server: LiveServer, tmp_path: Pa
     ]
 
 
+async def until(condition: Callable[[], bool], seconds: float = 10) -> None:
+    """Poll ``condition`` (bounded); works under trio and asyncio."""
+    for _ in range(int(seconds / 0.01)):
+        if condition():
+            return
+        await anyio.sleep(0.01)
+    raise AssertionError("condition not reached")
+
+
 # ---- query, batch, watch, publish/subscribe, leases: one flow, run under trio and under asyncio ----
 
 
@@ -151,7 +160,10 @@ async def live_flow(client: AsyncClient, db_id: str, stop_document: Callable[[],
     out["capped"] = await client.query(db_id, "SELECT 1 UNION ALL SELECT 2", max_rows=1)
     out["batch"] = await client.batch(
         db_id,
-        [("INSERT INTO items (name) VALUES (?)", ["b"]), {"sql": "UPDATE items SET name = 'B' WHERE name = ?", "args": ["b"]}],
+        [
+            ("INSERT INTO items (name) VALUES (?)", ["b"]),
+            {"sql": "UPDATE items SET name = 'B' WHERE name = ?", "args": ["b"]},
+        ],
     )
     try:
         await client.batch(db_id, ["INSERT INTO items (name) VALUES ('c')", "INSERT INTO nope VALUES (1)"])
@@ -205,9 +217,7 @@ async def live_flow(client: AsyncClient, db_id: str, stop_document: Callable[[],
     # leases: renewed while held, fence guards writes, released on exit, the next fence is higher
     async with client.lease(db_id, "jobs/nightly", ttl_seconds=2, renew_every=0.05) as lease:
         first_expiry = lease["expires_at"]
-        with anyio.fail_after(10):
-            while lease["expires_at"] == first_expiry:
-                await anyio.sleep(0.02)
+        await until(lambda: lease["expires_at"] != first_expiry)
         fence = lease["fence"]
         await client.query(db_id, "INSERT INTO items (name) VALUES ('fenced')", fence=lease)
         try:
@@ -293,6 +303,4 @@ async def test_leaving_streams_early_closes_them(server: LiveServer) -> None:
                 async with client.subscribe("notes", "#") as messages:
                     async for _event in messages:
                         pass
-        with trio.fail_after(10):
-            while hub._users:
-                await trio.sleep(0.01)
+        await until(lambda: not hub._users)

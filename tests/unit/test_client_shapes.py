@@ -9,7 +9,7 @@ import httpx
 import pytest
 import trio
 
-from skald.client import AsyncClient, Client, Conflict, NotFound, RateLimited
+from skald.client import AsyncClient, Client, Conflict, LeaseLost, NotFound, RateLimited
 
 
 def sse(*events: tuple[str, str, object]) -> bytes:
@@ -78,10 +78,12 @@ async def test_subscribe_resumes_with_last_event_id() -> None:
 
 async def test_watch_skips_an_unchanged_snapshot_after_reconnect() -> None:
     calls = 0
+    bodies: list[object] = []
 
     async def handler(request: httpx.Request) -> httpx.Response:
         nonlocal calls
         calls += 1
+        bodies.append(json.loads(request.content))
         if calls == 3:
             return httpx.Response(404, json={"code": "document_not_found", "detail": "gone"})
         events = [("", "snapshot", {"result_hash": "h1"})]
@@ -96,20 +98,87 @@ async def test_watch_skips_an_unchanged_snapshot_after_reconnect() -> None:
             async for event in events:
                 hashes.append(event.data["result_hash"])
     assert hashes == ["h1", "h2"]
+    assert bodies == [
+        {"sql": "SELECT 1"},
+        {"sql": "SELECT 1", "options": {"result_hash": "h1"}},
+        {"sql": "SELECT 1", "options": {"result_hash": "h2"}},
+    ]
 
 
 async def test_lease_renews_and_releases(autojump_clock: trio.abc.Clock) -> None:
-    paths: list[str] = []
+    seen: list[tuple[str, object]] = []
 
     async def handler(request: httpx.Request) -> httpx.Response:
-        paths.append(request.url.path.rsplit("/", 1)[1])
-        return httpx.Response(200, json={"resource": "r", "fence": len(paths)})
+        body = json.loads(request.content)
+        seen.append((request.url.path.rsplit("/", 1)[1], body))
+        lease = {"resource": "r", "owner": "o", "fence": 7, "ttl_seconds": 3.0, "expires_at": str(len(seen))}
+        if len(seen) == 1:
+            lease["lease_token"] = "tok"
+        return httpx.Response(200, json=lease)
 
     client = AsyncClient("http://x", "t", transport=httpx.MockTransport(handler))
-    async with client, client.lease("notes", "r", ttl=3) as lease:
+    async with client, client.lease("notes", "r", ttl_seconds=3, owner="o") as lease:
         await trio.sleep(2.5)
-        assert lease["fence"] >= 2
-    assert paths == ["acquire", "renew", "renew", "release"]
+        assert lease["expires_at"] == "3" and lease["lease_token"] == "tok"
+    assert seen == [
+        ("acquire", {"resource": "r", "owner": "o", "ttl_seconds": 3}),
+        ("renew", {"resource": "r", "lease_token": "tok", "ttl_seconds": 3}),
+        ("renew", {"resource": "r", "lease_token": "tok", "ttl_seconds": 3}),
+        ("release", {"resource": "r", "lease_token": "tok"}),
+    ]
+
+
+async def test_lease_lost_cancels_the_block(autojump_clock: trio.abc.Clock) -> None:
+    async def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("acquire"):
+            lease = {"resource": "r", "owner": "o", "fence": 1, "ttl_seconds": 3, "lease_token": "tok"}
+            return httpx.Response(201, json=lease)
+        return httpx.Response(409, json={"code": "lease_expired", "detail": "gone"})
+
+    client = AsyncClient("http://x", "t", transport=httpx.MockTransport(handler))
+    reached_end = False
+    with pytest.raises(LeaseLost) as lost:
+        async with client, client.lease("notes", "r", ttl_seconds=3):
+            await trio.sleep(10)
+            reached_end = True
+    assert lost.value.code == "lease_expired" and not reached_end
+
+
+async def test_lease_block_errors_are_not_wrapped() -> None:
+    async def handler(request: httpx.Request) -> httpx.Response:
+        lease = {"resource": "r", "owner": "o", "fence": 1, "ttl_seconds": 3, "lease_token": "tok"}
+        return httpx.Response(200, json=lease)
+
+    client = AsyncClient("http://x", "t", transport=httpx.MockTransport(handler))
+    with pytest.raises(KeyError):
+        async with client, client.lease("notes", "r"):
+            raise KeyError("mine")
+
+
+async def test_blob_and_lease_request_shapes() -> None:
+    seen: list[tuple[str, str, object]] = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content) if request.content else None
+        seen.append((request.method, str(request.url.copy_with(scheme="http")).split("://x")[-1], body))
+        if request.url.path.endswith("init-upload"):
+            return httpx.Response(200, json={"sha256": body["sha256"], "size": 1, "exists": True})
+        return httpx.Response(200, json={"blobs": [], "url": "u"})
+
+    async with AsyncClient("http://x", "t", transport=httpx.MockTransport(handler)) as client:
+        result = await client.upload_blob("m", b"a", "text/plain", ref="r1")
+        await client.release_blob("m", result["sha256"], "r1")
+        await client.blob_url("m", result["sha256"])
+        await client.list_blobs("m", limit=5)
+    digest = result["sha256"]
+    assert result == {"sha256": digest, "size": 1, "uploaded": False, "ref": "r1"}
+    assert seen == [
+        ("POST", "/api/v1/db/m/blobs/init-upload", {"sha256": digest, "size": 1, "content_type": "text/plain"}),
+        ("POST", "/api/v1/db/m/blobs/claim", {"sha256": digest, "ref": "r1"}),
+        ("POST", "/api/v1/db/m/blobs/release", {"sha256": digest, "ref": "r1"}),
+        ("GET", f"/api/v1/db/m/blobs/{digest}/read-url", None),
+        ("GET", "/api/v1/db/m/blobs?limit=5", None),
+    ]
 
 
 def test_blocking_errors_carry_code() -> None:
@@ -120,7 +189,7 @@ def test_blocking_errors_carry_code() -> None:
 
     with Client("http://x", "t", transport=httpx.MockTransport(handler)) as client:
         with pytest.raises(Conflict) as conflict:
-            client.acquire_lease("notes", "r", 10)
+            client.acquire_lease("notes", "r", 10, owner="a")
         assert (conflict.value.status, conflict.value.code, conflict.value.detail) == (
             409,
             "lease_held",
