@@ -203,10 +203,15 @@ def cmd_profiles_use(args: argparse.Namespace) -> int:
 
 # ---- query / watch --------------------------------------------------------------------------------
 def parse_arg(raw: str) -> Any:
+    """``--arg``: a JSON scalar (number, null, true/false, "string"), ``{"$base64": ...}`` or
+    ``{"$int": ...}``; anything else (plain words, other JSON objects and arrays) is bound as text."""
     try:
-        return json.loads(raw)
+        value = json.loads(raw)
     except ValueError:
         return raw
+    if isinstance(value, list) or (isinstance(value, dict) and set(value) not in ({"$base64"}, {"$int"})):
+        return raw
+    return value
 
 
 def render(result: dict[str, Any], output: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from pathlib import Path
 
@@ -30,9 +31,7 @@ async def skald(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, st
     return code, out, err
 
 
-async def test_config_profiles_and_env(
-    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_config_profiles_and_env(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
     assert (await skald(capsys, "config", "set", "url", "http://a:1"))[0] == 0
     assert (await skald(capsys, "config", "set", "token", "skd_secret_value"))[0] == 0
     assert (await skald(capsys, "config", "get", "url"))[1].strip() == "http://a:1"
@@ -63,7 +62,7 @@ async def test_clear_one_line_errors(
     assert code == 1 and "add --write" in err
     code, _, err = await skald(capsys, "query", "notes", "SELECT 1")
     assert code == 1 and err.startswith("skald: server unreachable") and err.count("\n") == 1
-    assert describe(BadRequest(400, "invalid_sql", 'near "SELEC": syntax error')).startswith("invalid SQL:")
+    assert describe(BadRequest(400, "sql_error", 'near "SELEC": syntax error')).startswith("invalid SQL (sql_error):")
 
 
 def test_write_guard_is_conservative() -> None:
@@ -127,3 +126,102 @@ async def test_sync_pull_refuses_to_overwrite_other_files(
     assert (await skald(capsys, "sync", "pull", "--db", "notes", "--to", str(replica)))[0] == 0
     code, _, err = await skald(capsys, "sync", "pull", "--db", "other", "--to", str(replica))
     assert code == 1 and "is a replica of notes, not other" in err
+
+
+async def use_server(server: LiveServer, monkeypatch: pytest.MonkeyPatch, token: str = ADMIN_TOKEN) -> None:
+    monkeypatch.setenv("SKALD_URL", server.url)
+    monkeypatch.setenv("SKALD_TOKEN", token)
+    async with server.client() as client:
+        assert (await client.put("/api/v1/db/notes")).status_code == 201
+        created = await client.post(
+            "/api/v1/db/notes/query", json={"sql": "CREATE TABLE t (id INTEGER PRIMARY KEY, v)"}
+        )
+        assert created.status_code == 200
+
+
+async def test_query_json_write_guard_and_errors(
+    server: LiveServer, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await use_server(server, monkeypatch)
+    code, _, err = await skald(capsys, "query", "notes", "INSERT INTO t (v) VALUES (?)", "--arg", "x")
+    assert code == 1 and err == "skald: this statement writes: add --write to run it\n"
+    code, out, err = await skald(
+        capsys, "query", "notes", "INSERT INTO t (v) VALUES (?)", "--arg", '{"a": 1}', "--write", "--output", "json"
+    )
+    assert code == 0 and json.loads(out)["changes"] == 1, err
+    code, out, _ = await skald(
+        capsys, "query", "notes", "SELECT id, v FROM t WHERE id = ?", "--arg", "1", "--output", "json"
+    )
+    result = json.loads(out)
+    assert code == 0 and result["columns"] == ["id", "v"] and result["rows"] == [[1, '{"a": 1}']]
+    code, out, _ = await skald(capsys, "query", "notes", "SELECT id, v FROM t")
+    assert code == 0 and "id" in out and '{"a": 1}' in out  # the rich table
+    # one-line errors from the real server
+    code, _, err = await skald(capsys, "query", "notes", "SELECT * FROM missing")
+    assert code == 1 and err.startswith("skald: invalid SQL (sql_error): ") and err.count("\n") == 1, err
+    code, _, err = await skald(capsys, "query", "notes", "SELEC 1", "--write")  # not plainly a read
+    assert code == 1 and err.startswith("skald: invalid SQL (sql_error): ") and err.count("\n") == 1
+    code, _, err = await skald(capsys, "query", "notes", "SELECT 1; SELECT 2")
+    assert code == 1 and err.startswith("skald: invalid SQL (multiple_statements): ") and err.count("\n") == 1
+    # --write only lifts the client-side guard: the server still checks the token's scope
+    monkeypatch.setenv("SKALD_TOKEN", await server.mint_token("notes:query.read"))
+    code, _, err = await skald(capsys, "query", "notes", "DELETE FROM t", "--write")
+    assert code == 1 and err.startswith("skald: not allowed (scope_denied): ") and err.count("\n") == 1
+    monkeypatch.setenv("SKALD_TOKEN", "skd_not_a_real_token")
+    code, _, err = await skald(capsys, "query", "notes", "SELECT 1")
+    assert code == 1 and err.startswith("skald: bad token (token_invalid): ") and err.count("\n") == 1
+    monkeypatch.setenv("SKALD_URL", "http://127.0.0.1:9")
+    code, _, err = await skald(capsys, "publish", "notes", "a", "x")
+    assert code == 1 and err.startswith("skald: server unreachable: ") and err.count("\n") == 1
+
+
+async def test_publish_then_subscribe(
+    server: LiveServer, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await use_server(server, monkeypatch)
+    code, out, _ = await skald(capsys, "publish", "notes", "sensors/1", '{"t": 21.5}', "--json")
+    first = json.loads(out)
+    assert code == 0 and first["topic"] == "sensors/1"
+    code, out, _ = await skald(capsys, "publish", "notes", "sensors/2", "hello", "--dedupe-key", "k")
+    assert code == 0
+    code, out, _ = await skald(capsys, "publish", "notes", "sensors/2", "hello again", "--dedupe-key", "k")
+    assert code == 0 and json.loads(out)["deduplicated"] is True
+    assert (await skald(capsys, "publish", "notes", "other", "[1", "--json"))[0] == 1  # not JSON: refused
+    code, out, _ = await skald(capsys, "subscribe", "notes", "sensors/+", "--since", "0", "--max-events", "2")
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert code == 0
+    assert [(e["event"], e["data"]["topic"]) for e in lines] == [("message", "sensors/1"), ("message", "sensors/2")]
+    assert lines[0]["id"] == str(first["id"]) and lines[0]["data"]["payload"] == {"t": 21.5}
+    assert lines[1]["data"]["payload_text"] == "hello"
+    # --idle-timeout: replay everything after --since, then stop once nothing more comes
+    code, out, _ = await skald(
+        capsys, "subscribe", "notes", "#", "--since", str(first["id"]), "--idle-timeout", "0.3", "--output", "text"
+    )
+    assert code == 0 and out.splitlines() == [f'{first["id"] + 1} message sensors/2 "hello"']
+
+
+async def test_watch_prints_snapshot_then_update(
+    server: LiveServer, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await use_server(server, monkeypatch)
+    capsys.readouterr()
+    printed: list[str] = []
+
+    async def write_after_snapshot() -> None:
+        for _ in range(1000):  # bounded poll of what the watch printed so far
+            printed.append(capsys.readouterr().out)
+            if "".join(printed):
+                break
+            await trio.sleep(0.01)
+        async with server.client() as client:
+            await client.post("/api/v1/db/notes/query", json={"sql": "INSERT INTO t (v) VALUES ('x')"})
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(write_after_snapshot)
+        argv = ["watch", "notes", "SELECT count(*) AS n FROM t", "--output", "json", "--max-events", "2"]
+        code = await trio.to_thread.run_sync(main, argv)
+    printed.append(capsys.readouterr().out)
+    results = [json.loads(line) for line in "".join(printed).splitlines()]
+    assert code == 0
+    assert [r["rows"] for r in results] == [[[0]], [[1]]]
+    assert results[0]["result_hash"] != results[1]["result_hash"]
