@@ -304,3 +304,30 @@ async def test_leaving_streams_early_closes_them(server: LiveServer) -> None:
                     async for _event in messages:
                         pass
         await until(lambda: not hub._users)
+
+
+async def test_blocking_client_lease_and_batch(server: LiveServer) -> None:
+    await seed(server, "notes")
+
+    def run() -> tuple[int, int, list[int], str]:
+        import time
+
+        with Client(server.url, ADMIN_TOKEN) as client:
+            with client.lease("notes", "jobs/x", ttl_seconds=2, renew_every=0.05) as lease:
+                first_expiry = lease["expires_at"]
+                for _ in range(1000):  # bounded: the renewing thread updates the lease
+                    if lease["expires_at"] != first_expiry:
+                        break
+                    time.sleep(0.01)
+                renewed = lease["expires_at"] != first_expiry
+                results = client.batch("notes", ["DELETE FROM t WHERE id = 0"], fence=lease)
+                first = lease["fence"]
+            with client.lease("notes", "jobs/x") as again:
+                second = again["fence"]
+            with pytest.raises(Conflict) as stale:
+                client.query("notes", "DELETE FROM t", fence={"resource": "jobs/x", "token": first})
+            assert renewed
+            return first, second, [r["changes"] for r in results], stale.value.code
+
+    first, second, changes, code = await trio.to_thread.run_sync(run)
+    assert second > first and changes == [1] and code == "stale_fence"
