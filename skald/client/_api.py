@@ -169,45 +169,43 @@ def stream_respond(db_id: str, path: str, data: bytes) -> Call:
 
 # ---- leases -------------------------------------------------------------------------------------
 def lease_acquire(db_id: str, resource: str, ttl: float, holder: str | None = None) -> Call:
-    body: dict[str, Any] = {"resource": resource, "ttl": ttl}
-    if holder:
-        body["holder"] = holder
+    body = {"resource": resource, "owner": holder or "skald-client", "ttl_seconds": ttl}
     return Call("POST", f"{_db(db_id)}/leases/acquire", json=body)
 
 
 def lease_renew(db_id: str, lease: dict[str, Any], ttl: float | None = None) -> Call:
-    body = {**lease}
+    body: dict[str, Any] = {"resource": lease["resource"], "lease_token": lease["lease_token"]}
     if ttl is not None:
-        body["ttl"] = ttl
+        body["ttl_seconds"] = ttl
     return Call("POST", f"{_db(db_id)}/leases/renew", json=body)
 
 
 def lease_release(db_id: str, lease: dict[str, Any]) -> Call:
-    return Call("POST", f"{_db(db_id)}/leases/release", json=lease)
+    body = {"resource": lease["resource"], "lease_token": lease["lease_token"]}
+    return Call("POST", f"{_db(db_id)}/leases/release", json=body)
 
 
 # ---- blobs --------------------------------------------------------------------------------------
+# Blobs are content-addressed: ``sha256`` (64 hex) names the object; ``ref`` names this document's use.
 def blob_init(db_id: str, sha256: str, size: int, content_type: str = "application/octet-stream") -> Call:
-    return Call(
-        "POST", f"{_db(db_id)}/blobs", json={"sha256": sha256, "size": size, "content_type": content_type}
-    )
+    body = {"sha256": sha256, "size": size, "content_type": content_type}
+    return Call("POST", f"{_db(db_id)}/blobs/init-upload", json=body)
 
 
-def blob_complete(db_id: str, blob_id: str) -> Call:
-    return Call("POST", f"{_db(db_id)}/blobs/{_seg(blob_id)}/complete")
+def blob_complete(db_id: str, sha256: str) -> Call:
+    return Call("POST", f"{_db(db_id)}/blobs/complete-upload", json={"sha256": sha256})
 
 
-def blob_read_url(db_id: str, blob_id: str) -> Call:
-    return Call("GET", f"{_db(db_id)}/blobs/{_seg(blob_id)}")
+def blob_read_url(db_id: str, sha256: str) -> Call:
+    return Call("GET", f"{_db(db_id)}/blobs/{_seg(sha256)}/read-url")
 
 
-def blob_claim(db_id: str, blob_id: str, owner: str) -> Call:
-    return Call("POST", f"{_db(db_id)}/blobs/{_seg(blob_id)}/claim", json={"owner": owner})
+def blob_claim(db_id: str, sha256: str, ref: str) -> Call:
+    return Call("POST", f"{_db(db_id)}/blobs/claim", json={"sha256": sha256, "ref": ref})
 
 
-def blob_release(db_id: str, blob_id: str, owner: str) -> Call:
-    return Call("POST", f"{_db(db_id)}/blobs/{_seg(blob_id)}/release", json={"owner": owner})
-
+def blob_release(db_id: str, sha256: str, ref: str) -> Call:
+    return Call("POST", f"{_db(db_id)}/blobs/release", json={"sha256": sha256, "ref": ref})
 
 # ---- sync ---------------------------------------------------------------------------------------
 def snapshot(db_id: str) -> Call:

@@ -266,22 +266,25 @@ class AsyncClient:
         """Init an upload, PUT ``data`` to the presigned URL, then complete (the server verifies the hash)."""
         digest = hashlib.sha256(data).hexdigest()
         init = dict(await self._json(_api.blob_init(db_id, digest, len(data), content_type)))
+        if init.get("exists"):
+            return dict(await self._json(_api.blob_complete(db_id, digest)))
         async with httpx.AsyncClient(timeout=self._http.timeout) as raw:
-            put = await raw.put(init["upload_url"], content=data, headers=init.get("upload_headers") or {})
+            upload = init["upload"]
+            put = await raw.put(upload["url"], content=data, headers=upload.get("headers") or {})
             if put.status_code >= 400:
                 raise SkaldClientError(
                     put.status_code, "upload_failed", f"object storage refused the upload: {put.status_code}"
                 )
-        return dict(await self._json(_api.blob_complete(db_id, init["blob_id"])))
+        return dict(await self._json(_api.blob_complete(db_id, digest)))
 
-    async def blob_url(self, db_id: str, blob_id: str) -> str:
-        return str((await self._json(_api.blob_read_url(db_id, blob_id)))["url"])
+    async def blob_url(self, db_id: str, sha256: str) -> str:
+        return str((await self._json(_api.blob_read_url(db_id, sha256)))["url"])
 
-    async def claim_blob(self, db_id: str, blob_id: str, owner: str) -> Any:
-        return await self._json(_api.blob_claim(db_id, blob_id, owner))
+    async def claim_blob(self, db_id: str, sha256: str, ref: str) -> Any:
+        return await self._json(_api.blob_claim(db_id, sha256, ref))
 
-    async def release_blob(self, db_id: str, blob_id: str, owner: str) -> Any:
-        return await self._json(_api.blob_release(db_id, blob_id, owner))
+    async def release_blob(self, db_id: str, sha256: str, ref: str) -> Any:
+        return await self._json(_api.blob_release(db_id, sha256, ref))
 
     # ---- sync ---------------------------------------------------------------------------------------
     async def snapshot(self, db_id: str, dest: str | Path) -> int:

@@ -244,29 +244,30 @@ class Client:
     def upload_blob(
         self, db_id: str, data: bytes, content_type: str = "application/octet-stream"
     ) -> dict[str, Any]:
-        init = dict(
-            self._json(_api.blob_init(db_id, hashlib.sha256(data).hexdigest(), len(data), content_type))
-        )
+        digest = hashlib.sha256(data).hexdigest()
+        init = dict(self._json(_api.blob_init(db_id, digest, len(data), content_type)))
+        if init.get("exists"):
+            return dict(self._json(_api.blob_complete(db_id, digest)))
         put = httpx.put(
-            init["upload_url"],
+            init["upload"]["url"],
             content=data,
-            headers=init.get("upload_headers") or {},
+            headers=init["upload"].get("headers") or {},
             timeout=self._http.timeout,
         )
         if put.status_code >= 400:
             raise SkaldClientError(
                 put.status_code, "upload_failed", f"object storage refused the upload: {put.status_code}"
             )
-        return dict(self._json(_api.blob_complete(db_id, init["blob_id"])))
+        return dict(self._json(_api.blob_complete(db_id, digest)))
 
-    def blob_url(self, db_id: str, blob_id: str) -> str:
-        return str(self._json(_api.blob_read_url(db_id, blob_id))["url"])
+    def blob_url(self, db_id: str, sha256: str) -> str:
+        return str(self._json(_api.blob_read_url(db_id, sha256))["url"])
 
-    def claim_blob(self, db_id: str, blob_id: str, owner: str) -> Any:
-        return self._json(_api.blob_claim(db_id, blob_id, owner))
+    def claim_blob(self, db_id: str, sha256: str, ref: str) -> Any:
+        return self._json(_api.blob_claim(db_id, sha256, ref))
 
-    def release_blob(self, db_id: str, blob_id: str, owner: str) -> Any:
-        return self._json(_api.blob_release(db_id, blob_id, owner))
+    def release_blob(self, db_id: str, sha256: str, ref: str) -> Any:
+        return self._json(_api.blob_release(db_id, sha256, ref))
 
     # ---- sync ---------------------------------------------------------------------------------------
     def snapshot(self, db_id: str, dest: str | Path) -> int:

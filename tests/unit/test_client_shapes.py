@@ -100,16 +100,21 @@ async def test_watch_skips_an_unchanged_snapshot_after_reconnect() -> None:
 
 async def test_lease_renews_and_releases(autojump_clock: trio.abc.Clock) -> None:
     paths: list[str] = []
+    bodies: list[dict[str, object]] = []
 
     async def handler(request: httpx.Request) -> httpx.Response:
         paths.append(request.url.path.rsplit("/", 1)[1])
-        return httpx.Response(200, json={"resource": "r", "fence": len(paths)})
+        bodies.append(json.loads(request.content))
+        # as the server does: renewing keeps the fence and moves the expiry
+        return httpx.Response(200, json={"resource": "r", "fence": 7, "lease_token": "7.x", "expires_at": len(paths)})
 
     client = AsyncClient("http://x", "t", transport=httpx.MockTransport(handler))
-    async with client, client.lease("notes", "r", ttl=3) as lease:
+    async with client, client.lease("notes", "r", ttl=3, holder="w") as lease:
         await trio.sleep(2.5)
-        assert lease["fence"] >= 2
+        assert lease["fence"] == 7 and lease["expires_at"] >= 3  # renewed twice
     assert paths == ["acquire", "renew", "renew", "release"]
+    assert bodies[0] == {"resource": "r", "owner": "w", "ttl_seconds": 3}
+    assert all(b["lease_token"] == "7.x" and b["resource"] == "r" for b in bodies[1:])
 
 
 def test_blocking_errors_carry_code() -> None:
