@@ -13,6 +13,10 @@ from skald.client import Client, profiles
 from skald.client.errors import BadRequest, ServerUnreachable, SkaldClientError, Unauthorized
 
 _READ_FIRST = {"SELECT", "VALUES", "EXPLAIN"}
+_WRITE_FIRST = {
+    *("INSERT", "UPDATE", "DELETE", "REPLACE", "CREATE", "DROP", "ALTER", "VACUUM", "REINDEX", "ANALYZE"),
+    *("ATTACH", "DETACH", "BEGIN", "COMMIT", "END", "ROLLBACK", "SAVEPOINT", "RELEASE"),
+}
 _WRITE_WORDS = re.compile(
     r"\b(INSERT|UPDATE|DELETE|REPLACE|CREATE|DROP|ALTER|ATTACH|DETACH|VACUUM|REINDEX)\b", re.I
 )
@@ -31,7 +35,10 @@ def is_read_only(sql: str) -> bool:
         return "=" not in text and "(" not in text
     if first in _READ_FIRST or first == "WITH":
         return not _WRITE_WORDS.search(text)
-    return False
+    # Not SQL's way to start any statement: let the server answer "invalid SQL" rather than
+    # asking for --write. Everything that can write starts with a keyword named here.
+    return first not in _WRITE_FIRST
+
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -239,12 +246,18 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
     def run(client: Client) -> int:
         kwargs: dict[str, Any] = {"content_type": args.content_type, "dedupe_key": args.dedupe_key}
+        # DATA that is valid JSON is published as JSON, other UTF-8 as text, anything else as bytes.
         try:
             text = raw.decode()
         except UnicodeDecodeError:
             published = client.publish(args.db, args.topic, data=raw, **kwargs)
         else:
-            published = client.publish(args.db, args.topic, text=text, **kwargs)
+            try:
+                value = json.loads(text)
+            except ValueError:
+                published = client.publish(args.db, args.topic, text=text, **kwargs)
+            else:
+                published = client.publish(args.db, args.topic, value, **kwargs)
         print(json.dumps(published))
         return 0
 
