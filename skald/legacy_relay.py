@@ -1,22 +1,23 @@
-"""Legacy patchwork relay routes (``/p/…``, ``/public/…``, ``/u/{user}/…``) at the ASGI layer.
+"""Legacy patchwork routes (``/p/…``, ``/public/…``, ``/u/{user}/…``, ``/h``, ``/r``) at the ASGI layer.
 
-Why not a Quart view: Quart's request ``Body`` collects whatever the server
+Why not Quart views: Quart's request ``Body`` collects whatever the server
 delivers into one buffer with no backpressure (and its size cap then cuts a
-slow transfer). Here ``receive()`` is called only as the consumer takes each
-chunk, so hypercorn stops reading the producer's socket while the consumer
-is slow: a body of any size streams in bounded memory.
-
-This module covers blocking queues and broadcast with the spec's header
-carriage, ``body=``, ``pubsub``, 405s, the public rate limit and token auth
-for ``/u``. Request/responder, switch and hooks are not built yet.
+slow transfer). Here ``receive()`` is called only as each chunk is handed on
+(:mod:`skald.relay_io`), so a body of any size streams in bounded memory.
+Errors are short ``text/plain`` bodies, as legacy scripts grep them.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import hmac
+import json
+import secrets
+import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl
 
 import structlog
 import trio
@@ -28,30 +29,40 @@ from skald.client_ip import client_ip
 from skald.errors import SkaldError
 from skald.ids import DB_ID_PATTERN
 from skald.ratelimit import RateLimiter
-from skald.relay import RelayHub, Transfer
+from skald.relay import RelayHub, RequestChannels, Requester, Responder, Transfer
+from skald.relay_headers import answer_headers, message_headers
+from skald.relay_io import BodyReader, ProducerGone, Receive, Send, deliver, pump, text_response, wait_unless_gone
 from skald.state import AppState
 
 log = structlog.get_logger("skald.legacy")
 
 Scope = MutableMapping[str, Any]
-Message = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[Message]]
-Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 PUBLIC_DOCUMENT = "public"
-CARRIED = ("user-agent", "accept", "accept-language", "accept-encoding", "referer", "origin",
-           "x-forwarded-for", "x-real-ip", "content-length")
-_PREFIXES = ("/p/", "/public/", "/u/")
+MAX_SWITCH_ID = 256
+
+
+class Refused(Exception):
+    """A legacy request answered with a short text error."""
+
+    def __init__(self, status: int, text: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
+        super().__init__(text)
+        self.status, self.text, self.headers = status, text, headers or []
+
+
+def is_legacy_path(path: str) -> bool:
+    return path.startswith(("/p/", "/public/", "/u/", "/h/", "/r/")) or path in ("/h", "/r")
 
 
 class RelayMetrics:
-    def __init__(self, state: AppState, hub: RelayHub) -> None:
+    def __init__(self, state: AppState, hub: RelayHub, requests: RequestChannels) -> None:
         registry = state.metrics.registry
         self.waiting = Gauge(
-            "skald_stream_channels_waiting", "Relay producers and consumers waiting", registry=registry
+            "skald_stream_channels_waiting", "Relay producers, consumers, requesters and responders waiting",
+            registry=registry,
         )
-        self.waiting.set_function(lambda: hub.waiting)
+        self.waiting.set_function(lambda: hub.waiting + requests.waiting)
         self.pairs = Counter("skald_stream_pairs_total", "Relay messages paired with a consumer", registry=registry)
         self.bytes = Counter("skald_stream_bytes_relayed_total", "Body bytes relayed", registry=registry)
         self.switch_timeouts = Counter(
@@ -59,14 +70,28 @@ class RelayMetrics:
         )
 
 
-class _Refused(Exception):
-    def __init__(self, status: int, text: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
-        super().__init__(text)
-        self.status, self.text, self.headers = status, text, headers or []
+class _Request:
+    """What one legacy request says, parsed once."""
 
+    def __init__(self, scope: Scope) -> None:
+        self.path: str = scope["path"]
+        self.method: str = scope["method"]
+        self.query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
+        self.args = dict(self.query)
+        self.headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        peer = scope.get("client")
+        self.peer: str | None = peer[0] if peer else None
+        self.body_param = self.args.get("body", "")
 
-def is_legacy_path(path: str) -> bool:
-    return path.startswith(_PREFIXES)
+    @property
+    def produces(self) -> bool:
+        return self.method in ("POST", "PUT") or bool(self.body_param)
+
+    def reader(self, receive: Receive) -> BodyReader:
+        return BodyReader(receive, self.body_param.encode() if self.body_param else None)
+
+    def message(self, *, strip: bool = True) -> list[tuple[bytes, bytes]]:
+        return message_headers(self.path, self.query, self.headers, bool(self.body_param), strip=strip)
 
 
 class LegacyRelay:
@@ -76,199 +101,217 @@ class LegacyRelay:
         self.app = app
         self.state = state
         self.hub: RelayHub = state.services.setdefault("relay", RelayHub())
-        self.metrics = RelayMetrics(state, self.hub)
+        self.requests: RequestChannels = state.services.setdefault("relay_requests", RequestChannels())
+        self.metrics = RelayMetrics(state, self.hub, self.requests)
         settings = state.settings
         self.public_limit = RateLimiter(settings.public_rate_per_second, settings.public_rate_burst)
+        self._hook_key: bytes | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or not is_legacy_path(scope["path"]):
             await self.app(scope, receive, send)
             return
         try:
-            await self._serve(scope, receive, send)
-        except _Refused as refused:
-            await _text(send, refused.status, refused.text, refused.headers)
+            await self._serve(_Request(scope), receive, send)
+        except Refused as refused:
+            await text_response(send, refused.status, refused.text, refused.headers)
+        except ProducerGone:
+            pass  # nobody left to answer
         except SkaldError as error:
-            await _text(send, error.status, error.detail, [(k.encode(), v.encode()) for k, v in error.headers.items()])
+            headers = [(k.lower().encode(), v.encode()) for k, v in error.headers.items()]
+            await text_response(send, error.status, error.detail, headers)
 
-    async def _serve(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path: str = scope["path"]
-        query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
-        args = dict(query)
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        method = scope["method"]
-        if method not in ("GET", "POST", "PUT"):
-            raise _Refused(405, "method not allowed", [(b"allow", b"GET, POST, PUT")])
-        if path.startswith("/u/"):
-            user, _, sub = path[3:].partition("/")
-            if not DB_ID_PATTERN.match(user) or ".." in user:
-                raise _Refused(400, "invalid user")
-            db_id, namespace = user, "u"
-        else:
-            namespace = "p" if path.startswith("/p/") else "public"
-            sub = path[len(namespace) + 2 :]
-            db_id = PUBLIC_DOCUMENT
-            peer = scope.get("client")
-            ip = client_ip(peer[0] if peer else None, headers.get("x-forwarded-for"), headers.get("x-real-ip"),
-                           self.state.settings.trusted_proxies)
-            wait = self.public_limit.try_acquire(ip)
-            if wait > 0:
-                raise _Refused(429, "too many requests", [(b"retry-after", str(max(1, round(wait + 0.5))).encode())])
+    # ---- routing ------------------------------------------------------------------------------------
+
+    async def _serve(self, req: _Request, receive: Receive, send: Send) -> None:
+        if req.method not in ("GET", "POST", "PUT"):
+            raise Refused(405, "method not allowed", [(b"allow", b"GET, POST, PUT")])
+        if req.path in ("/h", "/r"):
+            await self._mint_hook(req.path[1], send)
+            return
+        db_id, namespace, sub = self._locate(req)
         if not sub:
-            raise _Refused(400, "missing channel path")
-        first = sub.split("/", 1)[0]
-        if first in ("req", "res"):
-            raise _Refused(501, "request/responder channels are not supported by this server yet")
-        body_text = args.get("body", "")
-        producer = method in ("POST", "PUT") or bool(body_text)
+            raise Refused(400, "missing channel path")
+        first, _, rest = sub.partition("/")
+        if namespace in ("h", "r"):
+            await self._check_hook_secret(req, namespace, sub)
+        action = "stream.write" if req.produces or (first == "req") else "stream.read"
         if namespace == "u":
-            await self._authorize(headers, args, db_id, "stream.write" if producer else "stream.read", "/" + sub)
-        key = f"{db_id}\x00{namespace}\x00{sub}"
-        broadcast = first == "pubsub" or "pubsub" in args
+            await self._authorize(req, db_id, action, "/" + sub)
+        prefix = f"{db_id}\x00{namespace}\x00"
         async with self.state.supervisor.open_document(db_id, create=True):
-            if producer:
-                transfer = Transfer(200, _carried_headers(scope, headers, query, body_text))
-                await self._produce(key, transfer, broadcast, receive, send, body_text.encode() if body_text else None)
+            if first == "req":
+                await self._request(req, prefix, _channel_id(rest), receive, send)
+            elif first == "res":
+                await self._respond(req, prefix, _channel_id(rest), receive, send)
+            elif req.produces:
+                await self._produce(req, prefix + sub, first == "pubsub" or "pubsub" in req.args, receive, send)
             else:
-                await self._consume(key, receive, send)
+                await deliver(lambda: self.hub.consume(prefix + sub), receive, send)
 
-    async def _authorize(
-        self, headers: dict[str, str], args: dict[str, str], db_id: str, action: str, resource: str
-    ) -> None:
-        raw = headers.get("authorization", "").strip()
-        scheme, _, value = raw.partition(" ")
-        secret = value.strip() if scheme.lower() in ("bearer", "token") else raw
-        secret = secret or args.get("token", "")
-        if not secret:
-            raise _Refused(401, "unauthorized", [(b"www-authenticate", b'Bearer realm="skald"')])
-        record = await token_record(self.state, secret)
-        if record is None or record.state() != "active":
-            raise _Refused(401, "unauthorized", [(b"www-authenticate", b'Bearer realm="skald"')])
-        decision = decide(record.principal(), db_id, action, resource)
-        if not decision.allowed:
-            raise _Refused(403, "forbidden")
+    def _locate(self, req: _Request) -> tuple[str, str, str]:
+        """``(db_id, namespace, channel path)``; public namespaces are rate limited per client."""
+        if req.path.startswith("/u/"):
+            user, _, sub = req.path[3:].partition("/")
+            if not DB_ID_PATTERN.match(user) or ".." in user:
+                raise Refused(400, "invalid user")
+            return user, "u", sub
+        namespace = req.path[1:].split("/", 1)[0]
+        ip = client_ip(req.peer, req.headers.get("x-forwarded-for"), req.headers.get("x-real-ip"),
+                       self.state.settings.trusted_proxies)
+        wait = self.public_limit.try_acquire(ip)
+        if wait > 0:
+            raise Refused(429, "too many requests", [(b"retry-after", str(max(1, round(wait + 0.5))).encode())])
+        return PUBLIC_DOCUMENT, namespace, req.path[len(namespace) + 2 :]
 
-    async def _produce(
-        self, key: str, transfer: Transfer, broadcast: bool, receive: Receive, send: Send, body: bytes | None
-    ) -> None:
-        if broadcast:
+    # ---- queues and broadcast -----------------------------------------------------------------------
+
+    async def _produce(self, req: _Request, key: str, broadcast: bool, receive: Receive, send: Send) -> None:
+        reader = req.reader(receive)
+        switched = self.requests.take_switched(key)
+        if switched is not None:  # this message answers a switched request
+            status, headers = answer_headers(req.headers, bool(req.body_param))
+            transfers = [Transfer(status, headers)]
+            switched.give(transfers[0])
+        elif broadcast:
             transfers = []
             for waiter in self.hub.take_all_consumers(key):
-                copy = Transfer(transfer.status, transfer.headers)
-                self.hub.hand(waiter, copy)
-                transfers.append(copy)
+                transfers.append(Transfer(200, req.message()))
+                self.hub.hand(waiter, transfers[-1])
         else:
-            await self.hub.produce(key, transfer)
+            transfer = Transfer(200, req.message())
+            await wait_unless_gone(reader, lambda: self.hub.produce(key, transfer))
             transfers = [transfer]
+        await self._send_and_answer(reader, transfers, send)
+
+    async def _send_and_answer(self, reader: BodyReader, transfers: list[Transfer], send: Send) -> None:
+        """Stream the body to every transfer; 200 once all consumers have it whole, else 502."""
         self.metrics.pairs.inc(len(transfers))
-        aborted = await self._pump(transfers, receive, body)
-        for t in transfers:
-            await t.finished.wait()
-        if aborted:
-            return  # the producer is gone: nobody to answer
+        await pump(reader, transfers, self.metrics.bytes.inc)
+        for transfer in transfers:
+            await transfer.finished.wait()
         if all(t.delivered for t in transfers):
-            await _text(send, 200, "")
+            await text_response(send, 200, "")
         else:
-            await _text(send, 502, "the consumer disconnected before it received the whole message")
+            await text_response(send, 502, "the consumer disconnected before it received the whole message")
 
-    async def _pump(self, transfers: list[Transfer], receive: Receive, body: bytes | None) -> bool:
-        """Stream the producer's body to every transfer; return True if the producer went away."""
-        live = list(transfers)
+    # ---- request / responder ------------------------------------------------------------------------
 
-        async def deliver(chunk: bytes) -> None:
-            for t in list(live):
-                try:
-                    await t.send.send(chunk)
-                    self.metrics.bytes.inc(len(chunk))
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    live.remove(t)
+    async def _request(self, req: _Request, prefix: str, channel: str, receive: Receive, send: Send) -> None:
+        reader = req.reader(receive)
+        requester = Requester(Transfer(200, req.message()), unstripped_headers=req.message(strip=False))
+        responder: Responder = await wait_unless_gone(
+            reader, lambda: self.requests.request(prefix + "res/" + channel, requester)
+        )
+        if responder.answer is not None:
+            requester.give(responder.answer)  # a ready answer: the request itself goes nowhere
+        else:
+            self.metrics.pairs.inc()
+            await pump(reader, [requester.request], self.metrics.bytes.inc)
+        timeout = self.state.settings.switch_timeout_seconds if responder.switch_to else None
 
-        aborted = False
-        try:
-            if body is not None:
-                await deliver(body)
-            else:
-                while live:
-                    message = await receive()
-                    if message["type"] == "http.disconnect":
-                        aborted = True
-                        break
-                    chunk = message.get("body", b"")
-                    if chunk:
-                        await deliver(chunk)
-                    if not message.get("more_body", False):
-                        break
-        finally:
-            for t in transfers:
-                t.producer_aborted = aborted
-                t.send.close()
-        return aborted
+        timed_out = trio.Event()
 
-    async def _consume(self, key: str, receive: Receive, send: Send) -> None:
-        async with trio.open_nursery() as nursery:
-            gone = trio.Event()
+        async def answer() -> Transfer | None:
+            with trio.move_on_after(timeout if timeout else float("inf")):
+                await requester.answered.wait()
+            if requester.answer is None:
+                timed_out.set()
+            return requester.answer
 
-            async def watch_disconnect() -> None:
-                while True:
-                    message = await receive()
-                    if message["type"] == "http.disconnect":
-                        gone.set()
-                        nursery.cancel_scope.cancel()
-                        return
+        await deliver(answer, receive, send)
+        if timed_out.is_set() and responder.switch_to is not None:
+            self.requests.unpark_switched(prefix + responder.switch_to, requester)
+            self.metrics.switch_timeouts.inc()
+            await text_response(send, 504, f"no answer on channel {responder.switch_to} within {timeout:g}s")
 
-            nursery.start_soon(watch_disconnect)
-            transfer = await self.hub.consume(key)
-            delivered = False
-            try:
-                await send({"type": "http.response.start", "status": transfer.status, "headers": transfer.headers})
-                async for chunk in transfer.receive:
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                if transfer.producer_aborted:
-                    raise _ProducerVanished
-                if not gone.is_set():
-                    # Shielded: completing the response makes hypercorn report a disconnect at once,
-                    # which must not cancel the very send that completed it.
-                    with trio.CancelScope(shield=True):
-                        await send({"type": "http.response.body", "body": b"", "more_body": False})
-                    delivered = True
-            finally:
-                transfer.finish(delivered)
-            nursery.cancel_scope.cancel()
+    async def _respond(self, req: _Request, prefix: str, channel: str, receive: Receive, send: Send) -> None:
+        key = prefix + "res/" + channel
+        if "switch" in req.args:
+            if not req.produces:
+                raise Refused(405, "switch needs POST or PUT", [(b"allow", b"POST, PUT")])
+            new_id = await _read_switch_id(req, receive)
+            responder = Responder(answer=None, switch_to=new_id)
 
+            async def take_switched() -> Transfer:
+                requester = await self.requests.respond(key, responder)
+                self.requests.park_switched(prefix + new_id, requester)
+                requester.request.headers = requester.unstripped_headers
+                return requester.request
 
-class _ProducerVanished(Exception):
-    """Ends the consumer's response without its last chunk, so the client sees an incomplete body."""
+            await deliver(take_switched, receive, send)
+        elif req.produces:
+            reader = req.reader(receive)
+            status, headers = answer_headers(req.headers, bool(req.body_param))
+            answer = Transfer(status, headers)
+            await wait_unless_gone(reader, lambda: self.requests.respond(key, Responder(answer=answer)))
+            await self._send_and_answer(reader, [answer], send)
+        else:
 
+            async def take_request() -> Transfer:
+                requester = await self.requests.respond(key, Responder(answer=None))
+                return requester.request
 
-def _carried_headers(
-    scope: Scope, headers: dict[str, str], query: list[tuple[str, str]], body_text: str
-) -> list[tuple[bytes, bytes]]:
-    content_type = "text/plain" if body_text else headers.get("content-type") or "text/plain"
-    kept = [(k, v) for k, v in query if k not in ("token", "secret")]
-    uri = scope["path"] + ("?" + urlencode(kept) if kept else "")
-    carried: dict[str, str] = {}
-    for name in CARRIED:
-        if name in headers and not (name == "content-length" and body_text):
-            carried[name] = headers[name]
-    for name, value in headers.items():
-        if name.startswith("patch-h-") and len(name) > 8:
-            carried[name[8:]] = value  # an explicit Patch-H-* wins over the automatic one
-    # On delivery Patch-H-<Name> becomes <Name>; headers that frame the connection never pass.
-    out = [(b"content-type", content_type.encode("latin-1")), (b"patch-uri", uri.encode("latin-1"))]
-    out += [
-        (name.encode("latin-1"), value.encode("latin-1"))
-        for name, value in carried.items()
-        if name not in _HOP_BY_HOP and name not in ("content-type", "patch-uri", "patch-status")
-    ]
-    return out
+            await deliver(take_request, receive, send)
 
+    # ---- auth and hooks -----------------------------------------------------------------------------
 
-_HOP_BY_HOP = frozenset({"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade"})
+    async def _authorize(self, req: _Request, db_id: str, action: str, resource: str) -> None:
+        raw = req.headers.get("authorization", "").strip()
+        scheme, _, value = raw.partition(" ")
+        secret = (value.strip() if scheme.lower() in ("bearer", "token") else raw) or req.args.get("token", "")
+        challenge = [(b"www-authenticate", b'Bearer realm="skald"')]
+        if not secret:
+            raise Refused(401, "unauthorized", challenge)
+        record = await token_record(self.state, secret)
+        if record is None or record.state() != "active":
+            raise Refused(401, "unauthorized", challenge)
+        if not decide(record.principal(), db_id, action, resource).allowed:
+            raise Refused(403, "forbidden")
 
+    def _hook_secret(self, kind: str, channel: str) -> str:
+        if self._hook_key is None:
+            configured = self.state.settings.hook_secret_key
+            self._hook_key = configured.encode() if configured else _stored_hook_key(self.state)
+        return hmac.new(self._hook_key, f"{kind}:{channel}".encode(), hashlib.sha256).hexdigest()
 
-async def _text(send: Send, status: int, text: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
-    body = (text + "\n").encode() if text else b""
-    start_headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode())]
-    with contextlib.suppress(OSError):
-        await send({"type": "http.response.start", "status": status, "headers": start_headers + (headers or [])})
+    async def _mint_hook(self, kind: str, send: Send) -> None:
+        channel = str(uuid.uuid4())
+        body = json.dumps({"channel": channel, "secret": self._hook_secret(kind, channel)}).encode()
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body, "more_body": False})
+
+    async def _check_hook_secret(self, req: _Request, kind: str, channel: str) -> None:
+        guarded = req.produces if kind == "h" else not req.produces  # /h guards producers, /r consumers
+        if guarded and not hmac.compare_digest(req.args.get("secret", ""), self._hook_secret(kind, channel)):
+            raise Refused(401, "unauthorized: wrong or missing secret")
+
+
+def _channel_id(rest: str) -> str:
+    if not rest:
+        raise Refused(400, "empty request/responder id")
+    return rest
+
+
+async def _read_switch_id(req: _Request, receive: Receive) -> str:
+    """The switch body: a new channel id (non-empty, no '/' or '?', at most 256 bytes); else 400."""
+    data = b""
+    async with contextlib.aclosing(req.reader(receive).chunks()) as chunks:
+        async for chunk in chunks:
+            data += chunk
+            if len(data) > MAX_SWITCH_ID:
+                raise Refused(400, f"switch channel id longer than {MAX_SWITCH_ID} bytes")
+    new_id = data.decode("utf-8", "replace").strip()
+    if not new_id or "/" in new_id or "?" in new_id:
+        raise Refused(400, "switch needs a channel id without '/' or '?' as its body")
+    return new_id
+
+
+def _stored_hook_key(state: AppState) -> bytes:
+    """A random hook key kept in the data folder, so hook secrets survive restarts."""
+    path = state.settings.data_dir / "hook.key"
+    if not path.exists():
+        path.write_bytes(secrets.token_hex(32).encode())
+        path.chmod(0o600)
+    return path.read_bytes().strip()

@@ -115,7 +115,7 @@ class RelayHub:
                 self._forget_if_empty(key)
             raise
 
-    def take_all_consumers(self, key: str, make: type[Transfer] | None = None) -> list[_Waiter]:
+    def take_all_consumers(self, key: str) -> list[_Waiter]:
         """Every consumer waiting on ``key`` right now (broadcast); the caller hands each a transfer."""
         channel = self._channels.get(key)
         if channel is None:
@@ -129,3 +129,113 @@ class RelayHub:
     def hand(waiter: _Waiter, transfer: Transfer) -> None:
         waiter.transfer = transfer
         waiter.event.set()
+
+
+@dataclasses.dataclass(eq=False)
+class Requester:
+    """A request waiting on ``req/{id}``: its own message, and the answer it waits for."""
+
+    request: Transfer
+    unstripped_headers: list[tuple[bytes, bytes]] = dataclasses.field(default_factory=list)
+    """The request's headers with ``Patch-H-*`` names kept, for a switch responder."""
+    answered: trio.Event = dataclasses.field(default_factory=trio.Event)
+    answer: Transfer | None = None
+    paired: trio.Event = dataclasses.field(default_factory=trio.Event)
+    responder: Responder | None = None
+
+    def give(self, answer: Transfer) -> None:
+        self.answer = answer
+        self.answered.set()
+
+
+@dataclasses.dataclass(eq=False)
+class Responder:
+    """A responder waiting on ``res/{id}``: ``answer`` is set for POST/PUT responders (a ready answer)."""
+
+    answer: Transfer | None
+    switch_to: str | None = None
+    paired: trio.Event = dataclasses.field(default_factory=trio.Event)
+    requester: Requester | None = None
+
+
+class RequestChannels:
+    """Request/responder pairing per ``req``/``res`` id, and switched requests waiting for an answer."""
+
+    def __init__(self) -> None:
+        self._requesters: dict[str, deque[Requester]] = {}
+        self._responders: dict[str, deque[Responder]] = {}
+        self._switched: dict[str, Requester] = {}
+
+    @property
+    def waiting(self) -> int:
+        return (
+            sum(map(len, self._requesters.values()))
+            + sum(map(len, self._responders.values()))
+            + len(self._switched)
+        )
+
+    def waiting_on(self, key: str) -> tuple[int, int]:
+        """``(requesters, responders)`` waiting on ``key``."""
+        return len(self._requesters.get(key, ())), len(self._responders.get(key, ()))
+
+    async def request(self, key: str, requester: Requester) -> Responder:
+        """Wait for a responder on ``key``; return it (paired). FIFO on both sides."""
+        responders = self._responders.get(key)
+        if responders:
+            responder = responders.popleft()
+            if not responders:
+                del self._responders[key]
+            _pair(requester, responder)
+            return responder
+        queue = self._requesters.setdefault(key, deque())
+        queue.append(requester)
+        try:
+            await requester.paired.wait()
+        except BaseException:
+            if not requester.paired.is_set():
+                queue.remove(requester)
+                if not queue:
+                    self._requesters.pop(key, None)
+            raise
+        assert requester.responder is not None
+        return requester.responder
+
+    async def respond(self, key: str, responder: Responder) -> Requester:
+        """Wait for a requester on ``key``; return it (paired)."""
+        requesters = self._requesters.get(key)
+        if requesters:
+            requester = requesters.popleft()
+            if not requesters:
+                del self._requesters[key]
+            _pair(requester, responder)
+            return requester
+        queue = self._responders.setdefault(key, deque())
+        queue.append(responder)
+        try:
+            await responder.paired.wait()
+        except BaseException:
+            if not responder.paired.is_set():
+                queue.remove(responder)
+                if not queue:
+                    self._responders.pop(key, None)
+            raise
+        assert responder.requester is not None
+        return responder.requester
+
+    def park_switched(self, key: str, requester: Requester) -> None:
+        """A switched request waits for whoever posts to ``key`` next."""
+        self._switched[key] = requester
+
+    def unpark_switched(self, key: str, requester: Requester) -> None:
+        if self._switched.get(key) is requester:
+            del self._switched[key]
+
+    def take_switched(self, key: str) -> Requester | None:
+        return self._switched.pop(key, None)
+
+
+def _pair(requester: Requester, responder: Responder) -> None:
+    requester.responder = responder
+    responder.requester = requester
+    requester.paired.set()
+    responder.paired.set()
