@@ -13,6 +13,7 @@ import contextlib
 import hashlib
 import hmac
 import json
+import re
 import secrets
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -26,8 +27,8 @@ from prometheus_client import Counter, Gauge
 from skald.auth.guard import token_record
 from skald.auth.scopes import decide
 from skald.client_ip import client_ip
-from skald.errors import SkaldError
-from skald.ids import DB_ID_PATTERN
+from skald.errors import PROBLEM_CONTENT_TYPE, DocumentNotFound, SkaldError
+from skald.ids import DB_ID_PATTERN, validate_db_id
 from skald.ratelimit import RateLimiter
 from skald.relay import RelayHub, RequestChannels, Requester, Responder, Transfer
 from skald.relay_headers import answer_headers, message_headers
@@ -108,6 +109,9 @@ class LegacyRelay:
         self._hook_key: bytes | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and (match := _API_STREAMS.match(scope["path"])):
+            await self._serve_api_call(_Request(scope), match, receive, send)
+            return
         if scope["type"] != "http" or not is_legacy_path(scope["path"]):
             await self.app(scope, receive, send)
             return
@@ -120,6 +124,47 @@ class LegacyRelay:
         except SkaldError as error:
             headers = [(k.lower().encode(), v.encode()) for k, v in error.headers.items()]
             await text_response(send, error.status, error.detail, headers)
+
+    async def _serve_api_call(self, req: _Request, match: re.Match[str], receive: Receive, send: Send) -> None:
+        """The document-scoped relay routes of the JSON API: same channels, problem+json errors."""
+        try:
+            await self._serve_api(req, match, receive, send)
+        except ProducerGone:
+            pass
+        except Refused as refused:
+            error = SkaldError(refused.text)
+            body = {**error.problem(instance=req.path), "status": refused.status,
+                    "code": _API_CODES.get(refused.status, "bad_request"), "title": refused.text}
+            await problem_response(send, body, refused.headers)
+        except SkaldError as error:
+            headers = [(k.lower().encode(), v.encode()) for k, v in error.headers.items()]
+            await problem_response(send, error.problem(instance=req.path), headers)
+
+    async def _serve_api(self, req: _Request, match: re.Match[str], receive: Receive, send: Send) -> None:
+        db_id, kind, path = validate_db_id(match["db"]), match["kind"], match["path"]
+        allowed = {"queue": ("GET", "POST", "PUT"), "req": ("POST", "PUT"), "res": ("GET", "POST", "PUT")}[kind]
+        if req.method not in allowed:
+            raise Refused(405, "method not allowed", [(b"allow", ", ".join(allowed).encode())])
+        if kind == "queue" and req.method == "GET":
+            if not path.endswith("/next"):
+                raise Refused(404, "consumers take the next message from .../queue/{topic}/next")
+            path = path.removesuffix("/next")
+        produces = req.method in ("POST", "PUT")
+        action = "stream.write" if produces else "stream.read"
+        await self._authorize(req, db_id, action, path, allow_query_token=False)
+        if not self.state.supervisor.exists(db_id):
+            raise DocumentNotFound(f"document {db_id} does not exist")
+        prefix = f"{db_id}\x00api\x00"
+        answers = prefix + "queue/"  # a switched request is answered by a POST to .../streams/queue/{new id}
+        async with self.state.supervisor.open_document(db_id):
+            if kind == "req":
+                await self._request(req, prefix, path, receive, send, answers)
+            elif kind == "res":
+                await self._respond(req, prefix, path, receive, send, answers)
+            elif produces:
+                await self._produce(req, answers + path, "pubsub" in req.args, receive, send)
+            else:
+                await deliver(lambda: self.hub.consume(answers + path), receive, send)
 
     # ---- routing ------------------------------------------------------------------------------------
 
@@ -141,9 +186,9 @@ class LegacyRelay:
         prefix = f"{db_id}\x00{namespace}\x00"
         async with self.state.supervisor.open_document(db_id, create=True):
             if first == "req":
-                await self._request(req, prefix, _channel_id(rest), receive, send)
+                await self._request(req, prefix, _channel_id(rest), receive, send, prefix)
             elif first == "res":
-                await self._respond(req, prefix, _channel_id(rest), receive, send)
+                await self._respond(req, prefix, _channel_id(rest), receive, send, prefix)
             elif req.produces:
                 await self._produce(req, prefix + sub, first == "pubsub" or "pubsub" in req.args, receive, send)
             else:
@@ -197,7 +242,9 @@ class LegacyRelay:
 
     # ---- request / responder ------------------------------------------------------------------------
 
-    async def _request(self, req: _Request, prefix: str, channel: str, receive: Receive, send: Send) -> None:
+    async def _request(
+        self, req: _Request, prefix: str, channel: str, receive: Receive, send: Send, answers: str
+    ) -> None:
         reader = req.reader(receive)
         requester = Requester(Transfer(200, req.message()), unstripped_headers=req.message(strip=False))
         responder: Responder = await wait_unless_gone(
@@ -221,11 +268,13 @@ class LegacyRelay:
 
         await deliver(answer, receive, send)
         if timed_out.is_set() and responder.switch_to is not None:
-            self.requests.unpark_switched(prefix + responder.switch_to, requester)
+            self.requests.unpark_switched(answers + responder.switch_to, requester)
             self.metrics.switch_timeouts.inc()
             await text_response(send, 504, f"no answer on channel {responder.switch_to} within {timeout:g}s")
 
-    async def _respond(self, req: _Request, prefix: str, channel: str, receive: Receive, send: Send) -> None:
+    async def _respond(
+        self, req: _Request, prefix: str, channel: str, receive: Receive, send: Send, answers: str
+    ) -> None:
         key = prefix + "res/" + channel
         if "switch" in req.args:
             if not req.produces:
@@ -235,7 +284,7 @@ class LegacyRelay:
 
             async def take_switched() -> Transfer:
                 requester = await self.requests.respond(key, responder)
-                self.requests.park_switched(prefix + new_id, requester)
+                self.requests.park_switched(answers + new_id, requester)
                 requester.request.headers = requester.unstripped_headers
                 return requester.request
 
@@ -256,10 +305,14 @@ class LegacyRelay:
 
     # ---- auth and hooks -----------------------------------------------------------------------------
 
-    async def _authorize(self, req: _Request, db_id: str, action: str, resource: str) -> None:
+    async def _authorize(
+        self, req: _Request, db_id: str, action: str, resource: str, *, allow_query_token: bool = True
+    ) -> None:
         raw = req.headers.get("authorization", "").strip()
         scheme, _, value = raw.partition(" ")
-        secret = (value.strip() if scheme.lower() in ("bearer", "token") else raw) or req.args.get("token", "")
+        secret = value.strip() if scheme.lower() in ("bearer", "token") else raw if allow_query_token else ""
+        if not secret and allow_query_token:
+            secret = req.args.get("token", "")
         challenge = [(b"www-authenticate", b'Bearer realm="skald"')]
         if not secret:
             raise Refused(401, "unauthorized", challenge)
@@ -286,6 +339,18 @@ class LegacyRelay:
         guarded = req.produces if kind == "h" else not req.produces  # /h guards producers, /r consumers
         if guarded and not hmac.compare_digest(req.args.get("secret", ""), self._hook_secret(kind, channel)):
             raise Refused(401, "unauthorized: wrong or missing secret")
+
+
+_API_STREAMS = re.compile(r"^/api/v1/db/(?P<db>[^/]+)/streams/(?P<kind>queue|req|res)/(?P<path>.+)$")
+_API_CODES = {400: "bad_request", 401: "unauthenticated", 403: "scope_denied", 404: "not_found",
+              405: "method_not_allowed", 429: "rate_limited"}
+
+
+async def problem_response(send: Send, body: dict[str, Any], headers: list[tuple[bytes, bytes]]) -> None:
+    data = json.dumps(body).encode()
+    start = [(b"content-type", PROBLEM_CONTENT_TYPE.encode()), (b"content-length", str(len(data)).encode())]
+    await send({"type": "http.response.start", "status": int(body["status"]), "headers": start + headers})
+    await send({"type": "http.response.body", "body": data, "more_body": False})
 
 
 def _channel_id(rest: str) -> str:
