@@ -28,7 +28,8 @@ class Transfer:
     producer_aborted: bool = False
 
     def __post_init__(self) -> None:
-        self.send, self.receive = trio.open_memory_channel[bytes](0)
+        # Two chunks of slack: fewer task switches than a strict rendezvous, still bounded.
+        self.send, self.receive = trio.open_memory_channel[bytes](2)
 
     def finish(self, delivered: bool) -> None:
         if not self.finished.is_set():
