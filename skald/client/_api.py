@@ -149,6 +149,26 @@ def subscribe(
     return Call("GET", f"{_db(db_id)}/events/stream", params=params, headers=headers)
 
 
+# ---- webhooks and tokens ------------------------------------------------------------------------
+def webhook(db_id: str, endpoint: str, body: bytes, headers: dict[str, str] | None = None) -> Call:
+    return Call("POST", f"{_db(db_id)}/webhooks/{_seg(endpoint)}", content=body, headers=headers)
+
+
+def create_token(scopes: list[str], label: str = "", expires_in: str | None = None) -> Call:
+    body: dict[str, Any] = {"scopes": scopes, "label": label}
+    if expires_in:
+        body["expires_in"] = expires_in
+    return Call("POST", "/api/v1/admin/tokens", json=body)
+
+
+def list_tokens() -> Call:
+    return Call("GET", "/api/v1/admin/tokens")
+
+
+def revoke_token(token_id: str) -> Call:
+    return Call("DELETE", f"/api/v1/admin/tokens/{quote(token_id, safe='')}")
+
+
 # ---- streams ------------------------------------------------------------------------------------
 def stream_send(db_id: str, topic: str, data: bytes, *, broadcast: bool = False) -> Call:
     params = [("pubsub", "true")] if broadcast else None

@@ -83,3 +83,49 @@ async def test_blocking_client_leases_and_query(server: LiveServer) -> None:
 
     first, second = await trio.to_thread.run_sync(run)
     assert second["fence"] > first["fence"]
+
+
+async def test_client_streams_webhooks_and_tokens(server: LiveServer) -> None:
+    async with AsyncClient(server.url, ADMIN_TOKEN) as client:
+        await client.create_document("rel")
+        got: list[bytes] = []
+        async with trio.open_nursery() as nursery:
+
+            async def consume() -> None:
+                got.append(await client.stream_next("rel", "jobs"))
+
+            nursery.start_soon(consume)
+            hub = server.state.services["relay"]
+            with trio.fail_after(10):
+                while hub.waiting_on("rel\x00api\x00queue/jobs") != (1, 0):  # noqa: ASYNC110 - bounded poll
+                    await trio.sleep(0.005)
+            await client.stream_send("rel", "jobs", b"work")
+        assert got == [b"work"]
+
+        async with trio.open_nursery() as nursery:
+            answers: list[bytes] = []
+
+            async def respond() -> None:
+                await client.stream_respond("rel", "calc", b"42")
+
+            nursery.start_soon(respond)
+            channels = server.state.services["relay_requests"]
+            with trio.fail_after(10):
+                while channels.waiting_on("rel\x00api\x00res/calc") != (0, 1):  # noqa: ASYNC110 - bounded poll
+                    await trio.sleep(0.005)
+            answers.append(await client.stream_request("rel", "calc", b"6*7"))
+        assert answers == [b"42"]
+
+        stored = await client.ingest_webhook("rel", "github", b'{"a": 1}', {"X-GitHub-Delivery": "d-1"})
+        again = await client.ingest_webhook("rel", "github", b'{"a": 1}', {"X-GitHub-Delivery": "d-1"})
+        assert again["id"] == stored["id"] and again["duplicate"] is True
+
+        minted = await client.create_token(["rel:query.read"], label="reader", expires_in="1d")
+        assert minted["token"].startswith("skd_")
+        assert minted["id"] in [t["id"] for t in await client.list_tokens()]
+        async with AsyncClient(server.url, minted["token"]) as reader:
+            assert (await reader.query("rel", "SELECT 1"))["rows"] == [[1]]
+            await client.revoke_token(minted["id"])
+            with pytest.raises(SkaldClientError) as revoked:
+                await reader.query("rel", "SELECT 1")
+        assert revoked.value.status == 401
