@@ -12,7 +12,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import structlog
 import trio
@@ -26,6 +26,7 @@ from skald.config import Settings
 from skald.connection import DocConnection
 from skald.errors import InvalidJSON, ShuttingDown
 from skald.http_errors import install_error_handlers
+from skald.legacy_relay import ASGIApp, LegacyRelay
 from skald.metrics import Metrics
 from skald.state import AppState, get_state
 from skald.supervisor import Supervisor
@@ -93,6 +94,8 @@ def create_app(settings: Settings, *, print_admin_token: bool = True) -> QuartTr
     _install_request_context(app, state)
     for install in _installers():
         install(app, state)
+    # Legacy relay paths stream at the ASGI layer, ahead of Quart (see skald.legacy_relay).
+    app.asgi_app = LegacyRelay(cast(ASGIApp, app.asgi_app), state)  # type: ignore[method-assign,assignment]
     return app
 
 

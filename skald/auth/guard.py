@@ -20,7 +20,7 @@ from skald.auth.scopes import GLOBAL, Principal, decide
 from skald.auth.tokens import TOKEN_PREFIX, TokenRecord, audit, find_by_secret, touch_token
 from skald.connection import DocConnection
 from skald.errors import ScopeDenied, TokenInvalid, Unauthenticated
-from skald.state import get_state
+from skald.state import AppState, get_state
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 
@@ -79,6 +79,18 @@ async def authenticate(*, allow_query_token: bool = False, required: bool = True
         if not required:
             return None
         raise Unauthenticated("send Authorization: Bearer <token>")
+    record = await token_record(state, secret)
+    if record is None:
+        raise TokenInvalid("unknown token")
+    token_state = record.state()
+    if token_state != "active":
+        await _audit_denied(record.id, f"token {token_state}")
+        raise TokenInvalid(f"token is {token_state}")
+    return record.principal()
+
+
+async def token_record(state: AppState, secret: str) -> TokenRecord | None:
+    """Look a token up by its secret (cached briefly); ``None`` if unknown. Needs no request context."""
     cache: TokenCache = state.services.setdefault("token_cache", TokenCache())
     hit, record = cache.get(secret)
     if not hit:
@@ -87,13 +99,7 @@ async def authenticate(*, allow_query_token: bool = False, required: bool = True
         if record is not None and record.state() == "active":
             token_id = record.id
             await state.supervisor.service.write(lambda conn: touch_token(conn, token_id))
-    if record is None:
-        raise TokenInvalid("unknown token")
-    token_state = record.state()
-    if token_state != "active":
-        await _audit_denied(record.id, f"token {token_state}")
-        raise TokenInvalid(f"token is {token_state}")
-    return record.principal()
+    return record
 
 
 async def _audit_denied(subject: str, reason: str) -> None:

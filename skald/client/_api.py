@@ -202,7 +202,27 @@ def subscribe(
     return Call("GET", f"{_db(db_id)}/events/stream", params=params, headers=headers)
 
 
-# ---- streams: routes not merged yet; shapes from the issue, untested against a server ----------
+# ---- webhooks and tokens ------------------------------------------------------------------------
+def webhook(db_id: str, endpoint: str, body: bytes, headers: dict[str, str] | None = None) -> Call:
+    return Call("POST", f"{_db(db_id)}/webhooks/{_seg(endpoint)}", content=body, headers=headers)
+
+
+def create_token(scopes: list[str], label: str = "", expires_in: str | None = None) -> Call:
+    body: dict[str, Any] = {"scopes": scopes, "label": label}
+    if expires_in:
+        body["expires_in"] = expires_in
+    return Call("POST", "/api/v1/admin/tokens", json=body)
+
+
+def list_tokens() -> Call:
+    return Call("GET", "/api/v1/admin/tokens")
+
+
+def revoke_token(token_id: str) -> Call:
+    return Call("DELETE", f"/api/v1/admin/tokens/{quote(token_id, safe='')}")
+
+
+# ---- streams ------------------------------------------------------------------------------------
 def stream_send(db_id: str, topic: str, data: bytes, *, broadcast: bool = False) -> Call:
     params = [("pubsub", "true")] if broadcast else None
     return Call("POST", f"{_db(db_id)}/streams/queue/{_seg(topic)}", params=params, content=data)
@@ -242,6 +262,7 @@ def lease_release(db_id: str, resource: str, lease_token: str) -> Call:
 
 
 # ---- blobs --------------------------------------------------------------------------------------
+# Blobs are content-addressed: ``sha256`` (64 hex) names the object; ``ref`` names this document's use.
 def blob_init(db_id: str, sha256: str, size: int, content_type: str = "application/octet-stream") -> Call:
     """-> ``{"sha256", "size", "exists": true}`` or ``{..., "exists": false, "upload": {method, url, headers}}``."""
     return Call(

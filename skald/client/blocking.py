@@ -248,7 +248,28 @@ class Client:
             attempt += 1
             self._backoff(attempt)
 
-    # ---- streams (routes not merged yet: shapes from the issue) ---------------------------------------
+    # ---- webhooks and tokens ----------------------------------------------------------------------
+    def ingest_webhook(
+        self, db_id: str, endpoint: str, body: bytes, headers: dict[str, str] | None = None
+    ) -> dict[str, Any]:
+        """Deliver a webhook to the document's inbox; returns the stored id (``duplicate`` on a retry)."""
+        return dict(self._json(_api.webhook(db_id, endpoint, body, headers)))
+
+    def create_token(
+        self, scopes: list[str], label: str = "", expires_in: str | None = None
+    ) -> dict[str, Any]:
+        """Mint a token (``DB:ACTION[:PREFIX]`` scopes); the secret is in ``["token"]``, shown this once."""
+        return dict(self._json(_api.create_token(scopes, label, expires_in)))
+
+    def list_tokens(self) -> list[dict[str, Any]]:
+        body = self._json(_api.list_tokens())
+        tokens: list[dict[str, Any]] = body["tokens"] if isinstance(body, dict) else body
+        return tokens
+
+    def revoke_token(self, token_id: str) -> None:
+        self._send(_api.revoke_token(token_id))
+
+    # ---- streams (relay: queues, broadcast, request/response) ---------------------------------------
     def stream_send(self, db_id: str, topic: str, data: bytes, *, broadcast: bool = False) -> None:
         self._send(_api.stream_send(db_id, topic, data, broadcast=broadcast))
 

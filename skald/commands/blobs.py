@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TransferSpeedColumn
 
-from skald.client import Client, SkaldClientError
+from skald.client import Client, SkaldClientError, profiles
 from skald.errors import SkaldError
 
 
@@ -49,11 +48,17 @@ def _connection_options(parser: argparse.ArgumentParser) -> None:
 
 
 def server_target(args: argparse.Namespace) -> tuple[str, str]:
-    """The server URL and token: flags first, then ``SKALD_URL`` / ``SKALD_TOKEN``."""
-    url = args.url or os.environ.get("SKALD_URL")
-    token = args.token or os.environ.get("SKALD_TOKEN")
+    """The server URL and token: flags first, then the client profile (``SKALD_URL`` / ``SKALD_TOKEN`` win there)."""
+    url, token = args.url, args.token
+    if not (url and token):
+        try:
+            endpoint = profiles.resolve()
+        except profiles.NoProfile:
+            endpoint = None
+        url = url or (endpoint.url if endpoint else None)
+        token = token or (endpoint.token if endpoint else None)
     if not url or not token:
-        raise ClientError("give --url and --token (or set SKALD_URL and SKALD_TOKEN)")
+        raise ClientError("give --url and --token, set SKALD_URL and SKALD_TOKEN, or configure a profile")
     return url.rstrip("/"), token
 
 

@@ -19,6 +19,10 @@ from skald.client.errors import (
 )
 
 _READ_FIRST = {"SELECT", "VALUES", "EXPLAIN"}
+_WRITE_FIRST = {
+    *("INSERT", "UPDATE", "DELETE", "REPLACE", "CREATE", "DROP", "ALTER", "VACUUM", "REINDEX", "ANALYZE"),
+    *("ATTACH", "DETACH", "BEGIN", "COMMIT", "END", "ROLLBACK", "SAVEPOINT", "RELEASE"),
+}
 _WRITE_WORDS = re.compile(
     r"\b(INSERT|UPDATE|DELETE|REPLACE|CREATE|DROP|ALTER|ATTACH|DETACH|VACUUM|REINDEX)\b", re.I
 )
@@ -37,7 +41,9 @@ def is_read_only(sql: str) -> bool:
         return "=" not in text and "(" not in text
     if first in _READ_FIRST or first == "WITH":
         return not _WRITE_WORDS.search(text)
-    return False
+    # Not SQL's way to start any statement: let the server answer "invalid SQL" rather than
+    # asking for --write. Everything that can write starts with a keyword named here.
+    return first not in _WRITE_FIRST
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -89,9 +95,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     publish.add_argument("db")
     publish.add_argument("topic")
     publish.add_argument("data", nargs="?", default="-")
-    publish.add_argument(
-        "--json", action="store_true", help="DATA is JSON: send it as the JSON payload (default: text)"
-    )
+    form = publish.add_mutually_exclusive_group()
+    form.add_argument("--json", action="store_true", help="DATA must be JSON (default: JSON if it parses)")
+    form.add_argument("--text", action="store_true", help="send DATA as text even if it parses as JSON")
     publish.add_argument("--content-type", default=None)
     publish.add_argument("--dedupe-key", default=None)
     publish.set_defaults(func=cmd_publish)
@@ -286,6 +292,8 @@ def cmd_publish(args: argparse.Namespace) -> int:
 
     def run(client: Client) -> int:
         kwargs: dict[str, Any] = {"content_type": args.content_type, "dedupe_key": args.dedupe_key}
+        # --json: DATA must be JSON; --text: always text. Otherwise DATA that is valid JSON is
+        # published as JSON, other UTF-8 as text, anything else as bytes.
         if args.json:
             published = client.publish(args.db, args.topic, payload, **kwargs)
         else:
@@ -294,11 +302,22 @@ def cmd_publish(args: argparse.Namespace) -> int:
             except UnicodeDecodeError:
                 published = client.publish(args.db, args.topic, data=raw, **kwargs)
             else:
-                published = client.publish(args.db, args.topic, text=text, **kwargs)
+                published = _publish_text(client, args, text, kwargs)
         print(json.dumps(published))
         return 0
 
     return with_client(args, run)
+
+
+def _publish_text(client: Client, args: argparse.Namespace, text: str, kwargs: dict[str, Any]) -> Any:
+    if not args.text:
+        try:
+            value = json.loads(text)
+        except ValueError:
+            pass
+        else:
+            return client.publish(args.db, args.topic, value, **kwargs)
+    return client.publish(args.db, args.topic, text=text, **kwargs)
 
 
 def cmd_subscribe(args: argparse.Namespace) -> int:

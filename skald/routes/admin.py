@@ -19,6 +19,7 @@ from skald.auth.guard import current_principal, requires
 from skald.auth.scopes import Scope, ScopeError
 from skald.auth.tokens import parse_duration
 from skald.errors import ValidationFailed
+from skald.routes.params import int_param
 from skald.state import AppState, get_state
 from skald.token_admin import (
     AUDIT_PAGE_MAX,
@@ -115,24 +116,11 @@ async def delete_view(token_id: str) -> tuple[str, int]:
     return "", 204
 
 
-def _int_arg(name: str, default: int | None) -> int | None:
-    raw = request.args.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValidationFailed(f"{name} must be an integer") from None
-    if value < 1:
-        raise ValidationFailed(f"{name} must be at least 1")
-    return value
-
-
 @requires("admin.token")
 async def audit_view() -> dict[str, Any]:
     """A page of the audit log, newest first; follow ``next_before_id`` for older events."""
-    before_id = _int_arg("before_id", None)
-    limit = min(_int_arg("limit", 100) or 100, AUDIT_PAGE_MAX)
+    before_id = int_param("before_id", request.args.get("before_id"), minimum=1)
+    limit = min(int_param("limit", request.args.get("limit"), 100, minimum=1), AUDIT_PAGE_MAX)
     event = request.args.get("event") or None
     events = await get_state().supervisor.service.read(
         lambda conn: read_audit(conn, before_id=before_id, limit=limit, event=event)

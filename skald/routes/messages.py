@@ -17,6 +17,7 @@ from skald.ids import validate_db_id
 from skald.pubsub import PubSub, parse_publish
 from skald.pubsub_retention import RetentionPolicy
 from skald.pubsub_stream import StreamRequest, event_stream
+from skald.routes.params import int_param
 from skald.state import AppState, get_state
 from skald.topics import TopicFilter
 
@@ -43,18 +44,6 @@ def install(app: Quart, state: AppState) -> None:
 def _pubsub() -> PubSub:
     service: PubSub = get_state().services["pubsub"]
     return service
-
-
-def _int_arg(name: str, value: str | None, minimum: int = 0) -> int | None:
-    if value is None or value == "":
-        return None
-    try:
-        number = int(value)
-    except ValueError:
-        raise ValidationFailed(f"{name} must be an integer") from None
-    if number < minimum:
-        raise ValidationFailed(f"{name} must be at least {minimum}")
-    return number
 
 
 async def _visible_filters(db_id: str) -> tuple[list[TopicFilter], list[str] | None]:
@@ -97,13 +86,13 @@ async def stream_view(db_id: str) -> Response:
     if not state.supervisor.exists(db_id):
         raise DocumentNotFound(f"document {db_id} does not exist")
     args = request.args
-    since_id = _int_arg("since_id", args.get("since_id"))
-    tail = _int_arg("tail", args.get("tail"))
+    since_id = int_param("since_id", args.get("since_id"))
+    tail = int_param("tail", args.get("tail"))
     if since_id is not None and tail is not None:
         raise BadRequest("give since_id or tail, not both")
     if tail is not None and tail > MAX_TAIL:
         raise ValidationFailed(f"tail must be at most {MAX_TAIL}")
-    last_event_id = _int_arg("Last-Event-ID", request.headers.get("Last-Event-ID"))
+    last_event_id = int_param("Last-Event-ID", request.headers.get("Last-Event-ID"))
     if last_event_id is not None:  # a reconnect: the header wins over the URL's original cursor
         since_id, tail = last_event_id, None
     heartbeat = state.settings.sse_heartbeat_seconds
@@ -127,8 +116,8 @@ async def stream_view(db_id: str) -> Response:
 @requires("pub.subscribe")
 async def poll_view(db_id: str) -> dict[str, Any]:
     """JSON poll: messages with id > since_id matching the filters, oldest first."""
-    since_id = _int_arg("since_id", request.args.get("since_id")) or 0
-    limit = _int_arg("limit", request.args.get("limit"), minimum=1) or 100
+    since_id = int_param("since_id", request.args.get("since_id"), 0)
+    limit = int_param("limit", request.args.get("limit"), 100, minimum=1)
     if limit > MAX_POLL_LIMIT:
         raise ValidationFailed(f"limit must be at most {MAX_POLL_LIMIT}")
     filters, prefixes = await _visible_filters(db_id)

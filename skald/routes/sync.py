@@ -13,7 +13,7 @@ from quart import Quart, Response, request
 from skald.auth.guard import requires
 from skald.changefeed import read_changes
 from skald.connection import DocConnection
-from skald.errors import ValidationFailed
+from skald.routes.params import int_param
 from skald.state import AppState, get_state
 from skald.sync import SyncService, stream_file
 
@@ -33,21 +33,6 @@ def _service() -> SyncService:
     return service
 
 
-def _int_arg(name: str, default: int, *, minimum: int = 0, maximum: int | None = None) -> int:
-    raw = request.args.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ValidationFailed(f"{name} must be an integer") from None
-    if value < minimum or (maximum is not None and value > maximum):
-        raise ValidationFailed(
-            f"{name} must be between {minimum} and {maximum if maximum is not None else 'any'}"
-        )
-    return value
-
-
 @requires("sync.read")
 async def snapshot_view(db_id: str) -> Response:
     state = get_state()
@@ -64,8 +49,8 @@ async def snapshot_view(db_id: str) -> Response:
 
 @requires("sync.read")
 async def changes_view(db_id: str) -> dict[str, Any]:
-    since = _int_arg("since", 0)
-    limit = _int_arg("limit", MAX_PAGE, minimum=1, maximum=MAX_PAGE)
+    since = int_param("since", request.args.get("since"), 0)
+    limit = int_param("limit", request.args.get("limit"), MAX_PAGE, minimum=1, maximum=MAX_PAGE)
     async with get_state().supervisor.open_document(db_id) as actor:
         page = await _service().changes(actor, since, limit)
     page["since"] = since
@@ -80,7 +65,7 @@ def _event(kind: str, data: Any, event_id: int | None = None) -> bytes:
 
 @requires("sync.read")
 async def changes_stream_view(db_id: str) -> Response:
-    since = _int_arg("since", -1)
+    since = int_param("since", request.args.get("since"), -1)  # -1: not given
     if since < 0:
         last = request.headers.get("Last-Event-ID", "")
         since = int(last) if last.isdigit() else 0

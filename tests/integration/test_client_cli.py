@@ -225,3 +225,43 @@ async def test_watch_prints_snapshot_then_update(
     assert code == 0
     assert [r["rows"] for r in results] == [[[0]], [[1]]]
     assert results[0]["result_hash"] != results[1]["result_hash"]
+async def test_query_publish_subscribe_commands(
+    server: LiveServer, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("SKALD_URL", server.url)
+    monkeypatch.setenv("SKALD_TOKEN", ADMIN_TOKEN)
+    async with server.client() as client:
+        await client.put("/api/v1/db/cli")
+    ddl = "CREATE TABLE t (id INTEGER PRIMARY KEY, name TEXT)"
+    code, _, err = await skald(capsys, "query", "cli", ddl)
+    assert code == 1 and "--write" in err  # the guard refuses before sending
+    assert (await skald(capsys, "query", "cli", ddl, "--write"))[0] == 0
+    assert (await skald(capsys, "query", "cli", "INSERT INTO t (name) VALUES (?)", "--arg", "milk", "--write"))[0] == 0
+    code, out, _ = await skald(capsys, "query", "cli", "SELECT id, name FROM t", "--output", "json")
+    assert code == 0 and json.loads(out)["rows"] == [[1, "milk"]]
+    code, out, err = await skald(capsys, "query", "cli", "SELEC nonsense")
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "syntax error" in err
+    code, out, _ = await skald(capsys, "publish", "cli", "sensors/a", '{"t": 1}')
+    assert code == 0 and json.loads(out)["id"] == 1
+
+    # subscribe follows forever: read its first event from a subprocess, then stop it
+    env = {**__import__("os").environ, "SKALD_URL": server.url, "SKALD_TOKEN": ADMIN_TOKEN}
+    proc = subprocess.Popen(  # noqa: ASYNC220 - starts at once; the read below runs in a thread
+        [sys.executable, "-m", "skald", "subscribe", "cli", "sensors/+", "--since", "0", "--output", "json"],
+        stdout=subprocess.PIPE,
+        env=env,
+    )
+    try:
+        assert proc.stdout is not None
+        line = await trio.to_thread.run_sync(proc.stdout.readline)
+    finally:
+        proc.terminate()
+        await trio.to_thread.run_sync(proc.wait)
+        if proc.stdout is not None:
+            proc.stdout.close()
+    event = json.loads(line)
+    assert event["event"] == "message" and event["data"]["payload"] == {"t": 1}

@@ -1,0 +1,141 @@
+"""Relay throughput: skald's legacy /p/ queue vs npm piping-server, in one run, on loopback.
+
+(1) one 1 GiB transfer, producer and consumer both `curl` (MB/s);
+(2) 10,000 small (1 KiB) messages one after another through httpx (messages/s).
+Prints both figures for each server and skald/piping ratios (goal: >= 1.0 on both).
+
+Usage: python bench/relay.py [--bytes N] [--messages N]   (installs piping-server into bench/ on first use)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import trio
+
+HERE = Path(__file__).resolve().parent
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def _wait_listening(port: int, limit: float = 20) -> None:
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on {port}")
+
+
+def start_skald(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
+    env = {**os.environ, "SKALD_LOG_LEVEL": "warning", "SKALD_PUBLIC_RATE_PER_SECOND": "1000000",
+           "SKALD_PUBLIC_RATE_BURST": "1000000", "SKALD_ADMIN_TOKEN": "skd_bench_admin_token_0123456789"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "skald", "serve", "--port", "0", "--data-dir", str(data_dir)],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
+    )
+    assert proc.stdout is not None
+    match = re.search(rb"listening on (http://\S+)", proc.stdout.readline())
+    if not match:
+        proc.kill()
+        raise RuntimeError("skald did not start")
+    return proc, match[1].decode()
+
+
+def start_piping() -> tuple[subprocess.Popen[bytes], str]:
+    binary = HERE / "node_modules" / ".bin" / "piping-server"
+    if not binary.exists():
+        subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--loglevel=error"], cwd=HERE, check=True)
+    port = _free_port()
+    proc = subprocess.Popen([str(binary), "--host", "127.0.0.1", "--http-port", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait_listening(port)
+    return proc, f"http://127.0.0.1:{port}"
+
+
+def big_transfer(base: str, size: int) -> float:
+    """MB/s of one `size`-byte transfer through ``base``/bench-big, curl on both ends."""
+    url = base
+    consumer = subprocess.Popen(["curl", "-sS", "-o", "/dev/null", "-w", "%{size_download}", url],
+                                stdout=subprocess.PIPE)
+    started = time.perf_counter()
+    producer = subprocess.Popen(
+        f"head -c {size} /dev/zero | curl -sS -o /dev/null -T - -H 'Content-Type: application/octet-stream' {url}",
+        shell=True,
+    )
+    out, _ = consumer.communicate()
+    producer.wait()
+    elapsed = time.perf_counter() - started
+    if int(out or 0) != size:
+        raise RuntimeError(f"{url}: received {out!r} of {size} bytes")
+    return size / elapsed / 1e6
+
+
+async def small_messages(base: str, count: int) -> float:
+    """Messages per second, 1 KiB each, sent one after another (each with its own consumer)."""
+    payload = b"m" * 1024
+    async with httpx.AsyncClient(timeout=30) as producer, httpx.AsyncClient(timeout=30) as consumer:
+        started = time.perf_counter()
+        for i in range(count):
+            url = f"{base}/p/bench-small-{i}"
+            async with trio.open_nursery() as nursery:
+                got: list[bytes] = []
+
+                async def consume(url: str = url, got: list[bytes] = got) -> None:
+                    got.append((await consumer.get(url)).content)
+
+                nursery.start_soon(consume)
+                r = await producer.post(url, content=payload)
+                if r.status_code != 200:
+                    raise RuntimeError(f"{url}: producer got {r.status_code}")
+            if got != [payload]:
+                raise RuntimeError(f"{url}: consumer got {len(got[0]) if got else 0} bytes")
+        return count / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--bytes", type=int, default=1024**3)
+    parser.add_argument("--messages", type=int, default=10_000)
+    args = parser.parse_args()
+    if shutil.which("curl") is None:
+        raise SystemExit("bench/relay.py needs curl")
+    with tempfile.TemporaryDirectory() as tmp:
+        skald, skald_url = start_skald(Path(tmp) / "data")
+        piping, piping_base = start_piping()
+        try:
+            results = {}
+            for name, base in (("skald", skald_url), ("piping", piping_base)):
+                mbps = big_transfer(f"{base}/p/big-{name}", args.bytes)
+                rate = trio.run(small_messages, base, args.messages)
+                results[name] = (mbps, rate)
+        finally:
+            for proc in (skald, piping):
+                proc.terminate()
+                proc.wait()
+    print(f"relay: one {args.bytes / 1e9:.2f} GB transfer (curl both ends) and {args.messages} x 1 KiB messages")
+    print(f"{'server':>8} {'MB/s':>10} {'msgs/s':>10}")
+    for name, (mbps, rate) in results.items():
+        print(f"{name:>8} {mbps:>10.1f} {rate:>10.1f}")
+    (s_mb, s_rate), (p_mb, p_rate) = results["skald"], results["piping"]
+    print(f"skald/piping: throughput {s_mb / p_mb:.2f}x, small messages {s_rate / p_rate:.2f}x (goal >= 1.0)")
+
+
+if __name__ == "__main__":
+    main()

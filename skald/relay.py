@@ -1,0 +1,242 @@
+"""Relay channels: blocking rendezvous queues and broadcast, held in memory (not durable).
+
+A :class:`Transfer` is one message on its way from a producer to a consumer:
+its status and headers, and a zero-buffer chunk channel, so the body streams
+with backpressure and is never held whole. Waiters queue first come, first
+served; a waiter cancelled before pairing leaves nothing behind, and a
+channel nobody waits on is deleted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import deque
+
+import trio
+
+
+@dataclasses.dataclass(eq=False)
+class Transfer:
+    """One message in flight. The consumer calls :meth:`finish` once it has sent the whole body (or failed)."""
+
+    status: int
+    headers: list[tuple[bytes, bytes]]
+    send: trio.MemorySendChannel[bytes] = dataclasses.field(init=False)
+    receive: trio.MemoryReceiveChannel[bytes] = dataclasses.field(init=False)
+    finished: trio.Event = dataclasses.field(default_factory=trio.Event)
+    delivered: bool = False
+    producer_aborted: bool = False
+
+    def __post_init__(self) -> None:
+        # Two chunks of slack: fewer task switches than a strict rendezvous, still bounded.
+        self.send, self.receive = trio.open_memory_channel[bytes](2)
+
+    def finish(self, delivered: bool) -> None:
+        if not self.finished.is_set():
+            self.delivered = delivered
+            self.finished.set()
+            self.receive.close()  # a producer still sending gets BrokenResourceError
+
+
+@dataclasses.dataclass(eq=False)
+class _Waiter:
+    event: trio.Event = dataclasses.field(default_factory=trio.Event)
+    transfer: Transfer | None = None
+
+
+@dataclasses.dataclass
+class _Channel:
+    consumers: deque[_Waiter] = dataclasses.field(default_factory=deque)
+    producers: deque[_Waiter] = dataclasses.field(default_factory=deque)
+
+
+class RelayHub:
+    """All relay channels of one server, keyed by ``(db_id, namespace, path)`` strings."""
+
+    def __init__(self) -> None:
+        self._channels: dict[str, _Channel] = {}
+
+    @property
+    def waiting(self) -> int:
+        """Producers and consumers currently waiting to be paired."""
+        return sum(len(c.consumers) + len(c.producers) for c in self._channels.values())
+
+    def waiting_on(self, key: str) -> tuple[int, int]:
+        """``(consumers, producers)`` waiting on ``key`` (for tests and status)."""
+        channel = self._channels.get(key)
+        return (len(channel.consumers), len(channel.producers)) if channel else (0, 0)
+
+    def _channel(self, key: str) -> _Channel:
+        return self._channels.setdefault(key, _Channel())
+
+    def _forget_if_empty(self, key: str) -> None:
+        channel = self._channels.get(key)
+        if channel is not None and not channel.consumers and not channel.producers:
+            del self._channels[key]
+
+    async def consume(self, key: str) -> Transfer:
+        """Wait for the next message on ``key`` (FIFO among consumers)."""
+        channel = self._channel(key)
+        if channel.producers:
+            waiter = channel.producers.popleft()
+            self._forget_if_empty(key)
+            waiter.event.set()
+            assert waiter.transfer is not None
+            return waiter.transfer
+        waiter = _Waiter()
+        channel.consumers.append(waiter)
+        try:
+            await waiter.event.wait()
+        except BaseException:
+            if waiter.transfer is None:
+                channel.consumers.remove(waiter)
+                self._forget_if_empty(key)
+            else:  # paired in the same instant we were cancelled: the producer must not wait forever
+                waiter.transfer.finish(delivered=False)
+            raise
+        assert waiter.transfer is not None
+        return waiter.transfer
+
+    async def produce(self, key: str, transfer: Transfer) -> None:
+        """Wait until one consumer takes ``transfer`` (FIFO among producers)."""
+        channel = self._channel(key)
+        if channel.consumers:
+            waiter = channel.consumers.popleft()
+            self._forget_if_empty(key)
+            waiter.transfer = transfer
+            waiter.event.set()
+            return
+        waiter = _Waiter(transfer=transfer)
+        channel.producers.append(waiter)
+        try:
+            await waiter.event.wait()
+        except BaseException:
+            if not waiter.event.is_set():
+                channel.producers.remove(waiter)
+                self._forget_if_empty(key)
+            raise
+
+    def take_all_consumers(self, key: str) -> list[_Waiter]:
+        """Every consumer waiting on ``key`` right now (broadcast); the caller hands each a transfer."""
+        channel = self._channels.get(key)
+        if channel is None:
+            return []
+        waiters = list(channel.consumers)
+        channel.consumers.clear()
+        self._forget_if_empty(key)
+        return waiters
+
+    @staticmethod
+    def hand(waiter: _Waiter, transfer: Transfer) -> None:
+        waiter.transfer = transfer
+        waiter.event.set()
+
+
+@dataclasses.dataclass(eq=False)
+class Requester:
+    """A request waiting on ``req/{id}``: its own message, and the answer it waits for."""
+
+    request: Transfer
+    unstripped_headers: list[tuple[bytes, bytes]] = dataclasses.field(default_factory=list)
+    """The request's headers with ``Patch-H-*`` names kept, for a switch responder."""
+    answered: trio.Event = dataclasses.field(default_factory=trio.Event)
+    answer: Transfer | None = None
+    paired: trio.Event = dataclasses.field(default_factory=trio.Event)
+    responder: Responder | None = None
+
+    def give(self, answer: Transfer) -> None:
+        self.answer = answer
+        self.answered.set()
+
+
+@dataclasses.dataclass(eq=False)
+class Responder:
+    """A responder waiting on ``res/{id}``: ``answer`` is set for POST/PUT responders (a ready answer)."""
+
+    answer: Transfer | None
+    switch_to: str | None = None
+    paired: trio.Event = dataclasses.field(default_factory=trio.Event)
+    requester: Requester | None = None
+
+
+class RequestChannels:
+    """Request/responder pairing per ``req``/``res`` id, and switched requests waiting for an answer."""
+
+    def __init__(self) -> None:
+        self._requesters: dict[str, deque[Requester]] = {}
+        self._responders: dict[str, deque[Responder]] = {}
+        self._switched: dict[str, Requester] = {}
+
+    @property
+    def waiting(self) -> int:
+        return (
+            sum(map(len, self._requesters.values()))
+            + sum(map(len, self._responders.values()))
+            + len(self._switched)
+        )
+
+    def waiting_on(self, key: str) -> tuple[int, int]:
+        """``(requesters, responders)`` waiting on ``key``."""
+        return len(self._requesters.get(key, ())), len(self._responders.get(key, ()))
+
+    async def request(self, key: str, requester: Requester) -> Responder:
+        """Wait for a responder on ``key``; return it (paired). FIFO on both sides."""
+        responders = self._responders.get(key)
+        if responders:
+            responder = responders.popleft()
+            if not responders:
+                del self._responders[key]
+            _pair(requester, responder)
+            return responder
+        queue = self._requesters.setdefault(key, deque())
+        queue.append(requester)
+        try:
+            await requester.paired.wait()
+        except BaseException:
+            if not requester.paired.is_set():
+                queue.remove(requester)
+                if not queue:
+                    self._requesters.pop(key, None)
+            raise
+        assert requester.responder is not None
+        return requester.responder
+
+    async def respond(self, key: str, responder: Responder) -> Requester:
+        """Wait for a requester on ``key``; return it (paired)."""
+        requesters = self._requesters.get(key)
+        if requesters:
+            requester = requesters.popleft()
+            if not requesters:
+                del self._requesters[key]
+            _pair(requester, responder)
+            return requester
+        queue = self._responders.setdefault(key, deque())
+        queue.append(responder)
+        try:
+            await responder.paired.wait()
+        except BaseException:
+            if not responder.paired.is_set():
+                queue.remove(responder)
+                if not queue:
+                    self._responders.pop(key, None)
+            raise
+        assert responder.requester is not None
+        return responder.requester
+
+    def park_switched(self, key: str, requester: Requester) -> None:
+        """A switched request waits for whoever posts to ``key`` next."""
+        self._switched[key] = requester
+
+    def unpark_switched(self, key: str, requester: Requester) -> None:
+        if self._switched.get(key) is requester:
+            del self._switched[key]
+
+    def take_switched(self, key: str) -> Requester | None:
+        return self._switched.pop(key, None)
+
+
+def _pair(requester: Requester, responder: Responder) -> None:
+    requester.responder = responder
+    responder.requester = requester
+    requester.paired.set()
+    responder.paired.set()

@@ -1,0 +1,80 @@
+"""Streaming through a relay: bounded memory, and no silent loss when a side goes away."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+
+import httpx
+import psutil
+import pytest
+import trio
+from support.live import LiveServer
+from support.relay import channel_key, wait_for_waiters
+
+from skald.relay import RelayHub
+
+MIB = 1024 * 1024
+
+
+async def _body(total: int, chunk: int = 256 * 1024) -> AsyncIterator[bytes]:
+    block = b"x" * chunk
+    sent = 0
+    while sent < total:
+        part = block[: min(chunk, total - sent)]
+        sent += len(part)
+        yield part
+
+
+def _hub(server: LiveServer) -> RelayHub:
+    hub: RelayHub = server.state.services["relay"]
+    return hub
+
+
+@pytest.mark.slow
+async def test_large_body_streams_in_bounded_memory_to_a_slow_consumer(server: LiveServer) -> None:
+    total = 256 * MIB
+    process = psutil.Process(os.getpid())
+    before = process.memory_info().rss
+    peak = before
+    received = 0
+    results: dict[str, int] = {}
+    async with httpx.AsyncClient(base_url=server.url, timeout=120) as client:
+
+        async def produce() -> None:
+            r = await client.post("/p/big", content=_body(total))
+            results["producer"] = r.status_code
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(produce)
+            await wait_for_waiters(_hub(server), channel_key("public", "p", "big"), producers=1)
+            async with client.stream("GET", "/p/big") as response:
+                async for chunk in response.aiter_bytes():
+                    received += len(chunk)
+                    if received % (16 * MIB) < len(chunk):
+                        peak = max(peak, process.memory_info().rss)
+                        await trio.sleep(0.01)  # a slow reader: the producer must wait, not pile up
+    assert received == total
+    assert results["producer"] == 200
+    # Server and both clients share this process: all of it together stays far below the body size.
+    assert peak - before < 64 * MIB, f"RSS grew by {(peak - before) / MIB:.0f} MiB relaying {total // MIB} MiB"
+
+
+async def test_consumer_gone_mid_body_fails_the_producer(server: LiveServer) -> None:
+    results: dict[str, int] = {}
+    async with httpx.AsyncClient(base_url=server.url, timeout=60) as client:
+
+        async def produce() -> None:
+            r = await client.post("/p/cut", content=_body(64 * MIB))
+            results["producer"] = r.status_code
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(produce)
+            await wait_for_waiters(_hub(server), channel_key("public", "p", "cut"), producers=1)
+            # a raw consumer: read the start of the body, then hang up
+            host, port = server.url.removeprefix("http://").split(":")
+            stream = await trio.open_tcp_stream(host, int(port))
+            await stream.send_all(b"GET /p/cut HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert (await stream.receive_some(65536)).startswith(b"HTTP/1.1 200")
+            await stream.aclose()
+    assert results["producer"] == 502  # never a silent 200

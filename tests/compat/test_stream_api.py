@@ -1,0 +1,72 @@
+"""The document-scoped relay routes of the JSON API: /api/v1/db/{db_id}/streams/..."""
+
+from __future__ import annotations
+
+import httpx
+import trio
+from support.live import ADMIN_TOKEN, LiveServer
+from support.relay import channel_key, wait_for_waiters
+
+from skald.relay import RelayHub, RequestChannels
+
+
+async def test_queue_next_and_broadcast(server: LiveServer) -> None:
+    hub: RelayHub = server.state.services["relay"]
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    async with httpx.AsyncClient(base_url=server.url, headers=headers, timeout=30) as client:
+        await client.put("/api/v1/db/s")
+        got: list[bytes] = []
+
+        async def consume() -> None:
+            got.append((await client.get("/api/v1/db/s/streams/queue/jobs/next")).content)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(consume)
+            nursery.start_soon(consume)
+            await wait_for_waiters(hub, channel_key("s", "api", "queue/jobs"), consumers=2)
+            assert (await client.post("/api/v1/db/s/streams/queue/jobs?pubsub", content=b"all")).status_code == 200
+        assert got == [b"all", b"all"]
+        r = await client.get("/api/v1/db/s/streams/queue/jobs")
+        assert r.status_code == 404 and r.headers["content-type"] == "application/problem+json"
+        r = await client.delete("/api/v1/db/s/streams/queue/jobs")
+        assert r.status_code == 405 and r.json()["code"] == "method_not_allowed"
+        r = await client.get("/api/v1/db/missing/streams/queue/x/next")
+        assert r.status_code == 404 and r.json()["code"] == "document_not_found"
+
+
+async def test_request_and_responder(server: LiveServer) -> None:
+    channels: RequestChannels = server.state.services["relay_requests"]
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    results: dict[str, httpx.Response] = {}
+    async with httpx.AsyncClient(base_url=server.url, headers=headers, timeout=30) as client:
+        await client.put("/api/v1/db/s")
+
+        async def responder() -> None:
+            results["res"] = await client.post(
+                "/api/v1/db/s/streams/res/calc", content=b"42", headers={"patch-status": "201"}
+            )
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(responder)
+            with trio.fail_after(10):
+                while channels.waiting_on(channel_key("s", "api", "res/calc")) != (0, 1):  # noqa: ASYNC110
+                    await trio.sleep(0.005)
+            results["req"] = await client.post("/api/v1/db/s/streams/req/calc", content=b"6*7?")
+    assert results["req"].status_code == 201 and results["req"].content == b"42"
+    assert results["res"].status_code == 200
+
+
+async def test_stream_routes_authorize_with_problem_json(server: LiveServer) -> None:
+    await server.state.supervisor.create_document("s")
+    reader = await server.mint_token("s:stream.read:jobs")
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+        r = await client.get("/api/v1/db/s/streams/queue/jobs/next")
+        assert r.status_code == 401 and r.headers["www-authenticate"].startswith("Bearer")
+        assert r.json()["code"] == "unauthenticated"
+        r = await client.get(f"/api/v1/db/s/streams/queue/jobs/next?token={reader}")
+        assert r.status_code == 401  # ?token= only on the legacy routes
+        auth = {"Authorization": f"Bearer {reader}"}
+        r = await client.post("/api/v1/db/s/streams/queue/jobs", content=b"x", headers=auth)
+        assert r.status_code == 403 and r.json()["code"] == "scope_denied"
+        r = await client.get("/api/v1/db/s/streams/queue/other/next", headers=auth)
+        assert r.status_code == 403
