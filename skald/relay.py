@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections import deque
+from collections.abc import Callable
 
 import trio
 
@@ -50,10 +51,25 @@ class _Channel:
     producers: deque[_Waiter] = dataclasses.field(default_factory=deque)
 
 
-class RelayHub:
+class _Watched:
+    """Lets a caller wait until the waiters look some way, woken on each change (tests, status)."""
+
+    def __init__(self) -> None:
+        self._changed = trio.lowlevel.ParkingLot()
+
+    def _notify(self) -> None:
+        self._changed.unpark_all()
+
+    async def wait_until(self, predicate: Callable[[], bool]) -> None:
+        while not predicate():
+            await self._changed.park()
+
+
+class RelayHub(_Watched):
     """All relay channels of one server, keyed by ``(db_id, namespace, path)`` strings."""
 
     def __init__(self) -> None:
+        super().__init__()
         self._channels: dict[str, _Channel] = {}
 
     @property
@@ -70,6 +86,7 @@ class RelayHub:
         return self._channels.setdefault(key, _Channel())
 
     def _forget_if_empty(self, key: str) -> None:
+        self._notify()  # called after every change to a channel's waiters
         channel = self._channels.get(key)
         if channel is not None and not channel.consumers and not channel.producers:
             del self._channels[key]
@@ -85,6 +102,7 @@ class RelayHub:
             return waiter.transfer
         waiter = _Waiter()
         channel.consumers.append(waiter)
+        self._notify()
         try:
             await waiter.event.wait()
         except BaseException:
@@ -108,6 +126,7 @@ class RelayHub:
             return
         waiter = _Waiter(transfer=transfer)
         channel.producers.append(waiter)
+        self._notify()
         try:
             await waiter.event.wait()
         except BaseException:
@@ -159,10 +178,11 @@ class Responder:
     requester: Requester | None = None
 
 
-class RequestChannels:
+class RequestChannels(_Watched):
     """Request/responder pairing per ``req``/``res`` id, and switched requests waiting for an answer."""
 
     def __init__(self) -> None:
+        super().__init__()
         self._requesters: dict[str, deque[Requester]] = {}
         self._responders: dict[str, deque[Responder]] = {}
         self._switched: dict[str, Requester] = {}
@@ -186,10 +206,12 @@ class RequestChannels:
             responder = responders.popleft()
             if not responders:
                 del self._responders[key]
+            self._notify()
             _pair(requester, responder)
             return responder
         queue = self._requesters.setdefault(key, deque())
         queue.append(requester)
+        self._notify()
         try:
             await requester.paired.wait()
         except BaseException:
@@ -197,6 +219,7 @@ class RequestChannels:
                 queue.remove(requester)
                 if not queue:
                     self._requesters.pop(key, None)
+                self._notify()
             raise
         assert requester.responder is not None
         return requester.responder
@@ -208,10 +231,12 @@ class RequestChannels:
             requester = requesters.popleft()
             if not requesters:
                 del self._requesters[key]
+            self._notify()
             _pair(requester, responder)
             return requester
         queue = self._responders.setdefault(key, deque())
         queue.append(responder)
+        self._notify()
         try:
             await responder.paired.wait()
         except BaseException:
@@ -219,6 +244,7 @@ class RequestChannels:
                 queue.remove(responder)
                 if not queue:
                     self._responders.pop(key, None)
+                self._notify()
             raise
         assert responder.requester is not None
         return responder.requester
@@ -226,13 +252,18 @@ class RequestChannels:
     def park_switched(self, key: str, requester: Requester) -> None:
         """A switched request waits for whoever posts to ``key`` next."""
         self._switched[key] = requester
+        self._notify()
 
     def unpark_switched(self, key: str, requester: Requester) -> None:
         if self._switched.get(key) is requester:
             del self._switched[key]
+            self._notify()
 
     def take_switched(self, key: str) -> Requester | None:
-        return self._switched.pop(key, None)
+        requester = self._switched.pop(key, None)
+        if requester is not None:
+            self._notify()
+        return requester
 
 
 def _pair(requester: Requester, responder: Responder) -> None:

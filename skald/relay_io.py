@@ -13,6 +13,7 @@ from typing import Any
 
 import trio
 
+from skald.hypercorn_patches import hung_up
 from skald.relay import Transfer
 
 Message = MutableMapping[str, Any]
@@ -76,7 +77,13 @@ async def wait_unless_gone(reader: BodyReader, wait: Callable[[], Awaitable[Any]
             if reader.gone.is_set():
                 nursery.cancel_scope.cancel()
 
+        async def watch_socket() -> None:
+            await hung_up()
+            reader.gone.set()
+            nursery.cancel_scope.cancel()
+
         nursery.start_soon(watch)
+        nursery.start_soon(watch_socket)
         result.append(await wait())
         nursery.cancel_scope.cancel()
     if not result:
@@ -135,7 +142,13 @@ async def deliver(get_transfer: Callable[[], Awaitable[Transfer | None]], receiv
                     nursery.cancel_scope.cancel()
                     return
 
+        async def watch_hang_up() -> None:
+            await hung_up()
+            gone.set()
+            nursery.cancel_scope.cancel()
+
         nursery.start_soon(watch_disconnect)
+        nursery.start_soon(watch_hang_up)
         transfer = await get_transfer()
         if transfer is None:
             nursery.cancel_scope.cancel()

@@ -15,6 +15,7 @@ import trio
 from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 
+from skald import hypercorn_patches
 from skald.app import create_app
 from skald.config import Settings
 from skald.state import AppState
@@ -22,15 +23,9 @@ from skald.state import AppState
 log = structlog.get_logger("skald.server")
 
 
-def _larger_reads() -> None:
-    # hypercorn reads 64 KiB per recv(); relayed bodies move in far fewer, larger steps with 1 MiB
-    # (measured with bench/relay.py). Memory stays bounded: one read per connection at a time.
-    import hypercorn.trio.tcp_server as tcp_server
-
-    tcp_server.MAX_RECV = max(getattr(tcp_server, "MAX_RECV", 0), 1024 * 1024)
-
-
 def hypercorn_config(settings: Settings) -> Config:
+    """hypercorn's config for ``settings``, with skald's patches to its trio worker applied."""
+    hypercorn_patches.apply()
     config = Config()
     config.bind = [f"{settings.host}:{settings.port}"]
     config.graceful_timeout = settings.grace_seconds
@@ -43,7 +38,6 @@ def hypercorn_config(settings: Settings) -> Config:
 
 async def serve(settings: Settings, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
     """Serve until SIGINT/SIGTERM; reports the bound addresses through ``task_status``."""
-    _larger_reads()
     app = create_app(settings)
     state: AppState = app.extensions["skald"]
     shutdown = trio.Event()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import trio
 from support.live import LiveServer
-from support.relay import channel_key, wait_for_waiters
+from support.relay import channel_key, wait_for_waiters, wait_until_nobody_waits
 
 from skald.relay import RelayHub
 
@@ -155,9 +155,7 @@ async def test_waiter_that_disconnects_leaves_nothing(server: LiveServer) -> Non
                 await wait_for_waiters(_hub(server), key, consumers=1)
                 nursery.cancel_scope.cancel()
         assert not scope.cancelled_caught
-        with trio.fail_after(10):
-            while _hub(server).waiting_on(key) != (0, 0):  # noqa: ASYNC110 - bounded poll of server state
-                await trio.sleep(0.01)
+        await wait_until_nobody_waits(_hub(server), key)
         # a producer now waits instead of handing its message to the vanished consumer
         async with trio.open_nursery() as nursery:
             nursery.start_soon(lambda: client.post("/p/gone", content=b"kept"))

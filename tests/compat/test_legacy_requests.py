@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 import trio
 from support.live import LiveServer, make_settings, start_live_server
-from support.relay import channel_key, wait_for_waiters
+from support.relay import channel_key, wait_for_requests, wait_for_waiters
 
 from skald.relay import RelayHub, RequestChannels
 
@@ -19,13 +19,7 @@ def _requests(server: LiveServer) -> RequestChannels:
 
 
 async def _wait_requesters(server: LiveServer, path: str, n: int = 1, responders: int = 0) -> None:
-    key = channel_key("public", "p", path)
-    with trio.fail_after(10):
-        while True:
-            requesters, waiting_responders = _requests(server).waiting_on(key)
-            if requesters >= n and waiting_responders >= responders:
-                return
-            await trio.sleep(0.005)
+    await wait_for_requests(_requests(server), channel_key("public", "p", path), requesters=n, responders=responders)
 
 
 async def test_get_responder_receives_the_request(server: LiveServer) -> None:
@@ -85,8 +79,11 @@ async def test_switch_double_clutch(server: LiveServer) -> None:
     results: dict[str, httpx.Response] = {}
     async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
 
+        switched = trio.Event()
+
         async def switcher() -> None:
             results["switch"] = await client.post("/p/res/door?switch", content=b"private-42")
+            switched.set()
 
         async def requester() -> None:
             results["request"] = await client.post("/p/req/door", content=b"knock", headers={"patch-h-x-id": "7"})
@@ -96,8 +93,7 @@ async def test_switch_double_clutch(server: LiveServer) -> None:
             await _wait_requesters(server, "res/door", n=0, responders=1)
             nursery.start_soon(requester)
             with trio.fail_after(10):
-                while "switch" not in results:  # noqa: ASYNC110 - bounded wait for the other side
-                    await trio.sleep(0.005)
+                await switched.wait()
             r = await client.post("/p/private-42", content=b"come in", headers={"patch-status": "202"})
             assert r.status_code == 200
     switch = results["switch"]

@@ -10,7 +10,7 @@ import psutil
 import pytest
 import trio
 from support.live import LiveServer
-from support.relay import channel_key, wait_for_waiters
+from support.relay import channel_key, wait_for_waiters, wait_until_nobody_waits
 
 from skald.relay import RelayHub
 
@@ -78,3 +78,53 @@ async def test_consumer_gone_mid_body_fails_the_producer(server: LiveServer) -> 
             assert (await stream.receive_some(65536)).startswith(b"HTTP/1.1 200")
             await stream.aclose()
     assert results["producer"] == 502  # never a silent 200
+
+
+async def _raw_request(server: LiveServer, head: bytes) -> trio.SocketStream:
+    host, port = server.url.removeprefix("http://").split(":")
+    stream = await trio.open_tcp_stream(host, int(port))
+    await stream.send_all(head)
+    return stream
+
+
+async def test_producer_gone_before_pairing_leaves_nothing(server: LiveServer) -> None:
+    """A waiting producer that hangs up is withdrawn at once: its message reaches nobody."""
+    hub, key = _hub(server), channel_key("public", "p", "left")
+    # The whole request arrives, so hypercorn stops reading the connection while it waits.
+    stream = await _raw_request(server, b"POST /p/left HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\nlost")
+    await wait_for_waiters(hub, key, producers=1)
+    await stream.aclose()
+    await wait_until_nobody_waits(hub, key)
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as client, trio.open_nursery() as nursery:
+        nursery.start_soon(lambda: client.post("/p/left", content=b"kept"))
+        await wait_for_waiters(hub, key, producers=1)
+        assert (await client.get("/p/left")).content == b"kept"
+
+
+async def test_producer_gone_mid_upload_before_pairing_leaves_nothing(server: LiveServer) -> None:
+    """The same with a large body still in flight (unread bytes queued on the socket)."""
+    hub, key = _hub(server), channel_key("public", "p", "half")
+    stream = await _raw_request(server, b"PUT /p/half HTTP/1.1\r\nHost: x\r\nContent-Length: 67108864\r\n\r\n")
+    await stream.send_all(b"y" * (4 * MIB))
+    await wait_for_waiters(hub, key, producers=1)
+    await stream.aclose()
+    await wait_until_nobody_waits(hub, key)
+
+
+async def test_consumer_gone_before_pairing_takes_nothing(server: LiveServer) -> None:
+    """A consumer that hangs up while waiting is withdrawn, so the next message goes to a live one."""
+    hub, key = _hub(server), channel_key("public", "p", "idle")
+    stream = await _raw_request(server, b"GET /p/idle HTTP/1.1\r\nHost: x\r\n\r\n")
+    await wait_for_waiters(hub, key, consumers=1)
+    await stream.aclose()
+    await wait_until_nobody_waits(hub, key)
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as client, trio.open_nursery() as nursery:
+        got: list[bytes] = []
+
+        async def consume() -> None:
+            got.append((await client.get("/p/idle")).content)
+
+        nursery.start_soon(consume)
+        await wait_for_waiters(hub, key, consumers=1)
+        assert (await client.post("/p/idle", content=b"for the live one")).status_code == 200
+    assert got == [b"for the live one"]

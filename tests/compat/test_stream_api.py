@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import trio
 from support.live import ADMIN_TOKEN, LiveServer
-from support.relay import channel_key, wait_for_waiters
+from support.relay import channel_key, wait_for_requests, wait_for_waiters
 
 from skald.relay import RelayHub, RequestChannels
 
@@ -48,9 +48,7 @@ async def test_request_and_responder(server: LiveServer) -> None:
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(responder)
-            with trio.fail_after(10):
-                while channels.waiting_on(channel_key("s", "api", "res/calc")) != (0, 1):  # noqa: ASYNC110
-                    await trio.sleep(0.005)
+            await wait_for_requests(channels, channel_key("s", "api", "res/calc"), responders=1)
             results["req"] = await client.post("/api/v1/db/s/streams/req/calc", content=b"6*7?")
     assert results["req"].status_code == 201 and results["req"].content == b"42"
     assert results["res"].status_code == 200

@@ -20,11 +20,11 @@ from typing import Any
 
 import httpx
 import trio
-from hypercorn.config import Config
 from hypercorn.trio import serve
 
 from skald.app import create_app
 from skald.config import Settings
+from skald.server import hypercorn_config
 from skald.state import AppState
 
 ADMIN_TOKEN = "skd_test_admin_token_0123456789abcdefghijklmnop"
@@ -67,10 +67,9 @@ class LiveServer:
 
 async def start_live_server(nursery: trio.Nursery, settings: Settings) -> LiveServer:
     app = create_app(settings, print_admin_token=False)
-    config = Config()
+    config = hypercorn_config(settings)
     config.bind = ["127.0.0.1:0"]
     config.graceful_timeout = 2
-    config.accesslog = None
     shutdown = trio.Event()
     done = trio.Event()
     app.extensions["skald"].services["shutdown_event"] = shutdown
