@@ -34,7 +34,7 @@ _connection_socket: ContextVar[socket.socket | trio.socket.SocketType | None] = 
 def apply() -> None:
     import hypercorn.trio.tcp_server as tcp_server
 
-    tcp_server.MAX_RECV = max(getattr(tcp_server, "MAX_RECV", 0), READ_SIZE)  # type: ignore[attr-defined]
+    tcp_server.MAX_RECV = max(getattr(tcp_server, "MAX_RECV", 0), READ_SIZE)
     server_class: Any = tcp_server.TCPServer
     if getattr(server_class.run, "_skald_publishes_socket", False):
         return

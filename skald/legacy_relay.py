@@ -225,7 +225,8 @@ class LegacyRelay:
                 self.hub.hand(waiter, transfers[-1])
         else:
             transfer = Transfer(200, req.message())
-            await wait_unless_gone(reader, lambda: self.hub.produce(key, transfer))
+            if not self.hub.try_produce(key, transfer):  # nobody waits yet: wait, watching for a hang-up
+                await wait_unless_gone(reader, lambda: self.hub.produce(key, transfer))
             transfers = [transfer]
         await self._send_and_answer(reader, transfers, send)
 

@@ -1,8 +1,8 @@
 """Relay channels: blocking rendezvous queues and broadcast, held in memory (not durable).
 
 A :class:`Transfer` is one message on its way from a producer to a consumer:
-its status and headers, and a zero-buffer chunk channel, so the body streams
-with backpressure and is never held whole. Waiters queue first come, first
+its status and headers, and a byte-bounded :class:`BodyPipe`, so the body
+streams with backpressure and is never held whole. Waiters queue first come, first
 served; a waiter cancelled before pairing leaves nothing behind, and a
 channel nobody waits on is deleted.
 """
@@ -16,27 +16,75 @@ from collections.abc import Callable
 import trio
 
 
+class BodyPipe:
+    """A message body on its way: chunks queue until ``limit`` bytes wait, then the producer waits.
+
+    The consumer takes everything waiting at once, so a fast producer's many
+    small chunks leave as one write (per-chunk work is what a Python relay pays
+    for; bytes are cheap). Memory per transfer stays under ``limit`` plus one chunk.
+    """
+
+    def __init__(self, limit: int = 1024 * 1024) -> None:
+        self._limit = limit
+        self._chunks: list[bytes] = []
+        self._size = 0
+        self._ended = False  # the producer sent its last chunk (or gave up)
+        self._broken = False  # the consumer is gone
+        self._readable = trio.lowlevel.ParkingLot()
+        self._writable = trio.lowlevel.ParkingLot()
+
+    async def put(self, chunk: bytes) -> None:
+        """Queue ``chunk``; wait while too much waits. Raises ``trio.BrokenResourceError`` once the consumer left."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        if self._broken:
+            raise trio.BrokenResourceError
+        self._chunks.append(chunk)
+        self._size += len(chunk)
+        self._readable.unpark_all()
+        while self._size > self._limit and not self._broken:
+            await self._writable.park()
+
+    def end(self) -> None:
+        self._ended = True
+        self._readable.unpark_all()
+
+    def abandon(self) -> None:
+        """The consumer is gone: drop what waits, and fail the producer's next :meth:`put`."""
+        self._broken = True
+        self._chunks.clear()
+        self._size = 0
+        self._writable.unpark_all()
+
+    async def take(self) -> bytes | None:
+        """Everything waiting, as one piece; ``None`` once the producer ended and all is taken."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        while not self._chunks:
+            if self._ended:
+                return None
+            await self._readable.park()
+        data = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
+        self._chunks.clear()
+        self._size = 0
+        self._writable.unpark_all()
+        return data
+
+
 @dataclasses.dataclass(eq=False)
 class Transfer:
     """One message in flight. The consumer calls :meth:`finish` once it has sent the whole body (or failed)."""
 
     status: int
     headers: list[tuple[bytes, bytes]]
-    send: trio.MemorySendChannel[bytes] = dataclasses.field(init=False)
-    receive: trio.MemoryReceiveChannel[bytes] = dataclasses.field(init=False)
+    body: BodyPipe = dataclasses.field(default_factory=BodyPipe)
     finished: trio.Event = dataclasses.field(default_factory=trio.Event)
     delivered: bool = False
     producer_aborted: bool = False
-
-    def __post_init__(self) -> None:
-        # Two chunks of slack: fewer task switches than a strict rendezvous, still bounded.
-        self.send, self.receive = trio.open_memory_channel[bytes](2)
 
     def finish(self, delivered: bool) -> None:
         if not self.finished.is_set():
             self.delivered = delivered
             self.finished.set()
-            self.receive.close()  # a producer still sending gets BrokenResourceError
+            self.body.abandon()  # a producer still sending gets BrokenResourceError
 
 
 @dataclasses.dataclass(eq=False)
@@ -115,15 +163,23 @@ class RelayHub(_Watched):
         assert waiter.transfer is not None
         return waiter.transfer
 
+    def try_produce(self, key: str, transfer: Transfer) -> bool:
+        """Hand ``transfer`` to the first waiting consumer, if one waits (and no producer is ahead)."""
+        channel = self._channels.get(key)
+        if channel is None or not channel.consumers:
+            return False
+        waiter = channel.consumers.popleft()
+        self._forget_if_empty(key)
+        waiter.transfer = transfer
+        waiter.event.set()
+        return True
+
     async def produce(self, key: str, transfer: Transfer) -> None:
         """Wait until one consumer takes ``transfer`` (FIFO among producers)."""
-        channel = self._channel(key)
-        if channel.consumers:
-            waiter = channel.consumers.popleft()
-            self._forget_if_empty(key)
-            waiter.transfer = transfer
-            waiter.event.set()
+        if self.try_produce(key, transfer):
+            await trio.lowlevel.checkpoint()
             return
+        channel = self._channel(key)
         waiter = _Waiter(transfer=transfer)
         channel.producers.append(waiter)
         self._notify()

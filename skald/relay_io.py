@@ -30,6 +30,11 @@ class BodyReader:
 
     def __init__(self, receive: Receive, fixed: bytes | None = None) -> None:
         self._receive = receive
+        # hypercorn's trio worker hands over a memory channel's bound ``receive``: what it already
+        # queued can be taken without a trip through the scheduler per chunk.
+        self._receive_nowait: Callable[[], Message] | None = getattr(
+            getattr(receive, "__self__", None), "receive_nowait", None
+        )
         self._fixed = fixed
         self._buffered: deque[Message] = deque()
         self.gone = trio.Event()
@@ -57,7 +62,7 @@ class BodyReader:
                 yield self._fixed
             return
         while True:
-            message = self._buffered.popleft() if self._buffered else await self._receive()
+            message = self._buffered.popleft() if self._buffered else self._queued() or await self._receive()
             if message["type"] == "http.disconnect":
                 raise ProducerGone
             chunk = message.get("body", b"")
@@ -65,6 +70,15 @@ class BodyReader:
                 yield chunk
             if not message.get("more_body", False):
                 return
+
+
+    def _queued(self) -> Message | None:
+        if self._receive_nowait is None:
+            return None
+        try:
+            return self._receive_nowait()
+        except trio.WouldBlock:
+            return None
 
 
 async def wait_unless_gone(reader: BodyReader, wait: Callable[[], Awaitable[Any]]) -> Any:
@@ -103,7 +117,7 @@ async def pump(reader: BodyReader, transfers: list[Transfer], on_bytes: Callable
             async for chunk in chunks:
                 for transfer in list(live):
                     try:
-                        await transfer.send.send(chunk)
+                        await transfer.body.put(chunk)
                         on_bytes(len(chunk))
                     except (trio.BrokenResourceError, trio.ClosedResourceError):
                         live.remove(transfer)
@@ -115,7 +129,7 @@ async def pump(reader: BodyReader, transfers: list[Transfer], on_bytes: Callable
     finally:
         for transfer in transfers:
             transfer.producer_aborted = aborted
-            transfer.send.close()
+            transfer.body.end()
 
 
 class _CutShort(Exception):
@@ -155,8 +169,8 @@ async def deliver(get_transfer: Callable[[], Awaitable[Transfer | None]], receiv
             return False
         try:
             await send({"type": "http.response.start", "status": transfer.status, "headers": transfer.headers})
-            async for chunk in transfer.receive:
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            while (data := await transfer.body.take()) is not None:
+                await send({"type": "http.response.body", "body": data, "more_body": True})
             if transfer.producer_aborted:
                 raise _CutShort
             if not gone.is_set():
