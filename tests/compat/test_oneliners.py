@@ -1,4 +1,9 @@
-"""Legacy patchwork one-liners (``tests/compat/oneliners/*.sh``) run unchanged with curl against skald."""
+"""Legacy patchwork one-liners (``tests/compat/oneliners/*.sh``) run unchanged with curl against skald.
+
+The ``client_*`` scripts replay the curl commands the legacy shell client
+(``assets/patchwork.sh``: send, send --get, receive, receive -T, share,
+download, ``-n u -t``, ``-n h -s``) issues, so its users keep working.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +21,12 @@ EXPECTED = {
     "pubsub.sh": "extraextra",
     "reqres.sh": "answer 201",
     "clutch.sh": "re: ping 202",
+    "client_send_receive.sh": "hello from send",
+    "client_send_get.sh": "hello via get",
+    "client_share_download.sh": "same\n",
+    "client_user_token.sh": "deploy completed",
+    "client_hook_secret.sh": "notification",
+    "client_receive_timeout.sh": "timed out\nafter the timeout",
 }
 
 
@@ -26,7 +37,8 @@ async def test_legacy_oneliner_runs_unchanged(
     # The pubsub script retries a broadcast until both consumers wait: lift the public rate limit.
     settings = make_settings(data_dir, public_rate_per_second=10_000.0, public_rate_burst=100_000)
     server = await start_live_server(nursery, settings)
-    env = {**os.environ, "PATCHWORK_SERVER": server.url, "OUT": str(tmp_path)}
+    token = await server.mint_token("alice:stream.read", "alice:stream.write")
+    env = {**os.environ, "PATCHWORK_SERVER": server.url, "OUT": str(tmp_path), "TOKEN": token}
     with trio.fail_after(60):
         result = await trio.run_process(
             ["sh", str(ONELINERS / script)], env=env, capture_stdout=True, stderr=subprocess.STDOUT
