@@ -18,9 +18,10 @@ import structlog
 import trio
 from quart import Quart, Response, request
 from quart_schema import QuartSchema
+from quart_schema.openapi import OpenAPIProvider
 from quart_trio import QuartTrio
 
-from skald import __version__
+from skald import __version__, stream_routes
 from skald.auth.tokens import bootstrap_admin
 from skald.config import Settings
 from skald.connection import DocConnection
@@ -72,6 +73,15 @@ class _Request(_BaseRequest):  # type: ignore[misc]
         raise InvalidJSON(f"request body is not valid JSON: {error}")
 
 
+class _OpenAPIProvider(OpenAPIProvider):
+    """quart-schema's document plus the stream routes served ahead of Quart (:mod:`skald.stream_routes`)."""
+
+    def schema(self) -> dict[str, Any]:
+        schema = super().schema()
+        schema["paths"].update(stream_routes.openapi_paths())
+        return schema
+
+
 def create_app(settings: Settings, *, print_admin_token: bool = True) -> QuartTrio:
     app = QuartTrio("skald")
     app.request_class = _Request
@@ -85,6 +95,7 @@ def create_app(settings: Settings, *, print_admin_token: bool = True) -> QuartTr
     QuartSchema(
         app,
         info={"title": "skald", "version": __version__},
+        openapi_provider_class=_OpenAPIProvider,
         swagger_ui_path=None,
         redoc_ui_path=None,
         scalar_ui_path=None,

@@ -24,6 +24,7 @@ import structlog
 import trio
 from prometheus_client import Counter, Gauge
 
+from skald import stream_routes
 from skald.auth.guard import token_record
 from skald.auth.scopes import decide
 from skald.client_ip import client_ip
@@ -74,7 +75,7 @@ class RelayMetrics:
 class _Request:
     """What one legacy request says, parsed once."""
 
-    def __init__(self, scope: Scope) -> None:
+    def __init__(self, scope: Scope, *, legacy: bool = True) -> None:
         self.path: str = scope["path"]
         self.method: str = scope["method"]
         self.query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
@@ -82,7 +83,8 @@ class _Request:
         self.headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         peer = scope.get("client")
         self.peer: str | None = peer[0] if peer else None
-        self.body_param = self.args.get("body", "")
+        # ``?body=`` makes a legacy GET a producer; the JSON API keeps GET a read (its scope says so).
+        self.body_param = self.args.get("body", "") if legacy else ""
 
     @property
     def produces(self) -> bool:
@@ -110,7 +112,7 @@ class LegacyRelay:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and (match := _API_STREAMS.match(scope["path"])):
-            await self._serve_api_call(_Request(scope), match, receive, send)
+            await self._serve_api_call(_Request(scope, legacy=False), match, receive, send)
             return
         if scope["type"] != "http" or not is_legacy_path(scope["path"]):
             await self.app(scope, receive, send)
@@ -142,16 +144,15 @@ class LegacyRelay:
 
     async def _serve_api(self, req: _Request, match: re.Match[str], receive: Receive, send: Send) -> None:
         db_id, kind, path = validate_db_id(match["db"]), match["kind"], match["path"]
-        allowed = {"queue": ("GET", "POST", "PUT"), "req": ("POST", "PUT"), "res": ("GET", "POST", "PUT")}[kind]
-        if req.method not in allowed:
+        route = stream_routes.route_for(kind, req.method)
+        if route is None:
+            allowed = stream_routes.allowed_methods(kind)
             raise Refused(405, "method not allowed", [(b"allow", ", ".join(allowed).encode())])
         if kind == "queue" and req.method == "GET":
             if not path.endswith("/next"):
                 raise Refused(404, "consumers take the next message from .../queue/{topic}/next")
             path = path.removesuffix("/next")
-        produces = req.method in ("POST", "PUT")
-        action = "stream.write" if produces else "stream.read"
-        await self._authorize(req, db_id, action, path, allow_query_token=False)
+        await self._authorize(req, db_id, route.action, path, allow_query_token=False)
         if not self.state.supervisor.exists(db_id):
             raise DocumentNotFound(f"document {db_id} does not exist")
         prefix = f"{db_id}\x00api\x00"
@@ -161,7 +162,7 @@ class LegacyRelay:
                 await self._request(req, prefix, path, receive, send, answers)
             elif kind == "res":
                 await self._respond(req, prefix, path, receive, send, answers)
-            elif produces:
+            elif req.produces:
                 await self._produce(req, answers + path, "pubsub" in req.args, receive, send)
             else:
                 await deliver(lambda: self.hub.consume(answers + path), receive, send)
@@ -236,10 +237,9 @@ class LegacyRelay:
         await pump(reader, transfers, self.metrics.bytes.inc)
         for transfer in transfers:
             await transfer.finished.wait()
-        if all(t.delivered for t in transfers):
-            await text_response(send, 200, "")
-        else:
-            await text_response(send, 502, "the consumer disconnected before it received the whole message")
+        if not all(t.delivered for t in transfers):
+            raise Refused(502, "the consumer disconnected before it received the whole message")
+        await text_response(send, 200, "")
 
     # ---- request / responder ------------------------------------------------------------------------
 
@@ -271,7 +271,7 @@ class LegacyRelay:
         if timed_out.is_set() and responder.switch_to is not None:
             self.requests.unpark_switched(answers + responder.switch_to, requester)
             self.metrics.switch_timeouts.inc()
-            await text_response(send, 504, f"no answer on channel {responder.switch_to} within {timeout:g}s")
+            raise Refused(504, f"no answer on channel {responder.switch_to} within {timeout:g}s")
 
     async def _respond(
         self, req: _Request, prefix: str, channel: str, receive: Receive, send: Send, answers: str
@@ -344,7 +344,7 @@ class LegacyRelay:
 
 _API_STREAMS = re.compile(r"^/api/v1/db/(?P<db>[^/]+)/streams/(?P<kind>queue|req|res)/(?P<path>.+)$")
 _API_CODES = {400: "bad_request", 401: "unauthenticated", 403: "scope_denied", 404: "not_found",
-              405: "method_not_allowed", 429: "rate_limited"}
+              405: "method_not_allowed", 429: "rate_limited", 502: "consumer_gone", 504: "switch_timeout"}
 
 
 async def problem_response(send: Send, body: dict[str, Any], headers: list[tuple[bytes, bytes]]) -> None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from pathlib import Path
+
 import httpx
 import trio
-from support.live import ADMIN_TOKEN, LiveServer
+from support.live import ADMIN_TOKEN, LiveServer, make_settings, start_live_server
 from support.relay import channel_key, wait_for_requests, wait_for_waiters
 
 from skald.relay import RelayHub, RequestChannels
@@ -68,3 +71,43 @@ async def test_stream_routes_authorize_with_problem_json(server: LiveServer) -> 
         assert r.status_code == 403 and r.json()["code"] == "scope_denied"
         r = await client.get("/api/v1/db/s/streams/queue/other/next", headers=auth)
         assert r.status_code == 403
+
+
+async def test_api_failures_are_problem_json(nursery: trio.Nursery, data_dir: Path) -> None:
+    """A consumer that leaves mid-body (502) and an unanswered switch (504) answer problem+json here."""
+    live = await start_live_server(nursery, make_settings(data_dir, switch_timeout_seconds=0.5))
+    await live.state.supervisor.create_document("s")
+    hub: RelayHub = live.state.services["relay"]
+    channels: RequestChannels = live.state.services["relay_requests"]
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    async with httpx.AsyncClient(base_url=live.url, headers=headers, timeout=30) as client:
+        results: dict[str, httpx.Response] = {}
+
+        async def body() -> AsyncIterator[bytes]:
+            for _ in range(1024):  # 64 MiB, far more than the consumer reads
+                yield b"z" * 65536
+
+        async def produce() -> None:
+            results["producer"] = await client.post("/api/v1/db/s/streams/queue/cut", content=body())
+
+        async with trio.open_nursery() as inner:
+            inner.start_soon(produce)
+            await wait_for_waiters(hub, channel_key("s", "api", "queue/cut"), producers=1)
+            host, port = live.url.removeprefix("http://").split(":")
+            stream = await trio.open_tcp_stream(host, int(port))
+            await stream.send_all(
+                f"GET /api/v1/db/s/streams/queue/cut/next HTTP/1.1\r\nHost: x\r\n"
+                f"Authorization: Bearer {ADMIN_TOKEN}\r\n\r\n".encode()
+            )
+            assert (await stream.receive_some(65536)).startswith(b"HTTP/1.1 200")
+            await stream.aclose()
+        r = results["producer"]
+        assert r.status_code == 502 and r.headers["content-type"] == "application/problem+json"
+        assert r.json()["code"] == "consumer_gone"
+
+        async with trio.open_nursery() as inner:
+            inner.start_soon(lambda: client.post("/api/v1/db/s/streams/res/door?switch", content=b"later"))
+            await wait_for_requests(channels, channel_key("s", "api", "res/door"), responders=1)
+            r = await client.post("/api/v1/db/s/streams/req/door", content=b"knock")
+        assert r.status_code == 504 and r.json()["code"] == "switch_timeout"
+        assert "later" in r.json()["detail"]

@@ -1,8 +1,9 @@
 """Authorization matrix: every route that declares an action x every kind of caller.
 
 Routes are discovered from ``app.url_map`` at test time (views carrying
-``skald_action``), so routes added by later capabilities are covered without
-editing this file. For each route and method the cases are: no token, unknown
+``skald_action``), plus the stream routes served ahead of Quart
+(``skald.stream_routes.ROUTES``), so routes added by later capabilities are
+covered without editing this file. For each route and method the cases are: no token, unknown
 token, expired, revoked (→ 401 with ``WWW-Authenticate: Bearer``), right
 action on the wrong document, wrong action on the right document (→ 403) and
 the right scope (→ anything but 401/403). Routes marked ``skald_action = "any"``
@@ -20,6 +21,7 @@ import httpx
 import trio
 from support.live import ADMIN_TOKEN, LiveServer, make_settings, start_live_server
 
+from skald import stream_routes
 from skald.auth.scopes import ACTIONS, GLOBAL, Scope
 from skald.auth.tokens import create_token
 
@@ -29,6 +31,8 @@ SKIP_METHODS = {"HEAD", "OPTIONS"}
 # A right-scope request only has to get past authorization; a route that then waits
 # (long poll, stream) has answered "not 401/403" by not refusing at once.
 RESPONSE_BOUND_SECONDS = 5
+# Stream routes always wait once authorized (nobody is on the other side); refusals come at once.
+STREAM_BOUND_SECONDS = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +42,7 @@ class RouteCase:
     path: str
     action: str
     global_route: bool
+    bound: float = RESPONSE_BOUND_SECONDS
 
 
 def discover_routes(app: Any) -> list[RouteCase]:
@@ -62,6 +67,9 @@ def discover_routes(app: Any) -> list[RouteCase]:
         for method in sorted((rule.methods or set()) - SKIP_METHODS):
             path = adapter.build(rule.endpoint, values, method=method)
             cases.append(RouteCase(rule.rule, method, path, action, "db_id" not in rule.arguments))
+    for route in stream_routes.ROUTES:
+        path = route.template.format(db_id=DOC, topic="sample", path="sample/path")
+        cases.append(RouteCase(route.template, route.method, path, route.action, False, STREAM_BOUND_SECONDS))
     return cases
 
 
@@ -123,7 +131,7 @@ async def call(client: httpx.AsyncClient, case: RouteCase, token: str | None) ->
     kwargs: dict[str, Any] = {"headers": headers}
     if case.method in {"POST", "PUT", "PATCH"}:
         kwargs["json"] = {}
-    with trio.move_on_after(RESPONSE_BOUND_SECONDS):
+    with trio.move_on_after(case.bound):
         async with client.stream(case.method, case.path, **kwargs) as response:
             status = response.status_code
             if status == 401:
@@ -143,6 +151,7 @@ async def test_every_route_refuses_what_the_token_does_not_allow(
     cases = discover_routes(server.app)
     assert any(c.action == "admin.token" for c in cases), "admin routes must be in the matrix"
     assert any(not c.global_route for c in cases), "document routes must be in the matrix"
+    assert any(c.action == "stream.write" for c in cases), "stream routes must be in the matrix"
 
     minted: list[str] = [ADMIN_TOKEN]
     callers: dict[tuple[str, bool], Callers] = {}

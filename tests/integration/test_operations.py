@@ -59,6 +59,10 @@ async def test_openapi_document(server: LiveServer) -> None:
         spec = (await client.get("/openapi.json")).json()
     assert spec["info"]["title"] == "skald"
     assert "/api/v1/db/{db_id}" in spec["paths"]
+    # The stream routes are served ahead of Quart, and listed all the same.
+    queue = spec["paths"]["/api/v1/db/{db_id}/streams/queue/{topic}"]
+    assert set(queue) == {"post", "put"} and "stream.write" in queue["post"]["description"]
+    assert set(spec["paths"]["/api/v1/db/{db_id}/streams/res/{path}"]) == {"get", "post", "put"}
 
 
 async def test_request_id_is_echoed(server: LiveServer) -> None:
