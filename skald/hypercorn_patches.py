@@ -9,20 +9,22 @@
    request waits: a relay producer whose message would still be delivered later,
    a consumer that would swallow one. The connection task publishes its socket
    in a context variable (each request task inherits it) and :func:`hung_up`
-   waits on an epoll set holding just that socket with ``EPOLLRDHUP``, which
-   fires on the peer's FIN or RST even while unread request bytes are queued.
+   waits for that socket's ``EPOLLRDHUP`` (one shared epoll set), which fires
+   on the peer's FIN or RST even while unread request bytes are queued.
 
 :func:`apply` is idempotent; both the server and the test harness call it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import select
 import socket
 from contextvars import ContextVar
 from typing import Any
 
 import trio
+from trio.lowlevel import RunVar
 
 READ_SIZE = 1024 * 1024
 
@@ -51,6 +53,57 @@ def apply() -> None:
     server_class.run = run
 
 
+class _HangUps:
+    """One epoll set for every waiting request's socket, and one task reading it.
+
+    One set rather than one per request: a thousand waiting consumers cost one
+    file descriptor, not a thousand more.
+    """
+
+    def __init__(self) -> None:
+        self._epoll = select.epoll()
+        self._waiters: dict[int, set[trio.Event]] = {}
+        trio.lowlevel.spawn_system_task(self._dispatch, name="skald.hang_ups")
+
+    async def wait(self, fd: int) -> None:
+        event = trio.Event()
+        waiters = self._waiters.setdefault(fd, set())
+        if not waiters:
+            try:
+                # EPOLLHUP and EPOLLERR are reported without asking.
+                self._epoll.register(fd, select.EPOLLRDHUP)
+            except OSError:
+                del self._waiters[fd]
+                await trio.lowlevel.checkpoint()
+                return  # the socket is already closed: the client is gone
+        waiters.add(event)
+        try:
+            await event.wait()
+        finally:
+            waiters.discard(event)
+            if not waiters and self._waiters.get(fd) is waiters:
+                del self._waiters[fd]
+                with contextlib.suppress(OSError, ValueError):
+                    self._epoll.unregister(fd)
+
+    async def _dispatch(self) -> None:
+        try:
+            while True:
+                await trio.lowlevel.wait_readable(self._epoll.fileno())
+                for fd, _mask in self._epoll.poll(0):
+                    waiters = self._waiters.pop(fd, set())
+                    with contextlib.suppress(OSError, ValueError):
+                        self._epoll.unregister(fd)  # level-triggered: it would keep firing
+                    for event in waiters:
+                        event.set()
+        finally:
+            trio.lowlevel.notify_closing(self._epoll.fileno())
+            self._epoll.close()
+
+
+_hang_ups: RunVar[_HangUps] = RunVar("skald_hang_ups")
+
+
 async def hung_up() -> None:
     """Return once this request's client has closed (or reset) its connection.
 
@@ -61,13 +114,16 @@ async def hung_up() -> None:
     if sock is None or not hasattr(select, "epoll"):
         await trio.sleep_forever()
         return
-    with select.epoll(1) as watch:
-        try:
-            # EPOLLHUP and EPOLLERR are reported without asking.
-            watch.register(sock.fileno(), select.EPOLLRDHUP)
-        except (OSError, ValueError):
-            return  # the socket is already closed: the client is gone
-        try:
-            await trio.lowlevel.wait_readable(watch.fileno())
-        finally:
-            trio.lowlevel.notify_closing(watch.fileno())
+    try:
+        watcher = _hang_ups.get()
+    except LookupError:
+        watcher = _HangUps()
+        _hang_ups.set(watcher)
+    try:
+        fd = sock.fileno()
+    except OSError:
+        fd = -1
+    if fd < 0:
+        await trio.lowlevel.checkpoint()
+        return  # closed already
+    await watcher.wait(fd)

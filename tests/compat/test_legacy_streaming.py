@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import httpx
 import psutil
 import pytest
 import trio
-from support.live import LiveServer
+from support.live import LiveServer, make_settings, start_live_server
 from support.relay import channel_key, wait_for_waiters, wait_until_nobody_waits
 
 from skald.relay import RelayHub
@@ -128,3 +129,21 @@ async def test_consumer_gone_before_pairing_takes_nothing(server: LiveServer) ->
         await wait_for_waiters(hub, key, consumers=1)
         assert (await client.post("/p/idle", content=b"for the live one")).status_code == 200
     assert got == [b"for the live one"]
+
+
+async def test_waiting_clients_cost_no_descriptors_beyond_their_sockets(nursery: trio.Nursery, data_dir: Path) -> None:
+    """Watching for hang-ups shares one epoll set: 200 waiting consumers hold ~400 sockets, nothing more."""
+    settings = make_settings(data_dir, public_rate_per_second=10_000.0, public_rate_burst=100_000)
+    server = await start_live_server(nursery, settings)
+    hub, key, waiting = _hub(server), channel_key("public", "p", "crowd"), 200
+    process = psutil.Process(os.getpid())
+    before = process.num_fds()
+    streams = [await _raw_request(server, b"GET /p/crowd HTTP/1.1\r\nHost: x\r\n\r\n") for _ in range(waiting)]
+    await wait_for_waiters(hub, key, consumers=waiting)
+    grown = process.num_fds() - before
+    for stream in streams:
+        await stream.aclose()
+    await wait_until_nobody_waits(hub, key)
+    # Client and server end of each connection live in this process: 2 per waiter, plus a few shared.
+    assert grown <= 2 * waiting + 8, f"{grown} descriptors for {waiting} waiting consumers"
+    await server.stop()
