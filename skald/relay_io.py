@@ -71,7 +71,6 @@ class BodyReader:
             if not message.get("more_body", False):
                 return
 
-
     def _queued(self) -> Message | None:
         if self._receive_nowait is None:
             return None
