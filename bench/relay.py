@@ -4,9 +4,9 @@
     a file (`curl -T file`, sized: Content-Length) and a pipe (`... | curl -T -`, chunked encoding,
     curl's ~64 KiB chunks);
 (2) 10,000 small (1 KiB) messages one after another through httpx (messages/s).
-Prints every figure for each server and skald/piping ratios (goal: >= 1.0). For the small
-messages it also runs a bare rendezvous ASGI app on hypercorn (``bench/rendezvous_floor.py``):
-the floor the server stack sets, with no skald code at all.
+Prints every figure for each server and skald/piping ratios (goal: >= 1.0). It also runs a bare
+rendezvous ASGI app on stock hypercorn (``bench/bare_rendezvous.py``, no skald code, none of
+skald's hypercorn patches) through the same steps: what the server stack gives on its own.
 
 Usage: python bench/relay.py [--bytes N] [--messages N]   (installs piping-server into bench/ on first use)
 """
@@ -73,10 +73,10 @@ def start_piping() -> tuple[subprocess.Popen[bytes], str]:
     return proc, f"http://127.0.0.1:{port}"
 
 
-def start_floor() -> tuple[subprocess.Popen[bytes], str]:
+def start_bare() -> tuple[subprocess.Popen[bytes], str]:
     port = _free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "hypercorn", "-k", "trio", "-b", f"127.0.0.1:{port}", "rendezvous_floor:app"],
+        [sys.executable, "-m", "hypercorn", "-k", "trio", "-b", f"127.0.0.1:{port}", "bare_rendezvous:app"],
         cwd=HERE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     _wait_listening(port)
@@ -137,28 +137,28 @@ def main() -> None:
             f.truncate(args.bytes)  # sparse: reading it costs curl next to nothing
         skald, skald_url = start_skald(Path(tmp) / "data")
         piping, piping_base = start_piping()
-        floor, floor_base = start_floor()
+        bare, bare_base = start_bare()
         try:
             results = {}
-            for name, base in (("skald", skald_url), ("piping", piping_base)):
+            for name, base in (("skald", skald_url), ("piping", piping_base), ("bare", bare_base)):
                 sized = big_transfer(f"{base}/p/big-{name}", args.bytes, source)
                 chunked = big_transfer(f"{base}/p/big-{name}", args.bytes, None)
                 rate = trio.run(small_messages, base, args.messages)
                 results[name] = (sized, chunked, rate)
-            floor_rate = trio.run(small_messages, floor_base, args.messages)
         finally:
-            for proc in (skald, piping, floor):
+            for proc in (skald, piping, bare):
                 proc.terminate()
                 proc.wait()
     print(f"relay: one {args.bytes / 1e9:.2f} GB transfer (curl both ends) and {args.messages} x 1 KiB messages")
     print(f"{'server':>8} {'MB/s sized':>12} {'MB/s chunked':>14} {'msgs/s':>10}")
     for name, (sized, chunked, rate) in results.items():
         print(f"{name:>8} {sized:>12.1f} {chunked:>14.1f} {rate:>10.1f}")
-    print(f"{'floor':>8} {'':>12} {'':>14} {floor_rate:>10.1f}   (bare rendezvous app on hypercorn, no skald)")
     ratios = [s / p for s, p in zip(results["skald"], results["piping"], strict=True)]
     print(f"skald/piping: sized {ratios[0]:.2f}x, chunked {ratios[1]:.2f}x, small messages {ratios[2]:.2f}x"
           " (goal >= 1.0)")
-    print(f"skald/floor: small messages {results['skald'][2] / floor_rate:.2f}x")
+    bare = [s / b for s, b in zip(results["skald"], results["bare"], strict=True)]
+    print(f"skald/bare: sized {bare[0]:.2f}x, chunked {bare[1]:.2f}x, small messages {bare[2]:.2f}x"
+          " (bare: a rendezvous app on stock hypercorn, no skald code)")
 
 
 if __name__ == "__main__":
