@@ -33,7 +33,17 @@ from skald.ids import DB_ID_PATTERN, validate_db_id
 from skald.ratelimit import RateLimiter
 from skald.relay import RelayHub, RequestChannels, Requester, Responder, Transfer
 from skald.relay_headers import answer_headers, message_headers
-from skald.relay_io import BodyReader, ProducerGone, Receive, Send, deliver, pump, text_response, wait_unless_gone
+from skald.relay_io import (
+    BodyReader,
+    ProducerGone,
+    Receive,
+    Send,
+    deliver,
+    pump,
+    text_response,
+    wait_unless_gone,
+    whole_response,
+)
 from skald.state import AppState
 
 log = structlog.get_logger("skald.legacy")
@@ -332,9 +342,7 @@ class LegacyRelay:
     async def _mint_hook(self, kind: str, send: Send) -> None:
         channel = str(uuid.uuid4())
         body = json.dumps({"channel": channel, "secret": self._hook_secret(kind, channel)}).encode()
-        await send({"type": "http.response.start", "status": 200,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
-        await send({"type": "http.response.body", "body": body, "more_body": False})
+        await whole_response(send, 200, b"application/json", body)
 
     async def _check_hook_secret(self, req: _Request, kind: str, channel: str) -> None:
         guarded = req.produces if kind == "h" else not req.produces  # /h guards producers, /r consumers
@@ -348,10 +356,7 @@ _API_CODES = {400: "bad_request", 401: "unauthenticated", 403: "scope_denied", 4
 
 
 async def problem_response(send: Send, body: dict[str, Any], headers: list[tuple[bytes, bytes]]) -> None:
-    data = json.dumps(body).encode()
-    start = [(b"content-type", PROBLEM_CONTENT_TYPE.encode()), (b"content-length", str(len(data)).encode())]
-    await send({"type": "http.response.start", "status": int(body["status"]), "headers": start + headers})
-    await send({"type": "http.response.body", "body": data, "more_body": False})
+    await whole_response(send, int(body["status"]), PROBLEM_CONTENT_TYPE.encode(), json.dumps(body).encode(), headers)
 
 
 def _channel_id(rest: str) -> str:

@@ -55,6 +55,16 @@ class BodyPipe:
         self._size = 0
         self._writable.unpark_all()
 
+    @property
+    def ready(self) -> bool:
+        """Some body waits to be taken."""
+        return bool(self._chunks)
+
+    @property
+    def drained(self) -> bool:
+        """The producer ended and everything is taken: the next :meth:`take` returns ``None``."""
+        return self._ended and not self._chunks
+
     async def take(self) -> bytes | None:
         """Everything waiting, as one piece; ``None`` once the producer ended and all is taken."""
         await trio.lowlevel.checkpoint_if_cancelled()

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import contextlib
 from collections import deque
-from collections.abc import AsyncGenerator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 
 import trio
 
-from skald.hypercorn_patches import hung_up
+from skald.hypercorn_patches import HOLD_HEAD, on_hang_up
 from skald.relay import Transfer
 
 Message = MutableMapping[str, Any]
@@ -39,22 +39,22 @@ class BodyReader:
         self._buffered: deque[Message] = deque()
         self.gone = trio.Event()
 
-    async def watch_while_waiting(self) -> None:
-        """Run while unpaired: notice a disconnect, reading at most one body chunk ahead.
+    async def left_while_waiting(self) -> bool:
+        """Run while unpaired: return ``True`` once the client left, reading at most one body chunk ahead.
 
         A small body arrives whole in the first message; after it the next
         ``receive()`` returns only when the client goes away. A larger body
-        stops the watch after one chunk: reading on would buffer it.
+        stops the watch (``False``) after one chunk: reading on would buffer it.
         """
         while True:
             message = await self._receive()
             if message["type"] == "http.disconnect":
                 self.gone.set()
-                return
+                return True
             if self._fixed is None:
                 self._buffered.append(message)
             if message.get("more_body", False):
-                return
+                return False
 
     async def chunks(self) -> AsyncGenerator[bytes, None]:
         if self._fixed is not None:
@@ -80,25 +80,39 @@ class BodyReader:
             return None
 
 
+@contextlib.asynccontextmanager
+async def watching(on_gone: Callable[[], None], left: Callable[[], Awaitable[bool]]) -> AsyncIterator[None]:
+    """Call ``on_gone`` if the client leaves meanwhile.
+
+    A hang-up is seen on the socket where it can be (no task needed); elsewhere
+    a task awaits ``left()``, which watches ``http.disconnect``.
+    """
+    with on_hang_up(on_gone) as watched:
+        if watched:
+            yield
+            return
+        async with trio.open_nursery() as nursery:
+
+            async def watch() -> None:
+                if await left():
+                    on_gone()
+
+            nursery.start_soon(watch)
+            yield
+            nursery.cancel_scope.cancel()
+
+
 async def wait_unless_gone(reader: BodyReader, wait: Callable[[], Awaitable[Any]]) -> Any:
     """Run ``wait()`` while watching for the producer's disconnect; raise :class:`ProducerGone` on it."""
     result: list[Any] = []
-    async with trio.open_nursery() as nursery:
+    with trio.CancelScope() as scope:
 
-        async def watch() -> None:
-            await reader.watch_while_waiting()
-            if reader.gone.is_set():
-                nursery.cancel_scope.cancel()
-
-        async def watch_socket() -> None:
-            await hung_up()
+        def leave() -> None:
             reader.gone.set()
-            nursery.cancel_scope.cancel()
+            scope.cancel()
 
-        nursery.start_soon(watch)
-        nursery.start_soon(watch_socket)
-        result.append(await wait())
-        nursery.cancel_scope.cancel()
+        async with watching(leave, reader.left_while_waiting):
+            result.append(await wait())
     if not result:
         raise ProducerGone
     return result[0]
@@ -131,63 +145,68 @@ async def pump(reader: BodyReader, transfers: list[Transfer], on_bytes: Callable
             transfer.body.end()
 
 
-class _CutShort(Exception):
-    """Ends a response without its last chunk so the client sees an incomplete body."""
-
-
 async def deliver(get_transfer: Callable[[], Awaitable[Transfer | None]], receive: Receive, send: Send) -> bool:
     """Wait for a transfer and stream it as this request's response; return whether it arrived whole.
 
     ``get_transfer`` may return ``None`` (nothing to deliver; nothing is sent).
-    The client going away (``http.disconnect``) cancels the wait or the transfer;
+    The client going away (a hang-up, or ``http.disconnect``) cancels the wait or the transfer;
     the transfer is then finished as not delivered, so its producer answers 502.
     """
     delivered = False
     transfer: Transfer | None = None
-    async with trio.open_nursery() as nursery:
-        gone = trio.Event()
+    gone = trio.Event()
 
-        async def watch_disconnect() -> None:
-            while True:
-                message = await receive()
-                if message["type"] == "http.disconnect":
-                    gone.set()
-                    nursery.cancel_scope.cancel()
-                    return
+    async def disconnected() -> bool:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        return True
 
-        async def watch_hang_up() -> None:
-            await hung_up()
+    with trio.CancelScope() as scope:
+
+        def leave() -> None:
             gone.set()
-            nursery.cancel_scope.cancel()
+            scope.cancel()
 
-        nursery.start_soon(watch_disconnect)
-        nursery.start_soon(watch_hang_up)
-        transfer = await get_transfer()
-        if transfer is None:
-            nursery.cancel_scope.cancel()
-            return False
-        try:
-            await send({"type": "http.response.start", "status": transfer.status, "headers": transfer.headers})
-            while (data := await transfer.body.take()) is not None:
-                await send({"type": "http.response.body", "body": data, "more_body": True})
-            if transfer.producer_aborted:
-                raise _CutShort
-            if not gone.is_set():
-                # Shielded: completing the response makes hypercorn report a disconnect at once,
-                # which must not cancel the very send that completed it.
-                with trio.CancelScope(shield=True):
-                    await send({"type": "http.response.body", "body": b"", "more_body": False})
-                delivered = True
-        finally:
-            transfer.finish(delivered)
-        nursery.cancel_scope.cancel()
+        async with watching(leave, disconnected):
+            transfer = await get_transfer()
+            if transfer is None:
+                return False
+            try:
+                # With body waiting, the head leaves in the same write as the body's first piece.
+                await send({"type": "http.response.start", "status": transfer.status, "headers": transfer.headers,
+                            HOLD_HEAD: transfer.body.ready})
+                last = b""
+                while (data := await transfer.body.take()) is not None:
+                    if transfer.body.drained and not transfer.producer_aborted:
+                        last = data  # the whole rest: it ends the response in the same write
+                        break
+                    await send({"type": "http.response.body", "body": data, "more_body": True})
+                if transfer.producer_aborted:
+                    # Ending the app without the message's end makes hypercorn close the connection:
+                    # the client sees a cut body, not a whole one.
+                    return False
+                if not gone.is_set():
+                    # Shielded: completing the response makes hypercorn report a disconnect at once,
+                    # which must not cancel the very send that completed it.
+                    with trio.CancelScope(shield=True):
+                        await send({"type": "http.response.body", "body": last, "more_body": False})
+                    delivered = True
+            finally:
+                transfer.finish(delivered)
     return delivered
+
+
+async def whole_response(
+    send: Send, status: int, content_type: bytes, body: bytes, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    """A response whose body is at hand: head and body leave in one write."""
+    start = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
+    with contextlib.suppress(OSError):
+        await send({"type": "http.response.start", "status": status, "headers": start + (headers or []),
+                    HOLD_HEAD: True})
+        await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
 async def text_response(send: Send, status: int, text: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
     """A short ``text/plain`` answer, as legacy scripts grep them."""
-    body = (text + "\n").encode() if text else b""
-    start = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode())]
-    with contextlib.suppress(OSError):
-        await send({"type": "http.response.start", "status": status, "headers": start + (headers or [])})
-        await send({"type": "http.response.body", "body": body, "more_body": False})
+    await whole_response(send, status, b"text/plain; charset=utf-8", (text + "\n").encode() if text else b"", headers)

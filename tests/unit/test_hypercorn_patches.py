@@ -1,9 +1,14 @@
-"""skald's h11 connection for hypercorn: chunk runs joined, request boundaries kept."""
+"""skald's reach into hypercorn: chunk runs joined with request boundaries kept, hang-ups seen."""
 
 from __future__ import annotations
 
-import h11
+import socket
 
+import h11
+import trio
+import trio.testing
+
+from skald import hypercorn_patches, relay_io
 from skald.hypercorn_patches import _JoiningConnection
 
 
@@ -49,3 +54,40 @@ def test_a_body_split_across_reads_keeps_every_byte() -> None:
     while not isinstance(event := conn.next_event(), h11.EndOfMessage):
         received += bytes(event.data)
     assert received == b"1" * 100 + b"2" * 100 + b"3" * 100
+
+
+async def test_a_hang_up_calls_back_without_a_task_and_a_finished_watch_forgets_the_socket() -> None:
+    server, client = socket.socketpair()
+    calls: list[str] = []
+    token = hypercorn_patches._connection_socket.set(server)
+    try:
+        with hypercorn_patches.on_hang_up(lambda: calls.append("first")) as watched:
+            assert watched
+            await trio.testing.wait_all_tasks_blocked()
+            assert calls == []
+        with hypercorn_patches.on_hang_up(lambda: calls.append("second")):
+            client.close()
+            with trio.fail_after(10):  # a guard against hanging, not a speed check
+                while not calls:
+                    await trio.lowlevel.wait_readable(server)  # readable at EOF; the dispatcher runs meanwhile
+                    await trio.testing.wait_all_tasks_blocked()
+        assert calls == ["second"]  # the first watch ended before the hang-up
+    finally:
+        hypercorn_patches._connection_socket.reset(token)
+        server.close()
+
+
+async def test_without_a_watchable_socket_the_request_watches_http_disconnect() -> None:
+    left = trio.Event()
+    gone: list[bool] = []
+
+    async def client_left() -> bool:
+        await left.wait()
+        return True
+
+    async with relay_io.watching(lambda: gone.append(True), client_left):
+        await trio.testing.wait_all_tasks_blocked()
+        assert gone == []
+        left.set()
+        await trio.testing.wait_all_tasks_blocked()
+        assert gone == [True]
