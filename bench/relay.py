@@ -4,7 +4,8 @@
     a file (`curl -T file`, sized: Content-Length) and a pipe (`... | curl -T -`, chunked encoding,
     curl's ~64 KiB chunks);
 (2) 10,000 small (1 KiB) messages one after another through httpx (messages/s).
-Prints every figure for each server and skald/piping ratios (goal: >= 1.0). It also runs a bare
+Prints every figure for each server and skald/piping ratios (goal: >= 1.0), and the server's CPU time per
+GB and per message (steadier than wall-clock figures on a shared machine). It also runs a bare
 rendezvous ASGI app on stock hypercorn (``bench/bare_rendezvous.py``, no skald code, none of
 skald's hypercorn patches) through the same steps: what the server stack gives on its own.
 
@@ -83,6 +84,17 @@ def start_bare() -> tuple[subprocess.Popen[bytes], str]:
     return proc, f"http://127.0.0.1:{port}"
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of ``pid`` and its children (hypercorn runs its worker in a child)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    total = 0.0
+    for each in [pid, *map(int, children)]:
+        fields = Path(f"/proc/{each}/stat").read_text().rsplit(")", 1)[1].split()
+        total += (int(fields[11]) + int(fields[12])) / tick  # utime, stime
+    return total
+
+
 def big_transfer(url: str, size: int, source: Path | None) -> float:
     """MB/s of one `size`-byte transfer through ``url``, curl on both ends.
 
@@ -140,19 +152,26 @@ def main() -> None:
         bare, bare_base = start_bare()
         try:
             results = {}
-            for name, base in (("skald", skald_url), ("piping", piping_base), ("bare", bare_base)):
+            cpu = {}
+            servers = (("skald", skald_url, skald), ("piping", piping_base, piping), ("bare", bare_base, bare))
+            for name, base, proc in servers:
+                before = cpu_seconds(proc.pid)
                 sized = big_transfer(f"{base}/p/big-{name}", args.bytes, source)
                 chunked = big_transfer(f"{base}/p/big-{name}", args.bytes, None)
+                between = cpu_seconds(proc.pid)
                 rate = trio.run(small_messages, base, args.messages)
+                after = cpu_seconds(proc.pid)
                 results[name] = (sized, chunked, rate)
+                cpu[name] = ((between - before) / (2 * args.bytes / 1e9), (after - between) / args.messages * 1e3)
         finally:
             for proc in (skald, piping, bare):
                 proc.terminate()
                 proc.wait()
     print(f"relay: one {args.bytes / 1e9:.2f} GB transfer (curl both ends) and {args.messages} x 1 KiB messages")
-    print(f"{'server':>8} {'MB/s sized':>12} {'MB/s chunked':>14} {'msgs/s':>10}")
+    print(f"{'server':>8} {'MB/s sized':>12} {'MB/s chunked':>14} {'msgs/s':>10} {'CPU s/GB':>10} {'CPU ms/msg':>11}")
     for name, (sized, chunked, rate) in results.items():
-        print(f"{name:>8} {sized:>12.1f} {chunked:>14.1f} {rate:>10.1f}")
+        per_gb, per_msg = cpu[name]
+        print(f"{name:>8} {sized:>12.1f} {chunked:>14.1f} {rate:>10.1f} {per_gb:>10.2f} {per_msg:>11.2f}")
     ratios = [s / p for s, p in zip(results["skald"], results["piping"], strict=True)]
     print(f"skald/piping: sized {ratios[0]:.2f}x, chunked {ratios[1]:.2f}x, small messages {ratios[2]:.2f}x"
           " (goal >= 1.0)")

@@ -63,14 +63,20 @@ def apply() -> None:
     original_run = server_class.run
 
     async def run(self: Any) -> None:
-        stream = self.stream
-        # A plain TCP stream holds its socket; a TLS stream wraps one.
-        sock = getattr(stream, "socket", None) or getattr(getattr(stream, "transport_stream", None), "socket", None)
-        _connection_socket.set(sock)
+        _connection_socket.set(_socket_of(self.stream))
         await original_run(self)
+
+    original_close = server_class._close
+
+    async def close(self: Any) -> None:
+        # hypercorn may read a client's EOF and close the socket before the epoll set reports it; the
+        # socket then leaves the set unreported. Whoever watches it hears of the close here instead.
+        _connection_closing(_socket_of(self.stream))
+        await original_close(self)
 
     run._skald_publishes_socket = True  # type: ignore[attr-defined]
     server_class.run = run
+    server_class._close = close
 
     protocol_class: Any = hypercorn_h11.H11Protocol
     original_init = protocol_class.__init__
@@ -174,6 +180,11 @@ class _JoiningConnection(h11.Connection):
         self._held = None
 
 
+def _socket_of(stream: Any) -> Any:
+    # A plain TCP stream holds its socket; a TLS stream wraps one.
+    return getattr(stream, "socket", None) or getattr(getattr(stream, "transport_stream", None), "socket", None)
+
+
 class _HangUps:
     """One epoll set for every waiting request's socket, and one task reading it.
 
@@ -210,22 +221,37 @@ class _HangUps:
             with contextlib.suppress(OSError, ValueError):
                 self._epoll.unregister(fd)
 
+    def fire(self, fd: int) -> None:
+        """``fd`` hung up or is about to close: call its watchers and forget it."""
+        callbacks = self._callbacks.pop(fd, None)
+        if callbacks is None:
+            return  # not watched
+        with contextlib.suppress(OSError, ValueError):
+            self._epoll.unregister(fd)  # level-triggered: it would keep firing
+        for callback in callbacks:
+            callback()
+
     async def _dispatch(self) -> None:
         try:
             while True:
                 await trio.lowlevel.wait_readable(self._epoll.fileno())
                 for fd, _mask in self._epoll.poll(0):
-                    callbacks = self._callbacks.pop(fd, [])
-                    with contextlib.suppress(OSError, ValueError):
-                        self._epoll.unregister(fd)  # level-triggered: it would keep firing
-                    for callback in callbacks:
-                        callback()
+                    self.fire(fd)
         finally:
             trio.lowlevel.notify_closing(self._epoll.fileno())
             self._epoll.close()
 
 
 _hang_ups: RunVar[_HangUps] = RunVar("skald_hang_ups")
+
+
+def _connection_closing(sock: Any) -> None:
+    try:
+        watcher, fd = _hang_ups.get(), sock.fileno()
+    except (LookupError, AttributeError, OSError):
+        return  # nobody ever watched, or no socket
+    if fd >= 0:
+        watcher.fire(fd)
 
 
 @contextlib.contextmanager

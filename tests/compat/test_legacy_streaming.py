@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import socket
+import struct
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -103,11 +105,20 @@ async def test_producer_gone_before_pairing_leaves_nothing(server: LiveServer) -
 
 
 async def test_producer_gone_mid_upload_before_pairing_leaves_nothing(server: LiveServer) -> None:
-    """The same with a large body still in flight (unread bytes queued on the socket)."""
+    """The same with a large body still in flight (unread bytes queued on the socket).
+
+    The client resets the connection (``SO_LINGER`` 0). A plain close can queue its FIN behind bytes
+    the server does not read before pairing, and TCP then delivers it only once a consumer takes the
+    body (which then arrives cut): see docs/compatibility.md, "Known limits".
+    """
     hub, key = _hub(server), channel_key("public", "p", "half")
     stream = await _raw_request(server, b"PUT /p/half HTTP/1.1\r\nHost: x\r\nContent-Length: 67108864\r\n\r\n")
-    await stream.send_all(b"y" * (4 * MIB))
-    await wait_for_waiters(hub, key, producers=1)
+    async with trio.open_nursery() as nursery:
+        # Sends until the server stops reading (it does not read on before pairing): it may never finish.
+        nursery.start_soon(stream.send_all, b"y" * (4 * MIB))
+        await wait_for_waiters(hub, key, producers=1)
+        nursery.cancel_scope.cancel()
+    stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
     await stream.aclose()
     await wait_until_nobody_waits(hub, key)
 

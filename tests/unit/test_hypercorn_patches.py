@@ -91,3 +91,28 @@ async def test_without_a_watchable_socket_the_request_watches_http_disconnect() 
         left.set()
         await trio.testing.wait_all_tasks_blocked()
         assert gone == [True]
+
+
+async def test_a_connection_closed_by_the_server_before_its_hang_up_was_reported_still_calls_back() -> None:
+    server, client = socket.socketpair()
+    calls: list[str] = []
+    token = hypercorn_patches._connection_socket.set(server)
+    try:
+        with hypercorn_patches.on_hang_up(lambda: calls.append("closed")):
+            hypercorn_patches._connection_closing(server)  # what hypercorn's close now does first
+            server.close()  # a closed descriptor leaves the epoll set without a report
+            assert calls == ["closed"]
+        # The descriptor number is free for the next connection, whose watch must work.
+        reused, peer = socket.socketpair()
+        hypercorn_patches._connection_socket.set(reused)
+        with hypercorn_patches.on_hang_up(lambda: calls.append("next")):
+            peer.close()
+            with trio.fail_after(10):  # a guard against hanging, not a speed check
+                while len(calls) < 2:
+                    await trio.lowlevel.wait_readable(reused)
+                    await trio.testing.wait_all_tasks_blocked()
+        assert calls == ["closed", "next"]
+        reused.close()
+    finally:
+        hypercorn_patches._connection_socket.reset(token)
+        client.close()
