@@ -34,10 +34,11 @@ import select
 import socket
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
-from typing import Any
+from typing import Any, cast
 
 import h11
 import trio
+from h11._readers import ContentLengthReader
 from trio.lowlevel import RunVar
 
 READ_SIZE = 1024 * 1024
@@ -152,9 +153,33 @@ class _JoiningConnection(h11.Connection):
     trip apiece; joined, a 1 MiB read makes one trip. The event that ends a run
     of chunks is held for the next call. A held ``EndOfMessage`` belongs to its
     request, so a new cycle drops it.
+
+    A sized body (``Content-Length``) read into an empty buffer is handed out as
+    the very bytes read: h11 would copy them three times on the way through its
+    buffer (and hypercorn once more, from the ``bytearray`` h11 hands out).
     """
 
     _held: Any = None
+    _direct: bytes | None = None  # read while a sized body was due and nothing else waited
+
+    def receive_data(self, data: bytes) -> None:
+        reader = self._reader
+        if (data and self._direct is None and type(reader) is ContentLengthReader and reader._remaining > 0
+                and not self._receive_buffer):
+            self._direct = bytes(data)
+            return
+        super().receive_data(data)
+
+    def _extract_next_receive_event(self) -> Any:
+        direct, self._direct = self._direct, None
+        if direct is None:
+            return super()._extract_next_receive_event()
+        reader = cast(ContentLengthReader, self._reader)
+        body, rest = direct[: reader._remaining], direct[reader._remaining :]
+        reader._remaining -= len(body)
+        if rest:  # the next (pipelined) request begins: it goes through the buffer
+            super().receive_data(rest)
+        return h11.Data(data=body)
 
     def next_event(self) -> Any:
         if self._held is not None:

@@ -10,23 +10,27 @@ channel nobody waits on is deleted.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections import deque
 from collections.abc import Callable
 
 import trio
 
+# Chunks smaller than this are joined when several wait; larger ones are written as they are.
+JOIN_BELOW = 64 * 1024
+
 
 class BodyPipe:
     """A message body on its way: chunks queue until ``limit`` bytes wait, then the producer waits.
 
-    The consumer takes everything waiting at once, so a fast producer's many
+    The consumer takes the small chunks waiting at once, so a fast producer's many
     small chunks leave as one write (per-chunk work is what a Python relay pays
-    for; bytes are cheap). Memory per transfer stays under ``limit`` plus one chunk.
+    for). Memory per transfer stays under ``limit`` plus one chunk.
     """
 
     def __init__(self, limit: int = 1024 * 1024) -> None:
         self._limit = limit
-        self._chunks: list[bytes] = []
+        self._chunks: deque[bytes] = deque()
         self._size = 0
         self._ended = False  # the producer sent its last chunk (or gave up)
         self._broken = False  # the consumer is gone
@@ -66,15 +70,28 @@ class BodyPipe:
         return self._ended and not self._chunks
 
     async def take(self) -> bytes | None:
-        """Everything waiting, as one piece; ``None`` once the producer ended and all is taken."""
+        """The next piece to write; ``None`` once the producer ended and all is taken.
+
+        Small chunks waiting side by side leave joined (one write for many); a large
+        one leaves alone, uncopied (copying it would cost more than its write).
+        """
         await trio.lowlevel.checkpoint_if_cancelled()
         while not self._chunks:
             if self._ended:
                 return None
             await self._readable.park()
-        data = self._chunks[0] if len(self._chunks) == 1 else b"".join(self._chunks)
-        self._chunks.clear()
-        self._size = 0
+        chunks = self._chunks
+        count = 1
+        if len(chunks[0]) < JOIN_BELOW:
+            while count < len(chunks) and len(chunks[count]) < JOIN_BELOW:
+                count += 1
+        if count == 1:
+            data = chunks.popleft()
+        else:
+            data = b"".join(itertools.islice(chunks, count))
+            for _ in range(count):
+                chunks.popleft()
+        self._size -= len(data)
         self._writable.unpark_all()
         return data
 

@@ -56,6 +56,26 @@ def test_a_body_split_across_reads_keeps_every_byte() -> None:
     assert received == b"1" * 100 + b"2" * 100 + b"3" * 100
 
 
+def test_a_sized_body_is_handed_out_as_the_bytes_read_and_a_pipelined_request_follows() -> None:
+    conn = _JoiningConnection(h11.SERVER)
+    conn.receive_data(b"PUT /p/x HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n")
+    assert isinstance(conn.next_event(), h11.Request)
+    assert conn.next_event() is h11.NEED_DATA
+    first = b"0123"
+    conn.receive_data(first)
+    data = conn.next_event()
+    assert isinstance(data, h11.Data) and data.data is first  # not copied
+    assert conn.next_event() is h11.NEED_DATA
+    conn.receive_data(b"456789" + b"GET /p/next HTTP/1.1\r\nHost: x\r\n\r\n")
+    data = conn.next_event()
+    assert isinstance(data, h11.Data) and data.data == b"456789"
+    assert isinstance(conn.next_event(), h11.EndOfMessage)
+    _respond(conn)
+    conn.start_next_cycle()
+    second = conn.next_event()
+    assert isinstance(second, h11.Request) and second.target == b"/p/next"
+
+
 async def test_a_hang_up_calls_back_without_a_task_and_a_finished_watch_forgets_the_socket() -> None:
     server, client = socket.socketpair()
     calls: list[str] = []

@@ -6,7 +6,7 @@ import pytest
 import trio
 import trio.testing
 
-from skald.relay import BodyPipe
+from skald.relay import JOIN_BELOW, BodyPipe
 
 
 async def test_producer_waits_once_the_limit_is_passed_and_the_consumer_takes_everything_at_once() -> None:
@@ -68,3 +68,16 @@ async def test_put_after_abandon_raises_at_once() -> None:
     pipe.abandon()
     with pytest.raises(trio.BrokenResourceError):
         await pipe.put(b"late")
+
+
+async def test_large_chunks_leave_one_at_a_time_as_they_came_and_small_ones_between_them_join() -> None:
+    pipe = BodyPipe(limit=10 * JOIN_BELOW)
+    big, small = b"b" * JOIN_BELOW, b"s" * 10
+    for chunk in (big, small, small, big):
+        await pipe.put(chunk)
+    pipe.end()
+    assert await pipe.take() is big  # not copied
+    assert await pipe.take() == small * 2
+    assert await pipe.take() is big
+    assert pipe.drained
+    assert await pipe.take() is None
