@@ -60,11 +60,6 @@ class BodyPipe:
         self._writable.unpark_all()
 
     @property
-    def ready(self) -> bool:
-        """Some body waits to be taken."""
-        return bool(self._chunks)
-
-    @property
     def drained(self) -> bool:
         """The producer ended and everything is taken: the next :meth:`take` returns ``None``."""
         return self._ended and not self._chunks

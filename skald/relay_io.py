@@ -172,15 +172,18 @@ async def deliver(get_transfer: Callable[[], Awaitable[Transfer | None]], receiv
             if transfer is None:
                 return False
             try:
-                # With body waiting, the head leaves in the same write as the body's first piece.
+                # The head leaves with the body's first piece (or its end), in one write: as legacy's Go
+                # server, which sends headers with the first body bytes.
+                data = await transfer.body.take()
                 await send({"type": "http.response.start", "status": transfer.status, "headers": transfer.headers,
-                            HOLD_HEAD: transfer.body.ready})
+                            HOLD_HEAD: True})
                 last = b""
-                while (data := await transfer.body.take()) is not None:
+                while data is not None:
                     if transfer.body.drained and not transfer.producer_aborted:
                         last = data  # the whole rest: it ends the response in the same write
                         break
                     await send({"type": "http.response.body", "body": data, "more_body": True})
+                    data = await transfer.body.take()
                 if transfer.producer_aborted:
                     # Ending the app without the message's end makes hypercorn close the connection:
                     # the client sees a cut body, not a whole one.
