@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import types
 
 import h11
 import trio
@@ -136,3 +137,65 @@ async def test_a_connection_closed_by_the_server_before_its_hang_up_was_reported
     finally:
         hypercorn_patches._connection_socket.reset(token)
         client.close()
+
+
+class _FakeServer:
+    """What the keep-alive timer uses of hypercorn's TCPServer."""
+
+    def __init__(self) -> None:
+        self.config = types.SimpleNamespace(keep_alive_timeout=5.0)
+        self.context = types.SimpleNamespace(terminated=trio.Event())
+        self.closed_at: list[float] = []
+
+    async def _initiate_server_close(self) -> None:
+        self.closed_at.append(trio.current_time())
+
+    async def _idle_timeout(self) -> None:  # only its binding matters: the timer finds the server through it
+        raise AssertionError("the timer closes the connection itself")
+
+
+async def test_the_keep_alive_timer_closes_an_idle_connection_and_spares_a_busy_one(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    server, timer = _FakeServer(), hypercorn_patches._KeepAliveTimer()
+    async with trio.open_nursery() as nursery:
+        group = types.SimpleNamespace(_nursery=nursery)
+        start = trio.current_time()
+        await timer.restart(group, server._idle_timeout)  # connection opened: idle
+        await trio.sleep(4)
+        await timer.stop()  # a request arrived after 4 s
+        await trio.sleep(60)  # it takes a minute: no close meanwhile
+        assert server.closed_at == []
+        await timer.restart(group, server._idle_timeout)  # answered: idle again
+        await trio.testing.wait_all_tasks_blocked()
+    assert server.closed_at == [start + 64 + 5]
+
+
+async def test_the_keep_alive_timer_closes_at_shutdown_once_idle_and_ends_quietly_with_its_connection(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    server, timer = _FakeServer(), hypercorn_patches._KeepAliveTimer()
+    async with trio.open_nursery() as nursery:
+        group = types.SimpleNamespace(_nursery=nursery)
+        await timer.restart(group, server._idle_timeout)
+        await trio.sleep(1)
+        server.context.terminated.set()
+    assert server.closed_at == [1]  # an idle connection closes at shutdown
+
+    busy, timer = _FakeServer(), hypercorn_patches._KeepAliveTimer()
+    async with trio.open_nursery() as nursery:
+        group = types.SimpleNamespace(_nursery=nursery)
+        await timer.restart(group, busy._idle_timeout)
+        await timer.stop()  # a request is being answered
+        busy.context.terminated.set()
+        await trio.sleep(30)
+        assert busy.closed_at == []  # its response may finish
+        await timer.restart(group, busy._idle_timeout)  # answered and idle: now it closes
+    assert busy.closed_at == [31]
+
+    other, timer = _FakeServer(), hypercorn_patches._KeepAliveTimer()
+    async with trio.open_nursery() as nursery:
+        await timer.restart(types.SimpleNamespace(_nursery=nursery), other._idle_timeout)
+        await trio.sleep(1)
+        timer.close()  # the read loop ended: the task goes, closing nothing
+    assert other.closed_at == []
