@@ -138,14 +138,19 @@ class _KeepAliveTimer:
             self._task_scope.cancel()
 
     def _move(self, deadline: float) -> None:
+        # Only ever brought forward: a deadline pushed back (or off) is seen when the old one passes,
+        # which costs a wake-up per keep-alive period instead of a deadline update per request.
         self._deadline = deadline
-        if self._timer is not None:
+        if self._timer is not None and deadline < self._timer.deadline:
             self._timer.deadline = deadline
 
     async def _run(self, server: Any, task_scope: trio.CancelScope) -> None:
         with task_scope:
-            with trio.CancelScope(deadline=self._deadline) as self._timer:
-                await server.context.terminated.wait()
+            while True:
+                with trio.CancelScope(deadline=self._deadline) as self._timer:
+                    await server.context.terminated.wait()
+                if not self._timer.cancelled_caught or trio.current_time() >= self._deadline:
+                    break
             if not self._timer.cancelled_caught and self._deadline == math.inf:
                 # Shut down mid-request: hypercorn closes the connection once the response is out;
                 # should it go idle instead, close it then.
