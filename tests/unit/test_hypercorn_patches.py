@@ -154,48 +154,59 @@ class _FakeServer:
         raise AssertionError("the timer closes the connection itself")
 
 
+class _Connection:
+    """A connection's keep-alive timer in ``nursery``, armed as hypercorn arms it when the connection opens."""
+
+    def __init__(self, nursery: trio.Nursery) -> None:
+        self.server, self.timer = _FakeServer(), hypercorn_patches._KeepAliveTimer()
+        self._group = types.SimpleNamespace(_nursery=nursery)
+
+    async def idle(self) -> None:
+        await self.timer.restart(self._group, self.server._idle_timeout)
+
+    async def busy(self) -> None:
+        await self.timer.stop()
+
+
 async def test_the_keep_alive_timer_closes_an_idle_connection_and_spares_a_busy_one(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    server, timer = _FakeServer(), hypercorn_patches._KeepAliveTimer()
+    start = trio.current_time()
     async with trio.open_nursery() as nursery:
-        group = types.SimpleNamespace(_nursery=nursery)
-        start = trio.current_time()
-        await timer.restart(group, server._idle_timeout)  # connection opened: idle
+        connection = _Connection(nursery)
+        await connection.idle()  # connection opened
         await trio.sleep(4)
-        await timer.stop()  # a request arrived after 4 s
+        await connection.busy()  # a request arrived after 4 s
         await trio.sleep(60)  # it takes a minute: no close meanwhile
-        assert server.closed_at == []
-        await timer.restart(group, server._idle_timeout)  # answered: idle again
-        await trio.testing.wait_all_tasks_blocked()
-    assert server.closed_at == [start + 64 + 5]
+        assert connection.server.closed_at == []
+        await connection.idle()  # answered
+    assert connection.server.closed_at == [start + 64 + 5]
 
 
 async def test_the_keep_alive_timer_closes_at_shutdown_once_idle_and_ends_quietly_with_its_connection(
     autojump_clock: trio.testing.MockClock,
 ) -> None:
-    server, timer = _FakeServer(), hypercorn_patches._KeepAliveTimer()
+    start = trio.current_time()
     async with trio.open_nursery() as nursery:
-        group = types.SimpleNamespace(_nursery=nursery)
-        await timer.restart(group, server._idle_timeout)
+        idle = _Connection(nursery)
+        await idle.idle()
         await trio.sleep(1)
-        server.context.terminated.set()
-    assert server.closed_at == [1]  # an idle connection closes at shutdown
+        idle.server.context.terminated.set()
+    assert idle.server.closed_at == [start + 1]  # an idle connection closes at shutdown
 
-    busy, timer = _FakeServer(), hypercorn_patches._KeepAliveTimer()
     async with trio.open_nursery() as nursery:
-        group = types.SimpleNamespace(_nursery=nursery)
-        await timer.restart(group, busy._idle_timeout)
-        await timer.stop()  # a request is being answered
-        busy.context.terminated.set()
+        busy = _Connection(nursery)
+        await busy.idle()
+        await busy.busy()  # a request is being answered
+        busy.server.context.terminated.set()
         await trio.sleep(30)
-        assert busy.closed_at == []  # its response may finish
-        await timer.restart(group, busy._idle_timeout)  # answered and idle: now it closes
-    assert busy.closed_at == [31]
+        assert busy.server.closed_at == []  # its response may finish
+        await busy.idle()  # answered and idle: now it closes
+    assert busy.server.closed_at == [start + 1 + 30]
 
-    other, timer = _FakeServer(), hypercorn_patches._KeepAliveTimer()
     async with trio.open_nursery() as nursery:
-        await timer.restart(types.SimpleNamespace(_nursery=nursery), other._idle_timeout)
+        ended = _Connection(nursery)
+        await ended.idle()
         await trio.sleep(1)
-        timer.close()  # the read loop ended: the task goes, closing nothing
-    assert other.closed_at == []
+        ended.timer.close()  # the read loop ended: the task goes, closing nothing
+    assert ended.server.closed_at == []
