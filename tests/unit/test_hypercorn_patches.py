@@ -161,6 +161,12 @@ class _Connection:
         self.server, self.timer = _FakeServer(), hypercorn_patches._KeepAliveTimer()
         self._group = types.SimpleNamespace(_nursery=nursery)
 
+    @classmethod
+    async def open(cls, nursery: trio.Nursery) -> _Connection:
+        connection = cls(nursery)
+        await connection.idle()
+        return connection
+
     async def idle(self) -> None:
         await self.timer.restart(self._group, self.server._idle_timeout)
 
@@ -173,8 +179,7 @@ async def test_the_keep_alive_timer_closes_an_idle_connection_and_spares_a_busy_
 ) -> None:
     start = trio.current_time()
     async with trio.open_nursery() as nursery:
-        connection = _Connection(nursery)
-        await connection.idle()  # connection opened
+        connection = await _Connection.open(nursery)
         await trio.sleep(4)
         await connection.busy()  # a request arrived after 4 s
         await trio.sleep(60)  # it takes a minute: no close meanwhile
@@ -188,15 +193,13 @@ async def test_the_keep_alive_timer_closes_at_shutdown_once_idle_and_ends_quietl
 ) -> None:
     start = trio.current_time()
     async with trio.open_nursery() as nursery:
-        idle = _Connection(nursery)
-        await idle.idle()
+        idle = await _Connection.open(nursery)
         await trio.sleep(1)
         idle.server.context.terminated.set()
     assert idle.server.closed_at == [start + 1]  # an idle connection closes at shutdown
 
     async with trio.open_nursery() as nursery:
-        busy = _Connection(nursery)
-        await busy.idle()
+        busy = await _Connection.open(nursery)
         await busy.busy()  # a request is being answered
         busy.server.context.terminated.set()
         await trio.sleep(30)
@@ -205,8 +208,7 @@ async def test_the_keep_alive_timer_closes_at_shutdown_once_idle_and_ends_quietl
     assert busy.server.closed_at == [start + 1 + 30]
 
     async with trio.open_nursery() as nursery:
-        ended = _Connection(nursery)
-        await ended.idle()
+        ended = await _Connection.open(nursery)
         await trio.sleep(1)
         ended.timer.close()  # the read loop ended: the task goes, closing nothing
     assert ended.server.closed_at == []
