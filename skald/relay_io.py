@@ -81,38 +81,38 @@ class BodyReader:
 
 
 @contextlib.asynccontextmanager
-async def watching(on_gone: Callable[[], None], left: Callable[[], Awaitable[bool]]) -> AsyncIterator[None]:
-    """Call ``on_gone`` if the client leaves meanwhile.
+async def unless_gone(gone: trio.Event, left: Callable[[], Awaitable[bool]]) -> AsyncIterator[None]:
+    """Run the block; if the client leaves meanwhile, set ``gone`` and cancel the block (quietly).
 
     A hang-up is seen on the socket where it can be (no task needed); elsewhere
     a task awaits ``left()``, which watches ``http.disconnect``.
     """
-    with on_hang_up(on_gone) as watched:
-        if watched:
-            yield
-            return
-        async with trio.open_nursery() as nursery:
+    with trio.CancelScope() as scope:
 
-            async def watch() -> None:
-                if await left():
-                    on_gone()
+        def leave() -> None:
+            gone.set()
+            scope.cancel()
 
-            nursery.start_soon(watch)
-            yield
-            nursery.cancel_scope.cancel()
+        with on_hang_up(leave) as watched:
+            if watched:
+                yield
+                return
+            async with trio.open_nursery() as nursery:
+
+                async def watch() -> None:
+                    if await left():
+                        leave()
+
+                nursery.start_soon(watch)
+                yield
+                nursery.cancel_scope.cancel()
 
 
 async def wait_unless_gone(reader: BodyReader, wait: Callable[[], Awaitable[Any]]) -> Any:
     """Run ``wait()`` while watching for the producer's disconnect; raise :class:`ProducerGone` on it."""
     result: list[Any] = []
-    with trio.CancelScope() as scope:
-
-        def leave() -> None:
-            reader.gone.set()
-            scope.cancel()
-
-        async with watching(leave, reader.left_while_waiting):
-            result.append(await wait())
+    async with unless_gone(reader.gone, reader.left_while_waiting):
+        result.append(await wait())
     if not result:
         raise ProducerGone
     return result[0]
@@ -153,7 +153,6 @@ async def deliver(get_transfer: Callable[[], Awaitable[Transfer | None]], receiv
     the transfer is then finished as not delivered, so its producer answers 502.
     """
     delivered = False
-    transfer: Transfer | None = None
     gone = trio.Event()
 
     async def disconnected() -> bool:
@@ -161,41 +160,35 @@ async def deliver(get_transfer: Callable[[], Awaitable[Transfer | None]], receiv
             pass
         return True
 
-    with trio.CancelScope() as scope:
-
-        def leave() -> None:
-            gone.set()
-            scope.cancel()
-
-        async with watching(leave, disconnected):
-            transfer = await get_transfer()
-            if transfer is None:
-                return False
-            try:
-                # The head leaves with the body's first piece (or its end), in one write: as legacy's Go
-                # server, which sends headers with the first body bytes.
+    async with unless_gone(gone, disconnected):
+        transfer = await get_transfer()
+        if transfer is None:
+            return False
+        try:
+            # The head leaves with the body's first piece (or its end), in one write: as legacy's Go
+            # server, which sends headers with the first body bytes.
+            data = await transfer.body.take()
+            await send({"type": "http.response.start", "status": transfer.status, "headers": transfer.headers,
+                        HOLD_HEAD: True})
+            last = b""
+            while data is not None:
+                if transfer.body.drained and not transfer.producer_aborted:
+                    last = data  # the whole rest: it ends the response in the same write
+                    break
+                await send({"type": "http.response.body", "body": data, "more_body": True})
                 data = await transfer.body.take()
-                await send({"type": "http.response.start", "status": transfer.status, "headers": transfer.headers,
-                            HOLD_HEAD: True})
-                last = b""
-                while data is not None:
-                    if transfer.body.drained and not transfer.producer_aborted:
-                        last = data  # the whole rest: it ends the response in the same write
-                        break
-                    await send({"type": "http.response.body", "body": data, "more_body": True})
-                    data = await transfer.body.take()
-                if transfer.producer_aborted:
-                    # Ending the app without the message's end makes hypercorn close the connection:
-                    # the client sees a cut body, not a whole one.
-                    return False
-                if not gone.is_set():
-                    # Shielded: completing the response makes hypercorn report a disconnect at once,
-                    # which must not cancel the very send that completed it.
-                    with trio.CancelScope(shield=True):
-                        await send({"type": "http.response.body", "body": last, "more_body": False})
-                    delivered = True
-            finally:
-                transfer.finish(delivered)
+            if transfer.producer_aborted:
+                # Ending the app without the message's end makes hypercorn close the connection:
+                # the client sees a cut body, not a whole one.
+                return False
+            if not gone.is_set():
+                # Shielded: completing the response makes hypercorn report a disconnect at once,
+                # which must not cancel the very send that completed it.
+                with trio.CancelScope(shield=True):
+                    await send({"type": "http.response.body", "body": last, "more_body": False})
+                delivered = True
+        finally:
+            transfer.finish(delivered)
     return delivered
 
 
