@@ -21,6 +21,7 @@ from support.live import LiveServer
 
 from skald.actor import DocumentActor
 from skald.connection import DocConnection
+from skald.errors import DocumentUnavailable
 
 
 class WorkerDied(BaseException):
@@ -101,3 +102,34 @@ async def test_writer_failing_mid_batch_fails_the_batch_and_the_document_serves_
         assert _rows(server) == [0, 99]
         metrics = (await c.get("/metrics")).text
         assert "skald_writer_restarts_total 1.0" in metrics
+
+
+async def test_document_that_cannot_be_reopened_stops_and_the_next_request_opens_it_again(
+    server: LiveServer,
+) -> None:
+    path = server.settings.document_path("d")
+    aside = path.with_name(path.name + ".aside")
+
+    def break_and_block(conn: DocConnection) -> None:
+        # the connection breaks and the file is unreachable for a while (a lost mount, say)
+        conn.close()
+        path.rename(aside)
+        path.mkdir()
+
+    async with server.client() as c:
+        assert (await c.put("/api/v1/db/d")).status_code == 201
+        assert (await _q(c, "CREATE TABLE t (id INTEGER PRIMARY KEY, v INTEGER)")).status_code == 200
+        async with server.state.supervisor.open_document("d") as actor:
+            with pytest.raises(DocumentUnavailable):
+                await actor.write(break_and_block)
+        with trio.fail_after(30):
+            await actor.stopped.wait()  # it could not reopen: it stopped instead of failing forever
+        assert actor.stop_reason == "failed"
+        r = await _q(c, "INSERT INTO t (v) VALUES (1)")  # still unreachable: a clear error, no hang
+        assert r.status_code >= 500 and r.headers["content-type"].startswith("application/problem+json")
+        print("while the file is unreachable:", r.status_code, r.json()["code"])
+        path.rmdir()
+        aside.rename(path)
+        r = await _q(c, "INSERT INTO t (v) VALUES (2)")  # the next request starts a fresh actor
+        assert r.status_code == 200, r.text
+        assert (await _q(c, "SELECT v FROM t")).json()["rows"] == [[2]]
