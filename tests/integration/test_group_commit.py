@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from typing import Any
 
 import httpx
@@ -82,3 +83,64 @@ async def test_rolled_back_write_explains_itself(server: LiveServer) -> None:
     body = r.json()
     assert body["code"] == "transaction_rolled_back"
     assert "UNIQUE constraint failed" in body["detail"]
+
+
+async def test_publishes_webhooks_and_fenced_writes_beside_rollbacks_are_all_kept(server: LiveServer) -> None:
+    # Every kind of write op shares the document's group commits with the statement that rolls back.
+    await _setup(server, "INSERT INTO t (v) VALUES ('dup')")
+    async with server.client(limits=httpx.Limits(max_connections=100)) as c:
+        lease = (await c.post("/api/v1/db/d/leases/acquire", json={"resource": "job", "owner": "w"})).json()
+        published: list[int] = []
+        delivered: list[int] = []
+        fenced: list[int] = []
+        rolled_back: list[int] = []
+
+        async def publish(i: int) -> None:
+            r = await c.post("/api/v1/db/d/messages", json={"topic": "t", "payload": {"i": i}})
+            assert r.status_code == 201, r.text
+            published.append(r.json()["id"])
+
+        async def deliver(i: int) -> None:
+            r = await c.post("/api/v1/db/d/webhooks/hook", json={"i": i}, headers={"X-Request-Id": f"d{i}"})
+            assert r.status_code == 201, r.text
+            delivered.append(r.json()["id"])
+
+        async def fenced_insert(i: int) -> None:
+            fence = {"resource": "job", "token": lease["fence"]}
+            body = {"sql": "INSERT INTO t (v) VALUES (?)", "args": [i], "fence": fence}
+            r = await c.post("/api/v1/db/d/query", json=body)
+            assert r.status_code == 200, r.text
+            fenced.append(i)
+
+        async def roll_back() -> None:
+            r = await _q(c, "INSERT OR ROLLBACK INTO t (v) VALUES ('dup')")
+            rolled_back.append(r.status_code)
+
+        for round_ in range(3):
+            async with trio.open_nursery() as nursery:
+                for i in range(round_ * 15, round_ * 15 + 15):
+                    nursery.start_soon(publish, i)
+                    nursery.start_soon(deliver, i)
+                    nursery.start_soon(fenced_insert, i)
+                    nursery.start_soon(roll_back)
+                    nursery.start_soon(roll_back)
+        messages = (await c.get("/api/v1/db/d/messages", params={"since_id": 0, "limit": 1000})).json()["messages"]
+        rows = (await _q(c, "SELECT v FROM t WHERE typeof(v) = 'integer'")).json()["rows"]
+    inbox = _inbox_ids(server)
+    print(
+        f"missing: {len(set(published) - {m['id'] for m in messages})} of {len(published)} publishes, "
+        f"{len(set(delivered) - inbox)} of {len(delivered)} webhook deliveries, "
+        f"{len(set(fenced) - {r[0] for r in rows})} of {len(fenced)} fenced writes"
+    )
+    assert sorted(m["id"] for m in messages) == sorted(published)
+    assert inbox == set(delivered)
+    assert sorted(r[0] for r in rows) == sorted(fenced)
+    assert rolled_back == [409] * 90
+
+
+def _inbox_ids(server: LiveServer) -> set[int]:
+    conn = sqlite3.connect(server.settings.document_path("d"))
+    try:
+        return {row[0] for row in conn.execute("SELECT id FROM webhook_inbox")}
+    finally:
+        conn.close()
