@@ -531,13 +531,16 @@ def _rolled_back(exc: Exception) -> Exception:
         # skald stopped it (a query's time limit): its own error says more than the rollback
         # SQLite makes of an interrupted write.
         return exc
+    extra: dict[str, Any] = {}
     if isinstance(exc, SkaldError):
         reason = exc.detail
+        extra.update(exc.extra)  # e.g. a batch's statement_index
     elif isinstance(exc, sqlite3.Error):
         reason = str(exc)
     else:
         reason = f"{type(exc).__name__}: {exc}"
-    extra = {"sqlite_error": name} if name else {}
+    if name:
+        extra["sqlite_error"] = name
     error = TransactionRolledBack(
         f"{reason}; this write ended its transaction, so it was not applied "
         "(the other writes committed with it were run again without it)",

@@ -144,3 +144,23 @@ def _inbox_ids(server: LiveServer) -> set[int]:
         return {row[0] for row in conn.execute("SELECT id FROM webhook_inbox")}
     finally:
         conn.close()
+
+
+async def test_batch_that_rolls_back_names_its_statement_and_keeps_nothing(server: LiveServer) -> None:
+    await _setup(server, "INSERT INTO t (v) VALUES ('dup')")
+    async with server.client() as c:
+        body = {
+            "statements": [
+                {"sql": "INSERT INTO t (v) VALUES (1)"},
+                {"sql": "INSERT OR ROLLBACK INTO t (v) VALUES ('dup')"},
+                {"sql": "INSERT INTO t (v) VALUES (2)"},
+            ]
+        }
+        r = await c.post("/api/v1/db/d/query/batch", json=body)
+        assert r.status_code == 409, r.text
+        problem = r.json()
+        assert problem["code"] == "transaction_rolled_back"
+        assert problem["statement_index"] == 1
+        assert problem["sqlite_error"] == "SQLITE_CONSTRAINT_UNIQUE"
+        rows = (await _q(c, "SELECT v FROM t ORDER BY v")).json()["rows"]
+    assert rows == [["dup"]]  # all or nothing: the batch's first INSERT is not kept either
