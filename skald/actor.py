@@ -436,8 +436,10 @@ def _group_commit(
     took every op before it down too: it fails alone with
     :class:`TransactionRolledBack`, the ops before it are run again in a fresh
     transaction and committed, and the rest of the batch continues in the next
-    one. Every op runs at most twice, so a client sending rollbacks cannot make
-    a batch quadratic. Ops must be safe to run again after a rollback: plain
+    one. An op that behaves the same when run again therefore runs at most twice,
+    so a client sending rollbacks cannot make a batch quadratic (one that ends the
+    transaction only on its second run shrinks the prefix again, and so on). Ops
+    must be safe to run again after a rollback: plain
     functions on the connection, no side effects outside it.
     """
     results: list[outcome.Outcome[Any] | None] = [None] * len(fns)
