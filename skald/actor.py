@@ -36,7 +36,13 @@ import structlog
 import trio
 
 from skald.connection import DocConnection, open_connection
-from skald.errors import DocumentUnavailable, MailboxFull, SkaldError, StorageError
+from skald.errors import (
+    DocumentUnavailable,
+    MailboxFull,
+    SkaldError,
+    StorageError,
+    TransactionRolledBack,
+)
 from skald.metrics import Metrics
 from skald.migrations import apply_migrations
 from skald.worker import ConnectionWorker
@@ -132,12 +138,7 @@ class DocumentActor:
         """
         structlog.contextvars.bind_contextvars(db_id=self.db_id, request_id=None)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._writer = ConnectionWorker(
-            lambda: open_connection(
-                self.path, synchronous=self._synchronous, busy_timeout_ms=self._busy_timeout_ms
-            ),
-            name=f"skald-writer-{self.db_id}",
-        )
+        self._writer = self._open_writer()
         started = False
         try:
             kind = self._migrations
@@ -345,20 +346,20 @@ class DocumentActor:
         assert self._writer is not None
         fns = [op.fn for op in ops]
         started = time.perf_counter()
+        hooks = tuple(self.write_hooks)
         try:
-            hooks = tuple(self.write_hooks)
-            results, tables = await self._writer.run(lambda conn: _group_commit(conn, fns, hooks))
-        except Exception as exc:
-            error = _translate(exc)
-            log.error("group commit failed", error=str(exc), batch=len(ops))
-            for op in ops:
-                op.finish(outcome.Error(error))
-            return
-        self.commits += 1
-        if self._metrics:
-            self._metrics.commit_batch.observe(len(ops))
-            self._metrics.commit_duration.observe(time.perf_counter() - started)
-        for op, result in zip(ops, results, strict=True):
+            batch = await self._writer.run(lambda conn: _group_commit(conn, fns, hooks))
+        except Exception as exc:  # the worker itself failed: nothing of this batch was committed
+            batch = _BatchResult([outcome.Error(_connection_failed(exc))] * len(ops), set(), 0, exc)
+        if batch.failure is not None:
+            log.error("group commit failed", error=repr(batch.failure), batch=len(ops))
+            await self._restart_writer()
+        if batch.commits:
+            self.commits += 1
+            if self._metrics:
+                self._metrics.commit_batch.observe(len(ops))
+                self._metrics.commit_duration.observe(time.perf_counter() - started)
+        for op, result in zip(ops, batch.results, strict=True):
             if isinstance(result, outcome.Value) and op.after_commit is not None:
                 try:
                     op.after_commit(result.value)
@@ -366,53 +367,199 @@ class DocumentActor:
                     log.exception("after_commit callback failed")
             elif isinstance(result, outcome.Error) and self._metrics:
                 self._metrics.op_failures.labels("write").inc()
-        if tables:
-            info = CommitInfo(self.db_id, frozenset(tables), len(ops))
+        if batch.tables:
+            info = CommitInfo(self.db_id, frozenset(batch.tables), len(ops))
             for listener in list(self._listeners):
                 try:
                     listener(info)
                 except Exception:
                     log.exception("commit listener failed")
-        for op, result in zip(ops, results, strict=True):
+        for op, result in zip(ops, batch.results, strict=True):
             if isinstance(result, outcome.Error):
                 result = outcome.Error(_translate(result.error))
             op.finish(result)
+
+    def _open_writer(self) -> ConnectionWorker:
+        return ConnectionWorker(
+            lambda: open_connection(
+                self.path, synchronous=self._synchronous, busy_timeout_ms=self._busy_timeout_ms
+            ),
+            name=f"skald-writer-{self.db_id}",
+        )
+
+    async def _restart_writer(self) -> None:
+        """Replace the write connection and its thread after the connection itself failed.
+
+        Closing the old connection rolls back whatever it had open, so nothing half-written
+        stays. If the document cannot be opened again the actor stops (reason ``failed``):
+        queued ops are answered with the error and the supervisor starts a fresh actor for
+        the next request.
+        """
+        old = self._writer
+        self._writer = self._open_writer()
+        if old is not None:
+            await old.aclose()
+        try:
+            await self._writer.run(lambda conn: conn.execute("SELECT 1").fetchone())
+        except Exception as exc:
+            log.error("cannot reopen document", error=repr(exc))
+            self.stop("failed")
+            return
+        if self._metrics:
+            self._metrics.writer_restarts.inc()
+        log.warning("write connection replaced")
+
+
+@dataclasses.dataclass
+class _BatchResult:
+    """What :func:`_group_commit` did: one outcome per op (``Value`` only if committed)."""
+
+    results: list[outcome.Outcome[Any]]
+    tables: set[str]
+    commits: int
+    failure: BaseException | None
+    """Set when the connection itself failed (BEGIN/COMMIT/savepoint bookkeeping, a closed
+    connection, an op raising past ``Exception``): every op not yet committed was answered
+    with it and the writer should be replaced."""
 
 
 def _group_commit(
     conn: DocConnection,
     fns: list[Callable[[DocConnection], Any]],
     hooks: tuple[Callable[[DocConnection], None], ...] = (),
-) -> tuple[list[outcome.Outcome[Any]], set[str]]:
-    """Run ``fns`` in one transaction, each in a savepoint; return per-op outcomes and tables written."""
-    results: list[outcome.Outcome[Any]] = []
+) -> _BatchResult:
+    """Run ``fns`` in one transaction, each in a savepoint, and commit.
+
+    An op that fails inside its savepoint is rolled back to it and fails alone.
+    An op that ends the whole transaction (``INSERT OR ROLLBACK``, a trigger's
+    ``RAISE(ROLLBACK)``, SQLite's own rollback on SQLITE_FULL or an I/O error)
+    took every op before it down too: it fails alone with
+    :class:`TransactionRolledBack`, the ops before it are run again in a fresh
+    transaction and committed, and the rest of the batch continues in the next
+    one. An op that behaves the same when run again therefore runs at most twice,
+    so a client sending rollbacks cannot make a batch quadratic (one that ends the
+    transaction only on its second run shrinks the prefix again, and so on). Ops
+    must be safe to run again after a rollback: plain
+    functions on the connection, no side effects outside it.
+    """
+    results: list[outcome.Outcome[Any] | None] = [None] * len(fns)
+    ended: set[int] = set()
     tables: set[str] = set()
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        for fn in fns:
-            conn.written_tables = set()
-            conn.execute("SAVEPOINT skald_op")
-            try:
-                value = fn(conn)
-                for hook in hooks:
-                    hook(conn)
-            except Exception as exc:
+    commits = 0
+    start, stop = 0, len(fns)  # the ops of the current transaction: fns[start:stop]
+    failure: BaseException | None = None
+    while start < len(fns):
+        if all(index in ended for index in range(start, stop)):
+            start, stop = stop, len(fns)
+            continue
+        written: set[str] = set()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            lost = _run_ops(conn, fns, hooks, range(start, stop), ended, results, written)
+            if lost is None:
+                conn.execute("COMMIT")
+        except BaseException as exc:  # the writer thread must answer every op, whatever broke
+            with contextlib.suppress(sqlite3.Error):
                 if conn.in_transaction:
-                    conn.execute("ROLLBACK TO skald_op")
-                    conn.execute("RELEASE skald_op")
-                else:  # the op ended the transaction itself: start a fresh one for the rest
-                    conn.execute("BEGIN IMMEDIATE")
-                results.append(outcome.Error(exc))
-            else:
-                conn.execute("RELEASE skald_op")
-                tables |= conn.written_tables
-                results.append(outcome.Value(value))
-        conn.execute("COMMIT")
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-    return results, tables
+                    conn.execute("ROLLBACK")
+            failure = exc
+            break
+        if lost is None:
+            commits += 1
+            tables |= written
+            start, stop = stop, len(fns)
+        else:  # fns[start:lost] were rolled back with it: run them again, alone, then go on
+            ended.add(lost)
+            stop = lost
+    if failure is not None:
+        error = _connection_failed(failure)
+        for index in range(start, len(fns)):
+            if index not in ended:
+                results[index] = outcome.Error(error)
+    final = [result for result in results if result is not None]
+    assert len(final) == len(fns)
+    return _BatchResult(final, tables, commits, failure)
+
+
+def _run_ops(
+    conn: DocConnection,
+    fns: list[Callable[[DocConnection], Any]],
+    hooks: tuple[Callable[[DocConnection], None], ...],
+    indexes: range,
+    ended: set[int],
+    results: list[outcome.Outcome[Any] | None],
+    tables: set[str],
+) -> int | None:
+    """Run ``fns[indexes]`` (but not ``ended``) in the open transaction; the index of an op that ended it."""
+    for index in indexes:
+        if index in ended:
+            continue
+        conn.written_tables = set()
+        conn.execute("SAVEPOINT skald_op")
+        try:
+            value = fns[index](conn)
+            for hook in hooks:
+                hook(conn)
+        except Exception as exc:
+            if not conn.in_transaction:
+                results[index] = outcome.Error(_rolled_back(exc))
+                return index
+            conn.execute("ROLLBACK TO skald_op")
+            conn.execute("RELEASE skald_op")
+            results[index] = outcome.Error(exc)
+        else:
+            conn.execute("RELEASE skald_op")
+            tables |= conn.written_tables
+            results[index] = outcome.Value(value)
+    return None
+
+
+def _connection_failed(exc: BaseException) -> DocumentUnavailable:
+    # 503 with Retry-After: the actor replaces the connection before its next batch, so a
+    # retry is expected to work; the write itself was rolled back with the connection.
+    error = DocumentUnavailable(
+        f"the document's write connection failed ({type(exc).__name__}: {exc}); "
+        "this write was not committed, retry it"
+    )
+    error.__cause__ = exc
+    return error
+
+
+def _rolled_back(exc: Exception) -> Exception:
+    """The answer for an op that ended the whole transaction."""
+    cause = _sqlite_cause(exc)
+    name = getattr(cause, "sqlite_errorname", None)
+    if name == "SQLITE_INTERRUPT":
+        # skald stopped it (a query's time limit): its own error says more than the rollback
+        # SQLite makes of an interrupted write.
+        return exc
+    extra: dict[str, Any] = {}
+    if isinstance(exc, SkaldError):
+        reason = exc.detail
+        extra.update(exc.extra)  # e.g. a batch's statement_index
+    elif isinstance(exc, sqlite3.Error):
+        reason = str(exc)
+    else:
+        reason = f"{type(exc).__name__}: {exc}"
+    if name:
+        extra["sqlite_error"] = name
+    error = TransactionRolledBack(
+        f"{reason}; this write ended its transaction, so it was not applied "
+        "(the other writes committed with it were run again without it)",
+        **extra,
+    )
+    error.__cause__ = exc
+    return error
+
+
+def _sqlite_cause(exc: BaseException) -> sqlite3.Error | None:
+    """The sqlite3 error behind ``exc`` (services translate with ``from None``, which keeps the context)."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None or isinstance(seen, sqlite3.Error):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 def _translate(exc: BaseException) -> BaseException:

@@ -162,11 +162,17 @@ class BlobService:
 
             def mark_complete(conn: DocConnection) -> None:
                 if state != "complete":
-                    conn.execute(
+                    found = conn.execute(
                         "UPDATE blob_objects SET state = 'complete', completed_at = ?, gc_marked_at = NULL"
                         " WHERE sha256 = ?",
                         (now, sha256),
-                    )
+                    ).rowcount
+                    if not found:
+                        # A GC sweep removed the pending row (and so the object) after we hashed
+                        # the bytes: answering 200 would report an object that is gone.
+                        raise BlobNotFound(
+                            f"blob {sha256} was garbage-collected while its upload completed; upload it again"
+                        )
                     # Only a caller whose bytes were verified here may read before claiming.
                     conn.execute(
                         "INSERT OR IGNORE INTO blob_uploads (sha256, db_id, uploaded_at) VALUES (?, ?, ?)",

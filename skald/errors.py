@@ -125,6 +125,18 @@ class DocumentExists(Conflict):
     title = "Document already exists"
 
 
+class TransactionRolledBack(Conflict):
+    """The write ended its whole transaction (``INSERT OR ROLLBACK``, a trigger's
+    ``RAISE(ROLLBACK, ...)``, or SQLite's own rollback on a full disk or I/O error).
+
+    Only this write failed: the other writes that shared its group commit were run
+    again in a fresh transaction and committed without it.
+    """
+
+    code = "transaction_rolled_back"
+    title = "The write rolled back its transaction"
+
+
 # ---- 413 / 415 / 429 -----------------------------------------------------------------------------
 
 

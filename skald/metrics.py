@@ -52,6 +52,10 @@ class Metrics:
             "skald_commit_duration_seconds", "Duration of one group commit (BEGIN..COMMIT)",
             buckets=_LATENCY_BUCKETS, registry=r,
         )
+        self.writer_restarts = Counter(
+            "skald_writer_restarts_total",
+            "Write connections replaced after the connection itself failed mid-batch", registry=r,
+        )
         self.op_failures = Counter(
             "skald_op_failures_total", "Operations that failed inside a document actor", ["kind"], registry=r
         )
