@@ -32,7 +32,7 @@ from skald.errors import PROBLEM_CONTENT_TYPE, DocumentNotFound, SkaldError
 from skald.ids import DB_ID_PATTERN, validate_db_id
 from skald.ratelimit import RateLimiter
 from skald.relay import RelayHub, RequestChannels, Requester, Responder, Transfer
-from skald.relay_headers import answer_headers, message_headers
+from skald.relay_headers import answer_headers, body_length, message_headers
 from skald.relay_io import (
     BodyReader,
     ProducerGone,
@@ -100,8 +100,18 @@ class _Request:
     def produces(self) -> bool:
         return self.method in ("POST", "PUT") or bool(self.body_param)
 
+    @property
+    def fixed_body(self) -> bytes | None:
+        """The ``body=`` text that replaces the request's body, if any."""
+        return self.body_param.encode() if self.body_param else None
+
+    @property
+    def length(self) -> int | None:
+        """The size of the body this request relays (``None``: chunked); it frames the consumer's response."""
+        return body_length(self.headers, self.fixed_body)
+
     def reader(self, receive: Receive) -> BodyReader:
-        return BodyReader(receive, self.body_param.encode() if self.body_param else None)
+        return BodyReader(receive, self.fixed_body)
 
     def message(self, *, strip: bool = True) -> list[tuple[bytes, bytes]]:
         return message_headers(self.path, self.query, self.headers, bool(self.body_param), strip=strip)
@@ -227,15 +237,15 @@ class LegacyRelay:
         switched = self.requests.take_switched(key)
         if switched is not None:  # this message answers a switched request
             status, headers = answer_headers(req.headers, bool(req.body_param))
-            transfers = [Transfer(status, headers)]
+            transfers = [Transfer(status, headers, req.length)]
             switched.give(transfers[0])
         elif broadcast:
             transfers = []
             for waiter in self.hub.take_all_consumers(key):
-                transfers.append(Transfer(200, req.message()))
+                transfers.append(Transfer(200, req.message(), req.length))
                 self.hub.hand(waiter, transfers[-1])
         else:
-            transfer = Transfer(200, req.message())
+            transfer = Transfer(200, req.message(), req.length)
             if not self.hub.try_produce(key, transfer):  # nobody waits yet: wait, watching for a hang-up
                 await wait_unless_gone(reader, lambda: self.hub.produce(key, transfer))
             transfers = [transfer]
@@ -257,7 +267,7 @@ class LegacyRelay:
         self, req: _Request, prefix: str, channel: str, receive: Receive, send: Send, answers: str
     ) -> None:
         reader = req.reader(receive)
-        requester = Requester(Transfer(200, req.message()), unstripped_headers=req.message(strip=False))
+        requester = Requester(Transfer(200, req.message(), req.length), unstripped_headers=req.message(strip=False))
         responder: Responder = await wait_unless_gone(
             reader, lambda: self.requests.request(prefix + "res/" + channel, requester)
         )
@@ -303,7 +313,7 @@ class LegacyRelay:
         elif req.produces:
             reader = req.reader(receive)
             status, headers = answer_headers(req.headers, bool(req.body_param))
-            answer = Transfer(status, headers)
+            answer = Transfer(status, headers, req.length)
             await wait_unless_gone(reader, lambda: self.requests.respond(key, Responder(answer=answer)))
             await self._send_and_answer(reader, [answer], send)
         else:

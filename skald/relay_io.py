@@ -168,7 +168,7 @@ async def deliver(get_transfer: Callable[[], Awaitable[Transfer | None]], receiv
             # The head leaves with the body's first piece (or its end), in one write: as legacy's Go
             # server, which sends headers with the first body bytes.
             data = await transfer.body.take()
-            await send({"type": "http.response.start", "status": transfer.status, "headers": transfer.headers,
+            await send({"type": "http.response.start", "status": transfer.status, "headers": _framed(transfer),
                         HOLD_HEAD: True})
             last = b""
             while data is not None:
@@ -190,6 +190,16 @@ async def deliver(get_transfer: Callable[[], Awaitable[Transfer | None]], receiv
         finally:
             transfer.finish(delivered)
     return delivered
+
+
+def _framed(transfer: Transfer) -> list[tuple[bytes, bytes]]:
+    """The transfer's headers and its framing: a known length is ``Content-Length``, else h11 chunks it.
+
+    204 and 304 answers carry no body, so they are not given a length (RFC 9110, 8.6).
+    """
+    if transfer.length is None or transfer.status in (204, 304):
+        return transfer.headers
+    return [*transfer.headers, (b"content-length", str(transfer.length).encode())]
 
 
 async def whole_response(
