@@ -185,7 +185,7 @@ class LegacyRelay:
             elif req.produces:
                 await self._produce(req, answers + path, "pubsub" in req.args, receive, send)
             else:
-                await deliver(lambda: self.hub.consume(answers + path), receive, send)
+                await deliver(lambda: self.hub.consume(answers + path), receive, send, method=req.method)
 
     # ---- routing ------------------------------------------------------------------------------------
 
@@ -213,7 +213,7 @@ class LegacyRelay:
             elif req.produces:
                 await self._produce(req, prefix + sub, first == "pubsub" or "pubsub" in req.args, receive, send)
             else:
-                await deliver(lambda: self.hub.consume(prefix + sub), receive, send)
+                await deliver(lambda: self.hub.consume(prefix + sub), receive, send, method=req.method)
 
     def _locate(self, req: _Request) -> tuple[str, str, str]:
         """``(db_id, namespace, channel path)``; public namespaces are rate limited per client."""
@@ -287,7 +287,7 @@ class LegacyRelay:
                 timed_out.set()
             return requester.answer
 
-        await deliver(answer, receive, send)
+        await deliver(answer, receive, send, method=req.method)
         if timed_out.is_set() and responder.switch_to is not None:
             self.requests.unpark_switched(answers + responder.switch_to, requester)
             self.metrics.switch_timeouts.inc()
@@ -309,7 +309,7 @@ class LegacyRelay:
                 requester.request.headers = requester.unstripped_headers
                 return requester.request
 
-            await deliver(take_switched, receive, send)
+            await deliver(take_switched, receive, send, method=req.method)
         elif req.produces:
             reader = req.reader(receive)
             status, headers = answer_headers(req.headers, bool(req.body_param))
@@ -322,7 +322,7 @@ class LegacyRelay:
                 requester = await self.requests.respond(key, Responder(answer=None))
                 return requester.request
 
-            await deliver(take_request, receive, send)
+            await deliver(take_request, receive, send, method=req.method)
 
     # ---- auth and hooks -----------------------------------------------------------------------------
 

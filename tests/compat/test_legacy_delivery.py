@@ -9,13 +9,16 @@ send twice), and the consumer's framing is the relay's own, never a header someo
 from __future__ import annotations
 
 from functools import partial
+from pathlib import Path
 
 import trio
 from support import rawhttp
-from support.live import LiveServer
+from support.live import LiveServer, make_settings, start_live_server
 from support.relay import channel_key, wait_for_requests, wait_for_waiters
 
 from skald.relay import RelayHub, RequestChannels
+
+PAIRS = 500
 
 
 def _hub(server: LiveServer) -> RelayHub:
@@ -25,6 +28,33 @@ def _hub(server: LiveServer) -> RelayHub:
 
 async def _request(server: LiveServer, head: bytes, body: bytes = b"") -> rawhttp.RawResponse:
     return await trio.to_thread.run_sync(partial(rawhttp.request, server, head, body))
+
+
+async def test_a_consumer_that_hangs_up_once_it_has_the_whole_message_is_a_delivery(
+    nursery: trio.Nursery, data_dir: Path
+) -> None:
+    """curl closes once it has ``Content-Length`` bytes: that is a delivery, the producer's 200 (not 502)."""
+    server = await start_live_server(nursery, make_settings(data_dir, public_rate_burst=10 * PAIRS))
+    key = channel_key("public", "p", "pairs")
+    consumed: list[rawhttp.RawResponse] = []
+    false_502s: list[int] = []
+
+    async def consume() -> None:
+        consumed.append(await _request(server, b"GET /p/pairs HTTP/1.1\r\nHost: x\r\n\r\n"))
+
+    for n in range(PAIRS):  # one pair after another, each consumer waiting first (as `curl … & curl -d …`)
+        body = f"message {n}".encode()
+        async with trio.open_nursery() as pair:
+            pair.start_soon(consume)
+            await wait_for_waiters(_hub(server), key, consumers=1)
+            head = b"POST /p/pairs HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body)
+            produced = await _request(server, head, body)
+        got = consumed.pop()
+        assert got.status == 200 and got.complete and got.body == body
+        if produced.status != 200:
+            false_502s.append(n)
+    assert false_502s == [], f"{len(false_502s)} of {PAIRS} producers were told 502 after a whole delivery"
+    await server.stop()
 
 
 # A producer or responder asking for these would reframe the consumer's response; none may pass.
