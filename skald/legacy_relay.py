@@ -190,23 +190,27 @@ class LegacyRelay:
     # ---- routing ------------------------------------------------------------------------------------
 
     async def _serve(self, req: _Request, receive: Receive, send: Send) -> None:
-        if req.method not in ("GET", "POST", "PUT"):
-            raise Refused(405, "method not allowed", [(b"allow", b"GET, POST, PUT")])
         if req.path in ("/h", "/r"):
+            if req.method != "GET":  # as legacy: only GET mints a hook
+                raise Refused(405, "method not allowed", [(b"allow", b"GET")])
             await self._mint_hook(req.path[1], send)
             return
         db_id, namespace, sub = self._locate(req)
         if not sub:
             raise Refused(400, "missing channel path")
         first, _, rest = sub.partition("/")
+        # A requester may use any method (spec and legacy); everyone else is a consumer or a producer.
+        requester = first == "req"
+        if not requester and req.method not in ("GET", "POST", "PUT"):
+            raise Refused(405, "method not allowed", [(b"allow", b"GET, POST, PUT")])
         if namespace in ("h", "r"):
-            await self._check_hook_secret(req, namespace, sub)
-        action = "stream.write" if req.produces or (first == "req") else "stream.read"
+            await self._check_hook_secret(req, namespace, sub, writes=req.produces or requester)
+        action = "stream.write" if req.produces or requester else "stream.read"
         if namespace == "u":
             await self._authorize(req, db_id, action, "/" + sub)
         prefix = f"{db_id}\x00{namespace}\x00"
         async with self.state.supervisor.open_document(db_id, create=True):
-            if first == "req":
+            if requester:
                 await self._request(req, prefix, _channel_id(rest), receive, send, prefix)
             elif first == "res":
                 await self._respond(req, prefix, _channel_id(rest), receive, send, prefix)
@@ -354,8 +358,8 @@ class LegacyRelay:
         body = json.dumps({"channel": channel, "secret": self._hook_secret(kind, channel)}).encode()
         await whole_response(send, 200, b"application/json", body)
 
-    async def _check_hook_secret(self, req: _Request, kind: str, channel: str) -> None:
-        guarded = req.produces if kind == "h" else not req.produces  # /h guards producers, /r consumers
+    async def _check_hook_secret(self, req: _Request, kind: str, channel: str, *, writes: bool) -> None:
+        guarded = writes if kind == "h" else not writes  # /h guards producers (and requesters), /r consumers
         if guarded and not hmac.compare_digest(req.args.get("secret", ""), self._hook_secret(kind, channel)):
             raise Refused(401, "unauthorized: wrong or missing secret")
 
