@@ -32,7 +32,7 @@ from skald.errors import PROBLEM_CONTENT_TYPE, DocumentNotFound, SkaldError
 from skald.ids import DB_ID_PATTERN, validate_db_id
 from skald.ratelimit import RateLimiter
 from skald.relay import RelayHub, RequestChannels, Requester, Responder, Transfer
-from skald.relay_headers import answer_headers, message_headers
+from skald.relay_headers import answer_headers, body_length, message_headers
 from skald.relay_io import (
     BodyReader,
     ProducerGone,
@@ -100,8 +100,18 @@ class _Request:
     def produces(self) -> bool:
         return self.method in ("POST", "PUT") or bool(self.body_param)
 
+    @property
+    def fixed_body(self) -> bytes | None:
+        """The ``body=`` text that replaces the request's body, if any."""
+        return self.body_param.encode() if self.body_param else None
+
+    @property
+    def length(self) -> int | None:
+        """The size of the body this request relays (``None``: chunked); it frames the consumer's response."""
+        return body_length(self.headers, self.fixed_body)
+
     def reader(self, receive: Receive) -> BodyReader:
-        return BodyReader(receive, self.body_param.encode() if self.body_param else None)
+        return BodyReader(receive, self.fixed_body)
 
     def message(self, *, strip: bool = True) -> list[tuple[bytes, bytes]]:
         return message_headers(self.path, self.query, self.headers, bool(self.body_param), strip=strip)
@@ -175,35 +185,39 @@ class LegacyRelay:
             elif req.produces:
                 await self._produce(req, answers + path, "pubsub" in req.args, receive, send)
             else:
-                await deliver(lambda: self.hub.consume(answers + path), receive, send)
+                await deliver(lambda: self.hub.consume(answers + path), receive, send, method=req.method)
 
     # ---- routing ------------------------------------------------------------------------------------
 
     async def _serve(self, req: _Request, receive: Receive, send: Send) -> None:
-        if req.method not in ("GET", "POST", "PUT"):
-            raise Refused(405, "method not allowed", [(b"allow", b"GET, POST, PUT")])
         if req.path in ("/h", "/r"):
+            if req.method != "GET":  # as legacy: only GET mints a hook
+                raise Refused(405, "method not allowed", [(b"allow", b"GET")])
             await self._mint_hook(req.path[1], send)
             return
         db_id, namespace, sub = self._locate(req)
         if not sub:
             raise Refused(400, "missing channel path")
         first, _, rest = sub.partition("/")
+        # A requester may use any method (spec and legacy); everyone else is a consumer or a producer.
+        requester = first == "req"
+        if not requester and req.method not in ("GET", "POST", "PUT"):
+            raise Refused(405, "method not allowed", [(b"allow", b"GET, POST, PUT")])
         if namespace in ("h", "r"):
-            await self._check_hook_secret(req, namespace, sub)
-        action = "stream.write" if req.produces or (first == "req") else "stream.read"
+            await self._check_hook_secret(req, namespace, sub, writes=req.produces or requester)
+        action = "stream.write" if req.produces or requester else "stream.read"
         if namespace == "u":
             await self._authorize(req, db_id, action, "/" + sub)
         prefix = f"{db_id}\x00{namespace}\x00"
         async with self.state.supervisor.open_document(db_id, create=True):
-            if first == "req":
+            if requester:
                 await self._request(req, prefix, _channel_id(rest), receive, send, prefix)
             elif first == "res":
                 await self._respond(req, prefix, _channel_id(rest), receive, send, prefix)
             elif req.produces:
                 await self._produce(req, prefix + sub, first == "pubsub" or "pubsub" in req.args, receive, send)
             else:
-                await deliver(lambda: self.hub.consume(prefix + sub), receive, send)
+                await deliver(lambda: self.hub.consume(prefix + sub), receive, send, method=req.method)
 
     def _locate(self, req: _Request) -> tuple[str, str, str]:
         """``(db_id, namespace, channel path)``; public namespaces are rate limited per client."""
@@ -227,15 +241,15 @@ class LegacyRelay:
         switched = self.requests.take_switched(key)
         if switched is not None:  # this message answers a switched request
             status, headers = answer_headers(req.headers, bool(req.body_param))
-            transfers = [Transfer(status, headers)]
+            transfers = [Transfer(status, headers, req.length)]
             switched.give(transfers[0])
         elif broadcast:
             transfers = []
             for waiter in self.hub.take_all_consumers(key):
-                transfers.append(Transfer(200, req.message()))
+                transfers.append(Transfer(200, req.message(), req.length))
                 self.hub.hand(waiter, transfers[-1])
         else:
-            transfer = Transfer(200, req.message())
+            transfer = Transfer(200, req.message(), req.length)
             if not self.hub.try_produce(key, transfer):  # nobody waits yet: wait, watching for a hang-up
                 await wait_unless_gone(reader, lambda: self.hub.produce(key, transfer))
             transfers = [transfer]
@@ -257,7 +271,7 @@ class LegacyRelay:
         self, req: _Request, prefix: str, channel: str, receive: Receive, send: Send, answers: str
     ) -> None:
         reader = req.reader(receive)
-        requester = Requester(Transfer(200, req.message()), unstripped_headers=req.message(strip=False))
+        requester = Requester(Transfer(200, req.message(), req.length), unstripped_headers=req.message(strip=False))
         responder: Responder = await wait_unless_gone(
             reader, lambda: self.requests.request(prefix + "res/" + channel, requester)
         )
@@ -277,7 +291,7 @@ class LegacyRelay:
                 timed_out.set()
             return requester.answer
 
-        await deliver(answer, receive, send)
+        await deliver(answer, receive, send, method=req.method)
         if timed_out.is_set() and responder.switch_to is not None:
             self.requests.unpark_switched(answers + responder.switch_to, requester)
             self.metrics.switch_timeouts.inc()
@@ -299,11 +313,11 @@ class LegacyRelay:
                 requester.request.headers = requester.unstripped_headers
                 return requester.request
 
-            await deliver(take_switched, receive, send)
+            await deliver(take_switched, receive, send, method=req.method)
         elif req.produces:
             reader = req.reader(receive)
             status, headers = answer_headers(req.headers, bool(req.body_param))
-            answer = Transfer(status, headers)
+            answer = Transfer(status, headers, req.length)
             await wait_unless_gone(reader, lambda: self.requests.respond(key, Responder(answer=answer)))
             await self._send_and_answer(reader, [answer], send)
         else:
@@ -312,7 +326,7 @@ class LegacyRelay:
                 requester = await self.requests.respond(key, Responder(answer=None))
                 return requester.request
 
-            await deliver(take_request, receive, send)
+            await deliver(take_request, receive, send, method=req.method)
 
     # ---- auth and hooks -----------------------------------------------------------------------------
 
@@ -344,8 +358,8 @@ class LegacyRelay:
         body = json.dumps({"channel": channel, "secret": self._hook_secret(kind, channel)}).encode()
         await whole_response(send, 200, b"application/json", body)
 
-    async def _check_hook_secret(self, req: _Request, kind: str, channel: str) -> None:
-        guarded = req.produces if kind == "h" else not req.produces  # /h guards producers, /r consumers
+    async def _check_hook_secret(self, req: _Request, kind: str, channel: str, *, writes: bool) -> None:
+        guarded = writes if kind == "h" else not writes  # /h guards producers (and requesters), /r consumers
         if guarded and not hmac.compare_digest(req.args.get("secret", ""), self._hook_secret(kind, channel)):
             raise Refused(401, "unauthorized: wrong or missing secret")
 

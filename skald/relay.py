@@ -93,10 +93,15 @@ class BodyPipe:
 
 @dataclasses.dataclass(eq=False)
 class Transfer:
-    """One message in flight. The consumer calls :meth:`finish` once it has sent the whole body (or failed)."""
+    """One message in flight. The consumer calls :meth:`finish` once it has sent the whole body (or failed).
+
+    ``length`` is the body's size as the producer's own framing gave it (``None``: chunked, unknown
+    until its end). It alone frames the consumer's response: ``headers`` never hold a framing header.
+    """
 
     status: int
     headers: list[tuple[bytes, bytes]]
+    length: int | None = None
     body: BodyPipe = dataclasses.field(default_factory=BodyPipe)
     finished: trio.Event = dataclasses.field(default_factory=trio.Event)
     delivered: bool = False

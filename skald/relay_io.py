@@ -145,12 +145,21 @@ async def pump(reader: BodyReader, transfers: list[Transfer], on_bytes: Callable
             transfer.body.end()
 
 
-async def deliver(get_transfer: Callable[[], Awaitable[Transfer | None]], receive: Receive, send: Send) -> bool:
+async def deliver(
+    get_transfer: Callable[[], Awaitable[Transfer | None]], receive: Receive, send: Send, *, method: str = "GET"
+) -> bool:
     """Wait for a transfer and stream it as this request's response; return whether it arrived whole.
 
-    ``get_transfer`` may return ``None`` (nothing to deliver; nothing is sent).
-    The client going away (a hang-up, or ``http.disconnect``) cancels the wait or the transfer;
-    the transfer is then finished as not delivered, so its producer answers 502.
+    ``get_transfer`` may return ``None`` (nothing to deliver; nothing is sent). ``method`` is this
+    request's (a response to ``HEAD`` has no body).
+
+    Delivered means every byte the client needs was handed to its connection. A sized response
+    ends with its last body byte, so that piece completes it at once, without waiting for the
+    producer's end of message: curl closes the moment it has ``Content-Length`` bytes, and that
+    hang-up, seen before the end arrived, must not turn a whole delivery into a 502 (a script that
+    retries on 502 would send twice). The client going away before then (a hang-up, or
+    ``http.disconnect``) cancels the wait or the transfer; the transfer is then finished as not
+    delivered, so its producer answers 502.
     """
     delivered = False
     gone = trio.Event()
@@ -165,19 +174,25 @@ async def deliver(get_transfer: Callable[[], Awaitable[Transfer | None]], receiv
         if transfer is None:
             return False
         try:
+            due = _bytes_due(transfer, method)
             # The head leaves with the body's first piece (or its end), in one write: as legacy's Go
             # server, which sends headers with the first body bytes.
-            data = await transfer.body.take()
-            await send({"type": "http.response.start", "status": transfer.status, "headers": transfer.headers,
+            data = None if due == 0 else await transfer.body.take()
+            await send({"type": "http.response.start", "status": transfer.status, "headers": _framed(transfer),
                         HOLD_HEAD: True})
-            last = b""
+            sent, last, whole = 0, b"", due == 0
             while data is not None:
-                if transfer.body.drained and not transfer.producer_aborted:
-                    last = data  # the whole rest: it ends the response in the same write
+                if (due is not None and sent + len(data) >= due) or (
+                    transfer.body.drained and not transfer.producer_aborted
+                ):
+                    last, whole = data, True  # the whole rest: it ends the response in the same write
                     break
                 await send({"type": "http.response.body", "body": data, "more_body": True})
+                sent += len(data)
                 data = await transfer.body.take()
-            if transfer.producer_aborted:
+            else:
+                whole = whole or (not transfer.producer_aborted and (due is None or sent == due))
+            if not whole:
                 # Ending the app without the message's end makes hypercorn close the connection:
                 # the client sees a cut body, not a whole one.
                 return False
@@ -190,6 +205,23 @@ async def deliver(get_transfer: Callable[[], Awaitable[Transfer | None]], receiv
         finally:
             transfer.finish(delivered)
     return delivered
+
+
+def _bytes_due(transfer: Transfer, method: str) -> int | None:
+    """How many body bytes the client needs for a whole response; ``None``: until the producer's end (chunked)."""
+    if method == "HEAD" or transfer.status in (204, 304):
+        return 0  # a head only (hypercorn drops any body): it is whole as soon as the head is written
+    return transfer.length
+
+
+def _framed(transfer: Transfer) -> list[tuple[bytes, bytes]]:
+    """The transfer's headers and its framing: a known length is ``Content-Length``, else h11 chunks it.
+
+    204 and 304 answers carry no body, so they are not given a length (RFC 9110, 8.6).
+    """
+    if transfer.length is None or transfer.status in (204, 304):
+        return transfer.headers
+    return [*transfer.headers, (b"content-length", str(transfer.length).encode())]
 
 
 async def whole_response(

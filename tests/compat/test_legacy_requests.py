@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -57,6 +58,51 @@ async def test_post_responder_answers_with_status_and_headers(server: LiveServer
     assert answer.headers["content-type"] == "application/json" and answer.headers["x-answer"] == "yes"
     assert "patch-status" not in answer.headers
     assert results["responder"].status_code == 200
+
+
+# A requester is any method (spec and legacy): HEAD and an extension method included.
+REQUESTER_METHODS = ("DELETE", "PATCH", "OPTIONS", "HEAD", "PURGE")
+
+
+async def _ask(client: httpx.AsyncClient, method: str, path: str, into: list[httpx.Response]) -> None:
+    content = b"" if method == "HEAD" else f"asked with {method}".encode()
+    into.append(await client.request(method, path, content=content))
+
+
+async def test_a_requester_may_use_any_method(server: LiveServer) -> None:
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+        for method in REQUESTER_METHODS:
+            channel = f"any-{method}"
+            # a GET responder receives the request ...
+            got: list[httpx.Response] = []
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(_ask, client, method, f"/p/req/{channel}?m=1", [])
+                await _wait_requesters(server, f"res/{channel}")
+                got.append(await client.get(f"/p/res/{channel}"))
+                nursery.cancel_scope.cancel()  # it cannot answer
+            asked = b"" if method == "HEAD" else f"asked with {method}".encode()
+            assert (got[0].status_code, got[0].content) == (200, asked), method
+            assert got[0].headers["patch-uri"] == f"/p/req/{channel}?m=1"
+            # ... and a POST responder answers it
+            answered: list[httpx.Response] = []
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(partial(client.post, f"/p/res/{channel}", content=b"answer",
+                                           headers={"patch-status": "202"}))
+                await _wait_requesters(server, f"res/{channel}", n=0, responders=1)
+                await _ask(client, method, f"/p/req/{channel}", answered)
+            assert answered[0].status_code == 202, method
+            assert answered[0].content == (b"" if method == "HEAD" else b"answer")
+
+
+async def test_only_get_mints_a_hook(server: LiveServer) -> None:
+    """As legacy: ``POST /h`` (or PUT, or on ``/r``) is 405, not a new channel."""
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
+        for path in ("/h", "/r"):
+            for method in ("POST", "PUT", "DELETE", "PATCH"):
+                r = await client.request(method, path, content=b"x")
+                assert (r.status_code, r.headers.get("allow")) == (405, "GET"), (method, path)
+                assert r.headers["content-type"].startswith("text/plain")
+            assert (await client.get(path)).json().keys() == {"channel", "secret"}
 
 
 async def test_invalid_patch_status_is_ignored_and_empty_id_is_400(server: LiveServer) -> None:
