@@ -29,6 +29,7 @@ def hypercorn_config(settings: Settings) -> SkaldConfig:
     hypercorn_patches.apply()
     config = SkaldConfig()
     config.bind = [f"{settings.host}:{settings.port}"]
+    config.backlog = settings.listen_backlog  # hypercorn's 100 drops connections when a thousand arrive at once
     config.connection_limits = ConnectionLimits(settings.request_head_timeout or math.inf, settings.max_connections)
     fit_descriptor_limit(settings.max_connections)
     config.graceful_timeout = settings.grace_seconds
