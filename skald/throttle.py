@@ -8,9 +8,13 @@
   from ``settings.trusted_proxies``).
 - Tokens that hold ``admin.token`` (globally) are not limited once known to
   the token cache: they could mint themselves any number of buckets anyway.
-- A 401 answer also spends from the IP's bucket, and a token-bearing request
-  from an IP whose bucket is empty is refused: guessing random tokens cannot
-  sidestep the per-IP limit.
+- A 401 answer to a token spends from the IP's budget for failed tokens (a
+  bucket apart from the anonymous one), and while that is empty the IP may not
+  try tokens not yet seen authenticating: guessing random tokens has a per-IP
+  limit. A token seen authenticating spends only its own bucket, whatever
+  anonymous callers or guessers at its address do (see :class:`Throttle`).
+- The stream API and the relay, served ahead of Quart, pass the same limiter
+  through :class:`RateLimitGate`.
 
 Anonymous requests outside ``/api/``, ``/auth/`` and ``/ui/`` (the legacy
 public routes) are left to that namespace's own limiter.
@@ -203,7 +207,9 @@ class RateLimitGate:
             return
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True))
-        secret = secret_from(headers.get("authorization", ""), query.get("token"), allow_query_token=True)
+        # The relay also takes a bare ``Authorization: <token>``: any credential presented is an attempt.
+        secret = (secret_from(headers.get("authorization", ""), query.get("token"), allow_query_token=True)
+                  or headers.get("authorization", "").strip() or None)
         if secret is None and not path.startswith(ANONYMOUS_LIMITED_PREFIXES):
             await self.app(scope, receive, send)  # public relay namespaces have their own limiter
             return
