@@ -87,23 +87,25 @@ TOO_MANY_ANSWER = _answer(503, "Service Unavailable", "too_many_connections",
                           "the server holds as many connections as it may; retry", "retry-after: 1\r\n")
 
 
-async def refuse(stream: trio.abc.HalfCloseableStream, answer: bytes, limits: ConnectionLimits | None) -> None:
+async def refuse(stream: trio.abc.Stream, answer: bytes, limits: ConnectionLimits | None) -> None:
     """Write ``answer``, half-close, drain what the client still sends (briefly), close. Never raises."""
     linger = limits is None or limits.lingering < _MAX_LINGERING
     if limits is not None and linger:
         limits.lingering += 1
     try:
-        with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError,
-                                 OSError):
+        # Bounded as a whole: on a TLS stream, sending means a handshake first, which a client may stall.
+        with trio.move_on_after(_LINGER_SECONDS), contextlib.suppress(
+            trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError, OSError
+        ):
             await stream.send_all(answer)
-            await stream.send_eof()
-            with trio.move_on_after(_LINGER_SECONDS if linger else 0):
-                drained = 0
-                while drained < _LINGER_BYTES:
-                    data = await stream.receive_some(_LINGER_BYTES)
-                    if not data:
-                        break
-                    drained += len(data)
+            if isinstance(stream, trio.abc.HalfCloseableStream):  # a TLS stream cannot half-close
+                await stream.send_eof()
+            drained = 0
+            while linger and drained < _LINGER_BYTES:
+                data = await stream.receive_some(_LINGER_BYTES)
+                if not data:
+                    break
+                drained += len(data)
     finally:
         if limits is not None and linger:
             limits.lingering -= 1
