@@ -173,6 +173,8 @@ class _KeepAliveTimer:
         self._awaiting_head, self.head_begun = True, False
         self.head_due = now + self._head_timeout if self._fresh else math.inf
         self._fresh = False
+        if _unparsed_bytes(server):  # the next request began before this one's answer was out
+            self.heard()
         if self._idle is not None:
             self._idle.set()
         if self._task_scope is None and not self._closed:
@@ -216,6 +218,13 @@ class _KeepAliveTimer:
                 await self._idle.wait()
             with trio.CancelScope(shield=True):
                 await server._initiate_server_close()
+
+
+def _unparsed_bytes(server: Any) -> bool:
+    """Whether the connection's h11 holds received bytes it has not parsed yet (hypercorn 0.18's layout)."""
+    connection = getattr(getattr(server, "protocol", None), "protocol", None)
+    connection = getattr(connection, "connection", None)
+    return isinstance(connection, h11.Connection) and bool(connection.trailing_data[0])
 
 
 def _hold_heads(protocol_class: Any, stream_class: Any, raw_data: Any) -> None:
