@@ -119,7 +119,8 @@ async def test_trickled_heads_end_at_the_head_timeout_while_healthz_stays_fast(
                     assert (await probe.get("/healthz")).status_code == 200
                     durations.append(time.perf_counter() - started)
             print(f"/healthz beside {SLOW_CLIENTS} slow heads: max {max(durations) * 1000:.1f} ms")
-            assert max(durations) < 5.0  # "fast" only by a bound the bug could reach; the figures are printed
+            # Answered without waiting for the slow heads to be cut (the figures are printed; the machine is shared).
+            assert max(durations) < HEAD_TIMEOUT
     longest = max(client.held for client in clients)
     print(f"slow heads held at most {longest:.1f} s (request_head_timeout {HEAD_TIMEOUT:g} s)")
     assert longest < HEAD_TIMEOUT + 30
