@@ -121,11 +121,11 @@ async def _read_data_within_head_timeout(self: Any) -> None:
         while True:
             try:
                 with trio.fail_after(self.config.read_timeout or math.inf):
-                    with trio.move_on_at(timer.head_due) as head_wait:
+                    with trio.move_on_at(timer.head_due) as timer.head_wait:
                         data = await self.stream.receive_some(_tcp_server.MAX_RECV)
             except (trio.ClosedResourceError, trio.BrokenResourceError, trio.TooSlowError):
                 break
-            if head_wait.cancelled_caught:
+            if timer.head_wait.cancelled_caught:
                 if timer.head_begun:
                     async with self.send_lock:
                         await refuse(self.stream, HEAD_TIMEOUT_ANSWER, limits_of(self.config))
@@ -153,6 +153,7 @@ class _KeepAliveTimer:
     def __init__(self) -> None:
         self.head_due = math.inf  # when the request head awaited now must have arrived (read loop's clock)
         self.head_begun = False  # bytes of that head arrived
+        self.head_wait: trio.CancelScope | None = None  # the read loop's wait for bytes, ending at head_due
         self._awaiting_head = False
         self._head_timeout = math.inf
         self._fresh = True
@@ -171,7 +172,7 @@ class _KeepAliveTimer:
         limits = limits_of(server.config)
         self._head_timeout = limits.head_timeout if limits is not None else math.inf
         self._awaiting_head, self.head_begun = True, False
-        self.head_due = now + self._head_timeout if self._fresh else math.inf
+        self._set_head_due(now + self._head_timeout if self._fresh else math.inf)
         self._fresh = False
         if _unparsed_bytes(server):  # the next request began before this one's answer was out
             self.heard()
@@ -183,14 +184,21 @@ class _KeepAliveTimer:
 
     async def stop(self) -> None:
         # A whole request head arrived (hypercorn's ``Updated(idle=False)``).
-        self._awaiting_head, self.head_due = False, math.inf
+        self._awaiting_head = False
+        self._set_head_due(math.inf)
         self._move(math.inf)
 
     def heard(self) -> None:
         """Bytes arrived; the first ones of an awaited request head start its clock."""
         if self._awaiting_head and not self.head_begun:
             self.head_begun = True
-            self.head_due = min(self.head_due, trio.current_time() + self._head_timeout)
+            self._set_head_due(min(self.head_due, trio.current_time() + self._head_timeout))
+
+    def _set_head_due(self, deadline: float) -> None:
+        # Also the wait in progress: restart() runs in another task while the read loop may be waiting.
+        self.head_due = deadline
+        if self.head_wait is not None:
+            self.head_wait.deadline = deadline
 
     def close(self) -> None:
         self._closed = True
