@@ -5,7 +5,8 @@ One run, one ``skald serve`` process (fresh data folder):
 (a) ``POST /api/v1/db/{db}/ping``: an authenticated no-op POST (the framework ceiling),
 (b) ``POST /api/v1/db/{db}/messages``: a durable publish (201 after COMMIT),
     each with wrk at 1, 8 and 32 connections, then the ratio (b)/(a);
-(c) publish -> delivery latency p50/p99 to 1, 100 and 1,000 SSE subscribers.
+(c) publish -> delivery latency p50/p99 to 1, 100 and 1,000 SSE subscribers that connect at once, and how
+    many of them had to retry connecting ("retried": the listen queue overflowed and dropped them).
 
 Usage: ``python bench/pubsub.py [--seconds 3] [--rounds 3] [--messages 30]``. Needs ``wrk``.
 The load generator shares the machine with the server: numbers are relative.
@@ -17,7 +18,9 @@ import argparse
 import os
 import re
 import shutil
+import socket
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -71,6 +74,14 @@ class Subscriber:
         self.live = trio.Event()
         self.seen: dict[int, float] = {}
         self.changed = trio.Event()
+        self.retransmitted = 0  # TCP segments sent again while connecting (a full listen queue drops them)
+
+
+def _retransmissions(stream: trio.SocketStream) -> int:
+    if not hasattr(socket, "TCP_INFO"):
+        return 0  # not Linux
+    info = stream.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+    return int(struct.unpack_from("I", info, 100)[0])  # tcpi_total_retrans
 
 
 async def run_subscriber(host: str, port: int, sub: Subscriber) -> None:
@@ -91,7 +102,8 @@ async def run_subscriber(host: str, port: int, sub: Subscriber) -> None:
             buffer += data
             *frames, buffer = buffer.split(b"\n\n")
             for frame in frames:
-                if b"event: heartbeat" in frame:
+                if b"event: heartbeat" in frame and not sub.live.is_set():
+                    sub.retransmitted = _retransmissions(stream)
                     sub.live.set()
                 found = seq.search(frame)
                 if found:
@@ -99,7 +111,7 @@ async def run_subscriber(host: str, port: int, sub: Subscriber) -> None:
                     sub.changed.set()
 
 
-async def fanout_latency(url: str, subscribers: int, messages: int) -> tuple[float, float]:
+async def fanout_latency(url: str, subscribers: int, messages: int) -> tuple[float, float, int]:
     host, port = url.removeprefix("http://").rsplit(":", 1)
     subs = [Subscriber() for _ in range(subscribers)]
     sent: dict[int, float] = {}
@@ -125,7 +137,7 @@ async def fanout_latency(url: str, subscribers: int, messages: int) -> tuple[flo
     latencies = sorted((sub.seen[n] - sent[n]) * 1000 for sub in subs for n in range(messages))
     p50 = statistics.median(latencies)
     p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
-    return p50, p99
+    return p50, p99, sum(1 for sub in subs if sub.retransmitted)
 
 
 def main() -> None:
@@ -163,11 +175,11 @@ def main() -> None:
             note = f"  (non-2xx: a={bad_a} b={bad_b})" if bad_a or bad_b else ""
             print(f"{connections:>8} {noop:>16.0f} {publish:>18.0f} {publish / noop:>8.2f}{note}")
         print()
-        heading = f"{'subscribers':>11} {'p50 ms':>8} {'p99 ms':>8}"
+        heading = f"{'subscribers':>11} {'p50 ms':>8} {'p99 ms':>8} {'retried':>8}"
         print(f"{heading}   (publish -> SSE delivery, {args.messages} msgs)")
         for count in (1, 100, 1000):
-            p50, p99 = trio.run(fanout_latency, url, count, args.messages)
-            print(f"{count:>11} {p50:>8.2f} {p99:>8.2f}")
+            p50, p99, retried = trio.run(fanout_latency, url, count, args.messages)
+            print(f"{count:>11} {p50:>8.2f} {p99:>8.2f} {retried:>8}")
         metrics = httpx.get(f"{url}/metrics").text
         batch = re.search(
             r"skald_commit_batch_size_sum (\S+)\n.*?skald_commit_batch_size_count (\S+)", metrics, re.S

@@ -21,7 +21,7 @@ from quart_schema import QuartSchema
 from quart_schema.openapi import OpenAPIProvider
 from quart_trio import QuartTrio
 
-from skald import __version__, stream_routes
+from skald import __version__, legacy_relay, stream_routes, throttle
 from skald.auth.tokens import bootstrap_admin
 from skald.config import Settings
 from skald.connection import DocConnection
@@ -105,8 +105,10 @@ def create_app(settings: Settings, *, print_admin_token: bool = True) -> QuartTr
     _install_request_context(app, state)
     for install in _installers():
         install(app, state)
-    # Legacy relay paths stream at the ASGI layer, ahead of Quart (see skald.legacy_relay).
-    app.asgi_app = LegacyRelay(cast(ASGIApp, app.asgi_app), state)  # type: ignore[method-assign,assignment]
+    # Legacy relay paths stream at the ASGI layer, ahead of Quart (see skald.legacy_relay), behind the
+    # same rate limiter as Quart's routes (Quart's hooks never see them).
+    relay = LegacyRelay(cast(ASGIApp, app.asgi_app), state)
+    app.asgi_app = throttle.gate(relay, state, legacy_relay.serves)  # type: ignore[method-assign,assignment]
     return app
 
 

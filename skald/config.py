@@ -31,6 +31,9 @@ class Settings:
     port: int = 8080
     data_dir: Path = Path("./data")
     grace_seconds: float = 10.0
+    request_head_timeout: float = 10.0  # seconds to receive a request head (0 = unbounded)
+    max_connections: int = 4096  # open client connections; beyond, new ones are answered 503
+    listen_backlog: int = 4096  # connections the kernel queues before accept (capped by net.core.somaxconn)
     # logging
     log_level: str = "info"
     log_format: str = "console"  # console | json
@@ -173,4 +176,6 @@ def load_settings(
         raise ConfigError("synchronous must be NORMAL or FULL")
     if settings.mailbox_size < 1 or settings.max_batch < 1 or settings.read_pool_size < 1:
         raise ConfigError("mailbox_size, max_batch and read_pool_size must be at least 1")
+    if settings.max_connections < 1 or settings.listen_backlog < 1 or settings.request_head_timeout < 0:
+        raise ConfigError("max_connections and listen_backlog must be at least 1, request_head_timeout at least 0")
     return settings

@@ -23,6 +23,10 @@
    (with ``nursery.start()``, which waits a scheduler round) and cancels it at
    the next request; :class:`_KeepAliveTimer` is one task per connection whose
    deadline moves.
+6. Connection limits (:mod:`skald.connection_limits`). The connection task counts itself against
+   ``max_connections`` (refusing with 503 beyond it), and the read loop (hypercorn's own, copied with one
+   more deadline) ends the wait for a request head at ``request_head_timeout`` (408): hypercorn has neither
+   bound, so a connection trickling its head was held until the keep-alive timer ended it.
 
 :func:`apply` is idempotent; both the server and the test harness call it.
 """
@@ -38,9 +42,13 @@ from contextvars import ContextVar
 from typing import Any, cast
 
 import h11
+import hypercorn.trio.tcp_server as _tcp_server
 import trio
 from h11._readers import ContentLengthReader
+from hypercorn.events import Closed, RawData
 from trio.lowlevel import RunVar
+
+from skald.connection_limits import HEAD_TIMEOUT_ANSWER, TOO_MANY_ANSWER, limits_of, refuse
 
 READ_SIZE = 1024 * 1024
 # Key of an ``http.response.start`` message: the body (or its end) follows at once, send the head with it.
@@ -56,7 +64,6 @@ def apply() -> None:
     import hypercorn.protocol.h11 as hypercorn_h11
     import hypercorn.protocol.http_stream as http_stream
     import hypercorn.trio.tcp_server as tcp_server
-    from hypercorn.events import RawData
 
     tcp_server.MAX_RECV = max(getattr(tcp_server, "MAX_RECV", 0), READ_SIZE)
     server_class: Any = tcp_server.TCPServer
@@ -65,8 +72,16 @@ def apply() -> None:
     original_run = server_class.run
 
     async def run(self: Any) -> None:
-        _connection_socket.set(_socket_of(self.stream))
-        await original_run(self)
+        limits = limits_of(self.config)
+        if limits is not None and not limits.admit():
+            await refuse(self.stream, TOO_MANY_ANSWER, limits)
+            return
+        try:
+            _connection_socket.set(_socket_of(self.stream))
+            await original_run(self)
+        finally:
+            if limits is not None:
+                limits.release()
 
     original_close = server_class._close
 
@@ -91,15 +106,37 @@ def apply() -> None:
     _hold_heads(protocol_class, http_stream.HTTPStream, RawData)
     server_module: Any = tcp_server
     server_module.TrioSingleTask = _KeepAliveTimer
-    original_read_data = server_class._read_data
+    server_class._read_data = _read_data_within_head_timeout
 
-    async def read_data(self: Any) -> None:
-        try:
-            await original_read_data(self)
-        finally:
-            self.idle_task.close()
 
-    server_class._read_data = read_data
+async def _read_data_within_head_timeout(self: Any) -> None:
+    """hypercorn's ``TCPServer._read_data`` (0.18), plus the request head timeout and the timer's close.
+
+    The wait for bytes ends at the timer's ``head_due`` (infinite unless a request head is awaited): then
+    a connection that sent part of a head is answered 408, and closed either way. This loop is the
+    connection's only reader, so the answer can linger here without a request slipping through.
+    """
+    timer: _KeepAliveTimer = self.idle_task
+    try:
+        while True:
+            try:
+                with trio.fail_after(self.config.read_timeout or math.inf):
+                    with trio.move_on_at(timer.head_due) as timer.head_wait:
+                        data = await self.stream.receive_some(_tcp_server.MAX_RECV)
+            except (trio.ClosedResourceError, trio.BrokenResourceError, trio.TooSlowError):
+                break
+            if timer.head_wait.cancelled_caught:
+                if timer.head_begun:
+                    async with self.send_lock:
+                        await refuse(self.stream, HEAD_TIMEOUT_ANSWER, limits_of(self.config))
+                break
+            timer.heard()  # before the protocol sees the bytes: a head they complete stops the clock
+            await self.protocol.handle(RawData(bytes(data)))
+            if data == b"":
+                break
+        await self.protocol.handle(Closed())
+    finally:
+        timer.close()
 
 
 class _KeepAliveTimer:
@@ -114,6 +151,12 @@ class _KeepAliveTimer:
     """
 
     def __init__(self) -> None:
+        self.head_due = math.inf  # when the request head awaited now must have arrived (read loop's clock)
+        self.head_begun = False  # bytes of that head arrived
+        self.head_wait: trio.CancelScope | None = None  # the read loop's wait for bytes, ending at head_due
+        self._awaiting_head = False
+        self._head_timeout = math.inf
+        self._fresh = True
         self._deadline = math.inf
         self._timer: trio.CancelScope | None = None
         self._task_scope: trio.CancelScope | None = None
@@ -122,7 +165,17 @@ class _KeepAliveTimer:
 
     async def restart(self, task_group: Any, action: Any) -> None:
         server = action.__self__  # hypercorn passes its TCPServer's bound ``_idle_timeout``
-        self._move(trio.current_time() + server.config.keep_alive_timeout)
+        now = trio.current_time()
+        self._move(now + server.config.keep_alive_timeout)
+        # Waiting for a request head: a new connection's is due within the head timeout from now, a
+        # kept-alive one's from its first byte (see heard).
+        limits = limits_of(server.config)
+        self._head_timeout = limits.head_timeout if limits is not None else math.inf
+        self._awaiting_head, self.head_begun = True, False
+        self._set_head_due(now + self._head_timeout if self._fresh else math.inf)
+        self._fresh = False
+        if _unparsed_bytes(server):  # the next request began before this one's answer was out
+            self.heard()
         if self._idle is not None:
             self._idle.set()
         if self._task_scope is None and not self._closed:
@@ -130,7 +183,22 @@ class _KeepAliveTimer:
             task_group._nursery.start_soon(self._run, server, self._task_scope)
 
     async def stop(self) -> None:
+        # A whole request head arrived (hypercorn's ``Updated(idle=False)``).
+        self._awaiting_head = False
+        self._set_head_due(math.inf)
         self._move(math.inf)
+
+    def heard(self) -> None:
+        """Bytes arrived; the first ones of an awaited request head start its clock."""
+        if self._awaiting_head and not self.head_begun:
+            self.head_begun = True
+            self._set_head_due(min(self.head_due, trio.current_time() + self._head_timeout))
+
+    def _set_head_due(self, deadline: float) -> None:
+        # Also the wait in progress: restart() runs in another task while the read loop may be waiting.
+        self.head_due = deadline
+        if self.head_wait is not None:
+            self.head_wait.deadline = deadline
 
     def close(self) -> None:
         self._closed = True
@@ -158,6 +226,13 @@ class _KeepAliveTimer:
                 await self._idle.wait()
             with trio.CancelScope(shield=True):
                 await server._initiate_server_close()
+
+
+def _unparsed_bytes(server: Any) -> bool:
+    """Whether the connection's h11 holds received bytes it has not parsed yet (hypercorn 0.18's layout)."""
+    connection = getattr(getattr(server, "protocol", None), "protocol", None)
+    connection = getattr(connection, "connection", None)
+    return isinstance(connection, h11.Connection) and bool(connection.trailing_data[0])
 
 
 def _hold_heads(protocol_class: Any, stream_class: Any, raw_data: Any) -> None:

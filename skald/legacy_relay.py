@@ -25,10 +25,9 @@ import trio
 from prometheus_client import Counter, Gauge
 
 from skald import stream_routes
-from skald.auth.guard import token_record
-from skald.auth.scopes import decide
+from skald.auth.guard import check_scope, check_token
 from skald.client_ip import client_ip
-from skald.errors import PROBLEM_CONTENT_TYPE, DocumentNotFound, SkaldError
+from skald.errors import PROBLEM_CONTENT_TYPE, DocumentNotFound, ScopeDenied, SkaldError, Unauthenticated
 from skald.ids import DB_ID_PATTERN, validate_db_id
 from skald.ratelimit import RateLimiter
 from skald.relay import RelayHub, RequestChannels, Requester, Responder, Transfer
@@ -65,6 +64,11 @@ class Refused(Exception):
 
 def is_legacy_path(path: str) -> bool:
     return path.startswith(("/p/", "/public/", "/u/", "/h/", "/r/")) or path in ("/h", "/r")
+
+
+def serves(path: str) -> bool:
+    """Whether :class:`LegacyRelay` answers ``path`` itself (Quart never sees the request)."""
+    return is_legacy_path(path) or _API_STREAMS.match(path) is not None
 
 
 class RelayMetrics:
@@ -227,9 +231,7 @@ class LegacyRelay:
                 raise Refused(400, "invalid user")
             return user, "u", sub
         namespace = req.path[1:].split("/", 1)[0]
-        ip = client_ip(req.peer, req.headers.get("x-forwarded-for"), req.headers.get("x-real-ip"),
-                       self.state.settings.trusted_proxies)
-        wait = self.public_limit.try_acquire(ip)
+        wait = self.public_limit.try_acquire(self._client_ip(req))
         if wait > 0:
             raise Refused(429, "too many requests", [(b"retry-after", str(max(1, round(wait + 0.5))).encode())])
         return PUBLIC_DOCUMENT, namespace, req.path[len(namespace) + 2 :]
@@ -341,11 +343,19 @@ class LegacyRelay:
         challenge = [(b"www-authenticate", b'Bearer realm="skald"')]
         if not secret:
             raise Refused(401, "unauthorized", challenge)
-        record = await token_record(self.state, secret)
-        if record is None or record.state() != "active":
-            raise Refused(401, "unauthorized", challenge)
-        if not decide(record.principal(), db_id, action, resource).allowed:
-            raise Refused(403, "forbidden")
+        # The JSON API's checks, audit of denials included (the request never reaches Quart's guard).
+        where = {"path": req.path, "ip": self._client_ip(req)}
+        try:
+            principal = await check_token(self.state, secret, **where)
+            await check_scope(self.state, principal, db_id, action, resource, **where)
+        except ScopeDenied:
+            raise Refused(403, "forbidden") from None
+        except Unauthenticated:
+            raise Refused(401, "unauthorized", challenge) from None
+
+    def _client_ip(self, req: _Request) -> str:
+        return client_ip(req.peer, req.headers.get("x-forwarded-for"), req.headers.get("x-real-ip"),
+                         self.state.settings.trusted_proxies)
 
     def _hook_secret(self, kind: str, channel: str) -> str:
         if self._hook_key is None:

@@ -7,27 +7,31 @@ lifespan's ``after_serving`` commits queued writes and closes every actor.
 
 from __future__ import annotations
 
+import math
 import signal
 from functools import partial
 
 import structlog
 import trio
-from hypercorn.config import Config
 from hypercorn.trio import serve as hypercorn_serve
 
 from skald import hypercorn_patches
 from skald.app import create_app
 from skald.config import Settings
+from skald.connection_limits import ConnectionLimits, SkaldConfig, fit_descriptor_limit
 from skald.state import AppState
 
 log = structlog.get_logger("skald.server")
 
 
-def hypercorn_config(settings: Settings) -> Config:
+def hypercorn_config(settings: Settings) -> SkaldConfig:
     """hypercorn's config for ``settings``, with skald's patches to its trio worker applied."""
     hypercorn_patches.apply()
-    config = Config()
+    config = SkaldConfig()
     config.bind = [f"{settings.host}:{settings.port}"]
+    config.backlog = settings.listen_backlog  # hypercorn's 100 drops connections when a thousand arrive at once
+    config.connection_limits = ConnectionLimits(settings.request_head_timeout or math.inf, settings.max_connections)
+    fit_descriptor_limit(settings.max_connections)
     config.graceful_timeout = settings.grace_seconds
     config.accesslog = None
     config.errorlog = "-"

@@ -18,6 +18,7 @@ from quart import g, request
 
 from skald.auth.scopes import GLOBAL, Principal, decide
 from skald.auth.tokens import TOKEN_PREFIX, TokenRecord, audit, find_by_secret, touch_token
+from skald.client_ip import client_ip
 from skald.connection import DocConnection
 from skald.errors import ScopeDenied, TokenInvalid, Unauthenticated
 from skald.state import AppState, get_state
@@ -52,17 +53,21 @@ class TokenCache:
 
 def bearer_secret(allow_query_token: bool = False) -> str | None:
     """The token a request carries: ``Authorization: Bearer <t>`` (or ``?token=`` where allowed)."""
-    header = request.headers.get("Authorization", "").strip()
+    query_token = request.args.get("token") if allow_query_token else None
+    return secret_from(request.headers.get("Authorization", ""), query_token, allow_query_token=allow_query_token)
+
+
+def secret_from(authorization: str, query_token: str | None, *, allow_query_token: bool = False) -> str | None:
+    """:func:`bearer_secret` from the raw header and ``?token=`` value (for callers without a Quart request)."""
+    header = authorization.strip()
     if header:
         scheme, _, value = header.partition(" ")
         if scheme.lower() in {"bearer", "token"} and value.strip():
             return value.strip()
         if allow_query_token and header.startswith(TOKEN_PREFIX):
             return header
-    if allow_query_token:
-        token = request.args.get("token")
-        if token:
-            return token
+    if allow_query_token and query_token:
+        return query_token
     return None
 
 
@@ -79,12 +84,22 @@ async def authenticate(*, allow_query_token: bool = False, required: bool = True
         if not required:
             return None
         raise Unauthenticated("send Authorization: Bearer <token>")
+    return await check_token(state, secret, path=request.path, ip=_request_ip(state))
+
+
+async def check_token(state: AppState, secret: str, *, path: str, ip: str) -> Principal:
+    """The principal of a bearer ``secret``; :class:`TokenInvalid` (401) if it is unknown, expired or revoked.
+
+    Use of an expired or revoked token is audited as ``access.denied`` (an unknown one is not: the rate
+    limiter charges guesses instead, and an audit row per guess would let guessing fill the log).
+    Needs no request context: the relay served ahead of Quart calls it too.
+    """
     record = await token_record(state, secret)
     if record is None:
         raise TokenInvalid("unknown token")
     token_state = record.state()
     if token_state != "active":
-        await _audit_denied(record.id, f"token {token_state}")
+        await audit_denied(state, record.id, f"token {token_state}", path=path, ip=ip)
         raise TokenInvalid(f"token is {token_state}")
     return record.principal()
 
@@ -102,10 +117,8 @@ async def token_record(state: AppState, secret: str) -> TokenRecord | None:
     return record
 
 
-async def _audit_denied(subject: str, reason: str) -> None:
-    state = get_state()
-    ip = request.remote_addr or ""
-    path = request.path  # read here: the op runs in the writer thread, outside the request context
+async def audit_denied(state: AppState, subject: str, reason: str, *, path: str, ip: str) -> None:
+    """Append ``access.denied`` for ``subject`` (a token or user id) to the audit log."""
 
     def write(conn: DocConnection) -> None:
         audit(conn, "access.denied", subject=subject, detail={"reason": reason, "path": path}, ip=ip)
@@ -115,10 +128,24 @@ async def _audit_denied(subject: str, reason: str) -> None:
 
 async def authorize(principal: Principal, db_id: str, action: str, resource: str | None = None) -> None:
     """Raise :class:`ScopeDenied` (403) unless ``principal`` may do ``action``; audit denials."""
+    state = get_state()
+    await check_scope(state, principal, db_id, action, resource, path=request.path, ip=_request_ip(state))
+
+
+async def check_scope(
+    state: AppState, principal: Principal, db_id: str, action: str, resource: str | None, *, path: str, ip: str
+) -> None:
+    """:func:`authorize` without a request context: raise :class:`ScopeDenied` (audited) unless allowed."""
     decision = decide(principal, db_id, action, resource)
     if not decision.allowed:
-        await _audit_denied(principal.id, decision.reason)
+        await audit_denied(state, principal.id, decision.reason, path=path, ip=ip)
         raise ScopeDenied(decision.reason, action=action)
+
+
+def _request_ip(state: AppState) -> str:
+    headers = request.headers
+    return client_ip(request.remote_addr, headers.get("X-Forwarded-For"), headers.get("X-Real-IP"),
+                     state.settings.trusted_proxies)
 
 
 def requires(

@@ -39,9 +39,12 @@ async def test_burst_beyond_bucket_is_429_and_others_unaffected(
         assert statuses == [401, 401, 401, 429]
         other = await anon.get("/api/v1/db", headers={"X-Forwarded-For": "198.51.100.9"})
         assert other.status_code == 401
-        # guessing tokens from the exhausted address does not get around the limit
-        guess = await anon.get("/api/v1/db", headers={**first, "Authorization": "Bearer skd_guess"})
-        assert guess.status_code == 429
+        # guessing tokens has a per-IP budget of its own: anonymous requests do not spend it, nor it theirs
+        guesses = [
+            (await anon.get("/api/v1/db", headers={**first, "Authorization": f"Bearer skd_guess{i}"})).status_code
+            for i in range(4)
+        ]
+        assert guesses == [401, 401, 401, 429]
         # anonymous requests outside the API are left to the legacy namespace's own limiter
         outside = [(await anon.get("/no-such-legacy-path", headers=first)).status_code for _ in range(3)]
         assert outside == [404] * 3
@@ -66,3 +69,27 @@ async def test_rate_zero_turns_the_limiter_off(data_dir: Path, nursery: trio.Nur
     server = await start_live_server(nursery, settings)
     async with server.client() as admin:
         assert [(await admin.get("/api/v1/db")).status_code for _ in range(5)] == [200] * 5
+
+
+async def test_anonymous_and_failed_requests_do_not_spend_an_authenticated_tokens_budget(
+    data_dir: Path, nursery: trio.Nursery
+) -> None:
+    # Issue 15.7: anonymous callers at ~130/s from one IP made the admin at that IP get 429 half the time.
+    settings = make_settings(data_dir, rate_limit_per_second=0.01, rate_limit_burst=3)
+    server = await start_live_server(nursery, settings)
+    user_token = await server.mint_token("*:db.admin")
+    async with server.client(None) as anon, server.client() as admin, server.client(user_token) as user:
+        assert (await admin.get("/api/v1/db")).status_code == 200
+        assert (await user.get("/api/v1/db")).status_code == 200
+        flood = [(await anon.get("/api/v1/db")).status_code for _ in range(6)]
+        assert flood == [401, 401, 401, 429, 429, 429]
+        # The admin and the user at the same address keep their own budgets whole.
+        assert [(await admin.get("/api/v1/db")).status_code for _ in range(4)] == [200] * 4
+        assert (await user.get("/api/v1/db")).status_code == 200
+        guesses = [(await anon.get("/api/v1/db", headers={"Authorization": f"Bearer skd_guess{i}"})).status_code
+                   for i in range(6)]
+        assert guesses == [401, 401, 401, 429, 429, 429]  # guessing has a budget of its own, and it is spent
+        assert [(await admin.get("/api/v1/db")).status_code for _ in range(4)] == [200] * 4
+        assert [(await user.get("/api/v1/db")).status_code for _ in range(2)] == [200, 429]  # its own 3, spent
+        metrics = (await anon.get("/metrics")).text
+    assert 'skald_rate_limited_total{scope="token"} 1.0' in metrics
