@@ -167,7 +167,7 @@ def classify_sync(conn: DocConnection, stmt: Statement) -> StatementClass:
         inner = sql[len("EXPLAIN") :].lstrip()
         if inner[:10].upper().startswith("QUERY"):
             inner = inner[5:].lstrip()[4:].lstrip()  # QUERY PLAN
-    recorder = ClassRecorder(StatementClass.ADMIN)
+    recorder = ClassRecorder(StatementClass.ADMIN, shadow_tables(conn))
     try:
         with conn.policy(recorder):
             opcodes = {row[1] for row in conn.execute("EXPLAIN " + inner, stmt.params)}
@@ -206,7 +206,7 @@ def run_statement(
             return 1
         return 0
 
-    recorder = ClassRecorder(allowed)
+    recorder = ClassRecorder(allowed, shadow_tables(conn))
     capability_objects = _capability_objects(conn) if allowed == StatementClass.ADMIN else None
     conn.set_progress_handler(progress, 1000)
     # No single value may outgrow what a result could carry (printf('%.*c', 1e9, 'x') would
@@ -215,7 +215,14 @@ def run_statement(
     try:
         with conn.track_reads() as tables:
             with conn.policy(recorder):
-                cursor = conn.execute(stmt.sql, stmt.params)
+                # Once the statement starts running, every further authorizer callback comes
+                # from statements a virtual table module prepares for itself (fts5 writing its
+                # shadow tables); the user's statement, its triggers and views are compiled.
+                conn.set_trace_callback(recorder.started)
+                try:
+                    cursor = conn.execute(stmt.sql, stmt.params)
+                finally:
+                    conn.set_trace_callback(None)
             columns = [d[0] for d in cursor.description or ()]
             rows, truncated = _fetch(cursor, limits)
             cursor.close()
@@ -244,6 +251,12 @@ def run_statement(
     elif not (recorder.inserts and changes):
         rowid = None  # only an INSERT/REPLACE that inserted has a rowid to report
     return StatementResult(columns, rows, truncated, changes, rowid, frozenset(tables))
+
+
+def shadow_tables(conn: DocConnection) -> frozenset[str]:
+    """Lower-cased names of the document's shadow tables (fts3/4/5 and r-tree index storage)."""
+    rows = conn.execute("SELECT name FROM pragma_table_list WHERE schema = 'main' AND type = 'shadow'")
+    return frozenset(row[0].lower() for row in rows)
 
 
 def _capability_objects(conn: DocConnection) -> set[str]:

@@ -1,0 +1,151 @@
+"""The SQL sandbox over HTTP: what user SQL may call and write, and how long one call may run.
+
+Each test here reproduces a report from issue 15 against a real server: a native
+pointer handed to fts3_tokenizer() (SIGSEGV of the whole process), AUTOINCREMENT
+counters pushed to their maximum (every later publish 500) and writes into
+full-text shadow tables (a corrupt index).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+from support.live import LiveServer
+
+
+async def _q(c: httpx.AsyncClient, sql: str, args: Any = None, db: str = "d", **opts: Any) -> httpx.Response:
+    body: dict[str, Any] = {"sql": sql}
+    if args is not None:
+        body["args"] = args
+    if opts:
+        body["options"] = opts
+    return await c.post(f"/api/v1/db/{db}/query", json=body)
+
+
+def _refused(r: httpx.Response) -> bool:
+    return (
+        r.status_code == 403
+        and r.headers["content-type"].startswith("application/problem+json")
+        and r.json()["code"] == "statement_forbidden"
+    )
+
+
+async def test_fts3_tokenizer_is_refused_and_full_text_keeps_working(server: LiveServer) -> None:
+    async with server.client() as admin:
+        assert (await admin.put("/api/v1/db/d")).status_code == 201
+        assert (await _q(admin, "CREATE VIRTUAL TABLE notes USING fts4(body)")).status_code == 200
+        assert (await _q(admin, "INSERT INTO notes(body) VALUES ('hello world')")).status_code == 200
+    reader = await server.mint_token("d:query.read")
+    async with server.client(reader) as c:
+        # registering a native pointer as a tokenizer, or reading one out, is refused for everyone
+        assert _refused(await _q(c, "SELECT fts3_tokenizer('simple', x'4141414141414141')"))
+        assert _refused(await _q(c, "SELECT hex(fts3_tokenizer('simple'))"))
+        assert _refused(await _q(c, "SELECT fts3_tokenizer(?, ?)", ["porter", {"$base64": "QUFBQUFBQUE="}]))
+        assert _refused(await _q(c, "SELECT load_extension('/tmp/x.so')"))
+        # ...on both read connections of the pool: the document still answers full-text reads
+        for _ in range(4):
+            r = await _q(c, "SELECT body, snippet(notes) FROM notes WHERE notes MATCH 'hello'")
+            assert r.status_code == 200, r.text
+            assert r.json()["rows"] == [["hello world", "<b>hello</b> world"]]
+
+
+async def test_autoincrement_counters_are_read_only(server: LiveServer) -> None:
+    async with server.client() as admin:
+        await admin.put("/api/v1/db/d")
+        assert (await admin.post("/api/v1/db/d/messages", json={"topic": "t", "payload": 1})).status_code == 201
+    writer = await server.mint_token("d:query.read", "d:query.write")
+    async with server.client(writer) as c:
+        for name in ("_skald_messages", "webhook_inbox", "_skald_changes"):
+            sql = "UPDATE sqlite_sequence SET seq = 9223372036854775807 WHERE name = ?"
+            assert _refused(await _q(c, sql, [name]))
+        assert _refused(await _q(c, "DELETE FROM sqlite_sequence"))
+        assert _refused(await _q(c, "INSERT INTO sqlite_sequence(name, seq) VALUES ('webhook_inbox', 1)"))
+        # reading the counters stays allowed
+        r = await _q(c, "SELECT seq FROM sqlite_sequence WHERE name = '_skald_messages'")
+        assert r.status_code == 200 and r.json()["rows"] == [[1]]
+    async with server.client() as admin:
+        r = await admin.post("/api/v1/db/d/messages", json={"topic": "t", "payload": 2})
+        assert r.status_code == 201, r.text
+        r = await admin.post("/api/v1/db/d/webhooks/raw", content=b"hi", headers={"content-type": "text/plain"})
+        assert r.status_code in (200, 201, 202), r.text
+        # an AUTOINCREMENT user table is renamed and dropped with its counter as before
+        await _q(admin, "CREATE TABLE a(id INTEGER PRIMARY KEY AUTOINCREMENT, v)")
+        assert (await _q(admin, "INSERT INTO a(v) VALUES (1)")).status_code == 200
+        assert (await _q(admin, "ALTER TABLE a RENAME TO b")).status_code == 200
+        r = await _q(admin, "SELECT seq FROM sqlite_sequence WHERE name = 'b'")
+        assert r.json()["rows"] == [[1]]
+        assert (await _q(admin, "DROP TABLE b")).status_code == 200
+
+
+SHADOW_WRITES = [
+    "DELETE FROM f5_data",
+    "UPDATE f5_config SET v = 99",
+    "INSERT INTO f5_docsize(id, sz) VALUES (99, x'00')",
+    "DELETE FROM f4_segdir",
+    "UPDATE f4_content SET c0body = 'x'",
+    "DELETE FROM r_node",
+    "UPDATE r_rowid SET nodeno = 5",
+    "DROP TABLE f5_idx",
+    "ALTER TABLE f4_stat RENAME TO mine",
+    "CREATE INDEX sneaky ON f5_content(c0)",
+    "CREATE TRIGGER sneaky AFTER INSERT ON f5_data BEGIN SELECT 1; END",
+    "WITH x AS (SELECT 1) DELETE FROM f5_data",
+]
+
+
+async def test_shadow_tables_are_read_only(server: LiveServer) -> None:
+    async with server.client() as admin:  # an admin token: the refusal holds for every token
+        await admin.put("/api/v1/db/d")
+        for sql in [
+            "CREATE VIRTUAL TABLE f5 USING fts5(body)",
+            "CREATE VIRTUAL TABLE f4 USING fts4(body)",
+            "CREATE VIRTUAL TABLE r USING rtree(id, x0, x1)",
+            "CREATE TABLE plain(v)",
+            "CREATE TRIGGER plain_spy AFTER INSERT ON plain BEGIN DELETE FROM f5_data; END",
+        ]:
+            assert (await _q(admin, sql)).status_code == 200, sql
+        for i in range(20):
+            for sql in ["INSERT INTO f5 VALUES (?)", "INSERT INTO f4 VALUES (?)"]:
+                assert (await _q(admin, sql, [f"word{i} common"])).status_code == 200
+            assert (await _q(admin, "INSERT INTO r VALUES (?, 0, 1)", [i])).status_code == 200
+        for sql in SHADOW_WRITES:
+            assert _refused(await _q(admin, sql)), sql
+        # a trigger that writes a shadow table is refused when it would fire
+        assert _refused(await _q(admin, "INSERT INTO plain VALUES (1)"))
+        # reads of shadow tables stay allowed
+        assert (await _q(admin, "SELECT count(*) FROM f5_data")).status_code == 200
+        # the indexes are intact: inserts, queries and their own integrity checks work
+        for sql in [
+            "INSERT INTO f5 VALUES ('later')",
+            "INSERT INTO f4 VALUES ('later')",
+            "INSERT INTO r VALUES (100, 0, 1)",
+            "INSERT INTO f5(f5) VALUES ('integrity-check')",
+            "INSERT INTO f4(f4) VALUES ('integrity-check')",
+            "INSERT INTO f5(f5) VALUES ('optimize')",
+            "UPDATE f5 SET body = 'changed' WHERE rowid = 1",
+            "DELETE FROM f4 WHERE rowid = 2",
+        ]:
+            r = await _q(admin, sql)
+            assert r.status_code == 200, (sql, r.text)
+        r = await _q(admin, "SELECT count(*) FROM f5 WHERE f5 MATCH 'common'")
+        assert r.json()["rows"] == [[19]]
+        # dropping the virtual table drops its shadow tables (the module's own DDL)
+        assert (await _q(admin, "DROP TABLE f5")).status_code == 200
+        r = await _q(admin, "SELECT count(*) FROM sqlite_master WHERE name LIKE 'f5%'")
+        assert r.json()["rows"] == [[0]]
+
+
+async def test_unlisted_functions_and_modules_are_refused(server: LiveServer) -> None:
+    async with server.client() as admin:
+        await admin.put("/api/v1/db/d")
+        for sql in [
+            "SELECT fts5(NULL)",
+            "SELECT rtreenode(2, x'00')",
+            "SELECT sqlite_log(1, 'into the server log')",
+            "CREATE VIRTUAL TABLE pages USING dbstat",
+        ]:
+            assert _refused(await _q(admin, sql)), sql
+        sql = "SELECT upper('a'), json_extract('{\"a\":2}', '$.a'), '{\"b\":3}' ->> '$.b', round(pi(), 2)"
+        r = await _q(admin, sql)
+        assert r.json()["rows"] == [["A", 2, 3, 3.14]]
