@@ -11,7 +11,7 @@ single authorizer per connection, so everything that wants one goes through
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -30,6 +30,34 @@ class DocConnection(sqlite3.Connection):
         self.written_tables: set[str] = set()
         self._policy: Policy | None = None
         self.set_authorizer(self._authorize)
+        self._formatter: sqlite3.Connection | None = None
+        for name in ("printf", "format"):
+            self.create_function(name, -1, self._printf, deterministic=True)
+
+    def _printf(self, fmt: object = None, *args: object) -> str | bytes | int | float | None:
+        """SQLite's own printf(), refusing what it cannot refuse quickly itself.
+
+        ``printf('%.*c', 2147483647, 'x')`` loops once per character even after the string
+        has hit SQLITE_LIMIT_LENGTH (11 s of CPU inside one call, where no progress handler
+        runs), then answers NULL as it does for any result over the limit. Every other
+        conversion checks the limit before it loops. So a ``%c`` whose repeat count exceeds
+        the limit answers that NULL at once, and everything else runs on a private in-memory
+        connection's built-in printf under the same limit: identical results.
+        """
+        limit = self.getlimit(sqlite3.SQLITE_LIMIT_LENGTH)
+        if isinstance(fmt, str) and any(p > limit for p in _repeat_counts(fmt, args)):
+            return None
+        if self._formatter is None:
+            self._formatter = sqlite3.connect(":memory:", check_same_thread=False)
+        self._formatter.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, limit)
+        marks = ", ".join("?" * (1 + len(args)))
+        result: str | None = self._formatter.execute(f"SELECT printf({marks})", (fmt, *args)).fetchone()[0]
+        return result
+
+    def close(self) -> None:
+        if self._formatter is not None:
+            self._formatter.close()
+        super().close()
 
     def _authorize(
         self, action: int, arg1: str | None, arg2: str | None, db_name: str | None, source: str | None
@@ -67,6 +95,55 @@ class DocConnection(sqlite3.Connection):
             yield self.read_tables
         finally:
             self.read_tables = saved | self.read_tables
+
+
+_PRINTF_FLAGS = frozenset("-+ #!0,l")
+_PRINTF_TYPES = frozenset("dsgzqQwcouxXfeEGipr")  # conversions that consume an argument
+
+
+def _int_arg(args: Sequence[object], index: int) -> int:
+    """The integer SQLite's printf takes from argument ``index`` (0 when missing or not a number)."""
+    if index >= len(args):
+        return 0
+    value = args[index]
+    try:
+        return int(float(value.decode() if isinstance(value, bytes) else value))  # type: ignore[arg-type]
+    except (TypeError, ValueError, OverflowError, UnicodeDecodeError):
+        return 0
+
+
+def _repeat_counts(fmt: str, args: Sequence[object]) -> Iterator[int]:
+    """The repeat count (precision) of every ``%c`` in ``fmt``, following SQLite's printf grammar:
+    flags, width (digits or ``*``), ``.precision`` (digits or ``*``), ``l``/``ll``, a conversion.
+    ``*`` and each conversion but ``%%`` and ``%n`` take the next argument."""
+    i, n, arg = 0, len(fmt), 0
+    while (i := fmt.find("%", i) + 1) > 0:
+        precision: int | None = None
+        while i < n:
+            c = fmt[i]
+            if c in _PRINTF_FLAGS or c.isdigit():
+                i += 1
+            elif c == "*":
+                arg, i = arg + 1, i + 1
+            elif c == ".":
+                i += 1
+                if i < n and fmt[i] == "*":
+                    precision, arg, i = abs(_int_arg(args, arg)), arg + 1, i + 1
+                else:
+                    start = i
+                    while i < n and fmt[i].isdigit():
+                        i += 1
+                    precision = int(fmt[start:i] or 0)
+            else:
+                break
+        if i >= n or fmt[i] not in _PRINTF_TYPES:
+            if i < n and fmt[i] in "%n":
+                i += 1
+                continue
+            return  # SQLite stops formatting at an unknown conversion
+        if fmt[i] == "c" and precision is not None:
+            yield precision
+        arg, i = arg + 1, i + 1
 
 
 def open_connection(

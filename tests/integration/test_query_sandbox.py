@@ -2,16 +2,22 @@
 
 Each test here reproduces a report from issue 15 against a real server: a native
 pointer handed to fts3_tokenizer() (SIGSEGV of the whole process), AUTOINCREMENT
-counters pushed to their maximum (every later publish 500) and writes into
-full-text shadow tables (a corrupt index).
+counters pushed to their maximum (every later publish 500), writes into full-text
+shadow tables (a corrupt index), and single function calls (printf, replace,
+zeroblob, group_concat) that outran the time limit.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import httpx
-from support.live import LiveServer
+import pytest
+import trio
+from support.live import LiveServer, make_settings, start_live_server
+
+MARGIN_S = 3.0  # slack over the time limit for a loaded 2-core machine; the bugs took 11-30 s
 
 
 async def _q(c: httpx.AsyncClient, sql: str, args: Any = None, db: str = "d", **opts: Any) -> httpx.Response:
@@ -149,3 +155,79 @@ async def test_unlisted_functions_and_modules_are_refused(server: LiveServer) ->
         sql = "SELECT upper('a'), json_extract('{\"a\":2}', '$.a'), '{\"b\":3}' ->> '$.b', round(pi(), 2)"
         r = await _q(admin, sql)
         assert r.json()["rows"] == [["A", 2, 3, 3.14]]
+
+
+# ---- one call cannot outrun the time limit ---------------------------------------------------------
+
+ONE_CALL = [
+    # SQLite's printf loops once per repeated character even past the length limit
+    ("SELECT printf('%.*c', 2147483647, 'x')", None),
+    ("SELECT format('%.2147483647c', 'x')", None),
+    ("SELECT length(printf('%.*c', ?, 'x'))", [2**31 - 1]),
+    # these stop at the value length limit
+    ("SELECT replace(printf('%.*c', 100000, 'x'), 'x', printf('%.*c', 10000, 'y'))", "value_too_large"),
+    ("SELECT zeroblob(1000000000)", "value_too_large"),
+    ("SELECT length(randomblob(1000000000))", "value_too_large"),
+    (
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 100000) "
+        "SELECT length(group_concat(printf('%.*c', 1000, 'x'))) FROM c",
+        "value_too_large",
+    ),
+    # group_concat keeps stepping (and failing to append) until its input ends: the progress
+    # handler runs between rows
+    (
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) "
+        "SELECT length(group_concat(printf('%.*c', 1000, 'x'))) FROM c",
+        "query_timeout",
+    ),
+    # a recursive CTE without a big value: the progress handler stops it
+    ("WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c", "query_timeout"),
+]
+
+
+@pytest.fixture
+async def bounded(tmp_path: Path, nursery: trio.Nursery) -> Any:
+    live = await start_live_server(
+        nursery, make_settings(tmp_path / "data", query_timeout_ms=1000, query_max_value_bytes=4 * 1024 * 1024)
+    )
+    try:
+        yield live
+    finally:
+        await live.stop()
+
+
+@pytest.mark.parametrize(("sql", "outcome"), ONE_CALL)
+async def test_one_call_ends_within_the_time_limit_on_read(bounded: LiveServer, sql: str, outcome: Any) -> None:
+    async with bounded.client() as c:
+        await c.put("/api/v1/db/d")
+        args = outcome if isinstance(outcome, list) else None
+        start = trio.current_time()
+        r = await _q(c, sql, args)
+        elapsed = trio.current_time() - start
+        print(f"{sql[:60]!r}: {elapsed:.2f} s -> {r.status_code}")
+        assert elapsed < 1.0 + MARGIN_S, f"{elapsed:.1f} s"
+        if isinstance(outcome, str):
+            assert r.status_code == 400 and r.json()["code"] == outcome, r.text
+        else:
+            assert r.status_code == 200 and r.json()["rows"] == [[None]]  # SQLite's printf: NULL when too big
+
+
+@pytest.mark.parametrize(("sql", "outcome"), ONE_CALL)
+async def test_one_call_does_not_hold_the_writer(bounded: LiveServer, sql: str, outcome: Any) -> None:
+    async with bounded.client() as c:
+        await c.put("/api/v1/db/d")
+        await _q(c, "CREATE TABLE t(v)")
+        args = outcome if isinstance(outcome, list) else None
+        start = trio.current_time()
+        r = await _q(c, "INSERT INTO t " + sql, args)
+        elapsed = trio.current_time() - start
+        # the write op has ended, so the document's writer is free: a publish goes straight through
+        p = await c.post("/api/v1/db/d/messages", json={"topic": "t", "payload": 1})
+        print(f"{sql[:60]!r}: write {elapsed:.2f} s -> {r.status_code}")
+        assert elapsed < 1.0 + MARGIN_S, f"{elapsed:.1f} s"
+        assert p.status_code == 201
+        if isinstance(outcome, str):
+            assert r.status_code == 400 and r.json()["code"] == outcome, r.text
+            assert (await _q(c, "SELECT count(*) FROM t")).json()["rows"] == [[0]]  # rolled back
+        else:
+            assert r.status_code == 200, r.text
