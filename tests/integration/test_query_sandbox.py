@@ -9,6 +9,7 @@ zeroblob, group_concat) that outran the time limit.
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -231,3 +232,50 @@ async def test_one_call_does_not_hold_the_writer(bounded: LiveServer, sql: str, 
             assert (await _q(c, "SELECT count(*) FROM t")).json()["rows"] == [[0]]  # rolled back
         else:
             assert r.status_code == 200, r.text
+
+
+def _fts_rows(path: Path) -> None:
+    conn = sqlite3.connect(path)
+    try:
+        conn.execute("DELETE FROM f5_data WHERE id > 10")  # what the sandbox now refuses
+        conn.execute("UPDATE f4_segdir SET root = x'00'")
+        conn.commit()
+    finally:
+        conn.close()
+
+
+async def test_doctor_finds_a_corrupt_full_text_index(tmp_path: Path) -> None:
+    from skald.doctor import run_doctor
+
+    data_dir = tmp_path / "data"
+    async with trio.open_nursery() as nursery:
+        live = await start_live_server(nursery, make_settings(data_dir))
+        async with live.client() as admin:
+            for db in ("good", "bad"):
+                await admin.put(f"/api/v1/db/{db}")
+                await _q(admin, "CREATE VIRTUAL TABLE f5 USING fts5(body)", db=db)
+                await _q(admin, "CREATE VIRTUAL TABLE f4 USING fts4(body)", db=db)
+                await _q(admin, "CREATE VIRTUAL TABLE r USING rtree(id, x0, x1)", db=db)
+                for i in range(30):
+                    await _q(admin, "INSERT INTO f5 VALUES (?)", [f"hello {i}"], db=db)
+                    await _q(admin, "INSERT INTO f4 VALUES (?)", [f"hello {i}"], db=db)
+                    await _q(admin, "INSERT INTO r VALUES (?, 0, 1)", [i], db=db)
+        await live.stop()
+    report, code = await trio.to_thread.run_sync(run_doctor, data_dir)
+    assert code == 0 and report["status"] == "ok", report
+
+    await trio.to_thread.run_sync(_fts_rows, data_dir / "documents" / "bad.sqlite3")
+    conn = sqlite3.connect(data_dir / "documents" / "bad.sqlite3")
+    try:
+        conn.execute("UPDATE r_rowid SET nodeno = 5")
+        conn.commit()
+    finally:
+        conn.close()
+    report, code = await trio.to_thread.run_sync(run_doctor, data_dir)
+    assert code == 1 and report["status"] == "problems found"
+    docs = {d["db_id"]: d for d in report["documents"]}
+    assert docs["good"]["ok"] is True
+    bad = docs["bad"]
+    assert bad["ok"] is False and bad["quick_check"] == "ok"  # SQLite's own check sees nothing wrong
+    assert set(bad["index_checks"]) == {"f5", "f4", "r"}
+    assert all(result != "ok" for result in bad["index_checks"].values())
