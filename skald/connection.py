@@ -10,6 +10,7 @@ single authorizer per connection, so everything that wants one goes through
 
 from __future__ import annotations
 
+import functools
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -18,7 +19,41 @@ from pathlib import Path
 # An authorizer policy: (action, arg1, arg2, db_name, trigger_or_view) -> SQLITE_OK | DENY | IGNORE
 Policy = Callable[[int, str | None, str | None, str | None, str | None], int]
 
+SQLValue = str | bytes | int | float | None
+
 _WRITE_ACTIONS = {sqlite3.SQLITE_INSERT, sqlite3.SQLITE_UPDATE, sqlite3.SQLITE_DELETE}
+# Most character comparisons SQLite's own instr/replace/trim may make in one call (about 0.1 s);
+# beyond it a blob argument is refused as too big rather than compared quadratically.
+_WORK_BUDGET = 1 << 26
+
+
+def _text(raw: bytes) -> str | bytes:
+    # SQLite's text functions applied to a blob can build text that is not UTF-8
+    # (replace(x'ff00', x'00', x'01')): Python can hand that back only as a blob.
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return raw
+
+
+def _int_text(value: SQLValue) -> SQLValue:
+    # An integer's text is the same in SQLite and Python (a real's is not: 1e+20 vs 1e20).
+    return str(value) if type(value) is int else value
+
+
+def _cost(value: object) -> int:
+    """An upper bound of the characters SQLite sees in ``value`` as text (a number's text is short)."""
+    return len(value) if isinstance(value, (str, bytes)) else 32
+
+
+def _strip_set(text: str, chars: frozenset[str], *, left: bool, right: bool) -> str:
+    """``text`` without the leading/trailing characters in ``chars``: linear in ``len(text)``."""
+    start, end = 0, len(text)
+    while left and start < end and text[start] in chars:
+        start += 1
+    while right and end > start and text[end - 1] in chars:
+        end -= 1
+    return text[start:end]
 
 
 class DocConnection(sqlite3.Connection):
@@ -30,33 +65,90 @@ class DocConnection(sqlite3.Connection):
         self.written_tables: set[str] = set()
         self._policy: Policy | None = None
         self.set_authorizer(self._authorize)
-        self._formatter: sqlite3.Connection | None = None
-        for name in ("printf", "format"):
-            self.create_function(name, -1, self._printf, deterministic=True)
+        # A private in-memory connection whose functions are SQLite's own (see _builtin).
+        self._builtins: sqlite3.Connection | None = None
+        for name, nargs, func in (
+            ("printf", -1, self._printf),
+            ("format", -1, self._printf),
+            ("instr", 2, self._instr),
+            ("replace", 3, self._replace),
+            ("trim", 2, functools.partial(self._trim, "trim", str.strip)),
+            ("ltrim", 2, functools.partial(self._trim, "ltrim", str.lstrip)),
+            ("rtrim", 2, functools.partial(self._trim, "rtrim", str.rstrip)),
+        ):
+            self.create_function(name, nargs, func, deterministic=True)
 
-    def _printf(self, fmt: object = None, *args: object) -> str | bytes | int | float | None:
-        """SQLite's own printf(), refusing what it cannot refuse quickly itself.
+    # ---- SQL functions whose cost SQLite does not bound by the size of their result ----------
+    #
+    # The progress handler never runs inside one function call, so one call must be bounded by
+    # SQLITE_LIMIT_LENGTH. Most are (they stop when their result would pass it), but these loop
+    # longer than any result: printf's %c repeats its character N times even after the string hit
+    # the limit (N = 2^31-1: 11 s); SQLite's instr and replace compare the pattern at every offset
+    # (a 16 MiB text and an 8 MiB pattern: hours) and trim(X, Y) compares every character of X
+    # with every character of Y (64 KiB by 32 KiB: 11 s). Text arguments (the usual case) go to
+    # Python's linear-time str.find / str.replace / a set of characters; anything else (numbers,
+    # blobs, NULL) runs SQLite's own function, after the cost check where one is needed.
 
-        ``printf('%.*c', 2147483647, 'x')`` loops once per character even after the string
-        has hit SQLITE_LIMIT_LENGTH (11 s of CPU inside one call, where no progress handler
-        runs), then answers NULL as it does for any result over the limit. Every other
-        conversion checks the limit before it loops. So a ``%c`` whose repeat count exceeds
-        the limit answers that NULL at once, and everything else runs on a private in-memory
-        connection's built-in printf under the same limit: identical results.
-        """
+    def _builtin(self, name: str, *args: object) -> SQLValue:
+        """SQLite's own ``name(*args)``, on a private connection under this connection's length limit."""
+        if self._builtins is None:
+            self._builtins = sqlite3.connect(":memory:", check_same_thread=False)
+            self._builtins.text_factory = _text
+        self._builtins.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, self.getlimit(sqlite3.SQLITE_LIMIT_LENGTH))
+        marks = ", ".join("?" * len(args))
+        result: SQLValue = self._builtins.execute(f"SELECT {name}({marks})", args).fetchone()[0]
+        return result
+
+    def _too_big(self) -> bytes:
+        # A result over the limit makes SQLite fail the statement with SQLITE_TOOBIG ("string or
+        # blob too big", what its own functions report); bytes(n) costs no copying.
+        return bytes(self.getlimit(sqlite3.SQLITE_LIMIT_LENGTH) + 1)
+
+    def _printf(self, fmt: object = None, *args: object) -> SQLValue:
+        """printf/format: a ``%c`` whose repeat count exceeds the limit answers NULL at once (what
+        SQLite answers for any result over the limit, after its loop); the rest is SQLite's own."""
         limit = self.getlimit(sqlite3.SQLITE_LIMIT_LENGTH)
         if isinstance(fmt, str) and any(p > limit for p in _repeat_counts(fmt, args)):
             return None
-        if self._formatter is None:
-            self._formatter = sqlite3.connect(":memory:", check_same_thread=False)
-        self._formatter.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, limit)
-        marks = ", ".join("?" * (1 + len(args)))
-        result: str | None = self._formatter.execute(f"SELECT printf({marks})", (fmt, *args)).fetchone()[0]
-        return result
+        return self._builtin("printf", fmt, *args)
+
+    def _instr(self, haystack: SQLValue, needle: SQLValue) -> SQLValue:
+        h, n = _int_text(haystack), _int_text(needle)
+        if isinstance(h, str) and isinstance(n, str):
+            return h.find(n) + 1  # character offsets, like SQLite's for text
+        if isinstance(h, bytes) and isinstance(n, bytes):
+            return h.find(n) + 1  # byte offsets, like SQLite's for two blobs
+        if _cost(h) * _cost(n) > _WORK_BUDGET:
+            return self._too_big()
+        return self._builtin("instr", haystack, needle)
+
+    def _replace(self, text: SQLValue, old: SQLValue, new: SQLValue) -> SQLValue:
+        t, o, n = _int_text(text), _int_text(old), _int_text(new)
+        if isinstance(t, str) and isinstance(o, str) and isinstance(n, str):
+            if not o or o[0] == "\x00":
+                return text  # SQLite answers its first argument as it is (it tests o[0] == NUL)
+            # What the result will hold, before building it: replace('a' x 1M, 'a', 'b' x 1M).
+            if len(t) + t.count(o) * (len(n) - len(o)) > self.getlimit(sqlite3.SQLITE_LIMIT_LENGTH):
+                return self._too_big()
+            return t.replace(o, n)
+        if _cost(t) * _cost(o) > _WORK_BUDGET:
+            return self._too_big()
+        return self._builtin("replace", text, old, new)
+
+    def _trim(self, name: str, strip: Callable[[str, str], str], text: SQLValue, chars: SQLValue) -> SQLValue:
+        t, c = _int_text(text), _int_text(chars)
+        if isinstance(t, str) and isinstance(c, str):
+            unique = "".join(set(c.partition("\x00")[0]))  # SQLite reads the set up to a NUL
+            if len(unique) <= 64:
+                return strip(t, unique)
+            return _strip_set(t, frozenset(unique), left=name != "rtrim", right=name != "ltrim")
+        if _cost(text) * _cost(chars) > _WORK_BUDGET:
+            return self._too_big()
+        return self._builtin(name, text, chars)
 
     def close(self) -> None:
-        if self._formatter is not None:
-            self._formatter.close()
+        if self._builtins is not None:
+            self._builtins.close()
         super().close()
 
     def _authorize(
