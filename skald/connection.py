@@ -65,6 +65,7 @@ class DocConnection(sqlite3.Connection):
         self.written_tables: set[str] = set()
         self._policy: Policy | None = None
         self.set_authorizer(self._authorize)
+        self.shadow_cache: tuple[int, frozenset[str]] | None = None  # skald.query.shadow_tables
         # A private in-memory connection whose functions are SQLite's own (see _builtin).
         self._builtins: sqlite3.Connection | None = None
         for name, nargs, func in (
