@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+from skald import sqlpattern
+
 # An authorizer policy: (action, arg1, arg2, db_name, trigger_or_view) -> SQLITE_OK | DENY | IGNORE
 Policy = Callable[[int, str | None, str | None, str | None, str | None], int]
 
@@ -39,6 +41,27 @@ def _text(raw: bytes) -> str | bytes:
 def _int_text(value: SQLValue) -> SQLValue:
     # An integer's text is the same in SQLite and Python (a real's is not: 1e+20 vs 1e20).
     return str(value) if type(value) is int else value
+
+
+def _compile_option(name: str) -> bool:
+    conn = sqlite3.connect(":memory:")
+    try:
+        return bool(conn.execute("SELECT sqlite_compileoption_used(?)", (name,)).fetchone()[0])
+    finally:
+        conn.close()
+
+
+_LIKE_DOESNT_MATCH_BLOBS = _compile_option("LIKE_DOESNT_MATCH_BLOBS")
+
+
+def _utf8(value: SQLValue) -> SQLValue:
+    # SQLite's text functions read a blob's bytes as text
+    if isinstance(value, bytes):
+        try:
+            return value.decode("utf-8")
+        except UnicodeDecodeError:
+            return value
+    return value
 
 
 def _cost(value: object) -> int:
@@ -66,6 +89,9 @@ class DocConnection(sqlite3.Connection):
         self._policy: Policy | None = None
         self.set_authorizer(self._authorize)
         self.shadow_cache: tuple[int, frozenset[str]] | None = None  # skald.query.shadow_tables
+        # skald never changes SQLITE_LIMIT_LIKE_PATTERN_LENGTH; a pattern of at most a quarter of
+        # it in characters is within it in UTF-8 bytes
+        self._like_fast_limit = self.getlimit(sqlite3.SQLITE_LIMIT_LIKE_PATTERN_LENGTH) // 4
         # A private in-memory connection whose functions are SQLite's own (see _builtin).
         self._builtins: sqlite3.Connection | None = None
         for name, nargs, func in (
@@ -76,6 +102,9 @@ class DocConnection(sqlite3.Connection):
             ("trim", 2, functools.partial(self._trim, "trim", str.strip)),
             ("ltrim", 2, functools.partial(self._trim, "ltrim", str.lstrip)),
             ("rtrim", 2, functools.partial(self._trim, "rtrim", str.rstrip)),
+            ("like", 2, functools.partial(self._match, False)),
+            ("like", 3, functools.partial(self._match, False)),
+            ("glob", 2, functools.partial(self._match, True)),
         ):
             self.create_function(name, nargs, func, deterministic=True)
 
@@ -146,6 +175,33 @@ class DocConnection(sqlite3.Connection):
         if _cost(text) * _cost(chars) > _WORK_BUDGET:
             return self._too_big()
         return self._builtin(name, text, chars)
+
+    def _match(self, glob: bool, pattern: SQLValue, text: SQLValue, *escape: SQLValue) -> SQLValue:
+        """``text LIKE pattern [ESCAPE e]`` / ``text GLOB pattern`` (SQL's like(pattern, text[, e]))."""
+        if type(pattern) is str and type(text) is str and not escape and len(pattern) <= self._like_fast_limit:
+            try:  # the usual case first: text against a text pattern well under the length limit
+                return int(sqlpattern.glob(pattern, text) if glob else sqlpattern.like(pattern, text))
+            except sqlpattern.PatternTooCostly:
+                return self._too_big()
+        if _LIKE_DOESNT_MATCH_BLOBS and (isinstance(pattern, bytes) or isinstance(text, bytes)):
+            return 0  # this SQLite's build answers 0 for a blob, before anything else
+        p, t = _utf8(_int_text(pattern)), _utf8(_int_text(text))
+        e = _utf8(_int_text(escape[0])) if escape else None
+        limit = self.getlimit(sqlite3.SQLITE_LIMIT_LIKE_PATTERN_LENGTH)
+        if (
+            isinstance(p, str)
+            and isinstance(t, str)
+            and (not escape or (isinstance(e, str) and len(e) == 1))
+            and (len(p) * 4 <= limit or len(p.encode()) <= limit)
+        ):
+            try:
+                return int(sqlpattern.glob(p, t) if glob else sqlpattern.like(p, t, e if isinstance(e, str) else None))
+            except sqlpattern.PatternTooCostly:
+                return self._too_big()
+        # NULL, reals, text that is not UTF-8, a bad ESCAPE or pattern: SQLite's own answer
+        if _cost(pattern) * _cost(text) > _WORK_BUDGET:
+            return self._too_big()
+        return self._builtin("glob" if glob else "like", pattern, text, *escape)
 
     def close(self) -> None:
         if self._builtins is not None:

@@ -174,6 +174,13 @@ ONE_CALL: list[tuple[str, list[Any] | None, str | list[list[Any]]]] = [
     (f"SELECT length(rtrim({A} || 'c', printf('%.*c', 2000000, 'b') || 'a'))", None, [[4000001]]),
     (f"SELECT instr(CAST({A} AS BLOB), CAST(printf('%.*c', 2000000, 'a') || 'b' AS BLOB))", None, [[0]]),
     (f"SELECT trim(CAST({A} AS BLOB), CAST(printf('%.*c', 2000000, 'b') AS BLOB))", None, "value_too_large"),
+    # SQLite's LIKE/GLOB try the rest of the pattern at every occurrence of its next character
+    (f"SELECT {A} LIKE '%' || printf('%.*c', 1000, 'a') || 'b'", None, [[0]]),
+    (f"SELECT {A} GLOB '*' || printf('%.*c', 1000, 'a') || 'b'", None, [[0]]),
+    (f"SELECT {A} LIKE '%' || printf('%.*c', 1000, '_') || 'b%'", None, [[0]]),
+    (f"SELECT ({A} || 'xb') LIKE '%a_b' ESCAPE '!'", None, [[1]]),
+    # a single-character wildcard inside a long segment is searched with a regex; past a budget
+    (f"SELECT {A} GLOB '*' || printf('%.*c', 1000, 'a') || '?b*'", None, "value_too_large"),
     # these stop at the value length limit
     ("SELECT replace(printf('%.*c', 100000, 'x'), 'x', printf('%.*c', 10000, 'y'))", None, "value_too_large"),
     ("SELECT zeroblob(1000000000)", None, "value_too_large"),

@@ -100,3 +100,28 @@ def test_printf_repeat_counts(pair: tuple[DocConnection, sqlite3.Connection], co
             assert _run(ours, f"printf(?, {', '.join('?' * len(args))})", (fmt, *args))[0] in ("null", "text")
     finally:
         ours.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, LIMIT)
+
+
+like_patterns = st.text(alphabet="%_ab\u00e9AB\\x[]^-*?\x00", max_size=10)
+like_texts = st.one_of(st.text(alphabet="abAB\u00e9x%_[]^-*?\\\x00", max_size=12), values)
+
+
+@common
+@given(like_patterns, like_texts)
+def test_like_and_glob(pair: tuple[DocConnection, sqlite3.Connection], pattern: str, text: Any) -> None:
+    _same(pair, "? LIKE ?", text, pattern)
+    _same(pair, "? GLOB ?", text, pattern)
+    _same(pair, "like(?, ?)", pattern, text)
+
+
+@common
+@given(like_patterns, like_texts, st.one_of(st.sampled_from(["\\", "x", "%", "_", "a", "A", "", "ab"]), values))
+def test_like_escape(pair: tuple[DocConnection, sqlite3.Connection], pattern: str, text: Any, escape: Any) -> None:
+    _same(pair, "? LIKE ? ESCAPE ?", text, pattern, escape)
+
+
+@common
+@given(values, values)
+def test_like_and_glob_any_types(pair: tuple[DocConnection, sqlite3.Connection], pattern: Any, text: Any) -> None:
+    _same(pair, "? LIKE ?", text, pattern)
+    _same(pair, "? GLOB ?", text, pattern)
