@@ -6,6 +6,11 @@ watches and commit fan-out need that) and delegates to an optional
 per-statement ``policy`` (scope classes for ``/query``). SQLite allows a
 single authorizer per connection, so everything that wants one goes through
 :meth:`DocConnection.policy`.
+
+It also replaces the SQL functions whose cost SQLite does not bound by the size of
+their result (printf/format, instr, replace, trim/ltrim/rtrim, like, glob) with
+versions that answer the same and run in bounded time: see the comment above
+:meth:`DocConnection._builtin`.
 """
 
 from __future__ import annotations
@@ -56,12 +61,7 @@ _LIKE_DOESNT_MATCH_BLOBS = _compile_option("LIKE_DOESNT_MATCH_BLOBS")
 
 def _utf8(value: SQLValue) -> SQLValue:
     # SQLite's text functions read a blob's bytes as text
-    if isinstance(value, bytes):
-        try:
-            return value.decode("utf-8")
-        except UnicodeDecodeError:
-            return value
-    return value
+    return _text(value) if isinstance(value, bytes) else value
 
 
 def _cost(value: object) -> int:
@@ -115,9 +115,11 @@ class DocConnection(sqlite3.Connection):
     # longer than any result: printf's %c repeats its character N times even after the string hit
     # the limit (N = 2^31-1: 11 s); SQLite's instr and replace compare the pattern at every offset
     # (a 16 MiB text and an 8 MiB pattern: hours) and trim(X, Y) compares every character of X
-    # with every character of Y (64 KiB by 32 KiB: 11 s). Text arguments (the usual case) go to
-    # Python's linear-time str.find / str.replace / a set of characters; anything else (numbers,
-    # blobs, NULL) runs SQLite's own function, after the cost check where one is needed.
+    # with every character of Y (64 KiB by 32 KiB: 11 s); LIKE/GLOB retry the rest of the pattern
+    # at every occurrence of its next character (16 MB by 256: 18-36 s). Text arguments (the usual
+    # case) go to Python's linear-time str.find / str.replace / a set of characters /
+    # skald.sqlpattern; anything else (reals, blobs, NULL) runs SQLite's own function, after the
+    # cost check where one is needed.
 
     def _builtin(self, name: str, *args: object) -> SQLValue:
         """SQLite's own ``name(*args)``, on a private connection under this connection's length limit."""
