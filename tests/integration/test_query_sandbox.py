@@ -181,6 +181,20 @@ ONE_CALL: list[tuple[str, list[Any] | None, str | list[list[Any]]]] = [
     (f"SELECT ({A} || 'xb') LIKE '%a_b' ESCAPE '!'", None, [[1]]),
     # a single-character wildcard inside a long segment is searched with a regex; past a budget
     (f"SELECT {A} GLOB '*' || printf('%.*c', 1000, 'a') || '?b*'", None, "value_too_large"),
+    # SQLite's json_patch searches the target's keys one by one for every key of the patch
+    (
+        "WITH RECURSIVE k(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM k WHERE i < 100000) "
+        "SELECT length(json_patch((SELECT json_group_object('a' || i, i) FROM k), "
+        "(SELECT json_group_object('b' || i, i) FROM k)))",
+        None,
+        "value_too_large",
+    ),
+    (
+        "WITH RECURSIVE k(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM k WHERE i < 100000) "
+        "SELECT json_patch((SELECT json_group_object('a' || i, i) FROM k), '{\"a7\": null}') ->> '$.a8'",
+        None,
+        [[8]],
+    ),
     # these stop at the value length limit
     ("SELECT replace(printf('%.*c', 100000, 'x'), 'x', printf('%.*c', 10000, 'y'))", None, "value_too_large"),
     ("SELECT zeroblob(1000000000)", None, "value_too_large"),

@@ -7,6 +7,7 @@ the built-in function on a plain connection, for generated arguments of every ty
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -125,3 +126,17 @@ def test_like_escape(pair: tuple[DocConnection, sqlite3.Connection], pattern: st
 def test_like_and_glob_any_types(pair: tuple[DocConnection, sqlite3.Connection], pattern: Any, text: Any) -> None:
     _same(pair, "? LIKE ?", text, pattern)
     _same(pair, "? GLOB ?", text, pattern)
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers(-1000, 1000) | st.text(alphabet="ab", max_size=3),
+    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.sampled_from("abc"), children, max_size=3),
+    max_leaves=8,
+)
+
+
+@common
+@given(json_values, json_values, values)
+def test_json_patch(pair: tuple[DocConnection, sqlite3.Connection], target: Any, patch: Any, other: Any) -> None:
+    _same(pair, "json_patch(?, ?)", json.dumps(target), json.dumps(patch))
+    _same(pair, "json_patch(?, ?)", other, json.dumps(patch))
