@@ -48,6 +48,7 @@ class Settings:
     query_timeout_ms: int = 5000
     query_max_rows: int = 5000
     query_max_bytes: int = 1024 * 1024
+    query_max_value_bytes: int = 16 * 1024 * 1024  # SQLITE_LIMIT_LENGTH while user SQL runs
     message_max_bytes: int = 1024 * 1024
     webhook_max_bytes: int = 1024 * 1024
     request_max_bytes: int = 2 * 1024 * 1024

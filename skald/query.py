@@ -46,9 +46,6 @@ from skald.query_json import (
 )
 from skald.sqlscope import ClassRecorder, StatementClass
 
-_MIN_VALUE_LIMIT = 16 * 1024 * 1024  # bytes: the smallest per-value length limit a statement runs with
-
-
 # ---- errors --------------------------------------------------------------------------------------
 
 
@@ -82,6 +79,11 @@ class QueryTimeout(BadRequest):
     title = "The query ran past its time limit"
 
 
+class ValueTooLarge(BadRequest):
+    code = "value_too_large"
+    title = "The statement built a value larger than the server allows"
+
+
 class NotReadOnly(BadRequest):
     code = "not_read_only"
     title = "Only read-only statements can be watched"
@@ -95,6 +97,7 @@ class Limits:
     timeout_ms: int
     max_rows: int
     max_bytes: int
+    max_value_bytes: int = 16 * 1024 * 1024
 
     @classmethod
     def from_request(cls, settings: Settings, options: Mapping[str, Any] | None) -> Limits:
@@ -106,7 +109,7 @@ class Limits:
             timeout = min(timeout, max(1, int(options["timeout_ms"])))
         if options.get("max_rows") is not None:
             rows = min(rows, max(0, int(options["max_rows"])))
-        return cls(timeout, rows, settings.query_max_bytes)
+        return cls(timeout, rows, settings.query_max_bytes, settings.query_max_value_bytes)
 
 
 @dataclasses.dataclass
@@ -167,7 +170,7 @@ def classify_sync(conn: DocConnection, stmt: Statement) -> StatementClass:
         inner = sql[len("EXPLAIN") :].lstrip()
         if inner[:10].upper().startswith("QUERY"):
             inner = inner[5:].lstrip()[4:].lstrip()  # QUERY PLAN
-    recorder = ClassRecorder(StatementClass.ADMIN)
+    recorder = ClassRecorder(StatementClass.ADMIN, shadow_tables(conn))
     try:
         with conn.policy(recorder):
             opcodes = {row[1] for row in conn.execute("EXPLAIN " + inner, stmt.params)}
@@ -206,20 +209,32 @@ def run_statement(
             return 1
         return 0
 
-    recorder = ClassRecorder(allowed)
+    recorder = ClassRecorder(allowed, shadow_tables(conn))
     capability_objects = _capability_objects(conn) if allowed == StatementClass.ADMIN else None
     conn.set_progress_handler(progress, 1000)
-    # No single value may outgrow what a result could carry (printf('%.*c', 1e9, 'x') would
-    # otherwise allocate a gigabyte before the byte cap could look at it).
-    previous_length = conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, max(_MIN_VALUE_LIMIT, 16 * limits.max_bytes))
+    # The progress handler runs between VM instructions, never inside one function call: what
+    # bounds a single call is the size of the value it may build (randomblob(1e9), a group_concat
+    # over a million rows, replace() that multiplies its input): SQLite stops at this length.
+    previous_length = conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, limits.max_value_bytes)
     try:
         with conn.track_reads() as tables:
             with conn.policy(recorder):
-                cursor = conn.execute(stmt.sql, stmt.params)
+                # Once the statement starts running, every further authorizer callback comes
+                # from statements a virtual table module prepares for itself (fts5 writing its
+                # shadow tables); the user's statement, its triggers and views are compiled.
+                conn.set_trace_callback(recorder.started)
+                try:
+                    cursor = conn.execute(stmt.sql, stmt.params)
+                finally:
+                    conn.set_trace_callback(None)
             columns = [d[0] for d in cursor.description or ()]
             rows, truncated = _fetch(cursor, limits)
             cursor.close()
     except sqlite3.Error as exc:
+        if isinstance(exc, sqlite3.DataError) and "too big" in str(exc):
+            raise ValueTooLarge(
+                f"a value would exceed {limits.max_value_bytes} bytes", max_value_bytes=limits.max_value_bytes
+            ) from None
         if timed_out:
             raise QueryTimeout(
                 f"stopped after {limits.timeout_ms} ms", timeout_ms=limits.timeout_ms
@@ -244,6 +259,21 @@ def run_statement(
     elif not (recorder.inserts and changes):
         rowid = None  # only an INSERT/REPLACE that inserted has a rowid to report
     return StatementResult(columns, rows, truncated, changes, rowid, frozenset(tables))
+
+
+def shadow_tables(conn: DocConnection) -> frozenset[str]:
+    """Lower-cased names of the document's shadow tables (fts3/4/5 and r-tree index storage).
+
+    Cached per connection by the schema cookie, which every DDL statement changes: listing the
+    tables costs ~75 µs, reading the cookie a few.
+    """
+    version: int = conn.execute("PRAGMA schema_version").fetchone()[0]
+    if conn.shadow_cache is not None and conn.shadow_cache[0] == version:
+        return conn.shadow_cache[1]
+    rows = conn.execute("SELECT name FROM pragma_table_list WHERE schema = 'main' AND type = 'shadow'")
+    names = frozenset(row[0].lower() for row in rows)
+    conn.shadow_cache = (version, names)
+    return names
 
 
 def _capability_objects(conn: DocConnection) -> set[str]:

@@ -9,8 +9,11 @@ Classes, in increasing order: ``READ`` (``query.read``), ``WRITE``
 (``query.write``: INSERT/UPDATE/DELETE on user tables), ``ADMIN``
 (``query.admin``: DDL and the rest) and ``FORBIDDEN`` (refused for everyone:
 ATTACH/DETACH, ``load_extension``, transaction statements, temp schema
-objects, PRAGMAs that change settings, VACUUM, and any write or DDL on skald's
-capability tables: ``_skald_*`` and ``schema_migrations``).
+objects, PRAGMAs that change settings, VACUUM, any function not in
+:data:`ALLOWED_FUNCTIONS`, virtual tables of modules not in :data:`ALLOWED_MODULES`,
+any write or DDL on skald's capability tables (``_skald_*`` and
+``schema_migrations``), on ``sqlite_sequence`` or on the shadow tables of full-text
+and r-tree indexes).
 
 Pure functions only; :mod:`skald.query` applies them to a ``DocConnection``
 with ``conn.policy(...)``.
@@ -69,7 +72,52 @@ _DDL_ACTIONS = {
     sqlite3.SQLITE_CREATE_VTABLE,
     sqlite3.SQLITE_DROP_VTABLE,
 }
-_FORBIDDEN_FUNCTIONS = {"load_extension"}
+# Every SQL function user SQL may call, by name (the authorizer reports each call as
+# SQLITE_FUNCTION with the name). An allow-list, not a deny-list: a function SQLite adds, or a
+# module registers, stays refused until someone decides it is safe. Refused on purpose, from
+# SQLite 3.40's ``PRAGMA function_list``:
+#   load_extension   loads native code (also never enabled);
+#   fts3_tokenizer   registers or returns a native pointer (SELECT fts3_tokenizer('simple',
+#                    x'41...') then any fts3/fts4 read jumps to that address: SIGSEGV);
+#   fts5             hands out a C API pointer, of no use from SQL;
+#   rtreenode, rtreedepth   debugging decoders of raw r-tree node blobs the caller supplies;
+#   rtreecheck       runs its own BEGIN/COMMIT; `skald doctor` runs it;
+#   optimize         fts3/fts4's merge hidden in a SELECT (INSERT INTO t(t) VALUES('optimize') is the
+#                    write that does it);
+#   sqlite_log       writes into the server's error log.
+ALLOWED_FUNCTIONS = frozenset(
+    {
+        # core scalar functions
+        "abs", "changes", "char", "coalesce", "format", "glob", "hex", "ifnull", "iif", "instr",
+        "last_insert_rowid", "length", "like", "likelihood", "likely", "lower", "ltrim", "max", "min",
+        "nullif", "printf", "quote", "random", "randomblob", "replace", "round", "rtrim", "sign",
+        "soundex", "sqlite_compileoption_get", "sqlite_compileoption_used", "sqlite_source_id",
+        "sqlite_version", "substr", "substring", "subtype", "total_changes", "trim", "typeof",
+        "unicode", "unlikely", "upper", "zeroblob",
+        # aggregates and window functions
+        "avg", "count", "group_concat", "sum", "total", "row_number", "rank", "dense_rank",
+        "percent_rank", "cume_dist", "ntile", "lag", "lead", "first_value", "last_value", "nth_value",
+        # date and time
+        "date", "time", "datetime", "julianday", "unixepoch", "strftime", "current_date",
+        "current_time", "current_timestamp",
+        # math
+        "acos", "acosh", "asin", "asinh", "atan", "atan2", "atanh", "ceil", "ceiling", "cos", "cosh",
+        "degrees", "exp", "floor", "ln", "log", "log10", "log2", "mod", "pi", "pow", "power",
+        "radians", "sin", "sinh", "sqrt", "tan", "tanh", "trunc",
+        # JSON
+        "json", "json_array", "json_array_length", "json_extract", "json_group_array",
+        "json_group_object", "json_insert", "json_object", "json_patch", "json_quote", "json_remove",
+        "json_replace", "json_set", "json_type", "json_valid", "->", "->>",
+        # full-text search: MATCH and the auxiliary functions
+        "match", "snippet", "offsets", "matchinfo", "highlight", "bm25", "fts5_source_id",
+        # SQLite's own ALTER TABLE / DROP code calls these while rewriting the schema; they are
+        # internal (not callable from user SQL: "no such function")
+        "sqlite_rename_column", "sqlite_rename_table", "sqlite_rename_test", "sqlite_drop_column",
+        "sqlite_rename_quotefix",
+    }
+)
+# Virtual table modules CREATE VIRTUAL TABLE may use: full-text search and r-trees.
+ALLOWED_MODULES = frozenset({"fts3", "fts4", "fts5", "fts5vocab", "fts4aux", "fts3tokenize", "rtree", "rtree_i32"})
 _SCHEMA_TABLES = {"sqlite_master", "sqlite_schema", "sqlite_temp_master", "sqlite_temp_schema"}
 
 # PRAGMAs that take a table/index name argument and only report.
@@ -121,15 +169,27 @@ def is_capability_table(name: str | None) -> bool:
 
 
 def classify_action(
-    action: int, arg1: str | None, arg2: str | None, db_name: str | None, source: str | None
+    action: int,
+    arg1: str | None,
+    arg2: str | None,
+    db_name: str | None,
+    source: str | None,
+    *,
+    shadow: frozenset[str] = frozenset(),
+    internal: bool = False,
 ) -> StatementClass:
-    """The class one authorizer callback puts a statement in (the statement's class is the max)."""
+    """The class one authorizer callback puts a statement in (the statement's class is the max).
+
+    ``shadow`` holds the lower-cased names of the document's shadow tables (the tables an fts3/4/5
+    or r-tree virtual table keeps its index in: ``PRAGMA table_list`` type ``shadow``). User SQL
+    may read them but never write or alter them: one ``DELETE FROM ft_data`` corrupts the index.
+    ``internal`` is true for statements a virtual table module prepares while the user's
+    statement runs (fts5 writing its own ``ft_data``): those may write their shadow tables.
+    """
     if action in _READ_ACTIONS:
         return StatementClass.READ
     if action == sqlite3.SQLITE_FUNCTION:
-        return (
-            StatementClass.FORBIDDEN if (arg2 or "").lower() in _FORBIDDEN_FUNCTIONS else StatementClass.READ
-        )
+        return StatementClass.READ if (arg2 or "").lower() in ALLOWED_FUNCTIONS else StatementClass.FORBIDDEN
     if action in _DML_ACTIONS:
         table = (arg1 or "").lower()
         if table in _SCHEMA_TABLES:
@@ -139,8 +199,14 @@ def classify_action(
             return StatementClass.READ
         if db_name != "main":
             return StatementClass.FORBIDDEN
-        if is_capability_table(table):
+        if is_capability_table(table) or table == "sqlite_sequence":
+            # sqlite_sequence holds the AUTOINCREMENT counters of skald's own tables too
+            # (_skald_messages, webhook_inbox): seq = 2^63-1 would make every later publish fail.
+            # SQLite's own code updates it without asking the authorizer, except while DDL
+            # renames or drops a table (ClassRecorder lets that through).
             return StatementClass.FORBIDDEN
+        if table in shadow:
+            return StatementClass.WRITE if internal else StatementClass.FORBIDDEN
         if table.startswith("sqlite_stat"):
             return StatementClass.ADMIN
         return StatementClass.WRITE
@@ -152,14 +218,24 @@ def classify_action(
         if action in (sqlite3.SQLITE_ANALYZE, sqlite3.SQLITE_REINDEX):
             names = []  # statistics and index rebuilds do not change what a table holds
         elif action == sqlite3.SQLITE_ALTER_TABLE:
-            names = [arg2]
+            # arg1 is the database here; SQLite passes DROP COLUMN's column name where the
+            # database name usually goes
+            names, db_name = [arg2], arg1
         elif action == sqlite3.SQLITE_DROP_TRIGGER and (arg1 or "").lower().startswith("_skald_chg_"):
             # Dropping a user table drops the change feed's triggers on it (skald.changefeed
             # re-creates them while the table exists): judge by the table, not the trigger.
             names = [arg2]
+        elif action in (sqlite3.SQLITE_CREATE_VTABLE, sqlite3.SQLITE_DROP_VTABLE):
+            if (arg2 or "").lower() not in ALLOWED_MODULES:
+                return StatementClass.FORBIDDEN
+            names = [arg1]
         else:
             names = [arg1, arg2]
         if any(is_capability_table(n) for n in names):
+            return StatementClass.FORBIDDEN
+        if not internal and any((n or "").lower() in shadow for n in names):
+            # DROP TABLE ft_data, ALTER TABLE ft_data, a trigger or index on it: refused; the
+            # module itself drops them when its virtual table is dropped.
             return StatementClass.FORBIDDEN
         if db_name not in (None, "main"):
             return StatementClass.FORBIDDEN
@@ -183,21 +259,38 @@ class ClassRecorder:
     """An authorizer policy that records the highest class seen and denies FORBIDDEN actions.
 
     With ``allowed`` set it also denies every action above ``allowed``: the
-    enforcement policy used while a statement really runs.
+    enforcement policy used while a statement really runs. ``shadow``: see
+    :func:`classify_action`. Call :meth:`started` (a trace callback) when the
+    statement starts running: every callback after that comes from a statement
+    a virtual table module prepares for itself, not from the user's SQL.
     """
 
-    def __init__(self, allowed: StatementClass = StatementClass.ADMIN) -> None:
+    def __init__(self, allowed: StatementClass = StatementClass.ADMIN, shadow: frozenset[str] = frozenset()) -> None:
         self.allowed = allowed
+        self.shadow = shadow
         self.highest: StatementClass | None = None
         self.denied: list[str] = []
         self.inserts = False  # the statement itself (not a trigger) inserts rows
         self.writes = False  # the statement itself changes rows of a user table
+        self.internal = False
+        self._table_ddl = False  # the statement renames or drops a table
+
+    def started(self, _sql: str) -> None:
+        """Trace callback: the user's statement is compiled (with its triggers and views) and runs."""
+        self.internal = True
 
     def __call__(
         self, action: int, arg1: str | None, arg2: str | None, db_name: str | None, source: str | None
     ) -> int:
-        cls = classify_action(action, arg1, arg2, db_name, source)
-        if source is None and cls == StatementClass.WRITE and action in _DML_ACTIONS:
+        if action in (sqlite3.SQLITE_ALTER_TABLE, sqlite3.SQLITE_DROP_TABLE):
+            self._table_ddl = True
+        if self._table_ddl and action in _DML_ACTIONS and (arg1 or "").lower() == "sqlite_sequence":
+            # ALTER TABLE ... RENAME / DROP TABLE keep an AUTOINCREMENT table's counter in step;
+            # the DDL action itself classifies the statement (and refuses capability tables).
+            cls = StatementClass.READ
+        else:
+            cls = classify_action(action, arg1, arg2, db_name, source, shadow=self.shadow, internal=self.internal)
+        if source is None and not self.internal and cls == StatementClass.WRITE and action in _DML_ACTIONS:
             self.writes = True
             self.inserts = self.inserts or action == sqlite3.SQLITE_INSERT
         if self.highest is None or cls > self.highest:

@@ -245,9 +245,10 @@ async def test_row_and_byte_caps(tmp_path: Path, nursery: trio.Nursery) -> None:
             assert r["row_count"] == 5 and r["truncated"] is False
             r = (await _q(c, seq + "SELECT printf('%.200c', 'x') FROM c")).json()
             assert r["truncated"] is True and 0 < r["row_count"] < 10
-            # a single value cannot grow past 16 x the byte cap (16 MiB at least): no memory bombs
+            # a single value cannot grow past query_max_value_bytes (16 MiB): no memory bombs
             r = await _q(c, "SELECT length(randomblob(100000000))")
-            assert r.status_code == 400 and "too big" in r.json()["detail"]
+            assert r.status_code == 400 and r.json()["code"] == "value_too_large"
+            assert r.json()["max_value_bytes"] == 16 * 1024 * 1024
     finally:
         await live.stop()
 

@@ -30,6 +30,12 @@ CORPUS: list[tuple[str, StatementClass]] = [
     ("PRAGMA journal_mode", R),
     ("SELECT * FROM pragma_table_info('t')", R),
     ("EXPLAIN QUERY PLAN SELECT * FROM t WHERE id = 1", R),
+    ("SELECT highlight(notes5, 0, '[', ']'), bm25(notes5) FROM notes5 WHERE notes5 MATCH 'hello'", R),
+    ("SELECT snippet(notes4), matchinfo(notes4), offsets(notes4) FROM notes4 WHERE notes4 MATCH 'hello'", R),
+    ("SELECT * FROM boxes WHERE x0 < 1", R),
+    ("SELECT count(*) FROM notes5_data", R),
+    ("SELECT seq FROM sqlite_sequence", R),
+    ("SELECT printf('%.*c', 2147483647, 'x'), format('%d', 1)", R),
     ("  select 1 ; -- trailing comment", R),
     # writes
     ("INSERT INTO t(name) VALUES ('x')", W),
@@ -43,6 +49,10 @@ CORPUS: list[tuple[str, StatementClass]] = [
     ("INSERT INTO logged(msg) VALUES ('fires a trigger on a user table')", W),
     ("INSERT INTO t(name) VALUES ('a') ON CONFLICT(id) DO UPDATE SET name = excluded.name", W),
     ("INSERT INTO auto(v) VALUES (1)", W),
+    ("INSERT INTO notes5(body) VALUES ('full text')", W),
+    ("UPDATE notes4 SET body = 'other' WHERE rowid = 1", W),
+    ("INSERT INTO boxes VALUES (7, 0, 1)", W),
+    ("INSERT INTO notes5(notes5) VALUES ('optimize')", W),
     # admin (DDL and the rest)
     ("CREATE TABLE z(a)", A),
     ("CREATE INDEX t_name ON t(name)", A),
@@ -51,6 +61,11 @@ CORPUS: list[tuple[str, StatementClass]] = [
     ("DROP TABLE u", A),
     ("ALTER TABLE t ADD COLUMN extra", A),
     ("ALTER TABLE u RENAME TO u2", A),
+    ("ALTER TABLE u DROP COLUMN t_id", A),
+    ("ALTER TABLE auto RENAME TO auto2", A),
+    ("DROP TABLE auto", A),
+    ("DROP TABLE notes5", A),
+    ("CREATE VIRTUAL TABLE more USING rtree(id, a, b)", A),
     ("ANALYZE", A),
     ("REINDEX", A),
     ("PRAGMA user_version = 7", A),
@@ -85,6 +100,29 @@ CORPUS: list[tuple[str, StatementClass]] = [
     ("CREATE INDEX sneaky ON _skald_meta(value)", F),
     ("ALTER TABLE _skald_meta RENAME TO mine", F),
     ("INSERT INTO sneaky_trigger_target(a) VALUES (1)", F),  # its trigger writes _skald_meta
+    # functions not on the allow-list
+    ("SELECT fts3_tokenizer('simple', x'4141414141414141')", F),
+    ("SELECT hex(fts3_tokenizer('simple'))", F),
+    ("SELECT fts5(NULL)", F),
+    ("SELECT rtreenode(2, x'00')", F),
+    ("SELECT optimize(notes4) FROM notes4", F),
+    ("SELECT sqlite_log(1, 'x')", F),
+    ("SELECT * FROM v_unlisted", F),  # a view that calls one
+    ("CREATE VIRTUAL TABLE pages USING dbstat", F),
+    # sqlite_sequence: AUTOINCREMENT counters, skald's among them
+    ("UPDATE sqlite_sequence SET seq = 9223372036854775807 WHERE name = '_skald_messages'", F),
+    ("DELETE FROM sqlite_sequence", F),
+    ("INSERT INTO sqlite_sequence(name, seq) VALUES ('webhook_inbox', 1)", F),
+    # shadow tables of full-text and r-tree indexes
+    ("DELETE FROM notes5_data", F),
+    ("UPDATE notes5_config SET v = 99", F),
+    ("INSERT INTO notes4_segdir VALUES (1, 2, 3, 4, 5, 6)", F),
+    ("DELETE FROM boxes_node", F),
+    ("DROP TABLE notes5_idx", F),
+    ("ALTER TABLE notes4_content RENAME TO mine", F),
+    ("CREATE INDEX sneaky_idx ON notes5_content(c0)", F),
+    ("CREATE TRIGGER sneaky2 AFTER INSERT ON notes5_data BEGIN SELECT 1; END", F),
+    ("INSERT INTO shadow_trigger_target(a) VALUES (1)", F),  # its trigger deletes notes5_data
 ]
 
 # Transaction statements and VACUUM are refused at classification (test_classification);
@@ -108,6 +146,15 @@ def _setup(conn: DocConnection) -> None:
             BEGIN INSERT INTO _skald_meta(key, value) VALUES ('pwned', new.a); END;
         CREATE VIEW v AS SELECT id, name FROM t;
         INSERT INTO t(name) VALUES ('one'), ('two');
+        CREATE VIRTUAL TABLE notes5 USING fts5(body);
+        CREATE VIRTUAL TABLE notes4 USING fts4(body);
+        CREATE VIRTUAL TABLE boxes USING rtree(id, x0, x1);
+        INSERT INTO notes5(body) VALUES ('hello world');
+        INSERT INTO notes4(body) VALUES ('hello world');
+        INSERT INTO boxes VALUES (1, 0, 1);
+        CREATE VIEW v_unlisted AS SELECT sqlite_log(1, 'from a view') AS p;
+        CREATE TABLE shadow_trigger_target(a);
+        CREATE TRIGGER shadow_spy AFTER INSERT ON shadow_trigger_target BEGIN DELETE FROM notes5_data; END;
         """
     )
 
@@ -162,6 +209,7 @@ def test_enforced_while_running(
     finally:
         conn.execute("ROLLBACK")
     assert conn.execute("SELECT count(*) FROM _skald_meta WHERE key = 'pwned'").fetchone()[0] == 0
+    conn.execute("INSERT INTO notes5(notes5) VALUES ('integrity-check')")  # the index is intact
     assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
 
