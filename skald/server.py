@@ -1,7 +1,8 @@
 """Run the app under hypercorn's trio worker in this process, with graceful shutdown.
 
-SIGINT/SIGTERM: stop accepting, let in-flight requests finish within
-``grace_seconds``, end SSE streams (they watch the shutdown event), then the
+SIGINT/SIGTERM: stop accepting, refuse new requests, end streams and waits,
+let in-flight requests finish (see :mod:`skald.shutdown`); hypercorn exits as
+soon as every connection has, ``grace_seconds`` at the latest. Then the
 lifespan's ``after_serving`` commits queued writes and closes every actor.
 """
 
@@ -40,8 +41,6 @@ async def serve(settings: Settings, *, task_status: trio.TaskStatus[list[str]] =
     """Serve until SIGINT/SIGTERM; reports the bound addresses through ``task_status``."""
     app = create_app(settings)
     state: AppState = app.extensions["skald"]
-    shutdown = trio.Event()
-    state.services["shutdown_event"] = shutdown
     config = hypercorn_config(settings)
 
     async def watch_signals(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -49,12 +48,12 @@ async def serve(settings: Settings, *, task_status: trio.TaskStatus[list[str]] =
             task_status.started()
             async for signum in signals:
                 log.info("shutdown requested", signal=signal.Signals(signum).name)
-                shutdown.set()
+                state.shutdown.begin()
                 return
 
     async with trio.open_nursery() as nursery:
         await nursery.start(watch_signals)
-        binds = await nursery.start(partial(hypercorn_serve, app, config, shutdown_trigger=shutdown.wait))
+        binds = await nursery.start(partial(hypercorn_serve, app, config, shutdown_trigger=state.shutdown.trigger))
         for bind in binds:
             print(f"skald listening on {bind}", flush=True)
         task_status.started(binds)

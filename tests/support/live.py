@@ -25,6 +25,7 @@ from hypercorn.trio import serve
 from skald.app import create_app
 from skald.config import Settings
 from skald.server import hypercorn_config
+from skald.shutdown import Shutdown
 from skald.state import AppState
 
 ADMIN_TOKEN = "skd_test_admin_token_0123456789abcdefghijklmnop"
@@ -35,7 +36,7 @@ class LiveServer:
     url: str
     settings: Settings
     app: Any
-    _shutdown: trio.Event
+    _shutdown: Shutdown
     _done: trio.Event
 
     @property
@@ -61,7 +62,7 @@ class LiveServer:
         return secret
 
     async def stop(self) -> None:
-        self._shutdown.set()
+        self._shutdown.begin()
         await self._done.wait()
 
 
@@ -70,13 +71,12 @@ async def start_live_server(nursery: trio.Nursery, settings: Settings) -> LiveSe
     config = hypercorn_config(settings)
     config.bind = ["127.0.0.1:0"]
     config.graceful_timeout = 2
-    shutdown = trio.Event()
+    shutdown: Shutdown = app.extensions["skald"].shutdown
     done = trio.Event()
-    app.extensions["skald"].services["shutdown_event"] = shutdown
 
     async def run(*, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
         try:
-            await serve(app, config, shutdown_trigger=shutdown.wait, task_status=task_status)
+            await serve(app, config, shutdown_trigger=shutdown.trigger, task_status=task_status)
         finally:
             done.set()
 
