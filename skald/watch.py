@@ -29,8 +29,8 @@ import trio
 from skald.actor import CommitInfo, DocumentActor
 from skald.errors import SkaldError
 from skald.query import Limits, Statement, StatementResult, execute
-from skald.shutdown import final_event
 from skald.query_metrics import QueryMetrics
+from skald.shutdown import final_event
 from skald.sqlscope import StatementClass
 from skald.supervisor import Supervisor
 
