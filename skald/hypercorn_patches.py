@@ -22,7 +22,9 @@
 5. The keep-alive timer. hypercorn starts a task for it after every response
    (with ``nursery.start()``, which waits a scheduler round) and cancels it at
    the next request; :class:`_KeepAliveTimer` is one task per connection whose
-   deadline moves.
+   deadline moves. At shutdown it closes an idle connection only if no request
+   has arrived on it yet: hypercorn closes idle connections at once, and one
+   whose next request was already in the socket was reset, unanswered.
 
 :func:`apply` is idempotent; both the server and the test harness call it.
 """
@@ -109,8 +111,10 @@ class _KeepAliveTimer:
     request: a spawn and a cancellation per request. Here ``restart`` and
     ``stop`` move a deadline; the task wakes only when it passes (the connection
     idled too long) or the server shuts down, and then closes the connection as
-    hypercorn's ``_idle_timeout`` does (a connection busy at shutdown is left to
-    finish its response). :meth:`close` ends it with the read loop.
+    hypercorn's ``_idle_timeout`` does. A connection busy at shutdown is left to
+    finish its response, and so is one whose next request has reached the socket
+    but not hypercorn yet (it gets its answer, a 503 at shutdown, then the
+    connection closes). :meth:`close` ends it with the read loop.
     """
 
     def __init__(self) -> None:
@@ -151,9 +155,11 @@ class _KeepAliveTimer:
                     await server.context.terminated.wait()
                 if not self._timer.cancelled_caught or trio.current_time() >= self._deadline:
                     break
-            if not self._timer.cancelled_caught and self._deadline == math.inf:
-                # Shut down mid-request: hypercorn closes the connection once the response is out;
-                # should it go idle instead, close it then.
+            shut_down = not self._timer.cancelled_caught
+            if shut_down and (self._deadline == math.inf or _bytes_waiting(getattr(server, "stream", None))):
+                # Shut down mid-request, or with the next request (or the client's EOF) unread: hypercorn
+                # answers it and closes the connection once the response is out (or reads the EOF and
+                # closes it); should it go idle instead, close it then.
                 self._idle = trio.Event()
                 await self._idle.wait()
             with trio.CancelScope(shield=True):
@@ -246,6 +252,20 @@ class _JoiningConnection(h11.Connection):
     def start_next_cycle(self) -> None:
         super().start_next_cycle()
         self._held = None
+
+
+def _bytes_waiting(stream: Any) -> bool:
+    """Whether the connection's socket has unread bytes (or an unread EOF) right now."""
+    sock = _socket_of(stream)
+    try:
+        fd = sock.fileno() if sock is not None else -1
+    except OSError:
+        return False
+    if fd < 0:
+        return False
+    poll = select.poll()
+    poll.register(fd, select.POLLIN)
+    return bool(poll.poll(0))
 
 
 def _socket_of(stream: Any) -> Any:
