@@ -19,7 +19,8 @@
    body follows at once marks ``http.response.start`` with :data:`HOLD_HEAD`:
    the head then leaves with the first piece of body (or the end). Writes of
    nothing (the end of a sized body) are not made at all.
-5. The keep-alive timer. hypercorn starts a task for it after every response
+5. Closing is not cancelled half-way (see ``close`` in :func:`apply`).
+6. The keep-alive timer. hypercorn starts a task for it after every response
    (with ``nursery.start()``, which waits a scheduler round) and cancels it at
    the next request; :class:`_KeepAliveTimer` is one task per connection whose
    deadline moves. At shutdown it closes an idle connection only if no request
@@ -76,7 +77,12 @@ def apply() -> None:
         # hypercorn may read a client's EOF and close the socket before the epoll set reports it; the
         # socket then leaves the set unreported. Whoever watches it hears of the close here instead.
         _connection_closing(_socket_of(self.stream))
-        await original_close(self)
+        # Shielded: after a response with ``Connection: close`` hypercorn closes from the app's task,
+        # which quart-trio cancels as the request ends (its message reader returns on the disconnect
+        # hypercorn sends first). Cancelled at ``send_eof``'s checkpoint, the socket stayed open until
+        # the client closed it, and held a shutdown for its whole grace.
+        with trio.CancelScope(shield=True):
+            await original_close(self)
 
     run._skald_publishes_socket = True  # type: ignore[attr-defined]
     server_class.run = run
