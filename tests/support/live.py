@@ -66,11 +66,12 @@ class LiveServer:
         await self._done.wait()
 
 
-async def start_live_server(nursery: trio.Nursery, settings: Settings) -> LiveServer:
+async def start_live_server(nursery: trio.Nursery, settings: Settings, *, graceful_timeout: float = 2) -> LiveServer:
+    """The server's grace is short (a test that forgets to end a request does not wait long) unless set."""
     app = create_app(settings, print_admin_token=False)
     config = hypercorn_config(settings)
     config.bind = ["127.0.0.1:0"]
-    config.graceful_timeout = 2
+    config.graceful_timeout = graceful_timeout
     shutdown: Shutdown = app.extensions["skald"].shutdown
     done = trio.Event()
 
