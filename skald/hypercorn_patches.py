@@ -23,9 +23,11 @@
 6. The keep-alive timer. hypercorn starts a task for it after every response
    (with ``nursery.start()``, which waits a scheduler round) and cancels it at
    the next request; :class:`_KeepAliveTimer` is one task per connection whose
-   deadline moves. At shutdown it closes an idle connection only if no request
-   has arrived on it yet: hypercorn closes idle connections at once, and one
-   whose next request was already in the socket was reset, unanswered.
+   deadline moves. At shutdown hypercorn closes idle connections at once: one
+   whose next request was already in the socket (or on its way: the client had
+   just had an answer) was left unanswered. The timer lets such a request come
+   and be answered (a 503) first, and responses sent once the server shuts down
+   say ``Connection: close``, as hypercorn closes after them.
 
 :func:`apply` is idempotent; both the server and the test harness call it.
 """
@@ -46,6 +48,8 @@ from h11._readers import ContentLengthReader
 from trio.lowlevel import RunVar
 
 READ_SIZE = 1024 * 1024
+# At shutdown, how long after its last response an idle connection may still bring a request (see _KeepAliveTimer).
+SHUTDOWN_LINGER = 0.5
 # Key of an ``http.response.start`` message: the body (or its end) follows at once, send the head with it.
 # Only for a sender that does not wait in between: a held head is not sent until then.
 HOLD_HEAD = "skald.hold_head"
@@ -120,19 +124,29 @@ class _KeepAliveTimer:
     hypercorn's ``_idle_timeout`` does. A connection busy at shutdown is left to
     finish its response, and so is one whose next request has reached the socket
     but not hypercorn yet (it gets its answer, a 503 at shutdown, then the
-    connection closes). :meth:`close` ends it with the read loop.
+    connection closes).
+
+    A connection that answered a request less than :data:`SHUTDOWN_LINGER` ago
+    is given the rest of that time for its next one: its client is likely
+    sending it already, and closing now would leave that request unanswered
+    (HTTP/1.1 has no way to say "send nothing more" on an idle connection). A
+    request that comes gets its 503 and ``Connection: close``; a connection
+    quiet for longer closes at once. :meth:`close` ends the task with the read loop.
     """
 
     def __init__(self) -> None:
         self._deadline = math.inf
+        self._idle_since = -math.inf
         self._timer: trio.CancelScope | None = None
         self._task_scope: trio.CancelScope | None = None
         self._idle: trio.Event | None = None  # set up once the server shut down mid-request
+        self._request_came: trio.Event | None = None  # set up while lingering at shutdown
         self._closed = False
 
     async def restart(self, task_group: Any, action: Any) -> None:
         server = action.__self__  # hypercorn passes its TCPServer's bound ``_idle_timeout``
-        self._move(trio.current_time() + server.config.keep_alive_timeout)
+        self._idle_since = trio.current_time()
+        self._move(self._idle_since + server.config.keep_alive_timeout)
         if self._idle is not None:
             self._idle.set()
         if self._task_scope is None and not self._closed:
@@ -141,6 +155,8 @@ class _KeepAliveTimer:
 
     async def stop(self) -> None:
         self._move(math.inf)
+        if self._request_came is not None:
+            self._request_came.set()
 
     def close(self) -> None:
         self._closed = True
@@ -162,7 +178,12 @@ class _KeepAliveTimer:
                 if not self._timer.cancelled_caught or trio.current_time() >= self._deadline:
                     break
             shut_down = not self._timer.cancelled_caught
-            if shut_down and (self._deadline == math.inf or _bytes_waiting(getattr(server, "stream", None))):
+            stream = getattr(server, "stream", None)
+            if shut_down and self._deadline != math.inf and not _bytes_waiting(stream):
+                self._request_came = trio.Event()
+                with trio.move_on_at(self._idle_since + SHUTDOWN_LINGER):
+                    await self._request_came.wait()
+            if shut_down and (self._deadline == math.inf or _bytes_waiting(stream)):
                 # Shut down mid-request, or with the next request (or the client's EOF) unread: hypercorn
                 # answers it and closes the connection once the response is out (or reads the EOF and
                 # closes it); should it go idle instead, close it then.
@@ -181,7 +202,12 @@ def _hold_heads(protocol_class: Any, stream_class: Any, raw_data: Any) -> None:
         await original_app_send(self, message)
 
     async def send_h11_event(self: Any, event: Any) -> None:
-        # hypercorn's own, plus the held head.
+        # hypercorn's own, plus the held head; and once the server shuts down, a response says
+        # ``Connection: close``: hypercorn closes the connection after it anyway, and a client not told
+        # so may send its next request on it in the meantime, to be left without an answer.
+        if type(event) is h11.Response and self.context.terminated.is_set() and not _says_close(event):
+            event = h11.Response(status_code=event.status_code, reason=event.reason,
+                                 headers=[*event.headers.raw_items(), (b"connection", b"close")])
         try:
             data = self.connection.send(event)
         except h11.LocalProtocolError:
@@ -198,6 +224,10 @@ def _hold_heads(protocol_class: Any, stream_class: Any, raw_data: Any) -> None:
 
     stream_class.app_send = app_send
     protocol_class._send_h11_event = send_h11_event
+
+
+def _says_close(response: h11.Response) -> bool:
+    return any(name == b"connection" and b"close" in value.lower() for name, value in response.headers)
 
 
 class _JoiningConnection(h11.Connection):

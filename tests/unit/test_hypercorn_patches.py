@@ -235,5 +235,30 @@ async def test_at_shutdown_an_idle_connection_whose_next_request_has_arrived_is_
         async with trio.open_nursery() as nursery:
             quiet = await _Connection.open(nursery)
             quiet.server.stream = types.SimpleNamespace(socket=theirs)  # nothing waits on this end
+            await trio.sleep(2)  # past the shutdown linger, within the keep-alive timeout
             quiet.server.context.terminated.set()
-        assert quiet.server.closed_at == [start + 1]
+        assert quiet.server.closed_at == [start + 1 + 2]  # quiet for a while: closed at once
+
+
+async def test_at_shutdown_a_connection_that_just_answered_is_given_a_moment_for_the_request_on_its_way(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Its client had just had an answer and was about to send the next request: closing at once
+    # left that request without an answer.
+    linger = hypercorn_patches.SHUTDOWN_LINGER
+    start = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        active = await _Connection.open(nursery)  # answered a request at ``start``
+        active.server.context.terminated.set()
+        await trio.sleep(linger / 2)
+        assert active.server.closed_at == []
+        await active.busy()  # the next request came: it is answered (a 503) before the close
+        await trio.sleep(linger * 4)
+        assert active.server.closed_at == []
+        await active.idle()
+    assert active.server.closed_at == [start + linger / 2 + linger * 4]
+
+    async with trio.open_nursery() as nursery:
+        quiet = await _Connection.open(nursery)
+        quiet.server.context.terminated.set()
+    assert quiet.server.closed_at == [start + linger / 2 + linger * 4 + linger]  # no request came: closed
