@@ -3,8 +3,10 @@ every request it took gets an answer (its result, or 503 ``shutting_down``)."""
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import functools
+import itertools
 import json
 import signal
 import time
@@ -154,10 +156,14 @@ async def test_shutdown_answers_every_request_it_took_and_ends_as_soon_as_that_i
         assert (await client.post("/api/v1/db/d/query", json={"sql": "INSERT INTO t VALUES (1)"})).status_code == 200
     answers: dict[str, tuple[int, str, bytes]] = {}
 
+    said_close: set[str] = set()
+
     async def call(name: str, method: str, path: str, **kwargs: Any) -> None:
         async with live.client() as client:  # each on its own connection
             r = await client.request(method, path, **kwargs)
             answers[name] = (r.status_code, r.headers.get("content-type", ""), r.content)
+            if r.headers.get("connection") == "close":
+                said_close.add(name)
 
     # Waits nobody will end: a relay consumer, a JSON-API queue consumer, a producer, a requester.
     waiters = {
@@ -222,6 +228,8 @@ async def test_shutdown_answers_every_request_it_took_and_ends_as_soon_as_that_i
     status, content_type, problem = answers["api consumer"]
     assert (status, content_type, json.loads(problem)["code"]) == (503, "application/problem+json", "shutting_down")
     assert answers["transfer producer"][0] == 200
+    # Every answer given after the signal told its client not to send another request on that connection.
+    assert said_close == {*waiters, "transfer producer"}
     assert answers["transfer consumer"] == (200, "text/plain", b"first half, second half")
 
     for name, stream in streams.items():
@@ -243,15 +251,54 @@ async def test_shutdown_answers_every_request_it_took_and_ends_as_soon_as_that_i
         await kept.stream.aclose()
 
 
-async def test_sigterm_with_a_relay_consumer_and_streams_waiting_exits_well_before_the_grace(tmp_path: Path) -> None:
-    proc = SkaldProcess(tmp_path / "data", env={"SKALD_GRACE_SECONDS": str(GRACE)})
+async def test_sigterm_under_a_steady_load_with_a_relay_consumer_and_streams_exits_well_before_the_grace(
+    tmp_path: Path,
+) -> None:
+    # One client IP drives the load: the rate limiters stay far above it.
+    limits = {"SKALD_RATE_LIMIT_PER_SECOND": "100000", "SKALD_RATE_LIMIT_BURST": "100000",
+              "SKALD_PUBLIC_RATE_PER_SECOND": "100000", "SKALD_PUBLIC_RATE_BURST": "100000"}
+    proc = SkaldProcess(tmp_path / "data", env={"SKALD_GRACE_SECONDS": str(GRACE), **limits})
     url = await proc.start()
     headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
     answers: dict[str, httpx.Response] = {}
     last_events: dict[str, str] = {}
+    statuses: collections.Counter[int] = collections.Counter()
+    unanswered: collections.Counter[str] = collections.Counter()
+    loaded = trio.Event()
     try:
         async with httpx.AsyncClient(base_url=url, headers=headers, timeout=60) as client:
             assert (await client.put("/api/v1/db/d")).status_code in (200, 201)
+            assert (await client.post("/api/v1/db/d/query", json={"sql": "CREATE TABLE w (x)"})).status_code == 200
+
+            async def send(own: httpx.AsyncClient, method: str, path: str, **kwargs: Any) -> bool:
+                """Whether the server took the request; a refused connection means it stopped accepting."""
+                try:
+                    statuses[(await own.request(method, path, **kwargs)).status_code] += 1
+                except httpx.ConnectError:
+                    return False
+                except httpx.TransportError as exc:
+                    # Sent on a kept-alive connection the server closed without an answer: the server
+                    # must have told it Connection: close, or waited for the request on its way.
+                    unanswered[f"{type(exc).__name__} {method} {path.split(chr(47))[1]} {exc}"] += 1
+                if statuses.total() >= 40:
+                    loaded.set()
+                return True
+
+            async def work(worker: int) -> None:
+                async with httpx.AsyncClient(base_url=url, headers=headers, timeout=60) as own:
+                    for n in itertools.count():
+                        if n % 3 == 0:
+                            taken = await send(own, "POST", "/api/v1/db/d/messages", json={"topic": "t", "payload": n})
+                        elif n % 3 == 1:
+                            insert = {"sql": "INSERT INTO w VALUES (?)", "args": [n]}
+                            taken = await send(own, "POST", "/api/v1/db/d/query", json=insert)
+                        else:
+                            async with trio.open_nursery() as pair:
+                                path = f"/p/pair-{worker}-{n}"
+                                pair.start_soon(functools.partial(send, own, "POST", path, content=b"m"))
+                                taken = await send(own, "GET", path)
+                        if not taken:
+                            return
 
             async def consume() -> None:
                 async with httpx.AsyncClient(base_url=url, timeout=60) as own:
@@ -276,13 +323,18 @@ async def test_sigterm_with_a_relay_consumer_and_streams_waiting_exits_well_befo
                     await watching.wait()
                     while "skald_stream_channels_waiting 1.0" not in (await client.get("/metrics")).text:
                         pass  # each look is a request to the server: no sleep needed
+                    for worker in range(6):
+                        inner.start_soon(work, worker)
+                    await loaded.wait()
                 started = time.monotonic()
                 proc.signal(signal.SIGTERM)
                 assert await proc.wait(limit=GRACE + 10) == 0
                 took = time.monotonic() - started
     finally:
         await proc.stop()
-    print(f"SIGTERM to exit: {took:.2f} s (grace {GRACE:g} s)")
+    print(f"SIGTERM to exit: {took:.2f} s (grace {GRACE:g} s); answers {dict(statuses)}, unanswered {dict(unanswered)}")
     assert took < PROMPT
+    assert set(statuses) <= {200, 201, 503}
+    assert not unanswered
     assert (answers["consumer"].status_code, answers["consumer"].text) == (503, "server is shutting down; retry\n")
     assert last_events == {"subscriber": "shutdown", "watch": "shutdown"}
