@@ -14,7 +14,9 @@ from functools import partial
 import structlog
 import trio
 from hypercorn.config import Config
-from hypercorn.trio import serve as hypercorn_serve
+from hypercorn.trio.run import worker_serve
+from hypercorn.utils import wrap_app
+from quart_trio import QuartTrio
 
 from skald import hypercorn_patches
 from skald.app import create_app
@@ -37,6 +39,35 @@ def hypercorn_config(settings: Settings) -> Config:
     return config
 
 
+async def serve_app(
+    app: QuartTrio, config: Config, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Run ``app`` under hypercorn's trio worker until its :class:`~skald.shutdown.Shutdown` begins.
+
+    Reports the bound addresses through ``task_status``; returns once every
+    connection and the lifespan have ended. skald makes the listening sockets
+    (hypercorn would) so that its shutdown trigger can see their backlog: the
+    connections queued there at the signal are accepted and answered, not reset.
+    """
+    state: AppState = app.extensions["skald"]
+    sockets = config.create_sockets()
+    listening = [*sockets.secure_sockets, *sockets.insecure_sockets]
+    try:
+        for sock in listening:
+            sock.listen(config.backlog)
+        state.shutdown.listening = listening
+        await worker_serve(
+            wrap_app(app, config.wsgi_max_body_size, "asgi"),
+            config,
+            sockets=sockets,
+            shutdown_trigger=state.shutdown.trigger,
+            task_status=task_status,
+        )
+    finally:
+        for sock in listening:  # hypercorn closes them as it stops serving; not if it failed to start
+            sock.close()
+
+
 async def serve(settings: Settings, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
     """Serve until SIGINT/SIGTERM; reports the bound addresses through ``task_status``."""
     app = create_app(settings)
@@ -53,7 +84,7 @@ async def serve(settings: Settings, *, task_status: trio.TaskStatus[list[str]] =
 
     async with trio.open_nursery() as nursery:
         await nursery.start(watch_signals)
-        binds = await nursery.start(partial(hypercorn_serve, app, config, shutdown_trigger=state.shutdown.trigger))
+        binds = await nursery.start(partial(serve_app, app, config))
         for bind in binds:
             print(f"skald listening on {bind}", flush=True)
         task_status.started(binds)

@@ -20,6 +20,8 @@ actor (:meth:`skald.supervisor.Supervisor.aclose`).
 from __future__ import annotations
 
 import json
+import select
+import socket
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -30,6 +32,8 @@ from skald.errors import ShuttingDown
 T = TypeVar("T")
 
 SHUTDOWN_DETAIL = "server is shutting down; retry"
+# How long the stop may wait for the accept loop to take the connections queued in the backlog.
+BACKLOG_LIMIT = 1.0
 STREAM_END_DETAIL = "server is shutting down; reconnect to resume"
 
 
@@ -40,6 +44,8 @@ class Shutdown:
         self.event = trio.Event()
         """Set by :meth:`begin`; streams wait on it beside their own wake-ups."""
         self._waits: set[trio.CancelScope] = set()
+        self.listening: list[socket.socket] = []
+        """The listening sockets (:func:`skald.server.serve_app` sets them), for :meth:`trigger`."""
 
     @property
     def stopping(self) -> bool:
@@ -58,9 +64,18 @@ class Shutdown:
         """hypercorn's ``shutdown_trigger``: return once the server is to stop accepting.
 
         Calls :meth:`begin` too, so the waits end even where someone set :attr:`event` directly.
+        Returns once no connection waits in a listening socket's backlog (``BACKLOG_LIMIT`` at
+        most, for a flood): hypercorn closes the listening sockets then, and the kernel resets
+        the connections still queued, whose clients had sent requests nobody would answer.
+        Until then hypercorn's accept loop takes them, and they are answered (503).
         """
         await self.event.wait()
         self.begin()
+        with trio.move_on_after(BACKLOG_LIMIT):
+            # No event says "the backlog is empty": look again after each round of the scheduler,
+            # in which the accept loop takes what is queued. It ends in a round or two unless flooded.
+            while any(_connection_queued(sock) for sock in self.listening):
+                await trio.lowlevel.checkpoint()
 
     def refuse_if_stopping(self) -> None:
         """Raise :class:`ShuttingDown` (with ``Connection: close``) once the server is stopping."""
@@ -86,6 +101,14 @@ class Shutdown:
         if not result:  # only begin() cancels this scope: an outer cancellation propagated above
             raise refusal()
         return result[0]
+
+
+def _connection_queued(sock: socket.socket) -> bool:
+    if sock.fileno() < 0:
+        return False
+    poll = select.poll()
+    poll.register(sock, select.POLLIN)  # a listening socket is readable while its backlog holds a connection
+    return bool(poll.poll(0))
 
 
 def refusal() -> ShuttingDown:

@@ -9,6 +9,7 @@ import functools
 import itertools
 import json
 import signal
+import socket
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -338,3 +339,24 @@ async def test_sigterm_under_a_steady_load_with_a_relay_consumer_and_streams_exi
     assert not unanswered
     assert (answers["consumer"].status_code, answers["consumer"].text) == (503, "server is shutting down; retry\n")
     assert last_events == {"subscriber": "shutdown", "watch": "shutdown"}
+
+
+async def test_connections_queued_in_the_backlog_at_the_signal_are_answered_not_reset(
+    nursery: trio.Nursery, data_dir: Path
+) -> None:
+    live = await start_live_server(nursery, make_settings(data_dir, grace_seconds=GRACE), graceful_timeout=GRACE)
+    host, port = live.url.removeprefix("http://").rsplit(":", 1)
+    # Blocking connects and sends, then the signal, with no checkpoint in between: the kernel has
+    # completed the handshakes and holds the requests, but the server has not accepted the connections.
+    queued = [socket.create_connection((host, int(port))) for _ in range(5)]
+    for raw in queued:
+        raw.sendall(b"GET /api/v1/db/d/messages HTTP/1.1\r\nHost: t\r\n\r\n")
+    live._shutdown.begin()
+    answers = []
+    for raw in queued:
+        raw.setblocking(False)
+        async with trio.SocketStream(trio.socket.from_stdlib_socket(raw)) as stream:
+            status, headers, _body = await _response(stream, h11.Connection(h11.CLIENT))
+            answers.append((status, headers.get("connection")))
+    await live._done.wait()
+    assert answers == [(503, "close")] * len(queued)  # before: some were reset when the listener closed

@@ -1,8 +1,9 @@
 """A real skald on 127.0.0.1:0 for integration tests.
 
-``start_live_server(nursery, settings)`` runs the real app under
-``hypercorn.trio.serve`` in the test's nursery; ``SkaldProcess`` runs
-``python -m skald serve`` as a subprocess (for SIGTERM/SIGKILL tests).
+``start_live_server(nursery, settings)`` runs the real app under hypercorn's
+trio worker (:func:`skald.server.serve_app`, as ``skald serve`` does) in the
+test's nursery; ``SkaldProcess`` runs ``python -m skald serve`` as a
+subprocess (for SIGTERM/SIGKILL tests).
 """
 
 from __future__ import annotations
@@ -20,11 +21,10 @@ from typing import Any
 
 import httpx
 import trio
-from hypercorn.trio import serve
 
 from skald.app import create_app
 from skald.config import Settings
-from skald.server import hypercorn_config
+from skald.server import hypercorn_config, serve_app
 from skald.shutdown import Shutdown
 from skald.state import AppState
 
@@ -77,7 +77,7 @@ async def start_live_server(nursery: trio.Nursery, settings: Settings, *, gracef
 
     async def run(*, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
         try:
-            await serve(app, config, shutdown_trigger=shutdown.trigger, task_status=task_status)
+            await serve_app(app, config, task_status=task_status)
         finally:
             done.set()
 
