@@ -15,7 +15,6 @@ from collections.abc import Callable
 from typing import Any, cast
 
 import structlog
-import trio
 from quart import Quart, Response, request
 from quart_schema import QuartSchema
 from quart_schema.openapi import OpenAPIProvider
@@ -25,7 +24,7 @@ from skald import __version__, legacy_relay, stream_routes, throttle
 from skald.auth.tokens import bootstrap_admin
 from skald.config import Settings
 from skald.connection import DocConnection
-from skald.errors import InvalidJSON, ShuttingDown
+from skald.errors import InvalidJSON
 from skald.http_errors import install_error_handlers
 from skald.legacy_relay import ASGIApp, LegacyRelay
 from skald.metrics import Metrics
@@ -92,6 +91,8 @@ def create_app(settings: Settings, *, print_admin_token: bool = True) -> QuartTr
     metrics = Metrics()
     state = AppState(settings=settings, metrics=metrics, supervisor=Supervisor(settings, metrics))
     app.extensions["skald"] = state
+    # Streams and services read the stop as this event (see skald.shutdown for what it sets off).
+    state.services["shutdown_event"] = state.shutdown.event
     QuartSchema(
         app,
         info={"title": "skald", "version": __version__},
@@ -134,9 +135,7 @@ def _install_lifespan(app: QuartTrio, state: AppState, print_admin_token: bool) 
 
     @app.after_serving
     async def stop_runtime() -> None:
-        shutdown: trio.Event | None = state.services.get("shutdown_event")
-        if shutdown is not None:
-            shutdown.set()
+        state.shutdown.begin()  # without hypercorn (app.test_app()) nobody began it yet
         await state.supervisor.aclose()
         log.info("skald stopped")
 
@@ -146,11 +145,7 @@ def _install_request_context(app: QuartTrio, state: AppState) -> None:
     async def refuse_while_stopping() -> None:
         # hypercorn keeps serving requests on open keep-alive connections during its grace
         # period; new work is refused so shutdown is prompt and clients retry elsewhere.
-        shutdown: trio.Event | None = state.services.get("shutdown_event")
-        if shutdown is not None and shutdown.is_set():
-            error = ShuttingDown("server is shutting down; retry")
-            error.headers["Connection"] = "close"
-            raise error
+        state.shutdown.refuse_if_stopping()
 
     @app.before_request
     async def bind_request() -> None:
@@ -170,8 +165,7 @@ def _install_request_context(app: QuartTrio, state: AppState) -> None:
         if started is not None:
             state.metrics.request_duration.labels(rule, request.method).observe(time.perf_counter() - started)
         response.headers["X-Request-Id"] = getattr(request, "skald_request_id", "")
-        shutdown: trio.Event | None = state.services.get("shutdown_event")
-        if shutdown is not None and shutdown.is_set():
+        if state.shutdown.stopping:
             response.headers["Connection"] = "close"  # do not invite another request on this connection
         return response
 

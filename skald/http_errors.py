@@ -16,7 +16,7 @@ from quart import Quart, Response, request
 from quart_schema import RequestSchemaValidationError
 from werkzeug.exceptions import HTTPException
 
-from skald.errors import PROBLEM_CONTENT_TYPE, PROBLEM_TYPE_BASE, SkaldError
+from skald.errors import PROBLEM_CONTENT_TYPE, PROBLEM_TYPE_BASE, ShuttingDown, SkaldError
 
 log = structlog.get_logger("skald.http")
 
@@ -56,7 +56,7 @@ def _count(code: str) -> None:
 def install_error_handlers(app: Quart) -> None:
     @app.errorhandler(SkaldError)
     async def skald_error(error: SkaldError) -> Response:
-        if error.status >= 500:
+        if error.status >= 500 and not isinstance(error, ShuttingDown):  # refusing while stopping is no failure
             log.error("request failed", code=error.code, detail=error.detail)
         return render_error(error)
 

@@ -19,11 +19,16 @@
    body follows at once marks ``http.response.start`` with :data:`HOLD_HEAD`:
    the head then leaves with the first piece of body (or the end). Writes of
    nothing (the end of a sized body) are not made at all.
-5. The keep-alive timer. hypercorn starts a task for it after every response
+5. Closing is not cancelled half-way (see ``close`` in :func:`apply`).
+6. The keep-alive timer. hypercorn starts a task for it after every response
    (with ``nursery.start()``, which waits a scheduler round) and cancels it at
    the next request; :class:`_KeepAliveTimer` is one task per connection whose
-   deadline moves.
-6. Connection limits (:mod:`skald.connection_limits`). The connection task counts itself against
+   deadline moves. At shutdown hypercorn closes idle connections at once: one
+   whose next request was already in the socket (or on its way: the client had
+   just had an answer) was left unanswered. The timer lets such a request come
+   and be answered (a 503) first, and responses sent once the server shuts down
+   say ``Connection: close``, as hypercorn closes after them.
+7. Connection limits (:mod:`skald.connection_limits`). The connection task counts itself against
    ``max_connections`` (refusing with 503 beyond it), and the read loop (hypercorn's own, copied with one
    more deadline) ends the wait for a request head at ``request_head_timeout`` (408): hypercorn has neither
    bound, so a connection trickling its head was held until the keep-alive timer ended it.
@@ -51,6 +56,8 @@ from trio.lowlevel import RunVar
 from skald.connection_limits import HEAD_TIMEOUT_ANSWER, TOO_MANY_ANSWER, limits_of, refuse
 
 READ_SIZE = 1024 * 1024
+# At shutdown, how long after its last response an idle connection may still bring a request (see _KeepAliveTimer).
+SHUTDOWN_LINGER = 0.5
 # Key of an ``http.response.start`` message: the body (or its end) follows at once, send the head with it.
 # Only for a sender that does not wait in between: a held head is not sent until then.
 HOLD_HEAD = "skald.hold_head"
@@ -89,7 +96,12 @@ def apply() -> None:
         # hypercorn may read a client's EOF and close the socket before the epoll set reports it; the
         # socket then leaves the set unreported. Whoever watches it hears of the close here instead.
         _connection_closing(_socket_of(self.stream))
-        await original_close(self)
+        # Shielded: after a response with ``Connection: close`` hypercorn closes from the app's task,
+        # which quart-trio cancels as the request ends (its message reader returns on the disconnect
+        # hypercorn sends first). Cancelled at ``send_eof``'s checkpoint, the socket stayed open until
+        # the client closed it, and held a shutdown for its whole grace.
+        with trio.CancelScope(shield=True):
+            await original_close(self)
 
     run._skald_publishes_socket = True  # type: ignore[attr-defined]
     server_class.run = run
@@ -146,8 +158,17 @@ class _KeepAliveTimer:
     request: a spawn and a cancellation per request. Here ``restart`` and
     ``stop`` move a deadline; the task wakes only when it passes (the connection
     idled too long) or the server shuts down, and then closes the connection as
-    hypercorn's ``_idle_timeout`` does (a connection busy at shutdown is left to
-    finish its response). :meth:`close` ends it with the read loop.
+    hypercorn's ``_idle_timeout`` does. A connection busy at shutdown is left to
+    finish its response, and so is one whose next request has reached the socket
+    but not hypercorn yet (it gets its answer, a 503 at shutdown, then the
+    connection closes).
+
+    A connection that answered a request less than :data:`SHUTDOWN_LINGER` ago
+    is given the rest of that time for its next one: its client is likely
+    sending it already, and closing now would leave that request unanswered
+    (HTTP/1.1 has no way to say "send nothing more" on an idle connection). A
+    request that comes gets its 503 and ``Connection: close``; a connection
+    quiet for longer closes at once. :meth:`close` ends the task with the read loop.
     """
 
     def __init__(self) -> None:
@@ -158,14 +179,17 @@ class _KeepAliveTimer:
         self._head_timeout = math.inf
         self._fresh = True
         self._deadline = math.inf
+        self._idle_since = -math.inf
         self._timer: trio.CancelScope | None = None
         self._task_scope: trio.CancelScope | None = None
         self._idle: trio.Event | None = None  # set up once the server shut down mid-request
+        self._request_came: trio.Event | None = None  # set up while lingering at shutdown
         self._closed = False
 
     async def restart(self, task_group: Any, action: Any) -> None:
         server = action.__self__  # hypercorn passes its TCPServer's bound ``_idle_timeout``
         now = trio.current_time()
+        self._idle_since = now
         self._move(now + server.config.keep_alive_timeout)
         # Waiting for a request head: a new connection's is due within the head timeout from now, a
         # kept-alive one's from its first byte (see heard).
@@ -187,6 +211,8 @@ class _KeepAliveTimer:
         self._awaiting_head = False
         self._set_head_due(math.inf)
         self._move(math.inf)
+        if self._request_came is not None:
+            self._request_came.set()
 
     def heard(self) -> None:
         """Bytes arrived; the first ones of an awaited request head start its clock."""
@@ -219,9 +245,16 @@ class _KeepAliveTimer:
                     await server.context.terminated.wait()
                 if not self._timer.cancelled_caught or trio.current_time() >= self._deadline:
                     break
-            if not self._timer.cancelled_caught and self._deadline == math.inf:
-                # Shut down mid-request: hypercorn closes the connection once the response is out;
-                # should it go idle instead, close it then.
+            shut_down = not self._timer.cancelled_caught
+            stream = getattr(server, "stream", None)
+            if shut_down and self._deadline != math.inf and not _bytes_waiting(stream):
+                self._request_came = trio.Event()
+                with trio.move_on_at(self._idle_since + SHUTDOWN_LINGER):
+                    await self._request_came.wait()
+            if shut_down and (self._deadline == math.inf or _bytes_waiting(stream)):
+                # Shut down mid-request, or with the next request (or the client's EOF) unread: hypercorn
+                # answers it and closes the connection once the response is out (or reads the EOF and
+                # closes it); should it go idle instead, close it then.
                 self._idle = trio.Event()
                 await self._idle.wait()
             with trio.CancelScope(shield=True):
@@ -244,7 +277,12 @@ def _hold_heads(protocol_class: Any, stream_class: Any, raw_data: Any) -> None:
         await original_app_send(self, message)
 
     async def send_h11_event(self: Any, event: Any) -> None:
-        # hypercorn's own, plus the held head.
+        # hypercorn's own, plus the held head; and once the server shuts down, a response says
+        # ``Connection: close``: hypercorn closes the connection after it anyway, and a client not told
+        # so may send its next request on it in the meantime, to be left without an answer.
+        if type(event) is h11.Response and self.context.terminated.is_set() and not _says_close(event):
+            event = h11.Response(status_code=event.status_code, reason=event.reason,
+                                 headers=[*event.headers.raw_items(), (b"connection", b"close")])
         try:
             data = self.connection.send(event)
         except h11.LocalProtocolError:
@@ -261,6 +299,10 @@ def _hold_heads(protocol_class: Any, stream_class: Any, raw_data: Any) -> None:
 
     stream_class.app_send = app_send
     protocol_class._send_h11_event = send_h11_event
+
+
+def _says_close(response: h11.Response) -> bool:
+    return any(name == b"connection" and b"close" in value.lower() for name, value in response.headers)
 
 
 class _JoiningConnection(h11.Connection):
@@ -321,6 +363,20 @@ class _JoiningConnection(h11.Connection):
     def start_next_cycle(self) -> None:
         super().start_next_cycle()
         self._held = None
+
+
+def _bytes_waiting(stream: Any) -> bool:
+    """Whether the connection's socket has unread bytes (or an unread EOF) right now."""
+    sock = _socket_of(stream)
+    try:
+        fd = sock.fileno() if sock is not None else -1
+    except OSError:
+        return False
+    if fd < 0:
+        return False
+    poll = select.poll()
+    poll.register(fd, select.POLLIN)
+    return bool(poll.poll(0))
 
 
 def _socket_of(stream: Any) -> Any:

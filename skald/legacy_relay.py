@@ -5,6 +5,10 @@ delivers into one buffer with no backpressure (and its size cap then cuts a
 slow transfer). Here ``receive()`` is called only as each chunk is handed on
 (:mod:`skald.relay_io`), so a body of any size streams in bounded memory.
 Errors are short ``text/plain`` bodies, as legacy scripts grep them.
+
+Shutdown: these routes pass by Quart's request pipeline, so they refuse new
+requests here (503, ``Connection: close``); a waiter not yet paired is woken
+with the same 503 by the channels themselves (:mod:`skald.relay`).
 """
 
 from __future__ import annotations
@@ -127,8 +131,10 @@ class LegacyRelay:
     def __init__(self, app: ASGIApp, state: AppState) -> None:
         self.app = app
         self.state = state
-        self.hub: RelayHub = state.services.setdefault("relay", RelayHub())
-        self.requests: RequestChannels = state.services.setdefault("relay_requests", RequestChannels())
+        self.hub: RelayHub = state.services.setdefault("relay", RelayHub(state.shutdown))
+        self.requests: RequestChannels = state.services.setdefault(
+            "relay_requests", RequestChannels(state.shutdown)
+        )
         self.metrics = RelayMetrics(state, self.hub, self.requests)
         settings = state.settings
         self.public_limit = RateLimiter(settings.public_rate_per_second, settings.public_rate_burst)
@@ -167,6 +173,7 @@ class LegacyRelay:
             await problem_response(send, error.problem(instance=req.path), headers)
 
     async def _serve_api(self, req: _Request, match: re.Match[str], receive: Receive, send: Send) -> None:
+        self.state.shutdown.refuse_if_stopping()
         db_id, kind, path = validate_db_id(match["db"]), match["kind"], match["path"]
         route = stream_routes.route_for(kind, req.method)
         if route is None:
@@ -194,6 +201,7 @@ class LegacyRelay:
     # ---- routing ------------------------------------------------------------------------------------
 
     async def _serve(self, req: _Request, receive: Receive, send: Send) -> None:
+        self.state.shutdown.refuse_if_stopping()
         if req.path in ("/h", "/r"):
             if req.method != "GET":  # as legacy: only GET mints a hook
                 raise Refused(405, "method not allowed", [(b"allow", b"GET")])
@@ -288,7 +296,8 @@ class LegacyRelay:
 
         async def answer() -> Transfer | None:
             with trio.move_on_after(timeout if timeout else float("inf")):
-                await requester.answered.wait()
+                # No answer yet when the server stops: none would come in time (a 503, see skald.shutdown).
+                await self.state.shutdown.unless_stopping(requester.answered.wait)
             if requester.answer is None:
                 timed_out.set()
             return requester.answer

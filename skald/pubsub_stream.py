@@ -10,7 +10,8 @@ Order of work (the reason it cannot lose or double a message):
 If the live buffer overflows while history is still being read (a long
 replay), the subscriber is re-registered and reading simply continues from
 the last id sent. Once live, an overflow means the client is too slow: it gets
-an ``error`` event with ``resume_from`` and the stream ends.
+an ``error`` event with ``resume_from`` and the stream ends. At shutdown the
+stream ends with a ``shutdown`` event (:func:`skald.shutdown.final_event`).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import trio
 from skald.actor import DocumentActor
 from skald.errors import SkaldError
 from skald.pubsub import Hub, Message, PubSub, Subscriber
+from skald.shutdown import final_event
 from skald.supervisor import Supervisor
 from skald.topics import TopicFilter
 
@@ -127,7 +129,8 @@ async def _run(
                          "detail": "the client fell behind; reconnect with since_id or Last-Event-ID"},
                         event_id=resume_from if resume_from >= 0 else None,
                     )
-                return
+                    return
+                break  # the hub closed: the document is closing or the server stopping
             if message is None:
                 yield sse_event("heartbeat", {})
                 continue
@@ -137,5 +140,7 @@ async def _run(
             yield message.sse()
             last = message.id
             pubsub.delivered.inc()
+        if shutdown is not None and shutdown.is_set():
+            yield final_event(**({"resume_from": last} if last >= 0 else {}))
     finally:
         hub.remove(current[0])

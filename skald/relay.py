@@ -4,7 +4,9 @@ A :class:`Transfer` is one message on its way from a producer to a consumer:
 its status and headers, and a byte-bounded :class:`BodyPipe`, so the body
 streams with backpressure and is never held whole. Waiters queue first come, first
 served; a waiter cancelled before pairing leaves nothing behind, and a
-channel nobody waits on is deleted.
+channel nobody waits on is deleted. Once the server stops, a waiter not yet
+paired is woken with :class:`~skald.errors.ShuttingDown` (a 503): nobody would
+come for it in time, and it must not hold the shutdown until its grace runs out.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from collections import deque
 from collections.abc import Callable
 
 import trio
+
+from skald.shutdown import Shutdown
 
 # Chunks smaller than this are joined when several wait; larger ones are written as they are.
 JOIN_BELOW = 64 * 1024
@@ -127,10 +131,20 @@ class _Channel:
 
 
 class _Watched:
-    """Lets a caller wait until the waiters look some way, woken on each change (tests, status)."""
+    """Lets a caller wait until the waiters look some way, woken on each change (tests, status).
 
-    def __init__(self) -> None:
+    Waits for a partner end with :class:`~skald.errors.ShuttingDown` once ``shutdown`` begins.
+    """
+
+    def __init__(self, shutdown: Shutdown | None = None) -> None:
         self._changed = trio.lowlevel.ParkingLot()
+        self._shutdown = shutdown
+
+    async def _until_paired(self, paired: trio.Event) -> None:
+        if self._shutdown is None:
+            await paired.wait()
+        else:
+            await self._shutdown.unless_stopping(paired.wait)
 
     def _notify(self) -> None:
         self._changed.unpark_all()
@@ -143,8 +157,8 @@ class _Watched:
 class RelayHub(_Watched):
     """All relay channels of one server, keyed by ``(db_id, namespace, path)`` strings."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, shutdown: Shutdown | None = None) -> None:
+        super().__init__(shutdown)
         self._channels: dict[str, _Channel] = {}
 
     @property
@@ -179,7 +193,7 @@ class RelayHub(_Watched):
         channel.consumers.append(waiter)
         self._notify()
         try:
-            await waiter.event.wait()
+            await self._until_paired(waiter.event)
         except BaseException:
             if waiter.transfer is None:
                 channel.consumers.remove(waiter)
@@ -211,7 +225,7 @@ class RelayHub(_Watched):
         channel.producers.append(waiter)
         self._notify()
         try:
-            await waiter.event.wait()
+            await self._until_paired(waiter.event)
         except BaseException:
             if not waiter.event.is_set():
                 channel.producers.remove(waiter)
@@ -264,8 +278,8 @@ class Responder:
 class RequestChannels(_Watched):
     """Request/responder pairing per ``req``/``res`` id, and switched requests waiting for an answer."""
 
-    def __init__(self) -> None:
-        super().__init__()
+    def __init__(self, shutdown: Shutdown | None = None) -> None:
+        super().__init__(shutdown)
         self._requesters: dict[str, deque[Requester]] = {}
         self._responders: dict[str, deque[Responder]] = {}
         self._switched: dict[str, Requester] = {}
@@ -296,7 +310,7 @@ class RequestChannels(_Watched):
         queue.append(requester)
         self._notify()
         try:
-            await requester.paired.wait()
+            await self._until_paired(requester.paired)
         except BaseException:
             if not requester.paired.is_set():
                 queue.remove(requester)
@@ -321,7 +335,7 @@ class RequestChannels(_Watched):
         queue.append(responder)
         self._notify()
         try:
-            await responder.paired.wait()
+            await self._until_paired(responder.paired)
         except BaseException:
             if not responder.paired.is_set():
                 queue.remove(responder)

@@ -104,8 +104,15 @@ async def unless_gone(gone: trio.Event, left: Callable[[], Awaitable[bool]]) -> 
                         leave()
 
                 nursery.start_soon(watch)
-                yield
+                try:
+                    yield
+                except Exception as exc:  # raised below, outside the nursery: not wrapped in a group
+                    failed: Exception | None = exc
+                else:
+                    failed = None
                 nursery.cancel_scope.cancel()
+            if failed is not None:
+                raise failed
 
 
 async def wait_unless_gone(reader: BodyReader, wait: Callable[[], Awaitable[Any]]) -> Any:

@@ -1,7 +1,8 @@
 """Run the app under hypercorn's trio worker in this process, with graceful shutdown.
 
-SIGINT/SIGTERM: stop accepting, let in-flight requests finish within
-``grace_seconds``, end SSE streams (they watch the shutdown event), then the
+SIGINT/SIGTERM: stop accepting, refuse new requests, end streams and waits,
+let in-flight requests finish (see :mod:`skald.shutdown`); hypercorn exits as
+soon as every connection has, ``grace_seconds`` at the latest. Then the
 lifespan's ``after_serving`` commits queued writes and closes every actor.
 """
 
@@ -13,7 +14,10 @@ from functools import partial
 
 import structlog
 import trio
-from hypercorn.trio import serve as hypercorn_serve
+from hypercorn.config import Config
+from hypercorn.trio.run import worker_serve
+from hypercorn.utils import wrap_app
+from quart_trio import QuartTrio
 
 from skald import hypercorn_patches
 from skald.app import create_app
@@ -40,12 +44,39 @@ def hypercorn_config(settings: Settings) -> SkaldConfig:
     return config
 
 
+async def serve_app(
+    app: QuartTrio, config: Config, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Run ``app`` under hypercorn's trio worker until its :class:`~skald.shutdown.Shutdown` begins.
+
+    Reports the bound addresses through ``task_status``; returns once every
+    connection and the lifespan have ended. skald makes the listening sockets
+    (hypercorn would) so that its shutdown trigger can see their backlog: the
+    connections queued there at the signal are accepted and answered, not reset.
+    """
+    state: AppState = app.extensions["skald"]
+    sockets = config.create_sockets()
+    listening = [*sockets.secure_sockets, *sockets.insecure_sockets]
+    try:
+        for sock in listening:
+            sock.listen(config.backlog)
+        state.shutdown.listening = listening
+        await worker_serve(
+            wrap_app(app, config.wsgi_max_body_size, "asgi"),
+            config,
+            sockets=sockets,
+            shutdown_trigger=state.shutdown.trigger,
+            task_status=task_status,
+        )
+    finally:
+        for sock in listening:  # hypercorn closes them as it stops serving; not if it failed to start
+            sock.close()
+
+
 async def serve(settings: Settings, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
     """Serve until SIGINT/SIGTERM; reports the bound addresses through ``task_status``."""
     app = create_app(settings)
     state: AppState = app.extensions["skald"]
-    shutdown = trio.Event()
-    state.services["shutdown_event"] = shutdown
     config = hypercorn_config(settings)
 
     async def watch_signals(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -53,12 +84,12 @@ async def serve(settings: Settings, *, task_status: trio.TaskStatus[list[str]] =
             task_status.started()
             async for signum in signals:
                 log.info("shutdown requested", signal=signal.Signals(signum).name)
-                shutdown.set()
+                state.shutdown.begin()
                 return
 
     async with trio.open_nursery() as nursery:
         await nursery.start(watch_signals)
-        binds = await nursery.start(partial(hypercorn_serve, app, config, shutdown_trigger=shutdown.wait))
+        binds = await nursery.start(partial(serve_app, app, config))
         for bind in binds:
             print(f"skald listening on {bind}", flush=True)
         task_status.started(binds)

@@ -10,6 +10,7 @@ from quart import current_app
 
 from skald.config import Settings
 from skald.metrics import Metrics
+from skald.shutdown import Shutdown
 from skald.supervisor import Supervisor
 
 
@@ -19,6 +20,7 @@ class AppState:
     metrics: Metrics
     supervisor: Supervisor
     started_at: float = dataclasses.field(default_factory=time.time)
+    shutdown: Shutdown = dataclasses.field(default_factory=Shutdown)
     # Capability services register themselves here by name (e.g. "pubsub", "relay")
     # so routes find them without import cycles; each value is owned by its module.
     services: dict[str, Any] = dataclasses.field(default_factory=dict)

@@ -30,6 +30,7 @@ from skald.actor import CommitInfo, DocumentActor
 from skald.errors import SkaldError
 from skald.query import Limits, Statement, StatementResult, execute
 from skald.query_metrics import QueryMetrics
+from skald.shutdown import final_event
 from skald.sqlscope import StatementClass
 from skald.supervisor import Supervisor
 
@@ -193,7 +194,10 @@ class QueryWatch:
                 while True:
                     wake = self.dirty
                     await _wait_any([wake, actor.closing, self.shutdown], self.heartbeat_seconds)
-                    if actor.closing.is_set() or self.shutdown.is_set():
+                    if self.shutdown.is_set():
+                        yield final_event(**({"resume_from": last_hash} if last_hash else {}))
+                        return
+                    if actor.closing.is_set():
                         return
                     if not wake.is_set():
                         yield sse_event("heartbeat", {"time": round(time.time(), 3)})

@@ -14,6 +14,7 @@ from skald.auth.guard import requires
 from skald.changefeed import read_changes
 from skald.connection import DocConnection
 from skald.routes.params import int_param
+from skald.shutdown import final_event
 from skald.state import AppState, get_state
 from skald.sync import SyncService, stream_file
 
@@ -97,6 +98,8 @@ async def changes_stream_view(db_id: str) -> Response:
                     await _first(wake, actor.closing, shutdown)
                 if scope.cancelled_caught:
                     yield _event("heartbeat", {"last_seq": page["last_seq"]})
+            if shutdown is not None and shutdown.is_set():
+                yield final_event(resume_from=cursor)
 
     response = Response(events(), content_type="text/event-stream")
     response.headers["Cache-Control"] = "no-store"

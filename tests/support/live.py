@@ -1,8 +1,9 @@
 """A real skald on 127.0.0.1:0 for integration tests.
 
-``start_live_server(nursery, settings)`` runs the real app under
-``hypercorn.trio.serve`` in the test's nursery; ``SkaldProcess`` runs
-``python -m skald serve`` as a subprocess (for SIGTERM/SIGKILL tests).
+``start_live_server(nursery, settings)`` runs the real app under hypercorn's
+trio worker (:func:`skald.server.serve_app`, as ``skald serve`` does) in the
+test's nursery; ``SkaldProcess`` runs ``python -m skald serve`` as a
+subprocess (for SIGTERM/SIGKILL tests).
 """
 
 from __future__ import annotations
@@ -20,11 +21,11 @@ from typing import Any
 
 import httpx
 import trio
-from hypercorn.trio import serve
 
 from skald.app import create_app
 from skald.config import Settings
-from skald.server import hypercorn_config
+from skald.server import hypercorn_config, serve_app
+from skald.shutdown import Shutdown
 from skald.state import AppState
 
 ADMIN_TOKEN = "skd_test_admin_token_0123456789abcdefghijklmnop"
@@ -35,7 +36,7 @@ class LiveServer:
     url: str
     settings: Settings
     app: Any
-    _shutdown: trio.Event
+    _shutdown: Shutdown
     _done: trio.Event
 
     @property
@@ -61,22 +62,22 @@ class LiveServer:
         return secret
 
     async def stop(self) -> None:
-        self._shutdown.set()
+        self._shutdown.begin()
         await self._done.wait()
 
 
-async def start_live_server(nursery: trio.Nursery, settings: Settings) -> LiveServer:
+async def start_live_server(nursery: trio.Nursery, settings: Settings, *, graceful_timeout: float = 2) -> LiveServer:
+    """The server's grace is short (a test that forgets to end a request does not wait long) unless set."""
     app = create_app(settings, print_admin_token=False)
     config = hypercorn_config(settings)
     config.bind = ["127.0.0.1:0"]
-    config.graceful_timeout = 2
-    shutdown = trio.Event()
+    config.graceful_timeout = graceful_timeout
+    shutdown: Shutdown = app.extensions["skald"].shutdown
     done = trio.Event()
-    app.extensions["skald"].services["shutdown_event"] = shutdown
 
     async def run(*, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
         try:
-            await serve(app, config, shutdown_trigger=shutdown.wait, task_status=task_status)
+            await serve_app(app, config, task_status=task_status)
         finally:
             done.set()
 

@@ -211,3 +211,54 @@ async def test_the_keep_alive_timer_closes_at_shutdown_once_idle_and_ends_quietl
         await trio.sleep(1)
         ended.timer.close()  # the read loop ended: the task goes, closing nothing
     assert ended.server.closed_at == []
+
+
+async def test_at_shutdown_an_idle_connection_whose_next_request_has_arrived_is_answered_before_it_closes(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # hypercorn had not read the request yet when the server shut down: closing then reset the
+    # connection under a request the client had sent, and it never got an answer.
+    start = trio.current_time()
+    ours, theirs = socket.socketpair()
+    with ours, theirs:
+        async with trio.open_nursery() as nursery:
+            connection = await _Connection.open(nursery)
+            connection.server.stream = types.SimpleNamespace(socket=ours)
+            theirs.sendall(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
+            connection.server.context.terminated.set()
+            await trio.sleep(1)
+            assert connection.server.closed_at == []  # the request gets its answer (a 503) first
+            await connection.busy()  # hypercorn reads it...
+            await connection.idle()  # ...and answers it: now the connection closes
+        assert connection.server.closed_at == [start + 1]
+
+        async with trio.open_nursery() as nursery:
+            quiet = await _Connection.open(nursery)
+            quiet.server.stream = types.SimpleNamespace(socket=theirs)  # nothing waits on this end
+            await trio.sleep(2)  # past the shutdown linger, within the keep-alive timeout
+            quiet.server.context.terminated.set()
+        assert quiet.server.closed_at == [start + 1 + 2]  # quiet for a while: closed at once
+
+
+async def test_at_shutdown_a_connection_that_just_answered_is_given_a_moment_for_the_request_on_its_way(
+    autojump_clock: trio.testing.MockClock,
+) -> None:
+    # Its client had just had an answer and was about to send the next request: closing at once
+    # left that request without an answer.
+    linger = hypercorn_patches.SHUTDOWN_LINGER
+    start = trio.current_time()
+    async with trio.open_nursery() as nursery:
+        active = await _Connection.open(nursery)  # answered a request at ``start``
+        active.server.context.terminated.set()
+        await trio.sleep(linger / 2)
+        assert active.server.closed_at == []
+        await active.busy()  # the next request came: it is answered (a 503) before the close
+        await trio.sleep(linger * 4)
+        assert active.server.closed_at == []
+        await active.idle()
+    assert active.server.closed_at == [start + linger / 2 + linger * 4]
+
+    async with trio.open_nursery() as nursery:
+        quiet = await _Connection.open(nursery)
+        quiet.server.context.terminated.set()
+    assert quiet.server.closed_at == [start + linger / 2 + linger * 4 + linger]  # no request came: closed
