@@ -27,6 +27,7 @@ from skald.config import Settings
 from skald.connection import DocConnection
 from skald.errors import InvalidJSON, ShuttingDown
 from skald.http_errors import install_error_handlers
+from skald.json_body import decode_json_body
 from skald.legacy_relay import ASGIApp, LegacyRelay
 from skald.metrics import Metrics
 from skald.state import AppState, get_state
@@ -69,6 +70,29 @@ _BaseRequest: Any = QuartTrio.request_class
 
 
 class _Request(_BaseRequest):  # type: ignore[misc]
+    """Quart's request, with every JSON body decoded by :func:`skald.json_body.decode_json_body`.
+
+    Quart's own ``get_json`` decodes the body as UTF-8 outside its error handling and
+    accepts lone surrogates, ``NaN`` and any nesting: each of those became a 500 later.
+    quart-schema's ``validate_request`` calls this method too, so every route shares it.
+    """
+
+    async def get_json(self, force: bool = False, silent: bool = False, cache: bool = True) -> Any:
+        if cache and self._cached_json[silent] is not Ellipsis:
+            return self._cached_json[silent]
+        if not (force or self.is_json):
+            return None
+        data = await self.get_data(cache=cache, as_text=False)
+        try:
+            result = decode_json_body(data)
+        except InvalidJSON:
+            if not silent:
+                raise
+            result = None
+        if cache:
+            self._cached_json[silent] = result
+        return result
+
     def on_json_loading_failed(self, error: Exception) -> Any:
         raise InvalidJSON(f"request body is not valid JSON: {error}")
 
