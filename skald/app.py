@@ -106,8 +106,19 @@ class _OpenAPIProvider(OpenAPIProvider):
         return schema
 
 
+class _App(QuartTrio):
+    async def make_default_options_response(self) -> Response:
+        """``OPTIONS``: ``204`` and ``Allow`` (Quart answers ``200`` with an empty ``text/html`` body).
+
+        ``Allow`` is sorted, as the 405 handler sorts it: Quart lists a set, whose order varies per process.
+        """
+        quart_default = await super().make_default_options_response()
+        methods = sorted(m.strip() for m in quart_default.headers.get("Allow", "").split(",") if m.strip())
+        return Response("", status=204, headers={"Allow": ", ".join(methods)})
+
+
 def create_app(settings: Settings, *, print_admin_token: bool = True) -> QuartTrio:
-    app = QuartTrio("skald")
+    app = _App("skald")
     app.request_class = _Request
     app.config["BACKGROUND_TASK_SHUTDOWN_TIMEOUT"] = settings.grace_seconds
     app.config["RESPONSE_TIMEOUT"] = None
@@ -186,6 +197,9 @@ def _install_request_context(app: QuartTrio, state: AppState) -> None:
 
     @app.after_request
     async def record_request(response: Response) -> Response:
+        if response.status_code in (204, 304):
+            # No body, so no type: Quart labels an empty body text/html, which a 204 must not claim.
+            response.headers.pop("Content-Type", None)
         rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
         started = getattr(request, "skald_started", None)
         state.metrics.requests.labels(rule, request.method, str(response.status_code)).inc()
