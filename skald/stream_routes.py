@@ -53,8 +53,11 @@ def route_for(kind: str, method: str) -> StreamRoute | None:
 
 
 def allowed_methods(kind: str, path: str) -> tuple[str, ...]:
-    """The methods ``Allow`` lists for ``…/{kind}/{path}``: the routes that serve it, and ``OPTIONS``."""
-    return (*(route.method for route in ROUTES if route.kind == kind and route.serves(path)), "OPTIONS")
+    """The methods ``Allow`` lists for ``…/{kind}/{path}``: the routes that serve it, and ``OPTIONS``.
+
+    Sorted, as the app sorts ``Allow`` for its own routes.
+    """
+    return tuple(sorted({"OPTIONS", *(route.method for route in ROUTES if route.kind == kind and route.serves(path))}))
 
 
 def openapi_paths() -> dict[str, dict[str, Any]]:

@@ -187,10 +187,10 @@ STREAMS = DB + "/streams"
 @pytest.mark.parametrize(
     ("path", "allow"),
     [
-        ("/queue/t/next", "GET, POST, PUT, OPTIONS"),
-        ("/queue/t", "POST, PUT, OPTIONS"),  # GET is only for .../next
-        ("/req/p", "POST, PUT, OPTIONS"),
-        ("/res/p", "GET, POST, PUT, OPTIONS"),
+        ("/queue/t/next", "GET, OPTIONS, POST, PUT"),
+        ("/queue/t", "OPTIONS, POST, PUT"),  # GET is only for .../next
+        ("/req/p", "OPTIONS, POST, PUT"),
+        ("/res/p", "GET, OPTIONS, POST, PUT"),
     ],
 )
 async def test_stream_api_options_and_wrong_methods(client: httpx.AsyncClient, path: str, allow: str) -> None:
