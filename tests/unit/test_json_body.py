@@ -108,3 +108,24 @@ def test_non_finite_numbers_are_refused(number: str) -> None:
 def test_finite_floats_survive(number: float) -> None:
     decoded = decode_json_body(json.dumps(number).encode())
     assert decoded == number and math.isfinite(decoded)
+
+
+# Strings full of what the depth scan must not count: brackets, quotes and backslashes.
+tricky_text = st.text(st.sampled_from('[]{}"\\/ab') | st.characters(blacklist_categories=["Cs"]), max_size=12)
+tricky_values = st.recursive(
+    st.none() | st.integers() | tricky_text,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(tricky_text, inner, max_size=3),
+    max_leaves=10,
+)
+
+
+@given(tricky_values, st.integers(0, MAX_JSON_DEPTH + 3), st.booleans())
+def test_depth_counts_containers_not_brackets_in_strings(value: Any, extra: int, ascii_only: bool) -> None:
+    for _ in range(extra):
+        value = [value, "]]]}}}"] if extra % 2 else {"k]": value}
+    document = json.dumps(value, ensure_ascii=ascii_only).encode()
+    if depth_of(value) <= MAX_JSON_DEPTH:
+        assert decode_json_body(document) == value
+    else:
+        with pytest.raises(InvalidJSON, match=str(MAX_JSON_DEPTH)):
+            decode_json_body(document)
