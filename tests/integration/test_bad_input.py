@@ -219,3 +219,14 @@ async def test_no_content_responses_carry_no_content_type(client: httpx.AsyncCli
         assert response.status_code == 204
         assert "content-type" not in response.headers
         assert response.content == b""
+
+
+@pytest.mark.parametrize("held", [False, True])
+async def test_lease_token_with_non_ascii_digits_is_a_mismatch(client: httpx.AsyncClient, held: bool) -> None:
+    # "²" passes str.isdigit() but not int(): the fence read from the token's head was a 500.
+    if held:
+        acquired = await client.post(DB + "/leases/acquire", json={"resource": "r", "owner": "o"})
+        assert acquired.status_code == 201, acquired.text
+    for token in ("\u00b2.x", "\u0661\u0662.x"):
+        response = await client.post(DB + "/leases/renew", json={"resource": "r", "lease_token": token})
+        assert_problem(response, 403, "lease_token_mismatch")
