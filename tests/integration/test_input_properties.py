@@ -94,13 +94,15 @@ FIELDS: dict[str, st.SearchStrategy[Any]] = {
     "expires_in": st.sampled_from(["1d", "0s", "99999999999999999999d", "-1h"]) | leaf,
     "max_age_seconds": leaf, "max_count": leaf, "max_bytes": leaf,
     "resource": st.sampled_from(["r", "r\x00", ""]) | leaf,
-    "ttl_seconds": leaf, "token": st.sampled_from(["1.x", "99999999999999999999.x", "\u00b2.x"]) | leaf,
+    "ttl_seconds": leaf, "token": st.sampled_from(["1", "99999999999999999999", "\u00b2"]) | leaf,
+    "lease_token": st.sampled_from(["1.x", "99999999999999999999.x", "\u00b2.x", "\u0661.x"]) | leaf,
     "sha256": st.sampled_from(["0" * 64, "g" * 64]) | leaf, "size": leaf, "ref": leaf,
     "verify": any_json, "redact_headers": any_json,
 }
+# A few fields (routes that refuse unknown ones), or each field with even odds (routes that need several).
 shaped = st.dictionaries(st.sampled_from(sorted(FIELDS)), st.none(), max_size=5).flatmap(
     lambda keys: st.fixed_dictionaries({key: FIELDS[key] for key in keys})
-)
+) | st.fixed_dictionaries({}, optional=FIELDS)
 
 
 def _encode(value: Any) -> bytes:
