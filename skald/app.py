@@ -26,6 +26,7 @@ from skald.config import Settings
 from skald.connection import DocConnection
 from skald.errors import InvalidJSON
 from skald.http_errors import install_error_handlers
+from skald.json_body import decode_json_body
 from skald.legacy_relay import ASGIApp, LegacyRelay
 from skald.metrics import Metrics
 from skald.state import AppState, get_state
@@ -68,6 +69,29 @@ _BaseRequest: Any = QuartTrio.request_class
 
 
 class _Request(_BaseRequest):  # type: ignore[misc]
+    """Quart's request, with every JSON body decoded by :func:`skald.json_body.decode_json_body`.
+
+    Quart's own ``get_json`` decodes the body as UTF-8 outside its error handling and
+    accepts lone surrogates, ``NaN`` and any nesting: each of those became a 500 later.
+    quart-schema's ``validate_request`` calls this method too, so every route shares it.
+    """
+
+    async def get_json(self, force: bool = False, silent: bool = False, cache: bool = True) -> Any:
+        if cache and self._cached_json[silent] is not Ellipsis:
+            return self._cached_json[silent]
+        if not (force or self.is_json):
+            return None
+        data = await self.get_data(cache=cache, as_text=False)
+        try:
+            result = decode_json_body(data)
+        except InvalidJSON:
+            if not silent:
+                raise
+            result = None
+        if cache:
+            self._cached_json[silent] = result
+        return result
+
     def on_json_loading_failed(self, error: Exception) -> Any:
         raise InvalidJSON(f"request body is not valid JSON: {error}")
 
@@ -81,8 +105,19 @@ class _OpenAPIProvider(OpenAPIProvider):
         return schema
 
 
+class _App(QuartTrio):
+    async def make_default_options_response(self) -> Response:
+        """``OPTIONS``: ``204`` and ``Allow`` (Quart answers ``200`` with an empty ``text/html`` body).
+
+        ``Allow`` is sorted, as the 405 handler sorts it: Quart lists a set, whose order varies per process.
+        """
+        quart_default = await super().make_default_options_response()
+        methods = sorted(m.strip() for m in quart_default.headers.get("Allow", "").split(",") if m.strip())
+        return Response("", status=204, headers={"Allow": ", ".join(methods)})
+
+
 def create_app(settings: Settings, *, print_admin_token: bool = True) -> QuartTrio:
-    app = QuartTrio("skald")
+    app = _App("skald")
     app.request_class = _Request
     app.config["BACKGROUND_TASK_SHUTDOWN_TIMEOUT"] = settings.grace_seconds
     app.config["RESPONSE_TIMEOUT"] = None
@@ -159,6 +194,9 @@ def _install_request_context(app: QuartTrio, state: AppState) -> None:
 
     @app.after_request
     async def record_request(response: Response) -> Response:
+        if response.status_code in (204, 304):
+            # No body, so no type: Quart labels an empty body text/html, which a 204 must not claim.
+            response.headers.pop("Content-Type", None)
         rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
         started = getattr(request, "skald_started", None)
         state.metrics.requests.labels(rule, request.method, str(response.status_code)).inc()

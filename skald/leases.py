@@ -175,7 +175,8 @@ def _hash(token: str) -> str:
 
 def _token_fence(token: str) -> int | None:
     head, _, _ = token.partition(".")
-    return int(head) if head.isdigit() else None
+    # ASCII digits only: str.isdigit() also accepts "²", which int() refuses (that was a 500)
+    return int(head) if head.isascii() and head.isdigit() else None
 
 
 def acquire(conn: DocConnection, clock: Clock, resource: str, owner: str, ttl: float) -> Lease:

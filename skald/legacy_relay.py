@@ -31,7 +31,14 @@ from prometheus_client import Counter, Gauge
 from skald import stream_routes
 from skald.auth.guard import check_scope, check_token
 from skald.client_ip import client_ip
-from skald.errors import PROBLEM_CONTENT_TYPE, DocumentNotFound, ScopeDenied, SkaldError, Unauthenticated
+from skald.errors import (
+    PROBLEM_CONTENT_TYPE,
+    PROBLEM_TYPE_BASE,
+    DocumentNotFound,
+    ScopeDenied,
+    SkaldError,
+    Unauthenticated,
+)
 from skald.ids import DB_ID_PATTERN, validate_db_id
 from skald.ratelimit import RateLimiter
 from skald.relay import RelayHub, RequestChannels, Requester, Responder, Transfer
@@ -164,9 +171,9 @@ class LegacyRelay:
         except ProducerGone:
             pass
         except Refused as refused:
-            error = SkaldError(refused.text)
-            body = {**error.problem(instance=req.path), "status": refused.status,
-                    "code": _API_CODES.get(refused.status, "bad_request"), "title": refused.text}
+            code = _API_CODES.get(refused.status, "bad_request")
+            body = {**SkaldError(refused.text).problem(instance=req.path), "status": refused.status,
+                    "type": PROBLEM_TYPE_BASE + code, "code": code, "title": refused.text}
             await problem_response(send, body, refused.headers)
         except SkaldError as error:
             headers = [(k.lower().encode(), v.encode()) for k, v in error.headers.items()]
@@ -175,10 +182,15 @@ class LegacyRelay:
     async def _serve_api(self, req: _Request, match: re.Match[str], receive: Receive, send: Send) -> None:
         self.state.shutdown.refuse_if_stopping()
         db_id, kind, path = validate_db_id(match["db"]), match["kind"], match["path"]
+        allow = [(b"allow", ", ".join(stream_routes.allowed_methods(kind, path)).encode())]
+        if req.method == "OPTIONS":  # as Quart answers its own routes: no token needed to ask
+            with contextlib.suppress(OSError):
+                await send({"type": "http.response.start", "status": 204, "headers": allow})
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
         route = stream_routes.route_for(kind, req.method)
         if route is None:
-            allowed = stream_routes.allowed_methods(kind)
-            raise Refused(405, "method not allowed", [(b"allow", ", ".join(allowed).encode())])
+            raise Refused(405, "method not allowed", allow)
         if kind == "queue" and req.method == "GET":
             if not path.endswith("/next"):
                 raise Refused(404, "consumers take the next message from .../queue/{topic}/next")

@@ -25,6 +25,11 @@ class StreamRoute:
     def action(self) -> str:
         return "stream.write" if self.method in ("POST", "PUT") else "stream.read"
 
+    def serves(self, path: str) -> bool:
+        """True if the part of the URL after ``…/{kind}/`` fits this route (``…/next`` for a consumer)."""
+        literal = self.template.rsplit("}", 1)[1]  # what follows the last path variable: "/next" or ""
+        return path.endswith(literal) and len(path) > len(literal)
+
 
 _PRODUCE = "Stream the body to one waiting consumer (`?pubsub`: to every consumer waiting now); 200 once delivered"
 _REQUEST = "Send a request to the responder on `{path}`; the response is the responder's answer (`Patch-Status`)"
@@ -47,8 +52,12 @@ def route_for(kind: str, method: str) -> StreamRoute | None:
     return next((route for route in ROUTES if route.kind == kind and route.method == method), None)
 
 
-def allowed_methods(kind: str) -> tuple[str, ...]:
-    return tuple(route.method for route in ROUTES if route.kind == kind)
+def allowed_methods(kind: str, path: str) -> tuple[str, ...]:
+    """The methods ``Allow`` lists for ``…/{kind}/{path}``: the routes that serve it, and ``OPTIONS``.
+
+    Sorted, as the app sorts ``Allow`` for its own routes.
+    """
+    return tuple(sorted({"OPTIONS", *(route.method for route in ROUTES if route.kind == kind and route.serves(path))}))
 
 
 def openapi_paths() -> dict[str, dict[str, Any]]:

@@ -1,18 +1,24 @@
 """Topic names, MQTT-style topic filters and their intersection with token prefixes.
 
 A topic is 1-255 characters of ``/``-separated, non-empty segments without
-``+`` or ``#``. A filter is a topic whose segments may also be ``+`` (exactly
-one non-empty segment) or, as the last segment only, ``#`` (any number of
-segments, including none: ``a/#`` matches ``a`` as in MQTT).
+``+``, ``#`` or control characters (U+0000-U+001F, U+007F-U+009F). A filter
+is a topic whose segments may also be ``+`` (exactly one non-empty segment)
+or, as the last segment only, ``#`` (any number of segments, including none:
+``a/#`` matches ``a`` as in MQTT).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 
 from skald.errors import ValidationFailed
 
 MAX_TOPIC_LENGTH = 255
+
+# NUL and the other C0/C1 control characters (MQTT forbids U+0000 and advises against the rest):
+# invisible in logs and listings, cut short by C string handling, and never what a client meant.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
 class InvalidTopic(ValidationFailed):
@@ -26,9 +32,16 @@ def validate_topic(topic: object) -> str:
         raise InvalidTopic(f"topic must be a string of 1-{MAX_TOPIC_LENGTH} characters")
     if "+" in topic or "#" in topic:
         raise InvalidTopic("topic must not contain '+' or '#' (they are filter wildcards)")
+    _refuse_control(topic, "topic")
     if "" in topic.split("/"):
         raise InvalidTopic("topic must not have an empty segment (leading, trailing or double '/')")
     return topic
+
+
+def _refuse_control(text: str, what: str) -> None:
+    found = _CONTROL.search(text)
+    if found:
+        raise InvalidTopic(f"{what} must not contain control characters (found U+{ord(found[0]):04X})")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,6 +57,7 @@ class TopicFilter:
         """Parse a filter; raise :class:`InvalidTopic` (400) if it is malformed."""
         if not 1 <= len(text) <= MAX_TOPIC_LENGTH:
             raise InvalidTopic(f"topic filter must be 1-{MAX_TOPIC_LENGTH} characters")
+        _refuse_control(text, "topic filter")
         segments = tuple(text.split("/"))
         for index, segment in enumerate(segments):
             if segment == "":

@@ -25,7 +25,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from skald.connection import DocConnection
-from skald.errors import BadRequest, StorageError, Unauthenticated, ValidationFailed
+from skald.errors import BadRequest, InvalidJSON, StorageError, Unauthenticated, ValidationFailed
+from skald.json_body import decode_json_body
 
 ENDPOINT_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 REDACTED = "[redacted]"
@@ -228,10 +229,10 @@ def delivery_id_from(headers: Mapping[str, str], body: bytes) -> str:
     stripe = lower.get("stripe-signature")
     if stripe:
         try:
-            event = json.loads(body)
+            event = decode_json_body(body)  # the shared decoder: no RecursionError, no lone surrogate
             if isinstance(event, dict) and isinstance(event.get("id"), str) and event["id"]:
                 return str(event["id"])[:200]
-        except (ValueError, UnicodeDecodeError):
+        except InvalidJSON:
             pass
         parts = _stripe_parts(stripe)
         return f"stripe:{parts.get('t', [''])[0]}:{parts.get('v1', [''])[0]}"[:200]

@@ -17,6 +17,7 @@ from skald.client.errors import (
     Unauthorized,
     is_invalid_sql,
 )
+from skald.routes.params import HEARTBEAT_MAX_SECONDS, HEARTBEAT_MIN_SECONDS
 
 _READ_FIRST = {"SELECT", "VALUES", "EXPLAIN"}
 _WRITE_FIRST = {
@@ -324,8 +325,9 @@ def cmd_subscribe(args: argparse.Namespace) -> int:
     if args.since is not None and args.tail is not None:
         return fail("give --since or --tail, not both")
     idle = args.idle_timeout
-    # heartbeats wake the client up while nothing arrives, so the idle check can run
-    heartbeat = max(0.05, idle / 4) if idle is not None else None
+    # heartbeats wake the client up while nothing arrives, so the idle check can run; the server
+    # refuses intervals under its floor (and over its ceiling) with a 400
+    heartbeat = min(max(HEARTBEAT_MIN_SECONDS, idle / 4), HEARTBEAT_MAX_SECONDS) if idle is not None else None
 
     def run(client: Client) -> int:
         seen = 0

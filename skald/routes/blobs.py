@@ -18,6 +18,7 @@ from skald.blobs import BlobService, validate_ref, validate_sha256
 from skald.errors import ValidationFailed
 from skald.jobs import JobQueue, JobWorker
 from skald.objectstore import ObjectStore, storage_configured
+from skald.routes.params import int_param
 from skald.state import AppState, get_state
 
 PREFIX = "/api/v1/db/<db_id>/blobs"
@@ -133,9 +134,6 @@ async def release_view(db_id: str) -> dict[str, Any]:
 async def list_view(db_id: str) -> dict[str, Any]:
     service = _service()
     sha256 = request.args.get("sha256")
-    try:
-        limit = min(max(int(request.args.get("limit", "1000")), 1), 10_000)
-    except ValueError:
-        raise ValidationFailed("limit must be an integer") from None
+    limit = min(int_param("limit", request.args.get("limit"), 1000, minimum=1), 10_000)
     refs = await service.list_refs(db_id, validate_sha256(sha256) if sha256 is not None else None, limit)
     return {"blobs": refs}

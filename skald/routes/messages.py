@@ -17,7 +17,7 @@ from skald.ids import validate_db_id
 from skald.pubsub import PubSub, parse_publish
 from skald.pubsub_retention import RetentionPolicy
 from skald.pubsub_stream import StreamRequest, event_stream
-from skald.routes.params import int_param
+from skald.routes.params import heartbeat_param, int_param
 from skald.state import AppState, get_state
 from skald.topics import TopicFilter
 
@@ -95,12 +95,7 @@ async def stream_view(db_id: str) -> Response:
     last_event_id = int_param("Last-Event-ID", request.headers.get("Last-Event-ID"))
     if last_event_id is not None:  # a reconnect: the header wins over the URL's original cursor
         since_id, tail = last_event_id, None
-    heartbeat = state.settings.sse_heartbeat_seconds
-    if args.get("heartbeat"):
-        try:
-            heartbeat = max(0.05, float(args["heartbeat"]))
-        except ValueError:
-            raise ValidationFailed("heartbeat must be a number of seconds") from None
+    heartbeat = heartbeat_param(args.get("heartbeat"), state.settings.sse_heartbeat_seconds)
     filters, prefixes = await _visible_filters(db_id)
     stream = StreamRequest(db_id, filters, prefixes, since_id, tail, heartbeat)
     generator = event_stream(_pubsub(), state.supervisor, stream, state.services.get("shutdown_event"))

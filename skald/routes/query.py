@@ -29,6 +29,7 @@ from skald.query import (
 )
 from skald.query_json import decode_args
 from skald.query_metrics import QueryMetrics
+from skald.routes.params import HEARTBEAT_MAX_SECONDS, HEARTBEAT_MIN_SECONDS
 from skald.sqlscope import StatementClass
 from skald.state import AppState, get_state
 from skald.watch import QueryWatch, WatchHub
@@ -65,7 +66,7 @@ class BatchBody(BaseModel):
 
 
 class WatchOptions(QueryOptions):
-    heartbeat_seconds: float | None = Field(default=None, gt=0, le=3600)
+    heartbeat_seconds: float | None = Field(default=None, ge=HEARTBEAT_MIN_SECONDS, le=HEARTBEAT_MAX_SECONDS)
     result_hash: str | None = Field(default=None, description="hash the client already has")
 
 

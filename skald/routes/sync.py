@@ -66,10 +66,9 @@ def _event(kind: str, data: Any, event_id: int | None = None) -> bytes:
 
 @requires("sync.read")
 async def changes_stream_view(db_id: str) -> Response:
-    since = int_param("since", request.args.get("since"), -1)  # -1: not given
-    if since < 0:
-        last = request.headers.get("Last-Event-ID", "")
-        since = int(last) if last.isdigit() else 0
+    since = int_param("since", request.args.get("since"))
+    if since is None:  # a reconnect without ?since= resumes from the browser's Last-Event-ID
+        since = int_param("Last-Event-ID", request.headers.get("Last-Event-ID"), 0)
     state = get_state()
     service = _service()
     heartbeat = state.settings.sse_heartbeat_seconds

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from skald.topics import InvalidTopic, TopicFilter, match_topic, topic_allowed, validate_topic
 
@@ -100,3 +102,23 @@ def test_topic_allowed() -> None:
     assert topic_allowed("sensors/a", ["other/", "sensors/"])
     assert not topic_allowed("sensorsX", ["sensors/"])
     assert not topic_allowed("x", [])
+
+
+control_chars = st.characters(min_codepoint=0, max_codepoint=0x1F) | st.sampled_from(
+    [chr(c) for c in range(0x7F, 0xA0)]
+)
+
+
+@given(st.text(alphabet="ab/", max_size=10), control_chars, st.text(alphabet="ab/", max_size=10))
+def test_control_characters_are_refused_in_topics_and_filters(before: str, control: str, after: str) -> None:
+    text = before + control + after
+    with pytest.raises(InvalidTopic):
+        validate_topic(text)
+    with pytest.raises(InvalidTopic):
+        TopicFilter.parse(text)
+
+
+@given(st.text(st.characters(blacklist_categories=["Cc", "Cs"], blacklist_characters="+#/"), min_size=1, max_size=40))
+def test_printable_segments_are_topics(segment: str) -> None:
+    assert validate_topic(segment) == segment
+    assert TopicFilter.parse(segment).matches(segment)
