@@ -23,6 +23,9 @@ from skald.auth.scopes import Principal, Scope, scopes_from_json
 TOKEN_PREFIX = "skd_"
 _DURATION = re.compile(r"^(\d+)([smhdw])$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+# A lifetime must land on the calendar (``now + lifetime`` overflows past year 9999); "never" is no
+# lifetime at all. A century is longer than any token should live and far from that edge.
+MAX_LIFETIME = dt.timedelta(days=36500)
 
 
 def hash_token(secret: str) -> str:
@@ -42,7 +45,10 @@ def parse_duration(text: str) -> dt.timedelta:
     match = _DURATION.match(text.strip())
     if not match:
         raise ValueError(f"duration {text!r} is not like 30d, 12h, 15m, 90s or 2w")
-    return dt.timedelta(seconds=int(match[1]) * _UNITS[match[2]])
+    seconds = int(match[1]) * _UNITS[match[2]]
+    if seconds > MAX_LIFETIME.total_seconds():
+        raise ValueError(f"duration {text!r} is too long: at most {MAX_LIFETIME.days}d (omit it for no expiry)")
+    return dt.timedelta(seconds=seconds)
 
 
 @dataclasses.dataclass(frozen=True)
