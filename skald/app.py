@@ -21,7 +21,7 @@ from quart_schema import QuartSchema
 from quart_schema.openapi import OpenAPIProvider
 from quart_trio import QuartTrio
 
-from skald import __version__, stream_routes
+from skald import __version__, openapi, stream_routes
 from skald.auth.tokens import bootstrap_admin
 from skald.config import Settings
 from skald.connection import DocConnection
@@ -77,9 +77,8 @@ class _OpenAPIProvider(OpenAPIProvider):
     """quart-schema's document plus the stream routes served ahead of Quart (:mod:`skald.stream_routes`)."""
 
     def schema(self) -> dict[str, Any]:
-        schema = super().schema()
-        schema["paths"].update(stream_routes.openapi_paths())
-        return schema
+        # Every operation's responses, errors and parameters come from skald.openapi's table.
+        return openapi.complete(super().schema(), stream_routes.openapi_paths())
 
 
 def create_app(settings: Settings, *, print_admin_token: bool = True) -> QuartTrio:
