@@ -145,7 +145,13 @@ def parse_endpoint_config(data: Any) -> EndpointConfig:
             raise ValidationFailed("verify.encoding must be hex or base64")
         if verify.style == "hmac" and not verify.header:
             raise ValidationFailed("verify.header is required for style hmac")
-        if not isinstance(verify.tolerance_seconds, int) or verify.tolerance_seconds < 1:
+        # Checked here, or a wrong type is stored and the next delivery's verification fails on it (500).
+        if verify.header is not None and (not isinstance(verify.header, str) or not verify.header):
+            raise ValidationFailed("verify.header must be a header name or null")
+        if not isinstance(verify.prefix, str):
+            raise ValidationFailed("verify.prefix must be a string")
+        tolerance = verify.tolerance_seconds
+        if isinstance(tolerance, bool) or not isinstance(tolerance, int) or tolerance < 1:
             raise ValidationFailed("verify.tolerance_seconds must be a positive integer")
         if verify.style == "standard":
             _standard_key(verify.secret)  # raises on a malformed whsec_ secret
