@@ -118,6 +118,11 @@ NULL_STR: Schema = {"type": ["string", "null"]}
 NULL_INT: Schema = {"type": ["integer", "null"]}
 NULL_NUM: Schema = {"type": ["number", "null"]}
 SHA256: Schema = {"type": "string", "pattern": "^[0-9a-f]{64}$"}
+INT64_MAX = 2**63 - 1  # integer query parameters are bounded by SQLite's range (400 beyond it)
+
+
+def count(minimum: int = 0, maximum: int = INT64_MAX) -> Schema:
+    return {"type": "integer", "minimum": minimum, "maximum": maximum}
 
 
 def obj(required: Mapping[str, Schema], optional: Mapping[str, Schema] | None = None, *,
@@ -233,15 +238,34 @@ _TOPIC_FILTERS = query_param(
     "topic", array({"type": "string", "minLength": 1, "maxLength": 255}),
     "topic filter (`+` one segment, `#` the rest); repeat for several", style="form", explode=True,
 )
-_SINCE_ID = query_param("since_id", {"type": "integer", "minimum": 0}, "messages with a greater id")
+_SINCE_ID = query_param("since_id", count(), "messages with a greater id")
 _DB_JSON = merge(_AUTH, _DOC, _JSON)
 _TTL = {"type": ["number", "null"], "minimum": 1, "maximum": 3600, "description": "default 30"}
 _BLOB_BODY = obj({"sha256": SHA256})
 _BLOB_REF = obj({"sha256": SHA256, "ref": {"type": "string", "minLength": 1, "maxLength": 512}})
-_VERIFY_IN = obj({"style": {"enum": ["github", "stripe", "standard", "hmac"]}, "secret": STR}, {
-    "header": NULL_STR, "algorithm": {"enum": ["sha1", "sha256", "sha512"]},
-    "encoding": {"enum": ["hex", "base64"]}, "prefix": STR, "tolerance_seconds": INT,
-})
+_VERIFY_FIELDS: dict[str, Schema] = {
+    "secret": {"type": "string", "minLength": 1}, "header": {"type": ["string", "null"], "minLength": 1},
+    "algorithm": {"enum": ["sha1", "sha256", "sha512"]}, "encoding": {"enum": ["hex", "base64"]},
+    "prefix": STR, "tolerance_seconds": {"type": "integer", "minimum": 1},
+}
+
+
+def _verify(style: Schema, **overrides: Schema) -> Schema:
+    fields = {**_VERIFY_FIELDS, **overrides}
+    required = {"style": style, "secret": fields.pop("secret")}
+    if "header" in overrides:
+        required["header"] = fields.pop("header")
+    return obj(required, fields, closed=True)
+
+
+# hmac needs a header; a Standard Webhooks secret is `whsec_` and base64 (the server checks both).
+_VERIFY_IN: Schema = {"anyOf": [
+    _verify({"enum": ["github", "stripe"]}),
+    _verify({"const": "hmac"}, header={"type": "string", "minLength": 1}),
+    _verify({"const": "standard"}, secret={
+        "type": "string", "minLength": 1,
+        "pattern": "^(whsec_)?([A-Za-z0-9+/]{4})*([A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"}),
+]}
 
 _ACTION = {"enum": [*ACTIONS, "*"]}
 _MINT = obj(
@@ -276,8 +300,8 @@ OPERATIONS: dict[tuple[str, str], Op] = {
                                                       merge(_AUTH, {404: ["token_not_found"]})),
     ("GET", "/api/v1/admin/audit"): Op(
         ok(obj({"events": array(AUDIT_EVENT), "next_before_id": NULL_INT})), merge(_AUTH, _QUERY),
-        query=(query_param("before_id", {"type": "integer", "minimum": 1}, "events older than this id"),
-               query_param("limit", {"type": "integer", "minimum": 1}, LIMIT + "; capped at 1000"),
+        query=(query_param("before_id", count(1), "events older than this id"),
+               query_param("limit", count(1), LIMIT + "; capped at 1000"),
                query_param("event", STR, "only events of this kind, e.g. `token.create`")),
     ),
     # documents
@@ -316,16 +340,16 @@ OPERATIONS: dict[tuple[str, str], Op] = {
                {"reset": obj({"requested_since_id": INT, "oldest_id": INT})})),
         merge(_AUTH, _DOC, _QUERY, {400: ["invalid_topic"]}),
         query=(_TOPIC_FILTERS, _SINCE_ID,
-               query_param("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, LIMIT)),
+               query_param("limit", count(1, 1000), LIMIT)),
     ),
     ("GET", D + "/events/stream"): Op(
         {"200": {"description": "SSE: `message`, `heartbeat`, `reset`, `error`",
                  "content": sse("message", "heartbeat", "reset", "error")}},
         merge(_AUTH, _DOC, _QUERY, {400: ["invalid_topic", "bad_request"]}),
         query=(_TOPIC_FILTERS, _SINCE_ID,
-               query_param("tail", {"type": "integer", "minimum": 0, "maximum": 1000},
+               query_param("tail", count(0, 1000),
                            "start with the last N messages (not with since_id)"),
-               query_param("heartbeat", {"type": "number", "exclusiveMinimum": 0},
+               query_param("heartbeat", {"type": "number", "minimum": 0.1, "maximum": 3600},
                            "seconds between heartbeats")),
     ),
     ("GET", D + "/messages/retention"): Op(ok({**RETENTION, "properties": {**RETENTION["properties"],
@@ -359,7 +383,7 @@ OPERATIONS: dict[tuple[str, str], Op] = {
                                                    merge(_AUTH, _DOC, {400: ["invalid_endpoint"]})),
     ("PUT", D + "/webhooks/{endpoint}/config"): Op(
         ok(WEBHOOK_CONFIG), merge(_DB_JSON, {400: ["invalid_endpoint"]}),
-        body=json_body(obj({}, {"verify": {"anyOf": [_VERIFY_IN, {"type": "null"}]},
+        body=json_body(obj({}, {"verify": {"anyOf": [*_VERIFY_IN["anyOf"], {"type": "null"}]},
                                 "redact_headers": array({"type": "string", "minLength": 1})}, closed=True)),
     ),
     ("DELETE", D + "/webhooks/{endpoint}/config"): Op(
@@ -412,7 +436,7 @@ OPERATIONS: dict[tuple[str, str], Op] = {
         ok(obj({"blobs": array(obj({"sha256": SHA256, "ref": STR, "claimed_at": STR}))})),
         merge(_AUTH, _DOC, _STORAGE),
         query=(query_param("sha256", SHA256, "only references to this blob"),
-               query_param("limit", INT, "at most this many (clamped to 1-10000)")),
+               query_param("limit", count(1), "at most this many (at most 10000 are returned)")),
     ),
     # sync
     ("GET", D + "/snapshot"): Op(
@@ -423,14 +447,14 @@ OPERATIONS: dict[tuple[str, str], Op] = {
     ("GET", D + "/changes"): Op(
         ok(obj({"changes": array(CHANGE), "last_seq": INT, "reset": BOOL, "since": INT, "has_more": BOOL})),
         merge(_AUTH, _DOC, _QUERY),
-        query=(query_param("since", {"type": "integer", "minimum": 0}, "changes after this sequence number"),
-               query_param("limit", {"type": "integer", "minimum": 1, "maximum": 1000}, LIMIT)),
+        query=(query_param("since", count(), "changes after this sequence number"),
+               query_param("limit", count(1, 1000), LIMIT)),
     ),
     ("GET", D + "/changes/stream"): Op(
         {"200": {"description": "SSE: `change` (id = seq), `heartbeat`, `reset`",
                  "content": sse("change", "heartbeat", "reset")}},
         merge(_AUTH, _DOC, _QUERY),
-        query=(query_param("since", {"type": "integer", "minimum": 0},
+        query=(query_param("since", count(),
                            "changes after this sequence number (else `Last-Event-ID`, else 0)"),),
     ),
     # people: the OIDC login and the token page (HTML; a session cookie, not a bearer token)
