@@ -1,25 +1,14 @@
-"""A local S3 API (moto) for blob tests and a live skald wired to it."""
+"""A live skald wired to the local S3 API (``s3_endpoint``, tests/conftest.py) for blob tests."""
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 import trio
-from moto.server import ThreadedMotoServer
 from support.live import LiveServer, make_settings, start_live_server
-
-
-@pytest.fixture(scope="session")
-def s3_endpoint() -> Iterator[str]:
-    """``moto`` serving the S3 API on 127.0.0.1 (it does not check presigned signatures or expiry)."""
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
 
 
 @pytest.fixture
