@@ -119,7 +119,9 @@ def parse_endpoint_config(data: Any) -> EndpointConfig:
     unknown = set(data) - {"verify", "redact_headers"}
     if unknown:
         raise ValidationFailed(f"unknown config fields: {', '.join(sorted(unknown))}")
-    redact = data.get("redact_headers") or []
+    redact = data.get("redact_headers")
+    if redact is None:
+        redact = []
     if not isinstance(redact, list) or not all(isinstance(h, str) and h for h in redact):
         raise ValidationFailed("redact_headers must be a list of header names")
     verify_data = data.get("verify")
@@ -131,8 +133,12 @@ def parse_endpoint_config(data: Any) -> EndpointConfig:
         extra = set(verify_data) - allowed
         if extra:
             raise ValidationFailed(f"unknown verify fields: {', '.join(sorted(extra))}")
+        fields = dict(verify_data)
+        tolerance = fields.get("tolerance_seconds")
+        if isinstance(tolerance, float) and tolerance.is_integer():  # JSON Schema's integer: 300.0 is one
+            fields["tolerance_seconds"] = int(tolerance)
         try:
-            verify = VerifyConfig(**dict(verify_data))
+            verify = VerifyConfig(**fields)
         except TypeError as exc:
             raise ValidationFailed(f"verify: {exc}") from None
         if verify.style not in STYLES:

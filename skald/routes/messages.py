@@ -177,5 +177,6 @@ async def ping_view(db_id: str) -> dict[str, Any]:
 
     The benchmark uses it as the framework ceiling for publish throughput.
     """
+    validate_db_id(db_id)  # as every document route does: a bad id is 400 even where nothing is opened
     await request.get_json(force=True, silent=True)
     return {"ok": True}

@@ -30,3 +30,16 @@ def test_well_typed_settings_still_parse() -> None:
         {"verify": {"style": "hmac", "secret": "s", "header": "X-Sig", "prefix": "sha256=", "tolerance_seconds": 60}}
     )
     assert config.verify is not None and config.verify.header == "X-Sig"
+
+
+@pytest.mark.parametrize("redact", [{}, "authorization", 0, [""]])
+def test_redact_headers_must_be_a_list_of_names(redact: Any) -> None:
+    with pytest.raises(ValidationFailed):
+        parse_endpoint_config({"redact_headers": redact})
+
+
+def test_an_integral_number_is_an_integer() -> None:
+    # JSON Schema (and so /openapi.json) counts 60.0 as an integer; so does the server.
+    config = parse_endpoint_config({"verify": {"style": "github", "secret": "s", "tolerance_seconds": 60.0}})
+    assert config.verify is not None and config.verify.tolerance_seconds == 60
+    assert type(config.verify.tolerance_seconds) is int
