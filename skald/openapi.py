@@ -21,6 +21,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from skald.auth.scopes import ACTIONS
+from skald.auth.tokens import MAX_LIFETIME
 from skald.errors import PROBLEM_CONTENT_TYPE
 
 Schema = dict[str, Any]
@@ -234,8 +235,14 @@ class Op:
 
 D = "/api/v1/db/{db_id}"
 LIMIT = "at most this many (1 or more)"
+# A segment: no `/`, no wildcard, no control character (U+0000-U+001F, U+007F-U+009F).
+_SEGMENT = "[^/+#\\u0000-\\u001f\\u007f-\\u009f]+"
+TOPIC: Schema = {"type": "string", "minLength": 1, "maxLength": 255, "pattern": f"^{_SEGMENT}(/{_SEGMENT})*$"}
+_FILTER_SEGMENT = f"({_SEGMENT}|[+])"
+TOPIC_FILTER: Schema = {"type": "string", "minLength": 1, "maxLength": 255,
+                        "pattern": f"^({_FILTER_SEGMENT}(/{_FILTER_SEGMENT})*(/#)?|#)$"}
 _TOPIC_FILTERS = query_param(
-    "topic", array({"type": "string", "minLength": 1, "maxLength": 255}),
+    "topic", array(TOPIC_FILTER),
     "topic filter (`+` one segment, `#` the rest); repeat for several", style="form", explode=True,
 )
 _SINCE_ID = query_param("since_id", count(), "messages with a greater id")
@@ -267,6 +274,26 @@ _VERIFY_IN: Schema = {"anyOf": [
         "pattern": "^(whsec_)?([A-Za-z0-9+/]{4})*([A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"}),
 ]}
 
+def _at_most(limit: int) -> str:
+    """A regex for the decimal integers 0..``limit`` (leading zeros allowed, as ``int()`` takes them)."""
+    digits = str(limit)
+    shorter = [f"[0-9]{{1,{len(digits) - 1}}}"] if len(digits) > 1 else []
+    same_length = []  # the limit's first i digits, a smaller digit, then any digits
+    for i, d in enumerate(digits):
+        if d != "0":
+            rest = len(digits) - i - 1
+            smaller = f"[0-{int(d) - 1}]" if d != "1" else "0"
+            same_length.append(digits[:i] + smaller + (f"[0-9]{{{rest}}}" if rest else ""))
+    return "0*(" + "|".join([*shorter, *same_length, digits]) + ")"
+
+
+def _lifetime_pattern() -> str:
+    """``30d``-style lifetimes up to the server's cap (:data:`skald.auth.tokens.MAX_LIFETIME`), exactly."""
+    cap = int(MAX_LIFETIME.total_seconds())
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+    return "^(" + "|".join(f"{_at_most(cap // size)}{unit}" for unit, size in units.items()) + ")$"
+
+
 _ACTION = {"enum": [*ACTIONS, "*"]}
 _MINT = obj(
     {"scopes": {"type": "array", "minItems": 1, "items": {"anyOf": [
@@ -276,8 +303,8 @@ _MINT = obj(
          "description": "`DB:ACTION[:PREFIX]`"},
     ]}}},
     {"label": {"type": "string", "maxLength": 200}, "owner": {"type": ["string", "null"], "maxLength": 200},
-     "expires_in": {"type": ["string", "null"], "pattern": "^[0-9]+[smhdw]$",
-                    "description": "lifetime like `30d`, `12h`, `15m`; null = never"}},
+     "expires_in": {"type": ["string", "null"], "pattern": _lifetime_pattern(),
+                    "description": "lifetime like `30d`, `12h`, `15m`, at most 36500 days; null = never"}},
 )
 
 OPERATIONS: dict[tuple[str, str], Op] = {
@@ -329,11 +356,12 @@ OPERATIONS: dict[tuple[str, str], Op] = {
          **ok(obj({"id": INT, "topic": STR, "created_at": STR, "deduplicated": {"const": True}}),
               "a repeated dedupe_key: the original message")},
         merge(_DB_JSON, {400: ["invalid_topic"]}),
-        body=json_body(obj({"topic": {"type": "string", "minLength": 1, "maxLength": 255}}, {
+        body=json_body(obj({"topic": TOPIC}, {
             "payload": ANY, "payload_text": STR, "payload_base64": {"type": "string", "format": "byte"},
             "content_type": {"type": "string", "maxLength": 255},
             "dedupe_key": {"type": "string", "minLength": 1, "maxLength": 255},
-        }) | {"description": "exactly one of payload, payload_text, payload_base64"}),
+        }) | {"description": "exactly one of payload, payload_text, payload_base64",
+              "oneOf": [{"required": [key]} for key in ("payload", "payload_text", "payload_base64")]}),
     ),
     ("GET", D + "/messages"): Op(
         ok(obj({"messages": array(MESSAGE), "next_since_id": INT},
@@ -392,8 +420,8 @@ OPERATIONS: dict[tuple[str, str], Op] = {
     # leases
     ("POST", D + "/leases/acquire"): Op(
         ok(LEASE, "acquired; `lease_token` is shown once", 201), merge(_DB_JSON, {409: ["lease_held"]}),
-        body=json_body(obj({"resource": {"type": "string", "minLength": 1, "maxLength": 1024},
-                            "owner": {"type": "string", "minLength": 1, "maxLength": 1024}},
+        body=json_body(obj({"resource": {"type": "string", "minLength": 1, "maxLength": 256},
+                            "owner": {"type": "string", "minLength": 1, "maxLength": 256}},
                            {"ttl_seconds": _TTL})),
     ),
     ("POST", D + "/leases/renew"): Op(
