@@ -22,6 +22,7 @@ from typing import Any
 
 from skald.auth.scopes import ACTIONS
 from skald.auth.tokens import MAX_LIFETIME
+from skald.blobs import MAX_SINGLE_PUT_BYTES
 from skald.errors import PROBLEM_CONTENT_TYPE
 
 Schema = dict[str, Any]
@@ -358,8 +359,8 @@ OPERATIONS: dict[tuple[str, str], Op] = {
         merge(_DB_JSON, {400: ["invalid_topic"]}),
         body=json_body(obj({"topic": TOPIC}, {
             "payload": ANY, "payload_text": STR, "payload_base64": {"type": "string", "format": "byte"},
-            "content_type": {"type": "string", "maxLength": 255},
-            "dedupe_key": {"type": "string", "minLength": 1, "maxLength": 255},
+            "content_type": {"type": ["string", "null"], "maxLength": 255},
+            "dedupe_key": {"type": ["string", "null"], "minLength": 1, "maxLength": 255},
         }) | {"description": "exactly one of payload, payload_text, payload_base64",
               "oneOf": [{"required": [key]} for key in ("payload", "payload_text", "payload_base64")]}),
     ),
@@ -411,8 +412,10 @@ OPERATIONS: dict[tuple[str, str], Op] = {
                                                    merge(_AUTH, _DOC, {400: ["invalid_endpoint"]})),
     ("PUT", D + "/webhooks/{endpoint}/config"): Op(
         ok(WEBHOOK_CONFIG), merge(_DB_JSON, {400: ["invalid_endpoint"]}),
-        body=json_body(obj({}, {"verify": {"anyOf": [*_VERIFY_IN["anyOf"], {"type": "null"}]},
-                                "redact_headers": array({"type": "string", "minLength": 1})}, closed=True)),
+        body=json_body(obj({}, {
+            "verify": {"anyOf": [*_VERIFY_IN["anyOf"], {"type": "null"}]},
+            "redact_headers": {"type": ["array", "null"], "items": {"type": "string", "minLength": 1}},
+        }, closed=True)),
     ),
     ("DELETE", D + "/webhooks/{endpoint}/config"): Op(
         no_content("settings removed"), merge(_AUTH, _DOC, {400: ["invalid_endpoint"], 404: ["not_found"]}),
@@ -442,7 +445,8 @@ OPERATIONS: dict[tuple[str, str], Op] = {
             "method": {"const": "PUT"}, "url": STR, "headers": {"type": "object"}, "expires_in": INT})}),
            "`exists`: already stored (nothing to upload); else PUT the bytes to `upload.url`"),
         merge(_DB_JSON, _STORAGE),
-        body=json_body(obj({"sha256": SHA256, "size": {"type": "integer", "minimum": 0}},
+        body=json_body(obj({"sha256": SHA256, "size": {"type": "integer", "minimum": 0,
+                                                                 "maximum": MAX_SINGLE_PUT_BYTES}},
                            {"content_type": {"type": "string", "minLength": 1, "maxLength": 255}})),
     ),
     ("POST", D + "/blobs/complete-upload"): Op(
