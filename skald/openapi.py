@@ -387,9 +387,9 @@ OPERATIONS: dict[tuple[str, str], Op] = {
     ("PUT", D + "/messages/retention"): Op(
         ok({**RETENTION, "properties": {**RETENTION["properties"], "removed": INT}}), _DB_JSON,
         body=json_body(obj({}, {
-            "max_age_seconds": {"type": ["number", "null"], "exclusiveMinimum": 0},
-            "max_count": {"type": ["integer", "null"], "minimum": 1},
-            "max_bytes": {"type": ["integer", "null"], "minimum": 1},
+            "max_age_seconds": {"type": ["number", "null"], "exclusiveMinimum": 0, "maximum": 100 * 365 * 86400},
+            "max_count": {"type": ["integer", "null"], "minimum": 1, "maximum": INT64_MAX},
+            "max_bytes": {"type": ["integer", "null"], "minimum": 1, "maximum": INT64_MAX},
         }, closed=True)),
     ),
     ("POST", D + "/ping"): Op(ok(obj({"ok": {"const": True}})), merge(_AUTH, {400: ["invalid_db_id"]}),
