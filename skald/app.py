@@ -100,6 +100,7 @@ def create_app(settings: Settings, *, print_admin_token: bool = True) -> QuartTr
         scalar_ui_path=None,
     )
     install_error_handlers(app)
+    openapi.install(app)
     _install_lifespan(app, state, print_admin_token)
     _install_request_context(app, state)
     for install in _installers():

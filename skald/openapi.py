@@ -20,10 +20,12 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from quart import Quart, request
+
 from skald.auth.scopes import ACTIONS
 from skald.auth.tokens import MAX_LIFETIME
 from skald.blobs import MAX_SINGLE_PUT_BYTES
-from skald.errors import PROBLEM_CONTENT_TYPE
+from skald.errors import PROBLEM_CONTENT_TYPE, ValidationFailed
 
 Schema = dict[str, Any]
 Errors = Mapping[int, Iterable[str]]
@@ -520,6 +522,37 @@ OPERATIONS: dict[tuple[str, str], Op] = {
         body_required=False,
     ),
 }
+
+
+_RULE_VARIABLE = re.compile(r"<(?:[^:<>]+:)?([^<>]+)>")
+
+
+def single_valued_parameters() -> dict[tuple[str, str], tuple[str, ...]]:
+    """``(METHOD, openapi path)`` -> the query parameters declared as one value (not an array)."""
+    return {
+        key: names
+        for key, op in OPERATIONS.items()
+        if (names := tuple(p["name"] for p in op.query if p["schema"].get("type") != "array"))
+    }
+
+
+def install(app: Quart) -> None:
+    """Refuse a single-valued query parameter given twice (400), as the document declares them.
+
+    Werkzeug reads the first value and drops the rest, so ``?limit=5&limit=6000`` would mean
+    something the request did not say.
+    """
+    single = single_valued_parameters()
+
+    @app.before_request
+    async def refuse_repeated_parameters() -> None:
+        rule = request.url_rule
+        if rule is None or not request.args:
+            return
+        names = single.get((request.method, _RULE_VARIABLE.sub(r"{\1}", rule.rule)), ())
+        for name in names:
+            if len(request.args.getlist(name)) > 1:
+                raise ValidationFailed(f"{name} must be given once")
 
 
 def complete(schema: dict[str, Any], extra_paths: Mapping[str, dict[str, Any]] | None = None) -> dict[str, Any]:

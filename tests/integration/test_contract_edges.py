@@ -25,3 +25,22 @@ async def test_a_retention_limit_beyond_what_can_be_stored_is_refused(server: Li
     assert response.status_code == 400, response.text
     assert response.json()["code"] == "validation_failed"
     assert after.json()["max_age_seconds"] is None and after.json()["max_count"] is None
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["before_id=&before_id=abc", "limit=5&limit=6", "event=a&event=b"],
+)
+async def test_a_single_valued_query_parameter_given_twice_is_refused(server: LiveServer, query: str) -> None:
+    # Werkzeug would read the first and ignore the rest: the request would mean something it did not say.
+    async with server.client() as client:
+        response = await client.get(f"/api/v1/admin/audit?{query}")
+    assert response.status_code == 400
+    assert response.json()["code"] == "validation_failed"
+
+
+async def test_a_repeatable_query_parameter_may_repeat(server: LiveServer) -> None:
+    async with server.client() as client:
+        assert (await client.put("/api/v1/db/demo")).status_code == 201
+        response = await client.get("/api/v1/db/demo/messages?topic=a&topic=b")
+    assert response.status_code == 200
