@@ -72,6 +72,11 @@ async def test_every_operation_keeps_its_contract(
     await live.stop()
     assert report.exists(), output[-20000:]
     summary = json.loads(report.read_text())
+    print(  # figures for the reader (pytest -s): cases, operations, failures, time
+        f"schemathesis: {summary['test_cases']['generated']} cases over {summary['operations']['tested']}"
+        f" operations, {summary['test_cases']['unique_failures']} unique failures,"
+        f" {summary['running_time']:.0f} s, exit {result.returncode}"
+    )
     assert summary["operations"]["selected"] == summary["operations"]["total"], output[-20000:]
     assert summary["operations"]["tested"] == summary["operations"]["total"], output[-20000:]
     assert summary["test_cases"]["generated"] >= MIN_CASES, output[-20000:]
