@@ -20,7 +20,7 @@ from quart_schema import QuartSchema
 from quart_schema.openapi import OpenAPIProvider
 from quart_trio import QuartTrio
 
-from skald import __version__, legacy_relay, stream_routes, throttle
+from skald import __version__, legacy_relay, openapi, stream_routes, throttle
 from skald.auth.tokens import bootstrap_admin
 from skald.config import Settings
 from skald.connection import DocConnection
@@ -100,9 +100,8 @@ class _OpenAPIProvider(OpenAPIProvider):
     """quart-schema's document plus the stream routes served ahead of Quart (:mod:`skald.stream_routes`)."""
 
     def schema(self) -> dict[str, Any]:
-        schema = super().schema()
-        schema["paths"].update(stream_routes.openapi_paths())
-        return schema
+        # Every operation's responses, errors and parameters come from skald.openapi's table.
+        return openapi.complete(super().schema(), stream_routes.openapi_paths())
 
 
 class _App(QuartTrio):
@@ -137,6 +136,7 @@ def create_app(settings: Settings, *, print_admin_token: bool = True) -> QuartTr
         scalar_ui_path=None,
     )
     install_error_handlers(app)
+    openapi.install(app)
     _install_lifespan(app, state, print_admin_token)
     _install_request_context(app, state)
     for install in _installers():

@@ -22,7 +22,7 @@ import secrets
 import uuid
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, quote
 
 import structlog
 import trio
@@ -102,6 +102,10 @@ class _Request:
 
     def __init__(self, scope: Scope, *, legacy: bool = True) -> None:
         self.path: str = scope["path"]
+        # Patch-Uri carries the path as the client sent it: still percent-encoded, so an escaped CR, LF or
+        # NUL stays text and cannot break (or split) the consumer's response head.
+        raw_path = scope.get("raw_path")
+        self.raw_path: str = raw_path.decode("latin-1") if raw_path else quote(self.path, safe="/")
         self.method: str = scope["method"]
         self.query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
         self.args = dict(self.query)
@@ -129,7 +133,7 @@ class _Request:
         return BodyReader(receive, self.fixed_body)
 
     def message(self, *, strip: bool = True) -> list[tuple[bytes, bytes]]:
-        return message_headers(self.path, self.query, self.headers, bool(self.body_param), strip=strip)
+        return message_headers(self.raw_path, self.query, self.headers, bool(self.body_param), strip=strip)
 
 
 class LegacyRelay:

@@ -62,29 +62,50 @@ def allowed_methods(kind: str, path: str) -> tuple[str, ...]:
 
 def openapi_paths() -> dict[str, dict[str, Any]]:
     """OpenAPI path items for :data:`ROUTES` (bodies are opaque bytes both ways)."""
+    from skald.openapi import PATH_PARAMETERS, merge, problem_responses
+
     binary = {"*/*": {"schema": {"type": "string", "format": "binary"}}}
-    problem = {"application/problem+json": {"schema": {"type": "object"}}}
+    errors = {
+        400: ["invalid_db_id", "bad_request"],
+        401: ["unauthenticated"],
+        403: ["scope_denied"],
+        404: ["document_not_found", "not_found"],
+        429: ["rate_limited"],
+        502: ["consumer_gone"],
+        503: ["mailbox_full", "document_unavailable"],
+    }
     paths: dict[str, dict[str, Any]] = {}
     for route in ROUTES:
         names = [part[1:-1] for part in route.template.split("/") if part.startswith("{")]
+        produces = route.method in ("POST", "PUT")
+        ok = (
+            {"description": "delivered: the consumer has the whole message", "content": {"text/plain": {}}}
+            if route.kind == "queue" and produces
+            else {"description": "the relayed message or answer", "content": binary}
+        )
         operation: dict[str, Any] = {
             "summary": route.summary,
             "tags": ["streams"],
             "description": f"Needs a token with `{route.action}` on the document (resource prefix: the topic "
-            "or path). Not durable: nothing is stored; see docs/compatibility.md.",
-            "parameters": [{"name": n, "in": "path", "required": True, "schema": {"type": "string"}} for n in names],
+            "or path). Not durable: nothing is stored; see docs/compatibility.md. Waits for its counterpart "
+            "(a consumer, producer, requester or responder) as long as the client stays connected.",
+            "parameters": [
+                {"name": n, "in": "path", "required": True, "schema": PATH_PARAMETERS[n]} for n in names
+            ],
             "responses": {
-                "200": {"description": "the relayed message or answer", "content": binary},
-                "401": {"description": "no valid token", "content": problem},
-                "403": {"description": "the token's scopes do not allow this", "content": problem},
-                "404": {"description": "no such document", "content": problem},
-                "502": {"description": "the consumer left before it had the whole message", "content": binary},
+                "200": ok,
+                **problem_responses(merge(errors, {504: ["switch_timeout"]} if route.kind == "req" else {})),
             },
+            "security": [{"bearer": []}],
         }
-        if route.method in ("POST", "PUT"):
-            operation["requestBody"] = {"content": binary}
-        if route.kind == "req":
-            operation["responses"]["504"] = {"description": "a switched request got no answer in time",
-                                             "content": problem}
+        if produces:
+            operation["requestBody"] = {"required": False, "content": binary}
         paths.setdefault(route.template, {})[route.method.lower()] = operation
+        if route.kind == "queue" and produces:
+            # The consumer's URL is a producer's too: POST …/queue/jobs/next produces to topic
+            # "jobs/next" (consumed at …/jobs/next/next). Declared, so the document says what the URL takes.
+            paths.setdefault(f"{PREFIX}/queue/{{topic}}/next", {})[route.method.lower()] = {
+                **operation,
+                "summary": "Produce to the topic `{topic}/next` (a topic may end in `/next`)",
+            }
     return paths

@@ -120,7 +120,9 @@ def parse_endpoint_config(data: Any) -> EndpointConfig:
     unknown = set(data) - {"verify", "redact_headers"}
     if unknown:
         raise ValidationFailed(f"unknown config fields: {', '.join(sorted(unknown))}")
-    redact = data.get("redact_headers") or []
+    redact = data.get("redact_headers")
+    if redact is None:
+        redact = []
     if not isinstance(redact, list) or not all(isinstance(h, str) and h for h in redact):
         raise ValidationFailed("redact_headers must be a list of header names")
     verify_data = data.get("verify")
@@ -132,8 +134,12 @@ def parse_endpoint_config(data: Any) -> EndpointConfig:
         extra = set(verify_data) - allowed
         if extra:
             raise ValidationFailed(f"unknown verify fields: {', '.join(sorted(extra))}")
+        fields = dict(verify_data)
+        tolerance = fields.get("tolerance_seconds")
+        if isinstance(tolerance, float) and tolerance.is_integer():  # JSON Schema's integer: 300.0 is one
+            fields["tolerance_seconds"] = int(tolerance)
         try:
-            verify = VerifyConfig(**dict(verify_data))
+            verify = VerifyConfig(**fields)
         except TypeError as exc:
             raise ValidationFailed(f"verify: {exc}") from None
         if verify.style not in STYLES:
@@ -146,7 +152,13 @@ def parse_endpoint_config(data: Any) -> EndpointConfig:
             raise ValidationFailed("verify.encoding must be hex or base64")
         if verify.style == "hmac" and not verify.header:
             raise ValidationFailed("verify.header is required for style hmac")
-        if not isinstance(verify.tolerance_seconds, int) or verify.tolerance_seconds < 1:
+        # Checked here, or a wrong type is stored and the next delivery's verification fails on it (500).
+        if verify.header is not None and (not isinstance(verify.header, str) or not verify.header):
+            raise ValidationFailed("verify.header must be a header name or null")
+        if not isinstance(verify.prefix, str):
+            raise ValidationFailed("verify.prefix must be a string")
+        tolerance = verify.tolerance_seconds
+        if isinstance(tolerance, bool) or not isinstance(tolerance, int) or tolerance < 1:
             raise ValidationFailed("verify.tolerance_seconds must be a positive integer")
         if verify.style == "standard":
             _standard_key(verify.secret)  # raises on a malformed whsec_ secret

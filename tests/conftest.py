@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import trio
 from support.live import LiveServer, make_settings, start_live_server
+from support.s3 import s3_endpoint
 
 from skald.logs import configure_logging
 
@@ -22,6 +23,8 @@ async def server(nursery: trio.Nursery, data_dir: Path) -> AsyncIterator[LiveSer
     yield live
     await live.stop()
 
+
+__all__ = ["s3_endpoint"]  # one moto S3 API for the session, shared by the blob, chaos and contract tests
 
 # Tests log at warning level: debug lines from every actor would drown failures.
 configure_logging("warning")

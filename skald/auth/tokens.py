@@ -21,8 +21,11 @@ from typing import Any
 from skald.auth.scopes import Principal, Scope, scopes_from_json
 
 TOKEN_PREFIX = "skd_"
-_DURATION = re.compile(r"^(\d+)([smhdw])$")
+_DURATION = re.compile(r"^([0-9]+)([smhdw])$")  # ASCII digits only: the documented pattern
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+# A lifetime must land on the calendar (``now + lifetime`` overflows past year 9999); "never" is no
+# lifetime at all. A century is longer than any token should live and far from that edge.
+MAX_LIFETIME = dt.timedelta(days=36500)
 
 
 def hash_token(secret: str) -> str:
@@ -39,10 +42,13 @@ def iso(moment: dt.datetime) -> str:
 
 def parse_duration(text: str) -> dt.timedelta:
     """``30d``, ``12h``, ``15m``, ``90s``, ``2w`` -> timedelta."""
-    match = _DURATION.match(text.strip())
+    match = _DURATION.match(text)
     if not match:
         raise ValueError(f"duration {text!r} is not like 30d, 12h, 15m, 90s or 2w")
-    return dt.timedelta(seconds=int(match[1]) * _UNITS[match[2]])
+    seconds = int(match[1]) * _UNITS[match[2]]
+    if seconds > MAX_LIFETIME.total_seconds():
+        raise ValueError(f"duration {text!r} is too long: at most {MAX_LIFETIME.days}d (omit it for no expiry)")
+    return dt.timedelta(seconds=seconds)
 
 
 @dataclasses.dataclass(frozen=True)

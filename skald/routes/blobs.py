@@ -95,6 +95,8 @@ async def init_upload_view(db_id: str) -> dict[str, Any]:
     body = await _body()
     sha256 = validate_sha256(body.get("sha256"))
     size = body.get("size")
+    if isinstance(size, float) and size.is_integer():  # JSON Schema's integer (and JSON's): 5.0 is one
+        size = int(size)
     if not isinstance(size, int) or isinstance(size, bool) or size < 0:
         raise ValidationFailed("size must be a non-negative integer (bytes)")
     content_type = body.get("content_type", "application/octet-stream")

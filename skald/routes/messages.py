@@ -127,12 +127,21 @@ async def poll_view(db_id: str) -> dict[str, Any]:
     return body
 
 
+# The largest limits a policy can hold: counts are stored as SQLite integers (int64), and an age is
+# subtracted from today's date (a century is far past any retention and far from the calendar's end).
+MAX_RETENTION_AGE_SECONDS = 100 * 365 * 86400
+MAX_RETENTION_COUNT = 2**63 - 1
+
+
 def _policy_value(body: dict[str, Any], name: str, kind: type) -> Any:
     value = body.get(name)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
         raise ValidationFailed(f"{name} must be a positive number or null")
+    maximum = MAX_RETENTION_AGE_SECONDS if kind is float else MAX_RETENTION_COUNT
+    if value > maximum:
+        raise ValidationFailed(f"{name} must be at most {maximum}")
     if kind is int and int(value) != value:
         raise ValidationFailed(f"{name} must be an integer")
     return kind(value)
@@ -172,5 +181,6 @@ async def ping_view(db_id: str) -> dict[str, Any]:
 
     The benchmark uses it as the framework ceiling for publish throughput.
     """
+    validate_db_id(db_id)  # as every document route does: a bad id is 400 even where nothing is opened
     await request.get_json(force=True, silent=True)
     return {"ok": True}

@@ -1,5 +1,5 @@
-"""Chaos tests that need object storage use the blob tests' local S3 API (moto)."""
+"""Chaos tests of blobs use the same local S3 API and live skald as tests/integration/blobs."""
 
-from support.s3 import blob_server, s3_bucket, s3_endpoint
+from support.s3 import blob_server, s3_bucket
 
-__all__ = ["blob_server", "s3_bucket", "s3_endpoint"]
+__all__ = ["blob_server", "s3_bucket"]

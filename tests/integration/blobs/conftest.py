@@ -1,5 +1,5 @@
-"""Blob tests run against a local S3 API (moto) and a live skald wired to it."""
+"""Blob tests run against a local S3 API (moto, ``s3_endpoint`` in tests/conftest.py) and a live skald wired to it."""
 
-from support.s3 import blob_server, s3_bucket, s3_endpoint
+from support.s3 import blob_server, s3_bucket
 
-__all__ = ["blob_server", "s3_bucket", "s3_endpoint"]
+__all__ = ["blob_server", "s3_bucket"]
