@@ -63,8 +63,13 @@ PATH_PARAMETERS: dict[str, Schema] = {
 }
 
 # ---- error sets ----------------------------------------------------------------------------------
-# Every route may meet these on the way in: the rate limiter, and the refusal during shutdown.
-_ANY: Errors = {429: ["rate_limited"], 503: ["shutting_down"]}
+# Every route may meet these on the way in: the rate limiter, the refusal during shutdown, and the
+# connection bounds (a request head that took too long, a connection over `max_connections`).
+_ANY: Errors = {
+    408: ["request_head_timeout"],
+    429: ["rate_limited"],
+    503: ["shutting_down", "too_many_connections"],
+}
 # A route that authenticates a bearer token (or a signed-in session) and checks a scope.
 _AUTH: Errors = {401: ["unauthenticated", "token_invalid"], 403: ["scope_denied"]}
 # A route under /api/v1/db/{db_id}: the id is checked, the document must exist, its actor may be busy.
@@ -78,9 +83,11 @@ _DOC: Errors = {
 _JSON: Errors = {400: ["invalid_json", "validation_failed"], 413: ["payload_too_large"]}
 _QUERY: Errors = {400: ["validation_failed"]}  # integer query parameters out of range or not integers
 _SQL: Errors = {
-    400: ["invalid_argument", "multiple_statements", "empty_statement", "sql_error", "query_timeout"],
+    400: [
+        "invalid_argument", "multiple_statements", "empty_statement", "sql_error", "query_timeout", "value_too_large",
+    ],
     403: ["statement_forbidden"],
-    409: ["constraint_violation", "stale_fence"],
+    409: ["constraint_violation", "stale_fence", "transaction_rolled_back"],
 }
 _STORAGE: Errors = {
     503: ["object_storage_unconfigured", "object_storage_unavailable"],
