@@ -13,7 +13,7 @@ import json
 import os
 import secrets
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import quote
@@ -404,7 +404,7 @@ class StreamCursor(Protocol):
 
     def call(self) -> Call: ...
 
-    def accept(self, event: Event, now: float) -> Event | None:
+    def accept(self, event: Event) -> Event | None:
         """The event to yield (or None); raises to end the connection."""
 
 
@@ -440,7 +440,7 @@ class WatchCursor:
     def call(self) -> Call:
         return watch(self.db_id, self.sql, self.args, self.last_hash, self.options)
 
-    def accept(self, event: Event, now: float) -> Event | None:
+    def accept(self, event: Event) -> Event | None:
         if event.event == "error":
             self.last_hash = None  # the server sends the next good result as an update
             return event
@@ -460,7 +460,8 @@ class SubscribeCursor:
     """``subscribe``: ``message`` and ``reset`` events; reconnects send ``Last-Event-ID``.
 
     ``idle_timeout``: an ``idle`` event (no data) once that many seconds passed without a
-    message; the server's heartbeats are what wake the client to notice.
+    message; the server's heartbeats are what wake the client to notice. ``clock``: seconds
+    (``time.monotonic``; the async client passes its event loop's clock, so a test clock applies).
     """
 
     reconnect = True
@@ -473,17 +474,20 @@ class SubscribeCursor:
         tail: int | None,
         heartbeat: float | None,
         idle_timeout: float | None,
-        now: float,
+        clock: Callable[[], float],
     ) -> None:
         self.db_id, self.topics, self.since_id, self.tail = db_id, list(topics), since_id, tail
-        self.heartbeat, self.idle_timeout = heartbeat, idle_timeout
+        self.heartbeat, self.idle_timeout, self.clock = heartbeat, idle_timeout, clock
         self.last_id: str | None = None
-        self.quiet_since = now
+        self.quiet_since: float | None = None  # set by the first connection: iterating starts the clock
 
     def call(self) -> Call:
+        if self.quiet_since is None:
+            self.quiet_since = self.clock()
         return subscribe(self.db_id, self.topics, self.since_id, self.tail, self.last_id, self.heartbeat)
 
-    def accept(self, event: Event, now: float) -> Event | None:
+    def accept(self, event: Event) -> Event | None:
+        now = self.clock()
         if event.id:
             self.last_id = event.id
         if event.event == "error":
@@ -492,7 +496,8 @@ class SubscribeCursor:
         if event.event in ("message", "reset"):
             self.quiet_since = now
             return event
-        if self.idle_timeout is not None and now - self.quiet_since >= self.idle_timeout:
+        quiet_since = now if self.quiet_since is None else self.quiet_since
+        if self.idle_timeout is not None and now - quiet_since >= self.idle_timeout:
             self.quiet_since = now
             return Event("idle", "", None)
         return None  # heartbeat
@@ -509,7 +514,7 @@ class ChangesCursor:
     def call(self) -> Call:
         return changes_stream(self.db_id, self.cursor)
 
-    def accept(self, event: Event, now: float) -> Event | None:
+    def accept(self, event: Event) -> Event | None:
         if event.event == "reset":
             raise ResetRequired(410, "reset", "change feed no longer holds this sequence", event.data)
         if event.event != "change":

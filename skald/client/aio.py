@@ -209,7 +209,7 @@ class AsyncClient:
                 async with aclosing(self._events(cursor.call())) as events:
                     async for event in events:
                         attempt = 0
-                        shown = cursor.accept(event, anyio.current_time())
+                        shown = cursor.accept(event)
                         if shown is not None:
                             yield shown
                 raise _api.stream_ended()
@@ -313,9 +313,7 @@ class AsyncClient:
         ``idle_timeout``: also yield an ``idle`` event (no data) when that many seconds pass
         without a message (needs ``heartbeat`` below it; the server's heartbeats drive the clock).
         """
-        cursor = _api.SubscribeCursor(
-            db_id, topics, since_id, tail, heartbeat, idle_timeout, anyio.current_time()
-        )
+        cursor = _api.SubscribeCursor(db_id, topics, since_id, tail, heartbeat, idle_timeout, anyio.current_time)
         return EventStream(self._stream(cursor))
 
     # ---- webhooks and tokens ----------------------------------------------------------------------

@@ -169,7 +169,7 @@ class Client:
                 with contextlib.closing(self._events(cursor.call())) as events:
                     for event in events:
                         attempt = 0
-                        shown = cursor.accept(event, time.monotonic())
+                        shown = cursor.accept(event)
                         if shown is not None:
                             yield shown
                 raise _api.stream_ended()
@@ -217,7 +217,7 @@ class Client:
         ``idle_timeout``: also yield an ``idle`` event (no data) when that many seconds pass
         without a message (needs ``heartbeat`` below it; the server's heartbeats drive the clock).
         """
-        cursor = _api.SubscribeCursor(db_id, topics, since_id, tail, heartbeat, idle_timeout, time.monotonic())
+        cursor = _api.SubscribeCursor(db_id, topics, since_id, tail, heartbeat, idle_timeout, time.monotonic)
         return self._stream(cursor)
 
     # ---- webhooks and tokens ----------------------------------------------------------------------
