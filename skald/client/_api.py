@@ -10,9 +10,20 @@ import base64
 import dataclasses
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
-from typing import Any
+import os
+import secrets
+import socket
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
 from urllib.parse import quote
+
+from skald.client.errors import ResetRequired, SkaldClientError
+from skald.client.types import Event
+
+# Errors after which a stream reconnects: network loss / the stream ending (0) and gateway answers.
+RETRYABLE = (0, 502, 503, 504)
+CHUNK = 1024 * 1024  # file uploads and downloads move this many bytes at a time
 
 
 @dataclasses.dataclass(frozen=True)
@@ -332,8 +343,181 @@ def parse_data(data: str) -> Any:
 
 def check_sha256(data: bytes, sha256: str) -> None:
     """Raise when downloaded bytes do not hash to what was asked for."""
-    from skald.client.errors import SkaldClientError
+    check_digest(hashlib.sha256(data).hexdigest(), sha256)
 
-    actual = hashlib.sha256(data).hexdigest()
+
+def check_digest(actual: str, sha256: str) -> None:
     if actual != sha256:
         raise SkaldClientError(0, "hash_mismatch", f"downloaded bytes hash to {actual}, not {sha256}")
+
+
+def default_owner() -> str:
+    """The lease owner used when none is given: ``host/pid/random``."""
+    return f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(4)}"
+
+
+# ---- blob transfers (the parts of upload/download that do not depend on sync or async I/O) -------
+def file_sha256(path: Path) -> tuple[str, int]:
+    """SHA-256 (hex) and size of a file, read in chunks."""
+    digest = hashlib.sha256()
+    size = 0
+    with path.open("rb") as fh:
+        while chunk := fh.read(CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), size
+
+
+def upload_failed(status: int, text: str) -> SkaldClientError:
+    return SkaldClientError(
+        status, "upload_failed", f"object storage refused the upload: {status} {text[:200]}".rstrip()
+    )
+
+
+def download_failed(status: int) -> SkaldClientError:
+    return SkaldClientError(status, "download_failed", f"object storage answered {status}")
+
+
+def upload_result(sha256: str, size: int, uploaded: bool, ref: str | None) -> dict[str, Any]:
+    """What ``upload_blob`` returns: ``{"sha256", "size", "uploaded", "ref"?}``."""
+    result: dict[str, Any] = {"sha256": sha256, "size": size, "uploaded": uploaded}
+    if ref is not None:
+        result["ref"] = ref
+    return result
+
+
+def part_path(dest: Path) -> Path:
+    """Where a download is written until its hash is checked (``dest`` is never half-written)."""
+    return dest.with_name(dest.name + ".part")
+
+
+def download_result(sha256: str, info: Mapping[str, Any], dest: Path) -> dict[str, Any]:
+    return {"sha256": sha256, "size": info.get("size"), "path": str(dest)}
+
+
+# ---- streams of events --------------------------------------------------------------------------
+# Each stream is a cursor: the request for the next connection (resuming where the last one
+# stopped) and what to make of each server event. The clients only run the reconnect loop around
+# it, with their own I/O, so the blocking and the async client cannot drift apart.
+class StreamCursor(Protocol):
+    reconnect: bool
+
+    def call(self) -> Call: ...
+
+    def accept(self, event: Event) -> Event | None:
+        """The event to yield (or None); raises to end the connection."""
+
+
+def backoff_delay(attempt: int, delay: float, max_delay: float, max_reconnects: int | None) -> float:
+    """Seconds to wait before reconnect ``attempt`` (1, 2, ...): doubling from ``delay`` up to
+    ``max_delay``; raises ``reconnects_exhausted`` after ``max_reconnects`` in a row."""
+    if max_reconnects is not None and attempt > max_reconnects:
+        raise SkaldClientError(0, "reconnects_exhausted", f"gave up after {attempt - 1} reconnects")
+    return float(min(max_delay, delay * 2 ** (attempt - 1)))
+
+
+def stream_ended() -> SkaldClientError:
+    """The server closed the stream (shutdown, the document closing): retryable (status 0)."""
+    return SkaldClientError(0, "stream_ended", "the server ended the stream")
+
+
+def should_reconnect(cursor: StreamCursor, exc: SkaldClientError) -> bool:
+    return cursor.reconnect and exc.status in RETRYABLE and not isinstance(exc, ResetRequired)
+
+
+class WatchCursor:
+    """``watch``: one ``snapshot``, then ``update`` and ``error`` events; reconnects send the last
+    ``result_hash`` so the server answers ``unchanged`` instead of repeating a result."""
+
+    reconnect = True
+
+    def __init__(self, db_id: str, sql: str, args: Any, heartbeat_seconds: float | None) -> None:
+        self.db_id, self.sql, self.args = db_id, sql, args
+        self.options = {"heartbeat_seconds": heartbeat_seconds} if heartbeat_seconds else None
+        self.last_hash: str | None = None
+        self.shown = False
+
+    def call(self) -> Call:
+        return watch(self.db_id, self.sql, self.args, self.last_hash, self.options)
+
+    def accept(self, event: Event) -> Event | None:
+        if event.event == "error":
+            self.last_hash = None  # the server sends the next good result as an update
+            return event
+        if event.event not in ("snapshot", "update"):
+            return None  # unchanged, heartbeat
+        digest = event.data.get("result_hash") if isinstance(event.data, dict) else None
+        if digest is not None and digest == self.last_hash:
+            return None
+        self.last_hash = digest
+        if event.event == "snapshot" and self.shown:  # a reconnect's first result
+            event = Event("update", event.id, event.data)
+        self.shown = True
+        return event
+
+
+class SubscribeCursor:
+    """``subscribe``: ``message`` and ``reset`` events; reconnects send ``Last-Event-ID``.
+
+    ``idle_timeout``: an ``idle`` event (no data) once that many seconds passed without a
+    message; the server's heartbeats are what wake the client to notice. ``clock``: seconds
+    (``time.monotonic``; the async client passes its event loop's clock, so a test clock applies).
+    """
+
+    reconnect = True
+
+    def __init__(
+        self,
+        db_id: str,
+        topics: Sequence[str],
+        since_id: int | None,
+        tail: int | None,
+        heartbeat: float | None,
+        idle_timeout: float | None,
+        clock: Callable[[], float],
+    ) -> None:
+        self.db_id, self.topics, self.since_id, self.tail = db_id, list(topics), since_id, tail
+        self.heartbeat, self.idle_timeout, self.clock = heartbeat, idle_timeout, clock
+        self.last_id: str | None = None
+        self.quiet_since: float | None = None  # set by the first connection: iterating starts the clock
+
+    def call(self) -> Call:
+        if self.quiet_since is None:
+            self.quiet_since = self.clock()
+        return subscribe(self.db_id, self.topics, self.since_id, self.tail, self.last_id, self.heartbeat)
+
+    def accept(self, event: Event) -> Event | None:
+        now = self.clock()
+        if event.id:
+            self.last_id = event.id
+        if event.event == "error":
+            # slow_consumer (its id is the resume point) or the document closing: reconnect
+            raise SkaldClientError(0, "stream_interrupted", "the server interrupted the subscription")
+        if event.event in ("message", "reset"):
+            self.quiet_since = now
+            return event
+        quiet_since = now if self.quiet_since is None else self.quiet_since
+        if self.idle_timeout is not None and now - quiet_since >= self.idle_timeout:
+            self.quiet_since = now
+            return Event("idle", "", None)
+        return None  # heartbeat
+
+
+class ChangesCursor:
+    """``follow_changes``: ``change`` events after ``since``, resuming from the last one yielded;
+    ``reset`` raises :class:`ResetRequired`. ``reconnect=False``: connection loss and the server
+    ending the stream are raised instead (the caller does its own backoff)."""
+
+    def __init__(self, db_id: str, since: int, reconnect: bool) -> None:
+        self.db_id, self.cursor, self.reconnect = db_id, since, reconnect
+
+    def call(self) -> Call:
+        return changes_stream(self.db_id, self.cursor)
+
+    def accept(self, event: Event) -> Event | None:
+        if event.event == "reset":
+            raise ResetRequired(410, "reset", "change feed no longer holds this sequence", event.data)
+        if event.event != "change":
+            return None  # heartbeat
+        self.cursor = int(event.id)
+        return event

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import os
-import secrets
-import socket
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator, Mapping
 from contextlib import aclosing, asynccontextmanager
 from pathlib import Path
@@ -28,20 +25,25 @@ from skald.client.errors import (
     error_from_response,
     unreachable,
 )
-from skald.client.types import ChangesPage, Event, Lease, MessagesPage, Published, QueryResult
+from skald.client.types import (
+    ChangesPage,
+    DownloadProgress,
+    Event,
+    Lease,
+    MessagesPage,
+    Published,
+    QueryResult,
+    UploadProgress,
+)
 
 __all__ = ["AsyncClient", "EventStream", "ResetRequired", "default_owner"]
 
-RETRYABLE = (0, 502, 503, 504)
+RETRYABLE = _api.RETRYABLE
+default_owner = _api.default_owner
 
 
 def _params(call: _api.Call) -> httpx.QueryParams | None:
     return httpx.QueryParams(tuple(call.params)) if call.params else None
-
-
-def default_owner() -> str:
-    """The lease owner used when none is given: ``host/pid/random``."""
-    return f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(4)}"
 
 
 async def finish(agen: AsyncIterator[Any]) -> None:
@@ -195,9 +197,27 @@ class AsyncClient:
             raise unreachable(self.url, exc) from exc
 
     async def _backoff(self, attempt: int) -> None:
-        if self.max_reconnects is not None and attempt > self.max_reconnects:
-            raise SkaldClientError(0, "reconnects_exhausted", f"gave up after {attempt - 1} reconnects")
-        await anyio.sleep(min(self.max_reconnect_delay, self.reconnect_delay * 2 ** (attempt - 1)))
+        await anyio.sleep(
+            _api.backoff_delay(attempt, self.reconnect_delay, self.max_reconnect_delay, self.max_reconnects)
+        )
+
+    async def _stream(self, cursor: _api.StreamCursor) -> AsyncGenerator[Event, None]:
+        """Run ``cursor`` over SSE connections, reconnecting with backoff (see :mod:`_api`)."""
+        attempt = 0
+        while True:
+            try:
+                async with aclosing(self._events(cursor.call())) as events:
+                    async for event in events:
+                        attempt = 0
+                        shown = cursor.accept(event)
+                        if shown is not None:
+                            yield shown
+                raise _api.stream_ended()
+            except SkaldClientError as exc:
+                if not _api.should_reconnect(cursor, exc):
+                    raise
+            attempt += 1
+            await self._backoff(attempt)
 
     # ---- documents ----------------------------------------------------------------------------------
     async def list_documents(self) -> list[dict[str, Any]]:
@@ -250,40 +270,7 @@ class AsyncClient:
         problem+json) and the watch goes on. Reconnects send the last
         ``result_hash``, so an unchanged result is not repeated.
         """
-        options = {"heartbeat_seconds": heartbeat_seconds} if heartbeat_seconds else None
-        return EventStream(self._watch(db_id, sql, args, options))
-
-    async def _watch(
-        self, db_id: str, sql: str, args: Any, options: dict[str, Any] | None
-    ) -> AsyncGenerator[Event, None]:
-        last_hash: str | None = None
-        shown = False
-        attempt = 0
-        while True:
-            try:
-                call = _api.watch(db_id, sql, args, last_hash, options)
-                async with aclosing(self._events(call)) as events:
-                    async for event in events:
-                        attempt = 0
-                        if event.event == "error":
-                            last_hash = None  # the server sends the next good result as an update
-                            yield event
-                            continue
-                        if event.event not in ("snapshot", "update"):
-                            continue  # unchanged, heartbeat
-                        digest = event.data.get("result_hash") if isinstance(event.data, dict) else None
-                        if digest is not None and digest == last_hash:
-                            continue
-                        last_hash = digest
-                        if event.event == "snapshot" and shown:  # a reconnect's first result
-                            event = Event("update", event.id, event.data)
-                        shown = True
-                        yield event
-            except SkaldClientError as exc:
-                if exc.status not in RETRYABLE:
-                    raise
-            attempt += 1
-            await self._backoff(attempt)
+        return EventStream(self._stream(_api.WatchCursor(db_id, sql, args, heartbeat_seconds)))
 
     # ---- messages -----------------------------------------------------------------------------------
     async def publish(
@@ -317,39 +304,17 @@ class AsyncClient:
         since_id: int | None = None,
         tail: int | None = None,
         heartbeat: float | None = None,
+        idle_timeout: float | None = None,
     ) -> EventStream:
         """``message`` events (data: the message; ``id``: its id) and ``reset`` events (retention
         removed messages after the cursor). Reconnects send ``Last-Event-ID``; a ``slow_consumer``
-        error from the server is resumed the same way. Heartbeats are not yielded."""
-        return EventStream(self._subscribe(db_id, list(topics), since_id, tail, heartbeat))
+        error from the server is resumed the same way. Heartbeats are not yielded.
 
-    async def _subscribe(
-        self,
-        db_id: str,
-        topics: list[str],
-        since_id: int | None,
-        tail: int | None,
-        heartbeat: float | None,
-    ) -> AsyncGenerator[Event, None]:
-        last_id: str | None = None
-        attempt = 0
-        while True:
-            try:
-                call = _api.subscribe(db_id, topics, since_id, tail, last_id, heartbeat)
-                async with aclosing(self._events(call)) as events:
-                    async for event in events:
-                        attempt = 0
-                        if event.id:
-                            last_id = event.id
-                        if event.event == "error":
-                            break  # slow_consumer (id = resume point) or the document closing: reconnect
-                        if event.event in ("message", "reset"):
-                            yield event
-            except SkaldClientError as exc:
-                if exc.status not in RETRYABLE:
-                    raise
-            attempt += 1
-            await self._backoff(attempt)
+        ``idle_timeout``: also yield an ``idle`` event (no data) when that many seconds pass
+        without a message (needs ``heartbeat`` below it; the server's heartbeats drive the clock).
+        """
+        cursor = _api.SubscribeCursor(db_id, topics, since_id, tail, heartbeat, idle_timeout, anyio.current_time)
+        return EventStream(self._stream(cursor))
 
     # ---- webhooks and tokens ----------------------------------------------------------------------
     async def ingest_webhook(
@@ -452,38 +417,48 @@ class AsyncClient:
     async def upload_blob(
         self,
         db_id: str,
-        data: bytes,
+        source: bytes | str | Path,
         content_type: str = "application/octet-stream",
         *,
         ref: str | None = None,
+        progress: UploadProgress | None = None,
     ) -> dict[str, Any]:
-        """init-upload, PUT ``data`` to the presigned URL (skipped if the server already has it),
+        """init-upload, PUT the bytes to the presigned URL (skipped if the server already has them),
         complete-upload (the server verifies the hash), then claim it under ``ref`` if given.
 
-        Returns ``{"sha256", "size", "uploaded": bool, "ref"?}``.
+        ``source``: bytes, or a file path (hashed in a worker thread, then streamed in chunks);
+        ``progress(n_bytes)`` is called per chunk sent. Returns ``{"sha256", "size", "uploaded": bool,
+        "ref"?}``.
         """
-        digest = hashlib.sha256(data).hexdigest()
-        init = await self._json(_api.blob_init(db_id, digest, len(data), content_type))
+        if isinstance(source, bytes):
+            digest, size = hashlib.sha256(source).hexdigest(), len(source)
+        else:
+            digest, size = await anyio.to_thread.run_sync(_api.file_sha256, Path(source))
+        init = await self._json(_api.blob_init(db_id, digest, size, content_type))
         uploaded = not init["exists"]
         if uploaded:
             spec = init["upload"]
-            async with httpx.AsyncClient(timeout=self._http.timeout) as raw:
+            async with contextlib.AsyncExitStack() as stack:
+                if isinstance(source, bytes):
+                    body: bytes | AsyncIterator[bytes] = source
+                    if progress is not None:
+                        progress(size)
+                else:
+                    fh = await stack.enter_async_context(await anyio.open_file(source, "rb"))
+                    body = await stack.enter_async_context(aclosing(_achunks(fh, progress)))
+                raw = await stack.enter_async_context(httpx.AsyncClient(timeout=self._http.timeout))
                 try:
                     put = await raw.request(
-                        spec["method"], spec["url"], content=data, headers=_api.upload_headers(spec, len(data))
+                        spec["method"], spec["url"], content=body, headers=_api.upload_headers(spec, size)
                     )
                 except httpx.TransportError as exc:
                     raise unreachable(spec["url"].split("?")[0], exc) from None
             if put.status_code >= 300:
-                raise SkaldClientError(
-                    put.status_code, "upload_failed", f"object storage refused the upload: {put.status_code}"
-                )
+                raise _api.upload_failed(put.status_code, put.text)
             await self._json(_api.blob_complete(db_id, digest))
-        result: dict[str, Any] = {"sha256": digest, "size": len(data), "uploaded": uploaded}
         if ref is not None:
             await self.claim_blob(db_id, digest, ref)
-            result["ref"] = ref
-        return result
+        return _api.upload_result(digest, size, uploaded, ref)
 
     async def blob_info(self, db_id: str, sha256: str) -> dict[str, Any]:
         """``{"sha256", "size", "content_type", "url", "expires_in", "expires_at"}`` (presigned GET)."""
@@ -501,11 +476,52 @@ class AsyncClient:
             except httpx.TransportError as exc:
                 raise unreachable(url.split("?")[0], exc) from None
         if response.status_code != 200:
-            raise SkaldClientError(
-                response.status_code, "download_failed", f"object storage answered {response.status_code}"
-            )
+            raise _api.download_failed(response.status_code)
         _api.check_sha256(response.content, sha256)
         return response.content
+
+    async def download_blob(
+        self,
+        db_id: str,
+        sha256: str,
+        dest: str | Path,
+        *,
+        progress: DownloadProgress | None = None,
+    ) -> dict[str, Any]:
+        """Stream the blob to ``dest`` (through ``dest.part``; replaced only if the hash matches).
+
+        ``progress(n_bytes, total)`` per chunk. Returns ``{"sha256", "size", "path"}``.
+        """
+        info = await self.blob_info(db_id, sha256)
+        out = Path(dest)
+        partial = _api.part_path(out)
+        digest = hashlib.sha256()
+        try:
+            async with (
+                httpx.AsyncClient(timeout=httpx.Timeout(self._http.timeout.connect, read=None)) as raw,
+                raw.stream("GET", info["url"]) as response,
+            ):
+                if response.status_code != 200:
+                    raise _api.download_failed(response.status_code)
+                chunks = response.aiter_bytes(_api.CHUNK)
+                try:
+                    async with await anyio.open_file(partial, "wb") as fh:
+                        async for chunk in chunks:
+                            digest.update(chunk)
+                            await fh.write(chunk)
+                            if progress is not None:
+                                progress(len(chunk), info.get("size"))
+                finally:
+                    await finish(chunks)
+            _api.check_digest(digest.hexdigest(), sha256)
+        except httpx.TransportError as exc:
+            partial.unlink(missing_ok=True)
+            raise unreachable(str(info["url"]).split("?")[0], exc) from None
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+        await anyio.Path(partial).replace(out)
+        return _api.download_result(sha256, info, out)
 
     async def claim_blob(self, db_id: str, sha256: str, ref: str) -> dict[str, Any]:
         """Record that the document references the blob under ``ref`` (keeps it from GC)."""
@@ -544,32 +560,17 @@ class AsyncClient:
         page: ChangesPage = await self._json(_api.changes(db_id, since, limit))
         return page
 
-    def follow_changes(self, db_id: str, since: int = 0) -> EventStream:
+    def follow_changes(self, db_id: str, since: int = 0, *, reconnect: bool = True) -> EventStream:
         """``change`` events after ``since`` (``id``: the sequence; data: the change), reconnecting.
 
-        Raises :class:`ResetRequired` when the feed no longer holds ``since``.
+        Raises :class:`ResetRequired` when the feed no longer holds ``since``. With
+        ``reconnect=False`` connection errors and the end of the stream are raised instead.
         """
-        return EventStream(self._follow_changes(db_id, since))
+        return EventStream(self._stream(_api.ChangesCursor(db_id, since, reconnect)))
 
-    async def _follow_changes(self, db_id: str, since: int) -> AsyncGenerator[Event, None]:
-        cursor = since
-        attempt = 0
-        while True:
-            try:
-                async with aclosing(self._events(_api.changes_stream(db_id, cursor))) as events:
-                    async for event in events:
-                        attempt = 0
-                        if event.event == "reset":
-                            raise ResetRequired(
-                                410, "reset", "change feed no longer holds this sequence", event.data
-                            )
-                        if event.event == "change":
-                            cursor = int(event.id)
-                            yield event
-            except ResetRequired:
-                raise
-            except SkaldClientError as exc:
-                if exc.status not in RETRYABLE:
-                    raise
-            attempt += 1
-            await self._backoff(attempt)
+
+async def _achunks(fh: anyio.AsyncFile[bytes], progress: UploadProgress | None) -> AsyncGenerator[bytes, None]:
+    while chunk := await fh.read(_api.CHUNK):
+        if progress is not None:
+            progress(len(chunk))
+        yield chunk

@@ -6,7 +6,7 @@ import contextlib
 import hashlib
 import threading
 import time
-from collections.abc import Callable, Generator, Iterator, Mapping
+from collections.abc import Generator, Iterator, Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -15,21 +15,25 @@ import httpx
 from httpx_sse import connect_sse
 
 from skald.client import _api
-from skald.client.aio import RETRYABLE, default_owner
 from skald.client.errors import (
     Conflict,
     Forbidden,
     LeaseLost,
     NotFound,
-    ResetRequired,
     SkaldClientError,
     error_from_response,
     unreachable,
 )
-from skald.client.types import ChangesPage, Event, Lease, MessagesPage, Published, QueryResult
-
-CHUNK = 1024 * 1024
-Progress = Callable[[int], None]
+from skald.client.types import (
+    ChangesPage,
+    DownloadProgress,
+    Event,
+    Lease,
+    MessagesPage,
+    Published,
+    QueryResult,
+    UploadProgress,
+)
 
 
 def _params(call: _api.Call) -> httpx.QueryParams | None:
@@ -108,9 +112,9 @@ class Client:
             raise unreachable(self.url, exc) from exc
 
     def _backoff(self, attempt: int) -> None:
-        if self.max_reconnects is not None and attempt > self.max_reconnects:
-            raise SkaldClientError(0, "reconnects_exhausted", f"gave up after {attempt - 1} reconnects")
-        time.sleep(min(self.max_reconnect_delay, self.reconnect_delay * 2 ** (attempt - 1)))
+        time.sleep(
+            _api.backoff_delay(attempt, self.reconnect_delay, self.max_reconnect_delay, self.max_reconnects)
+        )
 
     # ---- documents ----------------------------------------------------------------------------------
     def list_documents(self) -> list[dict[str, Any]]:
@@ -155,32 +159,22 @@ class Client:
         self, db_id: str, sql: str, args: Any = None, *, heartbeat_seconds: float | None = None
     ) -> Generator[Event, None, None]:
         """``snapshot``/``update`` (and ``error``) events; reconnects with the last ``result_hash``."""
-        options = {"heartbeat_seconds": heartbeat_seconds} if heartbeat_seconds else None
-        last_hash: str | None = None
-        shown = False
+        return self._stream(_api.WatchCursor(db_id, sql, args, heartbeat_seconds))
+
+    def _stream(self, cursor: _api.StreamCursor) -> Generator[Event, None, None]:
+        """Run ``cursor`` over SSE connections, reconnecting with backoff (see :mod:`_api`)."""
         attempt = 0
         while True:
             try:
-                call = _api.watch(db_id, sql, args, last_hash, options)
-                with contextlib.closing(self._events(call)) as events:
+                with contextlib.closing(self._events(cursor.call())) as events:
                     for event in events:
                         attempt = 0
-                        if event.event == "error":
-                            last_hash = None
-                            yield event
-                            continue
-                        if event.event not in ("snapshot", "update"):
-                            continue
-                        digest = event.data.get("result_hash") if isinstance(event.data, dict) else None
-                        if digest is not None and digest == last_hash:
-                            continue
-                        last_hash = digest
-                        if event.event == "snapshot" and shown:  # a reconnect's first result
-                            event = Event("update", event.id, event.data)
-                        shown = True
-                        yield event
+                        shown = cursor.accept(event)
+                        if shown is not None:
+                            yield shown
+                raise _api.stream_ended()
             except SkaldClientError as exc:
-                if exc.status not in RETRYABLE:
+                if not _api.should_reconnect(cursor, exc):
                     raise
             attempt += 1
             self._backoff(attempt)
@@ -223,30 +217,8 @@ class Client:
         ``idle_timeout``: also yield an ``idle`` event (no data) when that many seconds pass
         without a message (needs ``heartbeat`` below it; the server's heartbeats drive the clock).
         """
-        last_id: str | None = None
-        attempt = 0
-        quiet_since = time.monotonic()
-        while True:
-            try:
-                call = _api.subscribe(db_id, list(topics), since_id, tail, last_id, heartbeat)
-                with contextlib.closing(self._events(call)) as events:
-                    for event in events:
-                        attempt = 0
-                        if event.id:
-                            last_id = event.id
-                        if event.event == "error":
-                            break
-                        if event.event in ("message", "reset"):
-                            quiet_since = time.monotonic()
-                            yield event
-                        elif idle_timeout is not None and time.monotonic() - quiet_since >= idle_timeout:
-                            quiet_since = time.monotonic()
-                            yield Event("idle", "", None)
-            except SkaldClientError as exc:
-                if exc.status not in RETRYABLE:
-                    raise
-            attempt += 1
-            self._backoff(attempt)
+        cursor = _api.SubscribeCursor(db_id, topics, since_id, tail, heartbeat, idle_timeout, time.monotonic)
+        return self._stream(cursor)
 
     # ---- webhooks and tokens ----------------------------------------------------------------------
     def ingest_webhook(
@@ -286,7 +258,7 @@ class Client:
     def acquire_lease(
         self, db_id: str, resource: str, ttl_seconds: float | None = None, owner: str | None = None
     ) -> Lease:
-        lease: Lease = self._json(_api.lease_acquire(db_id, resource, owner or default_owner(), ttl_seconds))
+        lease: Lease = self._json(_api.lease_acquire(db_id, resource, owner or _api.default_owner(), ttl_seconds))
         return lease
 
     def renew_lease(self, db_id: str, lease: Lease, ttl_seconds: float | None = None) -> Lease:
@@ -348,14 +320,14 @@ class Client:
         content_type: str = "application/octet-stream",
         *,
         ref: str | None = None,
-        progress: Progress | None = None,
+        progress: UploadProgress | None = None,
     ) -> dict[str, Any]:
         """Like :meth:`AsyncClient.upload_blob`; ``source`` may be a file path (streamed in chunks,
         ``progress(n_bytes)`` called per chunk)."""
         if isinstance(source, bytes):
             digest, size = hashlib.sha256(source).hexdigest(), len(source)
         else:
-            digest, size = file_sha256(Path(source))
+            digest, size = _api.file_sha256(Path(source))
         init = self._json(_api.blob_init(db_id, digest, size, content_type))
         uploaded = not init["exists"]
         if uploaded:
@@ -378,19 +350,14 @@ class Client:
                 except httpx.TransportError as exc:
                     raise unreachable(spec["url"].split("?")[0], exc) from None
             if put.status_code >= 300:
-                raise SkaldClientError(
-                    put.status_code,
-                    "upload_failed",
-                    f"object storage refused the upload: {put.status_code} {put.text[:200]}",
-                )
+                raise _api.upload_failed(put.status_code, put.text)
             self._json(_api.blob_complete(db_id, digest))
-        result: dict[str, Any] = {"sha256": digest, "size": size, "uploaded": uploaded}
         if ref is not None:
             self.claim_blob(db_id, digest, ref)
-            result["ref"] = ref
-        return result
+        return _api.upload_result(digest, size, uploaded, ref)
 
     def blob_info(self, db_id: str, sha256: str) -> dict[str, Any]:
+        """``{"sha256", "size", "content_type", "url", "expires_in", "expires_at"}`` (presigned GET)."""
         return dict(self._json(_api.blob_read_url(db_id, sha256)))
 
     def blob_url(self, db_id: str, sha256: str) -> str:
@@ -404,9 +371,7 @@ class Client:
         except httpx.TransportError as exc:
             raise unreachable(url.split("?")[0], exc) from None
         if response.status_code != 200:
-            raise SkaldClientError(
-                response.status_code, "download_failed", f"object storage answered {response.status_code}"
-            )
+            raise _api.download_failed(response.status_code)
         _api.check_sha256(response.content, sha256)
         return response.content
 
@@ -416,7 +381,7 @@ class Client:
         sha256: str,
         dest: str | Path,
         *,
-        progress: Callable[[int, int | None], None] | None = None,
+        progress: DownloadProgress | None = None,
     ) -> dict[str, Any]:
         """Stream the blob to ``dest`` (through ``dest.part``; replaced only if the hash matches).
 
@@ -424,32 +389,27 @@ class Client:
         """
         info = self.blob_info(db_id, sha256)
         out = Path(dest)
-        partial = out.with_name(out.name + ".part")
+        partial = _api.part_path(out)
         digest = hashlib.sha256()
         try:
             with httpx.stream("GET", info["url"], timeout=None) as response:
                 if response.status_code != 200:
-                    raise SkaldClientError(
-                        response.status_code,
-                        "download_failed",
-                        f"object storage answered {response.status_code}",
-                    )
+                    raise _api.download_failed(response.status_code)
                 with partial.open("wb") as fh:
-                    for chunk in response.iter_bytes(CHUNK):
+                    for chunk in response.iter_bytes(_api.CHUNK):
                         digest.update(chunk)
                         fh.write(chunk)
                         if progress is not None:
                             progress(len(chunk), info.get("size"))
+            _api.check_digest(digest.hexdigest(), sha256)
         except httpx.TransportError as exc:
             partial.unlink(missing_ok=True)
             raise unreachable(str(info["url"]).split("?")[0], exc) from None
-        if digest.hexdigest() != sha256:
-            partial.unlink()
-            raise SkaldClientError(
-                0, "hash_mismatch", f"downloaded bytes hash to {digest.hexdigest()}, not {sha256}"
-            )
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
         partial.replace(out)
-        return {"sha256": sha256, "size": info.get("size"), "path": str(out)}
+        return _api.download_result(sha256, info, out)
 
     def claim_blob(self, db_id: str, sha256: str, ref: str) -> dict[str, Any]:
         return dict(self._json(_api.blob_claim(db_id, sha256, ref)))
@@ -480,49 +440,19 @@ class Client:
         page: ChangesPage = self._json(_api.changes(db_id, since, limit))
         return page
 
-    def follow_changes(self, db_id: str, since: int = 0, *, reconnect: bool = True) -> Generator[Event, None, None]:
+    def follow_changes(
+        self, db_id: str, since: int = 0, *, reconnect: bool = True
+    ) -> Generator[Event, None, None]:
         """Yield ``change`` events after ``since``; raise :class:`ResetRequired` on ``reset``.
 
-        With ``reconnect=False`` connection errors are raised (the replica does its own backoff).
+        With ``reconnect=False`` connection errors and the end of the stream are raised (the
+        replica does its own backoff).
         """
-        cursor = since
-        attempt = 0
-        while True:
-            try:
-                with contextlib.closing(self._events(_api.changes_stream(db_id, cursor))) as events:
-                    for event in events:
-                        attempt = 0
-                        if event.event == "reset":
-                            raise ResetRequired(
-                                410, "reset", "change feed no longer holds this sequence", event.data
-                            )
-                        if event.event == "change":
-                            cursor = int(event.id)
-                        yield event
-            except ResetRequired:
-                raise
-            except SkaldClientError as exc:
-                if exc.status not in RETRYABLE or not reconnect:
-                    raise
-            if not reconnect:
-                raise SkaldClientError(0, "stream_ended", "change stream ended")
-            attempt += 1
-            self._backoff(attempt)
+        return self._stream(_api.ChangesCursor(db_id, since, reconnect))
 
 
-def file_sha256(path: Path) -> tuple[str, int]:
-    """SHA-256 (hex) and size of a file, read in chunks."""
-    digest = hashlib.sha256()
-    size = 0
-    with path.open("rb") as fh:
-        while chunk := fh.read(CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-    return digest.hexdigest(), size
-
-
-def _chunks(fh: Any, progress: Progress | None) -> Iterator[bytes]:
-    while chunk := fh.read(CHUNK):
+def _chunks(fh: Any, progress: UploadProgress | None) -> Iterator[bytes]:
+    while chunk := fh.read(_api.CHUNK):
         if progress is not None:
             progress(len(chunk))
         yield chunk

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any, NotRequired, TypedDict
 
 
@@ -85,3 +86,9 @@ class Event:
     event: str
     id: str
     data: Any
+
+
+# ``upload_blob(progress=)``: called with the bytes sent per chunk; ``download_blob(progress=)``:
+# with the bytes received per chunk and the blob's size (None if the server did not say).
+UploadProgress = Callable[[int], None]
+DownloadProgress = Callable[[int, int | None], None]

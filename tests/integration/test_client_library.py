@@ -20,6 +20,7 @@ from skald.client import (
     BadRequest,
     Client,
     Conflict,
+    Event,
     Forbidden,
     NotFound,
     ServerUnreachable,
@@ -331,3 +332,76 @@ async def test_blocking_client_lease_and_batch(server: LiveServer) -> None:
 
     first, second, changes, code = await trio.to_thread.run_sync(run)
     assert second > first and changes == [1] and code == "stale_fence"
+
+
+# ---- the options both clients share: follow_changes(reconnect=), subscribe(idle_timeout=) ----
+
+
+async def options_flow(client: AsyncClient, db_id: str, stop_document: Callable[[], None]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    # reconnect=True (the default): the document closes mid-feed, the feed resumes after the last
+    # sequence it yielded (nothing repeated) and a later write still arrives
+    seqs: list[int] = []
+    rows: list[int] = []
+    async with client.follow_changes(db_id, since=0) as feed:
+        async for event in feed:
+            seqs.append(int(event.id))
+            if event.data["table"] == "t" and event.data["op"] == "insert":
+                rows.append(event.data["row"]["id"])
+                if rows[-1] == 4:
+                    stop_document()
+                    await client.query(db_id, "INSERT INTO t VALUES (5, NULL)")
+                if rows[-1] == 5:
+                    break
+    out["resumed"] = (rows, seqs == sorted(set(seqs)))
+
+    # reconnect=False: the end of the stream (the document closing) is raised, not retried
+    await client.query(db_id, "INSERT INTO t VALUES (6, NULL)")
+    got: list[int] = []
+    try:
+        async with client.follow_changes(db_id, since=seqs[-1], reconnect=False) as feed:
+            async for event in feed:
+                got.append(event.data["row"]["id"])
+                stop_document()
+    except SkaldClientError as exc:
+        out["no_reconnect"] = (got, exc.code)
+
+    # idle_timeout: a message, then "idle" once no message came for that long (the server's
+    # heartbeats wake the client), then the next message
+    await client.publish(db_id, "jobs/1", {"n": 1})
+    events: list[Event] = []
+    async with client.subscribe(db_id, "jobs/#", since_id=0, heartbeat=0.05, idle_timeout=1.0) as stream:
+        async for event in stream:
+            events.append(event)
+            if len(events) == 2:
+                await client.publish(db_id, "jobs/2", {"n": 2})
+            if len(events) == 3:
+                break
+    out["idle"] = [(e.event, e.data["payload"] if e.data else e.data, e.id) for e in events]
+    out["message_ids"] = [m["id"] for m in (await client.poll_messages(db_id, "jobs/#", since_id=0))["messages"]]
+    return out
+
+
+def check_options_flow(out: dict[str, Any]) -> None:
+    assert out["resumed"] == ([0, 1, 2, 3, 4, 5], True)
+    assert out["no_reconnect"] == ([6], "stream_ended")
+    first, second = out["message_ids"]
+    assert out["idle"] == [("message", {"n": 1}, str(first)), ("idle", None, ""), ("message", {"n": 2}, str(second))]
+
+
+@pytest.mark.parametrize("runner", ["trio", "asyncio"])
+async def test_stream_options_of_the_async_client(server: LiveServer, runner: str) -> None:
+    await seed(server, "notes")
+
+    def stop() -> None:
+        server.state.supervisor.open_actors["notes"].stop("test")
+
+    async def main(stop_document: Callable[[], None]) -> dict[str, Any]:
+        async with AsyncClient(server.url, ADMIN_TOKEN, reconnect_delay=0.01) as client:
+            return await options_flow(client, "notes", stop_document)
+
+    if runner == "trio":
+        out = await main(stop)
+    else:  # the asyncio loop runs in a thread; the server lives in trio
+        out = await trio.to_thread.run_sync(asyncio.run, main(lambda: trio.from_thread.run_sync(stop)))
+    check_options_flow(out)

@@ -198,3 +198,31 @@ def test_blocking_errors_carry_code() -> None:
         with pytest.raises(RateLimited) as limited:
             client.stream_next("notes", "q")
         assert limited.value.retry_after == 3
+
+
+def test_idle_events_follow_the_clock_not_the_heartbeats() -> None:
+    """``subscribe(idle_timeout=)`` (both clients share this cursor): ``idle`` once per quiet
+    period, measured from the subscription's start or the last message/idle; a reconnect does not
+    restart the period."""
+    from skald.client._api import SubscribeCursor
+    from skald.client.types import Event
+
+    now = [0.0]
+    cursor = SubscribeCursor("notes", ["a/#"], None, None, 0.5, 1.0, lambda: now[0])
+    cursor.call()  # the first connection starts the clock
+    seen = []
+    for at, name in [(0.5, "heartbeat"), (1.0, "heartbeat"), (1.5, "heartbeat"), (1.9, "message"),
+                     (2.8, "heartbeat"), (2.9, "heartbeat"), (3.5, "heartbeat")]:
+        now[0] = at
+        if at == 2.8:
+            cursor.call()  # a reconnect in the middle of a quiet period
+        shown = cursor.accept(Event(name, "7" if name == "message" else "", {}))
+        seen.append((at, shown.event if shown else None))
+    assert seen == [(0.5, None), (1.0, "idle"), (1.5, None), (1.9, "message"), (2.8, None), (2.9, "idle"),
+                    (3.5, None)]
+    assert cursor.call().headers == {"Accept": "text/event-stream", "Last-Event-ID": "7"}
+
+    quiet = SubscribeCursor("notes", ["a/#"], None, None, 0.5, None, lambda: now[0])
+    quiet.call()
+    now[0] = 100.0
+    assert quiet.accept(Event("heartbeat", "", {})) is None  # no idle_timeout: never idle
