@@ -370,7 +370,7 @@ async def options_flow(client: AsyncClient, db_id: str, stop_document: Callable[
     # heartbeats wake the client), then the next message
     await client.publish(db_id, "jobs/1", {"n": 1})
     events: list[Event] = []
-    async with client.subscribe(db_id, "jobs/#", since_id=0, heartbeat=0.05, idle_timeout=1.0) as stream:
+    async with client.subscribe(db_id, "jobs/#", since_id=0, heartbeat=0.1, idle_timeout=1.0) as stream:
         async for event in stream:
             events.append(event)
             if len(events) == 2:
