@@ -58,7 +58,7 @@ class Shutdown:
         """
         self.event.set()
         for scope in self._waits:
-            scope.cancel()
+            scope.cancel(reason="shutting down")
 
     async def trigger(self) -> None:
         """hypercorn's ``shutdown_trigger``: return once the server is to stop accepting.

@@ -119,6 +119,6 @@ async def _first(*events: trio.Event | None) -> None:
 
                 async def wait(e: trio.Event = event) -> None:
                     await e.wait()
-                    nursery.cancel_scope.cancel()
+                    nursery.cancel_scope.cancel(reason="event set")
 
                 nursery.start_soon(wait)
