@@ -28,6 +28,7 @@ from prometheus_client import Counter, Gauge
 from skald.actor import DocumentActor
 from skald.connection import DocConnection
 from skald.errors import PayloadTooLarge, ValidationFailed
+from skald.http.sse import json_event
 from skald.metrics import Metrics
 from skald.pubsub_retention import Retention, iso_timestamp
 from skald.supervisor import Supervisor
@@ -73,8 +74,7 @@ class Message:
     def sse(self) -> bytes:
         """The SSE frame, encoded once however many subscribers receive it."""
         if self._sse is None:
-            data = json.dumps(self.to_json(), separators=(",", ":"))
-            self._sse = f"event: message\nid: {self.id}\ndata: {data}\n\n".encode()
+            self._sse = json_event("message", self.to_json(), self.id)
         return self._sse
 
     @classmethod
