@@ -27,7 +27,7 @@ import trio
 
 from skald.actor import CommitInfo, DocumentActor
 from skald.errors import SkaldError
-from skald.http.sse import encode_event, json_event
+from skald.http.sse import encode_event, json_event, wait_first
 from skald.query import Limits, Statement, StatementResult, execute
 from skald.query_metrics import QueryMetrics
 from skald.shutdown import final_event
@@ -35,21 +35,6 @@ from skald.sqlscope import StatementClass
 from skald.supervisor import Supervisor
 
 _SCHEMA_TABLES = frozenset({"sqlite_master", "sqlite_schema"})
-
-
-async def _wait_any(events: list[trio.Event], seconds: float) -> None:
-    """Return when any event is set or after ``seconds``."""
-    if any(e.is_set() for e in events):
-        return
-    with trio.move_on_after(seconds):
-        async with trio.open_nursery() as nursery:
-
-            async def wait(event: trio.Event) -> None:
-                await event.wait()
-                nursery.cancel_scope.cancel(reason="watch woken")
-
-            for event in events:
-                nursery.start_soon(wait, event)
 
 
 @dataclasses.dataclass
@@ -185,7 +170,8 @@ class QueryWatch:
                         yield _result_event("snapshot", result)
                 while True:
                     wake = self.dirty
-                    await _wait_any([wake, actor.closing, self.shutdown], self.heartbeat_seconds)
+                    with trio.move_on_after(self.heartbeat_seconds):
+                        await wait_first(wake, actor.closing, self.shutdown)
                     if self.shutdown.is_set():
                         yield final_event(**({"resume_from": last_hash} if last_hash else {}))
                         return

@@ -1,4 +1,4 @@
-"""Server-sent events: the one frame encoder and response every stream uses.
+"""Server-sent events: the one frame encoder, response and wake-up every stream uses.
 
 Pub/sub subscriptions, query watches, the sync change stream and the shutdown
 event all speak through :func:`encode_event`, so they agree on the frame
@@ -13,6 +13,7 @@ import json
 from collections.abc import AsyncIterable
 from typing import Any
 
+import trio
 from quart import Response
 
 _SEPARATORS = (",", ":")
@@ -68,3 +69,28 @@ def sse_response(frames: AsyncIterable[bytes]) -> Response:
     )
     response.timeout = None
     return response
+
+
+async def wait_first(*events: trio.Event | None) -> None:
+    """Return as soon as one of ``events`` is set (``None`` entries are skipped).
+
+    What a stream loop waits on between frames: new data, its document closing, the server
+    shutting down. Put it under ``trio.move_on_after(heartbeat)`` for a heartbeat. With no
+    event at all it waits until cancelled (nothing can wake it). The waiting tasks live in a
+    nursery of their own and are all gone when it returns; a cancellation from outside ends
+    them too.
+    """
+    pending = [event for event in events if event is not None]
+    if any(event.is_set() for event in pending):
+        await trio.lowlevel.checkpoint()
+        return
+    if not pending:
+        await trio.sleep_forever()
+    async with trio.open_nursery() as nursery:
+
+        async def wait(event: trio.Event) -> None:
+            await event.wait()
+            nursery.cancel_scope.cancel(reason="stream woken")
+
+        for event in pending:
+            nursery.start_soon(wait, event)

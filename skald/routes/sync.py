@@ -12,7 +12,7 @@ from quart import Quart, Response, request
 from skald.auth.guard import requires
 from skald.changefeed import read_changes
 from skald.connection import DocConnection
-from skald.http.sse import json_event, sse_response
+from skald.http.sse import json_event, sse_response, wait_first
 from skald.routes.params import int_param
 from skald.shutdown import final_event
 from skald.state import AppState, get_state
@@ -89,7 +89,7 @@ async def changes_stream_view(db_id: str) -> Response:
                 if len(page["changes"]) >= STREAM_PAGE:
                     continue
                 with trio.move_on_after(heartbeat) as scope:
-                    await _first(wake, actor.closing, shutdown)
+                    await wait_first(wake, actor.closing, shutdown)
                 if scope.cancelled_caught:
                     yield json_event("heartbeat", {"last_seq": page["last_seq"]})
             if shutdown is not None and shutdown.is_set():
@@ -101,15 +101,3 @@ async def changes_stream_view(db_id: str) -> Response:
 def _page(conn: DocConnection, cursor: int) -> dict[str, Any]:
     return read_changes(conn, cursor, STREAM_PAGE)
 
-
-async def _first(*events: trio.Event | None) -> None:
-    """Return when any of ``events`` is set."""
-    async with trio.open_nursery() as nursery:
-        for event in events:
-            if event is not None:
-
-                async def wait(e: trio.Event = event) -> None:
-                    await e.wait()
-                    nursery.cancel_scope.cancel(reason="event set")
-
-                nursery.start_soon(wait)

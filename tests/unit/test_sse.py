@@ -6,11 +6,13 @@ import json
 from typing import Any
 
 import pytest
+import trio
+import trio.testing
 from httpx_sse._decoders import SSEDecoder, SSELineDecoder
 from hypothesis import given
 from hypothesis import strategies as st
 
-from skald.http.sse import encode_event, json_event, sse_response
+from skald.http.sse import encode_event, json_event, sse_response, wait_first
 
 
 def _decode(frame: bytes) -> list[tuple[str, str, str]]:
@@ -24,7 +26,7 @@ def _decode(frame: bytes) -> list[tuple[str, str, str]]:
     return events
 
 
-_field = st.text(st.characters(blacklist_characters="\r\n", blacklist_categories=("Cs",)))
+_field = st.text(st.characters(exclude_characters="\r\n", codec="utf-8"))
 _ids = st.none() | st.integers(min_value=0) | _field.filter(lambda s: "\0" not in s)
 
 
@@ -77,3 +79,36 @@ def test_the_response_streams_uncached_unbuffered_and_without_a_timeout() -> Non
     assert response.headers["Cache-Control"] == "no-store"
     assert response.headers["X-Accel-Buffering"] == "no"
     assert response.timeout is None
+
+
+@pytest.mark.parametrize("which", [0, 1, 2])
+async def test_wait_first_returns_when_any_one_is_set_and_leaves_no_waiter(which: int) -> None:
+    events = [trio.Event(), None, trio.Event(), trio.Event()]
+    chosen = [e for e in events if e is not None][which]
+    woken = trio.Event()
+    async with trio.open_nursery() as nursery:
+
+        async def waiter() -> None:
+            await wait_first(*events)
+            woken.set()
+
+        nursery.start_soon(waiter)
+        await trio.testing.wait_all_tasks_blocked()
+        assert not woken.is_set()
+        chosen.set()
+    assert woken.is_set()  # the nursery could close: no task was left waiting on the other events
+
+
+async def test_wait_first_with_one_already_set_returns_at_once(autojump_clock: trio.testing.MockClock) -> None:
+    done = trio.Event()
+    done.set()
+    start = trio.current_time()
+    with trio.fail_after(1):  # blocking would let the clock jump here and raise
+        await wait_first(trio.Event(), done)
+    assert trio.current_time() == start
+
+
+async def test_wait_first_with_no_event_waits_until_cancelled(autojump_clock: trio.testing.MockClock) -> None:
+    with trio.move_on_after(30) as scope:
+        await wait_first(None, None)
+    assert scope.cancelled_caught
