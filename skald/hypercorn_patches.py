@@ -229,7 +229,7 @@ class _KeepAliveTimer:
     def close(self) -> None:
         self._closed = True
         if self._task_scope is not None:
-            self._task_scope.cancel()
+            self._task_scope.cancel(reason="connection closed")
 
     def _move(self, deadline: float) -> None:
         # Only ever brought forward: a deadline pushed back (or off) is seen when the old one passes,

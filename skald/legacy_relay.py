@@ -29,7 +29,7 @@ import trio
 from prometheus_client import Counter, Gauge
 
 from skald import stream_routes
-from skald.auth.guard import check_scope, check_token
+from skald.auth.guard import check_scope, check_token, secret_from
 from skald.client_ip import client_ip
 from skald.errors import (
     PROBLEM_CONTENT_TYPE,
@@ -360,11 +360,9 @@ class LegacyRelay:
     async def _authorize(
         self, req: _Request, db_id: str, action: str, resource: str, *, allow_query_token: bool = True
     ) -> None:
-        raw = req.headers.get("authorization", "").strip()
-        scheme, _, value = raw.partition(" ")
-        secret = value.strip() if scheme.lower() in ("bearer", "token") else raw if allow_query_token else ""
-        if not secret and allow_query_token:
-            secret = req.args.get("token", "")
+        # The JSON API's parser: the relay reads a token from the same places in the same order.
+        secret = secret_from(req.headers.get("authorization", ""), req.args.get("token"),
+                             allow_query_token=allow_query_token)
         challenge = [(b"www-authenticate", b'Bearer realm="skald"')]
         if not secret:
             raise Refused(401, "unauthorized", challenge)

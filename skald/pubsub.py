@@ -28,10 +28,11 @@ from prometheus_client import Counter, Gauge
 from skald.actor import DocumentActor
 from skald.connection import DocConnection
 from skald.errors import PayloadTooLarge, ValidationFailed
+from skald.http.sse import json_event
 from skald.metrics import Metrics
 from skald.pubsub_retention import Retention, iso_timestamp
 from skald.supervisor import Supervisor
-from skald.topics import TopicFilter, topic_allowed, validate_topic
+from skald.topics import TopicFilter, topic_visible, validate_topic
 
 log = structlog.get_logger("skald.pubsub")
 
@@ -73,8 +74,7 @@ class Message:
     def sse(self) -> bytes:
         """The SSE frame, encoded once however many subscribers receive it."""
         if self._sse is None:
-            data = json.dumps(self.to_json(), separators=(",", ":"))
-            self._sse = f"event: message\nid: {self.id}\ndata: {data}\n\n".encode()
+            self._sse = json_event("message", self.to_json(), self.id)
         return self._sse
 
     @classmethod
@@ -144,9 +144,7 @@ class Subscriber:
         self.closed = False
 
     def wants(self, message: Message) -> bool:
-        if not topic_allowed(message.topic, self.prefixes):
-            return False
-        return not self.filters or any(f.matches(message.topic) for f in self.filters)
+        return topic_visible(message.topic, self.filters, self.prefixes)
 
     def offer(self, message: Message) -> bool:
         """Buffer ``message``; False (and the subscriber is closed) if the buffer is full.
@@ -344,7 +342,7 @@ class PubSub:
                 for row in rows:
                     cursor_id = int(row[0])
                     message = Message.from_row(row)
-                    if _visible(message, filters, prefixes):
+                    if topic_visible(message.topic, filters, prefixes):
                         found.append(message)
                         if len(found) >= limit:
                             break
@@ -378,7 +376,7 @@ class PubSub:
                     return 0
                 for row in rows:
                     cursor_id = int(row[0])
-                    if _visible(Message.from_row(row), filters, prefixes):
+                    if topic_visible(str(row[1]), filters, prefixes):  # row[1]: the topic column
                         seen += 1
                         if seen == count:
                             return cursor_id - 1
@@ -398,11 +396,5 @@ class PubSub:
             return int(row[0]) if row else 0
 
         return await actor.read(fetch)
-
-def _visible(message: Message, filters: list[TopicFilter], prefixes: list[str] | None) -> bool:
-    if not topic_allowed(message.topic, prefixes):
-        return False
-    return not filters or any(f.matches(message.topic) for f in filters)
-
 
 __all__ = ["Hub", "Message", "PubSub", "Subscriber", "parse_publish"]

@@ -18,14 +18,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 from collections.abc import AsyncGenerator, AsyncIterator
-from typing import Any
 
 import trio
 
 from skald.actor import DocumentActor
 from skald.errors import SkaldError
+from skald.http.sse import json_event
 from skald.pubsub import Hub, Message, PubSub, Subscriber
 from skald.shutdown import final_event
 from skald.supervisor import Supervisor
@@ -42,11 +41,6 @@ class StreamRequest:
     since_id: int | None  # resume after this id (since_id or Last-Event-ID)
     tail: int | None
     heartbeat: float
-
-
-def sse_event(event: str, data: dict[str, Any], event_id: int | None = None) -> bytes:
-    head = f"event: {event}\n" + (f"id: {event_id}\n" if event_id is not None else "")
-    return (head + "data: " + json.dumps(data, separators=(",", ":")) + "\n\n").encode()
 
 
 def _ended(actor: DocumentActor, shutdown: trio.Event | None) -> bool:
@@ -66,7 +60,7 @@ async def event_stream(
                 async for frame in frames:
                     yield frame
     except SkaldError as exc:
-        yield sse_event("error", {"code": exc.code, "detail": exc.detail})
+        yield json_event("error", {"code": exc.code, "detail": exc.detail})
 
 
 def _subscribe(pubsub: PubSub, hub: Hub, req: StreamRequest) -> Subscriber:
@@ -88,7 +82,7 @@ async def _run(
             cursor = req.since_id
             pruned = await pubsub.pruned_through(actor)
             if cursor < pruned:
-                yield sse_event(
+                yield json_event(
                     "reset",
                     {"requested_since_id": cursor, "oldest_id": pruned + 1, "resume_from": pruned,
                      "detail": "messages after the requested cursor were removed by retention"},
@@ -112,7 +106,7 @@ async def _run(
                     continue
                 if len(messages) < REPLAY_PAGE:
                     break
-        yield sse_event("heartbeat", {"live": True})
+        yield json_event("heartbeat", {"live": True})
         sub = current[0]
         while not _ended(actor, shutdown):
             message: Message | None = None
@@ -123,7 +117,7 @@ async def _run(
                 if sub.overflowed:
                     resume_from = last if last >= 0 else sub.first_lost_id - 1
                     pubsub.slow_dropped.inc()
-                    yield sse_event(
+                    yield json_event(
                         "error",
                         {"code": "slow_consumer", "resume_from": resume_from,
                          "detail": "the client fell behind; reconnect with since_id or Last-Event-ID"},
@@ -132,7 +126,7 @@ async def _run(
                     return
                 break  # the hub closed: the document is closing or the server stopping
             if message is None:
-                yield sse_event("heartbeat", {})
+                yield json_event("heartbeat", {})
                 continue
             sub.taken(message)
             if message.id <= last:

@@ -91,7 +91,7 @@ async def unless_gone(gone: trio.Event, left: Callable[[], Awaitable[bool]]) -> 
 
         def leave() -> None:
             gone.set()
-            scope.cancel()
+            scope.cancel(reason="peer left")
 
         with on_hang_up(leave) as watched:
             if watched:
@@ -110,7 +110,7 @@ async def unless_gone(gone: trio.Event, left: Callable[[], Awaitable[bool]]) -> 
                     failed: Exception | None = exc
                 else:
                     failed = None
-                nursery.cancel_scope.cancel()
+                nursery.cancel_scope.cancel(reason="block finished")
             if failed is not None:
                 raise failed
 

@@ -19,7 +19,6 @@ actor (:meth:`skald.supervisor.Supervisor.aclose`).
 
 from __future__ import annotations
 
-import json
 import select
 import socket
 from collections.abc import Awaitable, Callable
@@ -28,6 +27,7 @@ from typing import Any, TypeVar
 import trio
 
 from skald.errors import ShuttingDown
+from skald.http.sse import json_event
 
 T = TypeVar("T")
 
@@ -58,7 +58,7 @@ class Shutdown:
         """
         self.event.set()
         for scope in self._waits:
-            scope.cancel()
+            scope.cancel(reason="shutting down")
 
     async def trigger(self) -> None:
         """hypercorn's ``shutdown_trigger``: return once the server is to stop accepting.
@@ -125,4 +125,4 @@ def final_event(**resume: Any) -> bytes:
     ``id:`` line, so an ``EventSource``'s ``Last-Event-ID`` stays the last event it received.
     """
     data = {"code": "shutting_down", "detail": STREAM_END_DETAIL, **resume}
-    return b"event: shutdown\ndata: " + json.dumps(data, separators=(",", ":")).encode() + b"\n\n"
+    return json_event("shutdown", data)

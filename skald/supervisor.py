@@ -87,7 +87,7 @@ class Supervisor:
             self._service.stop("shutdown")
             await self._service.stopped.wait()
         if self._nursery is not None:
-            self._nursery.cancel_scope.cancel()
+            self._nursery.cancel_scope.cancel(reason="supervisor stopped")
 
     @property
     def service(self) -> DocumentActor:

@@ -124,3 +124,14 @@ def filter_intersects_prefix(filter_segments: tuple[str, ...], prefix: str) -> b
 def topic_allowed(topic: str, prefixes: list[str] | None) -> bool:
     """True if ``topic`` is visible under the token's resource prefixes (None = unrestricted)."""
     return prefixes is None or any(topic.startswith(p) for p in prefixes)
+
+
+def topic_visible(topic: str, filters: list[TopicFilter], prefixes: list[str] | None) -> bool:
+    """True if a subscriber with ``filters`` (none = every topic) under ``prefixes`` sees ``topic``.
+
+    The one predicate for live fan-out, replay and ``tail`` alike, so a message a stream would
+    deliver live is exactly one it would replay after a reconnect.
+    """
+    if not topic_allowed(topic, prefixes):
+        return False
+    return not filters or any(f.matches(topic) for f in filters)

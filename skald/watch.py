@@ -19,7 +19,6 @@ watch open; the next successful run is sent as ``update``.
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -28,6 +27,7 @@ import trio
 
 from skald.actor import CommitInfo, DocumentActor
 from skald.errors import SkaldError
+from skald.http.sse import encode_event, json_event, wait_first
 from skald.query import Limits, Statement, StatementResult, execute
 from skald.query_metrics import QueryMetrics
 from skald.shutdown import final_event
@@ -35,29 +35,6 @@ from skald.sqlscope import StatementClass
 from skald.supervisor import Supervisor
 
 _SCHEMA_TABLES = frozenset({"sqlite_master", "sqlite_schema"})
-
-
-def sse_event(event: str, data: dict[str, Any], event_id: str | None = None) -> bytes:
-    lines = [f"event: {event}"]
-    if event_id:
-        lines.append(f"id: {event_id}")
-    lines.append("data: " + json.dumps(data, separators=(",", ":"), ensure_ascii=False))
-    return ("\n".join(lines) + "\n\n").encode("utf-8")
-
-
-async def _wait_any(events: list[trio.Event], seconds: float) -> None:
-    """Return when any event is set or after ``seconds``."""
-    if any(e.is_set() for e in events):
-        return
-    with trio.move_on_after(seconds):
-        async with trio.open_nursery() as nursery:
-
-            async def wait(event: trio.Event) -> None:
-                await event.wait()
-                nursery.cancel_scope.cancel(reason="watch woken")
-
-            for event in events:
-                nursery.start_soon(wait, event)
 
 
 @dataclasses.dataclass
@@ -183,29 +160,30 @@ class QueryWatch:
                 result, error = await self._evaluate(actor)
                 last_hash: str | None = None
                 if error is not None:
-                    yield sse_event("error", error.problem())
+                    yield json_event("error", error.problem())
                 else:
                     assert result is not None
                     last_hash = result.hash
                     if last_hash == self.known_hash:
-                        yield sse_event("unchanged", {"result_hash": last_hash}, last_hash)
+                        yield json_event("unchanged", {"result_hash": last_hash}, last_hash)
                     else:
                         yield _result_event("snapshot", result)
                 while True:
                     wake = self.dirty
-                    await _wait_any([wake, actor.closing, self.shutdown], self.heartbeat_seconds)
+                    with trio.move_on_after(self.heartbeat_seconds):
+                        await wait_first(wake, actor.closing, self.shutdown)
                     if self.shutdown.is_set():
                         yield final_event(**({"resume_from": last_hash} if last_hash else {}))
                         return
                     if actor.closing.is_set():
                         return
                     if not wake.is_set():
-                        yield sse_event("heartbeat", {"time": round(time.time(), 3)})
+                        yield json_event("heartbeat", {"time": round(time.time(), 3)})
                         continue
                     result, error = await self._evaluate(actor)
                     if error is not None:
                         last_hash = None
-                        yield sse_event("error", error.problem())
+                        yield json_event("error", error.problem())
                         continue
                     assert result is not None
                     new_hash = result.hash
@@ -221,4 +199,4 @@ class QueryWatch:
 
 def _result_event(event: str, result: StatementResult) -> bytes:
     """An encoded ``snapshot``/``update`` event (the JSON is encoded once per shared result)."""
-    return f"event: {event}\nid: {result.hash}\ndata: ".encode() + result.event_json + b"\n\n"
+    return encode_event(event, result.event_json, result.hash)

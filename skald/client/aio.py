@@ -55,7 +55,7 @@ async def finish(agen: AsyncIterator[Any]) -> None:
     for the garbage collector, which trio reports as a ``ResourceWarning``.
     """
     with anyio.CancelScope() as scope:
-        scope.cancel()
+        scope.cancel(reason="closing stream")
         with contextlib.suppress(StopAsyncIteration, Exception):
             while True:
                 await agen.__anext__()
@@ -397,7 +397,7 @@ class AsyncClient:
                                 renewed = await self.renew_lease(db_id, lease, ttl_seconds)
                             except SkaldClientError as exc:
                                 lost = exc
-                                tg.cancel_scope.cancel()
+                                tg.cancel_scope.cancel(reason="lease lost")
                                 return
                             lease.update(renewed)
 
@@ -405,7 +405,7 @@ class AsyncClient:
                     try:
                         yield lease
                     finally:
-                        tg.cancel_scope.cancel()
+                        tg.cancel_scope.cancel(reason="lease released")
         finally:
             if lost is None:
                 with anyio.CancelScope(shield=True), contextlib.suppress(Conflict, Forbidden, NotFound):

@@ -57,7 +57,7 @@ def install(app: Quart, state: AppState) -> None:
 
     @app.after_serving
     async def stop_worker() -> None:
-        scope.cancel()
+        scope.cancel(reason="server stopping")
 
     app.add_url_rule(
         f"{PREFIX}/init-upload", endpoint="blobs.init_upload", view_func=init_upload_view, methods=["POST"]

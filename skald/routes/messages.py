@@ -13,6 +13,7 @@ from quart import Quart, Response, jsonify, request
 from skald.auth.guard import authorize, current_principal, requires
 from skald.auth.scopes import allowed_prefixes
 from skald.errors import BadRequest, DocumentNotFound, PayloadTooLarge, ScopeDenied, ValidationFailed
+from skald.http.sse import sse_response
 from skald.ids import validate_db_id
 from skald.pubsub import PubSub, parse_publish
 from skald.pubsub_retention import RetentionPolicy
@@ -99,13 +100,7 @@ async def stream_view(db_id: str) -> Response:
     filters, prefixes = await _visible_filters(db_id)
     stream = StreamRequest(db_id, filters, prefixes, since_id, tail, heartbeat)
     generator = event_stream(_pubsub(), state.supervisor, stream, state.services.get("shutdown_event"))
-    response = Response(
-        generator,
-        content_type="text/event-stream",
-        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
-    )
-    response.timeout = None
-    return response
+    return sse_response(generator)
 
 
 @requires("pub.subscribe")

@@ -17,6 +17,7 @@ from quart_schema import validate_request
 
 from skald.auth.guard import authorize, current_principal, requires
 from skald.connection import DocConnection
+from skald.http.sse import sse_response
 from skald.query import (
     Guard,
     Limits,
@@ -172,10 +173,4 @@ async def watch_view(db_id: str, data: WatchBody) -> Response:
         hub=state.services["query_watch_hub"],
         metrics=_metrics(),
     )
-    response = Response(
-        watch.events(),
-        content_type="text/event-stream",
-        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
-    )
-    response.timeout = None
-    return response
+    return sse_response(watch.events())

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -13,6 +12,7 @@ from quart import Quart, Response, request
 from skald.auth.guard import requires
 from skald.changefeed import read_changes
 from skald.connection import DocConnection
+from skald.http.sse import json_event, sse_response, wait_first
 from skald.routes.params import int_param
 from skald.shutdown import final_event
 from skald.state import AppState, get_state
@@ -59,11 +59,6 @@ async def changes_view(db_id: str) -> dict[str, Any]:
     return page
 
 
-def _event(kind: str, data: Any, event_id: int | None = None) -> bytes:
-    head = f"id: {event_id}\n" if event_id is not None else ""
-    return f"{head}event: {kind}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
-
-
 @requires("sync.read")
 async def changes_stream_view(db_id: str) -> Response:
     since = int_param("since", request.args.get("since"))
@@ -86,39 +81,23 @@ async def changes_stream_view(db_id: str) -> Response:
                 wake = service.wakeup(db_id)
                 page = await actor.read(functools.partial(_page, cursor=cursor))
                 if page["reset"]:
-                    yield _event("reset", {"since": cursor, "last_seq": page["last_seq"]})
+                    yield json_event("reset", {"since": cursor, "last_seq": page["last_seq"]})
                     return
                 for change in page["changes"]:
                     cursor = change["seq"]
-                    yield _event("change", change, cursor)
+                    yield json_event("change", change, cursor)
                 if len(page["changes"]) >= STREAM_PAGE:
                     continue
                 with trio.move_on_after(heartbeat) as scope:
-                    await _first(wake, actor.closing, shutdown)
+                    await wait_first(wake, actor.closing, shutdown)
                 if scope.cancelled_caught:
-                    yield _event("heartbeat", {"last_seq": page["last_seq"]})
+                    yield json_event("heartbeat", {"last_seq": page["last_seq"]})
             if shutdown is not None and shutdown.is_set():
                 yield final_event(resume_from=cursor)
 
-    response = Response(events(), content_type="text/event-stream")
-    response.headers["Cache-Control"] = "no-store"
-    response.headers["X-Accel-Buffering"] = "no"
-    response.timeout = None
-    return response
+    return sse_response(events())
 
 
 def _page(conn: DocConnection, cursor: int) -> dict[str, Any]:
     return read_changes(conn, cursor, STREAM_PAGE)
 
-
-async def _first(*events: trio.Event | None) -> None:
-    """Return when any of ``events`` is set."""
-    async with trio.open_nursery() as nursery:
-        for event in events:
-            if event is not None:
-
-                async def wait(e: trio.Event = event) -> None:
-                    await e.wait()
-                    nursery.cancel_scope.cancel()
-
-                nursery.start_soon(wait)
