@@ -82,7 +82,9 @@ def _task_count() -> int:
     def walk(task: trio.lowlevel.Task) -> int:
         return 1 + sum(walk(child) for nursery in task.child_nurseries for child in nursery.child_tasks)
 
-    return walk(trio.lowlevel.current_root_task())
+    root = trio.lowlevel.current_root_task()
+    assert root is not None  # None only outside trio.run
+    return walk(root)
 
 
 async def test_open_and_reap_500_documents_leaves_nothing_behind(tmp_path: Path) -> None:
