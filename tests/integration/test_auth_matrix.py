@@ -53,7 +53,7 @@ def discover_routes(app: Any) -> list[RouteCase]:
         action = getattr(view, "skald_action", None)
         if action is None:
             continue
-        values = {}
+        values: dict[str, str | int] = {}
         for name in rule.arguments:
             converter = type(rule._converters[name]).__name__
             if name == "db_id":

@@ -91,7 +91,7 @@ async def test_escaped_surrogate_pair_is_text(client: httpx.AsyncClient) -> None
     ],
 )
 async def test_deep_nesting_is_invalid_json(
-    client: httpx.AsyncClient, method: str, path: str, prefix: str, suffix: str
+    client: httpx.AsyncClient, method: str, path: str, prefix: bytes, suffix: bytes
 ) -> None:
     for depth in (MAX_JSON_DEPTH + 1, 10_000):
         response = await client.request(method, path, content=prefix + nested(depth) + suffix, headers=JSON)
