@@ -27,6 +27,7 @@ import tempfile
 import time
 from contextlib import aclosing
 from pathlib import Path
+from typing import Any
 
 import httpx
 import trio
@@ -65,9 +66,9 @@ class Outcomes:
             self.counts[outcome] += 1
         return outcome
 
-    async def call(self, client: httpx.AsyncClient, method: str, path: str, **kwargs: object) -> str:
+    async def call(self, client: httpx.AsyncClient, method: str, path: str, **kwargs: Any) -> str:
         try:
-            response = await client.request(method, path, **kwargs)  # type: ignore[arg-type]
+            response = await client.request(method, path, **kwargs)
         except httpx.ConnectError:
             return self.count("refused")
         except httpx.TransportError as exc:
@@ -77,10 +78,10 @@ class Outcomes:
             code = " " + response.json().get("code", "")
         return self.count(f"{response.status_code}{code}")
 
-    async def stream(self, client: httpx.AsyncClient, name: str, method: str, path: str, **kwargs: object) -> None:
+    async def stream(self, client: httpx.AsyncClient, name: str, method: str, path: str, **kwargs: Any) -> None:
         events: list[str] = []
         try:
-            async with aconnect_sse(client, method, path, **kwargs) as source:  # type: ignore[arg-type]
+            async with aconnect_sse(client, method, path, **kwargs) as source:
                 if source.response.status_code != 200:
                     self.streams.append(f"{name}: {source.response.status_code}")
                     return
@@ -174,7 +175,7 @@ async def mixed_load(url: str, out: Outcomes, nursery: trio.Nursery, stop: trio.
 
     async def worker(i: int) -> None:
         async with httpx.AsyncClient(base_url=url, headers=HEADERS, timeout=60) as client:
-            n = outcome = 0
+            n, outcome = 0, ""  # outcome: what the last call got, as Outcomes.call names it
             while not stop.is_set() and outcome != "refused":  # refused: a real client goes elsewhere
                 n += 1
                 kind = n % 4
