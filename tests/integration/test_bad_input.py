@@ -6,6 +6,7 @@ generated inputs over every route are in ``test_input_properties.py``.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -43,7 +44,7 @@ def nested(depth: int) -> bytes:
 
 
 @pytest.fixture
-async def client(server: LiveServer) -> Any:
+async def client(server: LiveServer) -> AsyncIterator[httpx.AsyncClient]:
     async with server.client() as client:
         assert (await client.put(DB)).status_code == 201
         yield client
