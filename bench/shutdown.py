@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable
 from contextlib import aclosing
 from pathlib import Path
 from typing import Any
@@ -110,9 +111,9 @@ async def scenario_streams(url: str, out: Outcomes, nursery: trio.Nursery, start
     started.set()
 
 
-async def _closing(client: httpx.AsyncClient, work: object) -> None:
+async def _closing(client: httpx.AsyncClient, work: Awaitable[object]) -> None:
     async with client:
-        await work  # type: ignore[misc]
+        await work
 
 
 async def run_round(grace: float, scenario: str) -> tuple[float, Outcomes]:

@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -13,8 +14,8 @@ from skald.errors import DocumentNotFound, InvalidDocumentId
 from skald.supervisor import Supervisor
 
 
-async def _supervisor(nursery: trio.Nursery, tmp_path: Path, **kwargs: object) -> Supervisor:
-    sup = Supervisor(Settings(data_dir=tmp_path / "data", **kwargs))  # type: ignore[arg-type]
+async def _supervisor(nursery: trio.Nursery, tmp_path: Path, **kwargs: Any) -> Supervisor:  # Settings fields
+    sup = Supervisor(Settings(data_dir=tmp_path / "data", **kwargs))
     await nursery.start(sup.run)
     return sup
 
