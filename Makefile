@@ -24,7 +24,7 @@ test: install  ## run the whole test suite
 lint:  ## ruff
 	$(BIN)/ruff check skald tests bench
 
-typecheck:  ## mypy --strict
+typecheck:  ## mypy --strict over skald, tests and bench (pyproject: [tool.mypy] files)
 	$(BIN)/mypy
 
 fmt:  ## format and fix

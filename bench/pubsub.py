@@ -61,7 +61,9 @@ def wrk_rate(url: str, connections: int, seconds: int, script: Path) -> tuple[fl
         ["wrk", "-t", "1", "-c", str(connections), "-d", f"{seconds}s", "-s", str(script), url],
         capture_output=True, text=True, check=True,
     ).stdout
-    rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1])  # type: ignore[index]
+    found = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    assert found is not None, f"wrk printed no rate:\n{out}"
+    rate = float(found[1])
     bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     return rate, int(bad[1]) if bad else 0
 

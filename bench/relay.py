@@ -183,14 +183,14 @@ def main() -> None:
     print(f"relay: {args.bytes / 1e9:.2f} GB transfers (curl both ends, median of {ROUNDS}) and {args.messages} x 1 KiB"
           " messages")
     print(f"{'server':>8} {'MB/s sized':>12} {'MB/s chunked':>14} {'msgs/s':>10} {'CPU s/GB':>10} {'CPU ms/msg':>11}")
-    for name, (sized, chunked, rate) in results.items():
+    for name, (sized_rate, chunked_rate, rate) in results.items():
         per_gb, per_msg = cpu[name]
-        print(f"{name:>8} {sized:>12.1f} {chunked:>14.1f} {rate:>10.1f} {per_gb:>10.2f} {per_msg:>11.2f}")
+        print(f"{name:>8} {sized_rate:>12.1f} {chunked_rate:>14.1f} {rate:>10.1f} {per_gb:>10.2f} {per_msg:>11.2f}")
     ratios = [s / p for s, p in zip(results["skald"], results["piping"], strict=True)]
     print(f"skald/piping: sized {ratios[0]:.2f}x, chunked {ratios[1]:.2f}x, small messages {ratios[2]:.2f}x"
           " (goal >= 1.0)")
-    bare = [s / b for s, b in zip(results["skald"], results["bare"], strict=True)]
-    print(f"skald/bare: sized {bare[0]:.2f}x, chunked {bare[1]:.2f}x, small messages {bare[2]:.2f}x"
+    vs_bare = [s / b for s, b in zip(results["skald"], results["bare"], strict=True)]
+    print(f"skald/bare: sized {vs_bare[0]:.2f}x, chunked {vs_bare[1]:.2f}x, small messages {vs_bare[2]:.2f}x"
           " (bare: a rendezvous app on stock hypercorn, no skald code)")
 
 

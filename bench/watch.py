@@ -153,11 +153,11 @@ async def main(args: argparse.Namespace) -> None:
             headers = {"Authorization": f"Bearer {TOKEN}"}
             async with httpx.AsyncClient(base_url=url, headers=headers, timeout=60) as client:
                 (await client.put("/api/v1/db/bench")).raise_for_status()
-                for sql in (
+                for ddl in (
                     "CREATE TABLE hot(id INTEGER PRIMARY KEY, v)",
                     "CREATE TABLE cold(id INTEGER PRIMARY KEY, v)",
                 ):
-                    (await client.post("/api/v1/db/bench/query", json={"sql": sql})).raise_for_status()
+                    (await client.post("/api/v1/db/bench/query", json={"sql": ddl})).raise_for_status()
                 await write_rate(client, args.writers, 1.0)  # warm-up
             print(f"skald watch bench: {args.writers} writers, {args.seconds:.0f} s per phase,", end=" ")
             print(f"{args.watches} watches, best of {args.rounds} rounds (phases interleaved)")

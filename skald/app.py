@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any, cast
 
 import structlog
-from quart import Quart, Response, request
+from quart import Response, request
 from quart_schema import QuartSchema
 from quart_schema.openapi import OpenAPIProvider
 from quart_trio import QuartTrio
@@ -35,7 +35,7 @@ from skald.supervisor import Supervisor
 log = structlog.get_logger("skald.app")
 
 # Capability modules add themselves here: each entry gets (app, state) once at creation.
-Installer = Callable[[Quart, AppState], None]
+Installer = Callable[[QuartTrio, AppState], None]
 
 
 def _installers() -> list[Installer]:

@@ -9,7 +9,8 @@ revocation audit themselves (``token.created`` / ``token.revoked``).
 
 from __future__ import annotations
 
-from quart import Quart, Response, current_app, g, request
+from quart import Response, current_app, g, request
+from quart_trio import QuartTrio
 
 from skald.state import AppState
 from skald.throttle import request_ip
@@ -19,7 +20,7 @@ AUDITED_ACTIONS = frozenset({"db.admin"})
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
-def install(app: Quart, state: AppState) -> None:
+def install(app: QuartTrio, state: AppState) -> None:
     @app.after_request
     async def audit_admin_action(response: Response) -> Response:
         if request.method in SAFE_METHODS or response.status_code >= 400 or request.url_rule is None:

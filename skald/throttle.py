@@ -33,7 +33,8 @@ from typing import Any
 from urllib.parse import parse_qsl
 
 from prometheus_client import Counter
-from quart import Quart, Response, request
+from quart import Response, request
+from quart_trio import QuartTrio
 
 from skald.auth.guard import TokenCache, bearer_secret, secret_from
 from skald.auth.scopes import GLOBAL
@@ -158,7 +159,7 @@ def request_ip() -> str:
     )
 
 
-def install(app: Quart, state: AppState) -> None:
+def install(app: QuartTrio, state: AppState) -> None:
     """Install the limiter; ``rate_limit_per_second <= 0`` turns it off (e.g. for load benchmarks)."""
     if state.settings.rate_limit_per_second <= 0:
         return

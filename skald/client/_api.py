@@ -105,7 +105,8 @@ def query(
     return Call("POST", f"{_db(db_id)}/query", json=body)
 
 
-Statements = Sequence[tuple[str, Any]] | Sequence[Mapping[str, Any]] | Sequence[str]
+# Each statement is any of the three: one batch may mix them.
+Statements = Sequence[tuple[str, Any] | Mapping[str, Any] | str]
 
 
 def batch(

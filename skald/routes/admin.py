@@ -11,8 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import BaseModel, Field, field_validator
-from quart import Quart, Response, jsonify, request
+from quart import Response, jsonify, request
 from quart_schema import validate_request
+from quart_trio import QuartTrio
 
 from skald import audit_hooks, throttle
 from skald.auth.guard import current_principal, requires
@@ -56,7 +57,7 @@ class CreateTokenRequest(BaseModel):
         return value
 
 
-def install(app: Quart, state: AppState) -> None:
+def install(app: QuartTrio, state: AppState) -> None:
     rules = [
         ("/api/v1/admin/tokens", create_view, "POST"),
         ("/api/v1/admin/tokens", list_view, "GET"),

@@ -10,7 +10,8 @@ from __future__ import annotations
 from typing import Any
 
 import trio
-from quart import Quart, request
+from quart import request
+from quart_trio import QuartTrio
 
 from skald.auth.guard import requires
 from skald.blob_gc import GC_JOB_TYPE, GarbageCollector
@@ -24,7 +25,7 @@ from skald.state import AppState, get_state
 PREFIX = "/api/v1/db/<db_id>/blobs"
 
 
-def install(app: Quart, state: AppState) -> None:
+def install(app: QuartTrio, state: AppState) -> None:
     settings = state.settings
     store = ObjectStore(settings) if storage_configured(settings) else None
     service = BlobService(state.supervisor, store)
@@ -53,7 +54,7 @@ def install(app: Quart, state: AppState) -> None:
 
     @app.before_serving
     async def start_worker() -> None:
-        app.nursery.start_soon(run_worker)  # type: ignore[attr-defined]
+        app.nursery.start_soon(run_worker)
 
     @app.after_serving
     async def stop_worker() -> None:

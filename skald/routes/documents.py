@@ -5,7 +5,8 @@ from __future__ import annotations
 from fnmatch import fnmatchcase
 from typing import Any
 
-from quart import Quart, Response, jsonify
+from quart import Response, jsonify
+from quart_trio import QuartTrio
 
 from skald.auth.guard import authenticate, requires
 from skald.documents import inspect_document, list_documents
@@ -13,7 +14,7 @@ from skald.ids import validate_db_id
 from skald.state import AppState, get_state
 
 
-def install(app: Quart, state: AppState) -> None:
+def install(app: QuartTrio, state: AppState) -> None:
     app.add_url_rule("/api/v1/db", view_func=list_view, methods=["GET"])
     app.add_url_rule("/api/v1/db/<db_id>", view_func=create_view, methods=["PUT"])
     app.add_url_rule("/api/v1/db/<db_id>", view_func=inspect_view, methods=["GET"])

@@ -16,7 +16,8 @@ import dataclasses
 import secrets
 from typing import Any
 
-from quart import Quart, Response, render_template, request
+from quart import Response, render_template, request
+from quart_trio import QuartTrio
 
 from skald.auth.scopes import Principal, Scope, ScopeError
 from skald.auth.tokens import parse_duration
@@ -48,7 +49,7 @@ class CsrfFailed(Forbidden):
     title = "Missing or wrong CSRF token"
 
 
-def install(app: Quart, state: AppState) -> None:
+def install(app: QuartTrio, state: AppState) -> None:
     rules: list[tuple[str, Any, list[str]]] = [
         ("/auth/login", login, ["GET"]),
         ("/auth/callback", callback, ["GET"]),

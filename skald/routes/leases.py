@@ -10,7 +10,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from prometheus_client import Counter
-from quart import Quart, Response, jsonify, request
+from quart import Response, jsonify, request
+from quart_trio import QuartTrio
 
 from skald.auth.guard import authenticate, authorize
 from skald.errors import ValidationFailed
@@ -20,7 +21,7 @@ from skald.state import AppState, get_state
 _BASE = "/api/v1/db/<db_id>/leases"
 
 
-def install(app: Quart, state: AppState) -> None:
+def install(app: QuartTrio, state: AppState) -> None:
     state.services.setdefault("leases", LeaseService())
     state.services["lease_operations"] = Counter(
         "skald_lease_operations_total",

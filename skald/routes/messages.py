@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from quart import Quart, Response, jsonify, request
+from quart import Response, jsonify, request
+from quart_trio import QuartTrio
 
 from skald.auth.guard import authorize, current_principal, requires
 from skald.auth.scopes import allowed_prefixes
@@ -26,7 +27,7 @@ MAX_TAIL = 1000
 MAX_POLL_LIMIT = 1000
 
 
-def install(app: Quart, state: AppState) -> None:
+def install(app: QuartTrio, state: AppState) -> None:
     pubsub = PubSub(state.supervisor, state.metrics, state.settings.subscriber_buffer)
     state.services["pubsub"] = pubsub
     base = "/api/v1/db/<db_id>"
@@ -39,7 +40,7 @@ def install(app: Quart, state: AppState) -> None:
 
     @app.before_serving
     async def start_pubsub() -> None:
-        await app.nursery.start(pubsub.run, state.services.get("shutdown_event"))  # type: ignore[attr-defined]
+        await app.nursery.start(pubsub.run, state.services.get("shutdown_event"))
 
 
 def _pubsub() -> PubSub:

@@ -13,7 +13,8 @@ import tempfile
 import time
 from typing import Any
 
-from quart import Quart, Response
+from quart import Response
+from quart_trio import QuartTrio
 
 from skald import __version__
 from skald.errors import ServiceUnavailable
@@ -26,7 +27,7 @@ class NotReady(ServiceUnavailable):
     title = "Not ready"
 
 
-def install(app: Quart, state: AppState) -> None:
+def install(app: QuartTrio, state: AppState) -> None:
     app.add_url_rule("/healthz", view_func=healthz, methods=["GET"])
     app.add_url_rule("/readyz", view_func=readyz, methods=["GET"])
     app.add_url_rule("/status", view_func=status, methods=["GET"])

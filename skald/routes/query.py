@@ -12,8 +12,9 @@ import time
 from typing import Any
 
 from pydantic import BaseModel, Field
-from quart import Quart, Response, request
+from quart import Response, request
 from quart_schema import validate_request
+from quart_trio import QuartTrio
 
 from skald.auth.guard import authorize, current_principal, requires
 from skald.connection import DocConnection
@@ -77,7 +78,7 @@ class WatchBody(BaseModel):
     options: WatchOptions | None = None
 
 
-def install(app: Quart, state: AppState) -> None:
+def install(app: QuartTrio, state: AppState) -> None:
     state.services["query_watch_hub"] = WatchHub()
     state.services["query_metrics"] = QueryMetrics(state.metrics.registry)
     app.add_url_rule("/api/v1/db/<db_id>/query", view_func=query_view, methods=["POST"])

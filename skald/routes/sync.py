@@ -7,7 +7,8 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import trio
-from quart import Quart, Response, request
+from quart import Response, request
+from quart_trio import QuartTrio
 
 from skald.auth.guard import requires
 from skald.changefeed import read_changes
@@ -22,7 +23,7 @@ MAX_PAGE = 1000
 STREAM_PAGE = 500
 
 
-def install(app: Quart, state: AppState) -> None:
+def install(app: QuartTrio, state: AppState) -> None:
     state.services["sync"] = SyncService(state.supervisor)
     app.add_url_rule("/api/v1/db/<db_id>/snapshot", view_func=snapshot_view, methods=["GET"])
     app.add_url_rule("/api/v1/db/<db_id>/changes", view_func=changes_view, methods=["GET"])

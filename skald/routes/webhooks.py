@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from prometheus_client import Counter
-from quart import Quart, Response, jsonify, request
+from quart import Response, jsonify, request
+from quart_trio import QuartTrio
 
 from skald.auth.guard import requires
 from skald.connection import DocConnection
@@ -30,7 +31,7 @@ from skald.webhooks import (
 _BASE = "/api/v1/db/<db_id>/webhooks/<endpoint>"
 
 
-def install(app: Quart, state: AppState) -> None:
+def install(app: QuartTrio, state: AppState) -> None:
     state.services["webhook_deliveries"] = Counter(
         "skald_webhook_deliveries_total",
         "Webhook deliveries acknowledged, by result (stored or duplicate)",

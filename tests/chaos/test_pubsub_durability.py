@@ -8,7 +8,7 @@ import signal
 from pathlib import Path
 
 import httpx
-import psutil  # type: ignore[import-untyped]
+import psutil
 import pytest
 import trio
 from httpx_sse import aconnect_sse

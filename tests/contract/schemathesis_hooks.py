@@ -23,9 +23,15 @@ import os
 import socket
 import threading
 import urllib.parse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import requests
 import schemathesis
+from schemathesis import HookContext, Response
+from schemathesis.core.failures import Failure
+
+if TYPE_CHECKING:  # schemathesis defines its OpenAPI case type for type checkers only
+    from schemathesis.specs.openapi.schemas import OpenApiCase
 
 _COUNTERPART_SECONDS = 10.0
 _live: dict[int, _Counterpart] = {}
@@ -76,7 +82,7 @@ def _counterpart_of(method: str, url: str) -> tuple[str, str] | None:
 
 
 @schemathesis.hook
-def before_call(context: Any, case: Any, kwargs: dict[str, Any]) -> None:
+def before_call(context: HookContext, case: OpenApiCase, kwargs: dict[str, Any]) -> None:
     revoke = case.operation.method.upper() == "DELETE" and case.operation.path.startswith("/api/v1/admin/tokens/")
     if revoke and case.path_parameters.get("token_id") == os.environ.get("SKALD_FUZZ_TOKEN_ID"):
         case.path_parameters["token_id"] = "tok_not_the_fuzzers_own"
@@ -91,24 +97,24 @@ def before_call(context: Any, case: Any, kwargs: dict[str, Any]) -> None:
     _live[id(case)] = counterpart
 
 
-def _finish(case: Any) -> None:
+def _finish(case: OpenApiCase) -> None:
     counterpart = _live.pop(id(case), None)
     if counterpart is not None:
         counterpart.hang_up()
 
 
 @schemathesis.hook
-def after_call(context: Any, case: Any, response: Any) -> None:
+def after_call(context: HookContext, case: OpenApiCase, response: Response) -> None:
     _finish(case)
 
 
 @schemathesis.hook
-def after_network_error(context: Any, case: Any, request: Any) -> None:
+def after_network_error(context: HookContext, case: OpenApiCase, request: requests.PreparedRequest) -> None:
     _finish(case)
 
 
 @schemathesis.hook
-def filter_failure(context: Any, failure: Any, case: Any, response: Any) -> bool:
+def filter_failure(context: HookContext, failure: Failure, case: OpenApiCase, response: Response) -> bool:
     code = getattr(failure, "code", None)
     if code == "ST302" and case.operation.path == "/api/v1/db/{db_id}/webhooks/{endpoint}/config":
         return False

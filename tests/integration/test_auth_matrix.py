@@ -19,11 +19,13 @@ from typing import Any
 
 import httpx
 import trio
+from quart_trio import QuartTrio
 from support.live import ADMIN_TOKEN, LiveServer, make_settings, start_live_server
 
 from skald import stream_routes
 from skald.auth.scopes import ACTIONS, GLOBAL, Scope
 from skald.auth.tokens import create_token
+from skald.connection import DocConnection
 
 DOC = "matrixdoc"
 OTHER_DOC = "elsewhere"
@@ -45,7 +47,7 @@ class RouteCase:
     bound: float = RESPONSE_BOUND_SECONDS
 
 
-def discover_routes(app: Any) -> list[RouteCase]:
+def discover_routes(app: QuartTrio) -> list[RouteCase]:
     adapter = app.url_map.bind("localhost")
     cases: list[RouteCase] = []
     for rule in app.url_map.iter_rules():
@@ -53,7 +55,7 @@ def discover_routes(app: Any) -> list[RouteCase]:
         action = getattr(view, "skald_action", None)
         if action is None:
             continue
-        values = {}
+        values: dict[str, str | int] = {}
         for name in rule.arguments:
             converter = type(rule._converters[name]).__name__
             if name == "db_id":
@@ -98,7 +100,7 @@ async def mint_callers(server: LiveServer, action: str, global_route: bool, mint
     async def mint(scope: str, expires_at: str | None = None) -> str:
         parsed = [Scope.parse(scope)]
 
-        def op(conn: Any) -> str:
+        def op(conn: DocConnection) -> str:
             secret, record = create_token(conn, scopes=parsed, label="matrix", owner="matrix")
             if expires_at:
                 conn.execute("UPDATE tokens SET expires_at = ? WHERE id = ?", (expires_at, record.id))

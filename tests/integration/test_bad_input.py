@@ -6,6 +6,7 @@ generated inputs over every route are in ``test_input_properties.py``.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
@@ -43,7 +44,7 @@ def nested(depth: int) -> bytes:
 
 
 @pytest.fixture
-async def client(server: LiveServer) -> Any:
+async def client(server: LiveServer) -> AsyncIterator[httpx.AsyncClient]:
     async with server.client() as client:
         assert (await client.put(DB)).status_code == 201
         yield client
@@ -91,7 +92,7 @@ async def test_escaped_surrogate_pair_is_text(client: httpx.AsyncClient) -> None
     ],
 )
 async def test_deep_nesting_is_invalid_json(
-    client: httpx.AsyncClient, method: str, path: str, prefix: str, suffix: str
+    client: httpx.AsyncClient, method: str, path: str, prefix: bytes, suffix: bytes
 ) -> None:
     for depth in (MAX_JSON_DEPTH + 1, 10_000):
         response = await client.request(method, path, content=prefix + nested(depth) + suffix, headers=JSON)

@@ -7,7 +7,7 @@ import sqlite3
 from collections.abc import Callable
 from contextlib import aclosing
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import anyio
 import pytest
@@ -18,6 +18,7 @@ from skald.changefeed import INCLUDED_CAPABILITY_TABLES
 from skald.client import (
     AsyncClient,
     BadRequest,
+    ChangesPage,
     Client,
     Conflict,
     Event,
@@ -43,14 +44,23 @@ async def seed(server: LiveServer, db_id: str) -> None:
         await actor.write(op)
 
 
-async def document_flow(client: AsyncClient, db_id: str, dest: Path) -> dict[str, object]:
+class Flow(TypedDict):
+    docs: list[str]
+    info: dict[str, Any]
+    page: ChangesPage
+    rest: ChangesPage
+    seq: int
+    errors: list[tuple[int, str]]
+
+
+async def document_flow(client: AsyncClient, db_id: str, dest: Path) -> Flow:
     """Documents, changes page and snapshot; returns what the caller asserts on."""
     docs = [d["db_id"] for d in await client.list_documents()]
     info = await client.get_document(db_id)
     page = await client.changes(db_id, since=0, limit=3)
     rest = await client.changes(db_id, since=page["changes"][-1]["seq"])
     seq = await client.snapshot(db_id, dest)
-    errors = []
+    errors: list[tuple[int, str]] = []
     try:
         await client.get_document("missing")
     except NotFound as exc:
@@ -58,16 +68,16 @@ async def document_flow(client: AsyncClient, db_id: str, dest: Path) -> dict[str
     return {"docs": docs, "info": info, "page": page, "rest": rest, "seq": seq, "errors": errors}
 
 
-def check_flow(result: dict[str, object], db_id: str, dest: Path) -> None:
-    assert db_id in result["docs"]  # type: ignore[operator]
-    assert result["info"]["db_id"] == db_id  # type: ignore[index]
+def check_flow(result: Flow, db_id: str, dest: Path) -> None:
+    assert db_id in result["docs"]
+    assert result["info"]["db_id"] == db_id
     page, rest = result["page"], result["rest"]
-    assert page["has_more"] is True and len(page["changes"]) == 3  # type: ignore[index]
+    assert page["has_more"] is True and len(page["changes"]) == 3
     # every document carries the inbox and message tables; their schema entries are in the feed too
-    ours = [c for c in page["changes"] + rest["changes"] if c["table"] not in INCLUDED_CAPABILITY_TABLES]  # type: ignore[index,operator]
+    ours = [c for c in page["changes"] + rest["changes"] if c["table"] not in INCLUDED_CAPABILITY_TABLES]
     assert [c["op"] for c in ours] == ["schema"] + ["insert"] * 5
     assert ours[-1]["row"] == {"id": 4, "v": {"$base64": "BA=="}}
-    assert result["seq"] == rest["last_seq"]  # type: ignore[index]
+    assert result["seq"] == rest["last_seq"]
     assert result["errors"] == [(404, "document_not_found")]
     copy = sqlite3.connect(dest)
     assert copy.execute("SELECT count(*) FROM t").fetchone() == (5,)
@@ -96,7 +106,7 @@ async def test_flows_under_asyncio(server: LiveServer, tmp_path: Path) -> None:
     await seed(server, "notes")
     dest = tmp_path / "b.sqlite"
 
-    async def main() -> tuple[dict[str, object], list[str]]:
+    async def main() -> tuple[Flow, list[str]]:
         async with AsyncClient(server.url, ADMIN_TOKEN) as client:
             result = await document_flow(client, "notes", dest)
             ops: list[str] = []

@@ -12,6 +12,7 @@ from support.live import ADMIN_TOKEN, LiveServer
 from skald.client.aio import AsyncClient
 from skald.client.blocking import Client
 from skald.client.errors import SkaldClientError
+from skald.client.types import Lease
 
 
 async def _flow(client: AsyncClient, db_id: str) -> dict[str, Any]:
@@ -71,7 +72,7 @@ async def test_client_routes_under_asyncio(server: LiveServer) -> None:
 
 
 async def test_blocking_client_leases_and_query(server: LiveServer) -> None:
-    def run() -> tuple[dict[str, Any], dict[str, Any]]:
+    def run() -> tuple[Lease, Lease]:
         with Client(server.url, ADMIN_TOKEN) as client:
             client.create_document("sync-doc")
             first = client.acquire_lease("sync-doc", "r", 30, "a")

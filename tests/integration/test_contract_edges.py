@@ -17,7 +17,9 @@ async def test_ping_refuses_an_invalid_document_id(server: LiveServer) -> None:
     "policy",
     [{"max_age_seconds": 1.5645740386064437e308}, {"max_count": 2**63}, {"max_bytes": 10**30}],
 )
-async def test_a_retention_limit_beyond_what_can_be_stored_is_refused(server: LiveServer, policy: dict) -> None:  # type: ignore[type-arg]
+async def test_a_retention_limit_beyond_what_can_be_stored_is_refused(
+    server: LiveServer, policy: dict[str, float]
+) -> None:
     async with server.client() as client:
         assert (await client.put("/api/v1/db/demo")).status_code == 201
         response = await client.put("/api/v1/db/demo/messages/retention", json=policy)

@@ -4,12 +4,13 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import trio
 from support.live import make_settings, start_live_server
 
 
-def _doctor(data_dir: Path) -> tuple[int, dict[str, object]]:
+def _doctor(data_dir: Path) -> tuple[int, dict[str, Any]]:  # the report as `doctor --json` prints it
     result = subprocess.run(
         [sys.executable, "-m", "skald", "doctor", "--json", "--data-dir", str(data_dir)],
         capture_output=True,
@@ -34,7 +35,7 @@ async def test_doctor_on_fresh_healthy_and_damaged(tmp_path: Path) -> None:
     code, report = await trio.to_thread.run_sync(_doctor, data_dir)
     assert code == 0, report
     assert report["status"] == "ok"
-    docs = {d["db_id"]: d for d in report["documents"]}  # type: ignore[union-attr]
+    docs = {d["db_id"]: d for d in report["documents"]}
     assert docs["good"]["quick_check"] == "ok" and docs["good"]["schema_version"] >= 1
 
     bad = data_dir / "documents" / "bad.sqlite3"
@@ -44,6 +45,6 @@ async def test_doctor_on_fresh_healthy_and_damaged(tmp_path: Path) -> None:
     code, report = await trio.to_thread.run_sync(_doctor, data_dir)
     assert code == 1
     assert report["status"] == "problems found"
-    docs = {d["db_id"]: d for d in report["documents"]}  # type: ignore[union-attr]
+    docs = {d["db_id"]: d for d in report["documents"]}
     assert docs["bad"]["ok"] is False
     assert docs["good"]["ok"] is True

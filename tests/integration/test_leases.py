@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -174,7 +175,7 @@ async def test_stale_fence_write_refused_while_current_fence_write_succeeds(
         await actor.write(lambda conn: conn.execute("CREATE TABLE ledger (writer TEXT)"))
         outcomes: dict[str, Any] = {}
 
-        def guarded(writer: str, fence: int) -> Any:
+        def guarded(writer: str, fence: int) -> Callable[[DocConnection], None]:
             def op(conn: DocConnection) -> None:
                 service.check_fence(conn, "acct", fence)
                 conn.execute("INSERT INTO ledger (writer) VALUES (?)", (writer,))

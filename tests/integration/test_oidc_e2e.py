@@ -16,7 +16,7 @@ import subprocess
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qs, urlencode, urljoin, urlparse
 
 import httpx
@@ -25,6 +25,9 @@ import trio
 from support.live import LiveServer
 
 from skald.oidc import LoginFailed, verify_id_token
+
+if TYPE_CHECKING:  # playwright is imported where a test launches the browser
+    from playwright.sync_api import Browser, Page
 
 OIDC_DIR = Path(__file__).resolve().parent.parent / "oidc"
 CHROMIUM = "/usr/bin/chromium"
@@ -78,7 +81,7 @@ async def provider(server: LiveServer) -> AsyncIterator[str]:
 
 
 @contextlib.contextmanager
-def _browser() -> Iterator[Any]:
+def _browser() -> Iterator[Browser]:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
@@ -89,7 +92,7 @@ def _browser() -> Iterator[Any]:
             browser.close()
 
 
-def _log_in_at_provider(page: Any, issuer: str, name: str) -> None:
+def _log_in_at_provider(page: Page, issuer: str, name: str) -> None:
     """Fill the provider's dev login form, then its consent prompt."""
     page.wait_for_url(re.compile("^" + re.escape(issuer) + "/interaction/"))
     page.fill("input[name=login]", name)

@@ -13,7 +13,7 @@ import re
 import shutil
 import socket
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
@@ -219,8 +219,12 @@ def _start_prometheus(config: Path, storage: Path, port: int, log: IO[bytes]) ->
 
 
 async def _poll(
-    prometheus: RunningPrometheus, client: httpx.AsyncClient, path: str, params: dict[str, str], done: Any
-) -> Any:
+    prometheus: RunningPrometheus,
+    client: httpx.AsyncClient,
+    path: str,
+    params: dict[str, str],
+    done: Callable[[Any], object],
+) -> Any:  # Prometheus' JSON ``data``
     """GET ``path`` until ``done(data)`` is truthy (Prometheus is an external process: bounded polling)."""
     while True:
         prometheus.check_alive()

@@ -68,7 +68,7 @@ async def test_errors_are_problem_json(server: LiveServer) -> None:
     async with server.client() as c:
         await c.put("/api/v1/db/d")
         await _q(c, "CREATE TABLE t(id INTEGER PRIMARY KEY, name TEXT UNIQUE)")
-        cases = [
+        cases: list[tuple[tuple[str] | tuple[str, list[Any]], int, str]] = [
             (("SELECT 1; SELECT 2",), 400, "multiple_statements"),
             (("   ",), 400, "empty_statement"),
             (("SELEC 1",), 400, "sql_error"),

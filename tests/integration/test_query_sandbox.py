@@ -10,6 +10,7 @@ zeroblob, group_concat) that outran the time limit.
 from __future__ import annotations
 
 import sqlite3
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -219,7 +220,7 @@ ONE_CALL: list[tuple[str, list[Any] | None, str | list[list[Any]]]] = [
 
 
 @pytest.fixture
-async def bounded(tmp_path: Path, nursery: trio.Nursery) -> Any:
+async def bounded(tmp_path: Path, nursery: trio.Nursery) -> AsyncIterator[LiveServer]:
     live = await start_live_server(
         nursery, make_settings(tmp_path / "data", query_timeout_ms=1000, query_max_value_bytes=4 * 1024 * 1024)
     )

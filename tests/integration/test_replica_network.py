@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import trio
 from support.live import ADMIN_TOKEN, LiveServer, SkaldProcess, make_settings
-from test_replica import SCHEMA, dump, random_statements, run_ops, server_seq, start_follower, wait_for_seq
+from support.replica import SCHEMA, dump, random_statements, run_ops, server_seq, start_follower, wait_for_seq
 
 from skald.connection import DocConnection
 
@@ -71,11 +71,8 @@ async def test_follower_resumes_after_network_loss(
         await actor.write(schema)
     proxy = Proxy(int(server.url.rsplit(":", 1)[1]))
     await nursery.start(proxy.run)
-    live = LiveServer(
-        f"http://127.0.0.1:{proxy.port}", server.settings, server.app, server._shutdown, server._done
-    )
     log = tmp_path / "follower.log"
-    follower = start_follower(live, replica, tmp_path, log, "--max-delay", "0.2")
+    follower = start_follower(f"http://127.0.0.1:{proxy.port}", replica, tmp_path, log, "--max-delay", "0.2")
     try:
         await run_ops(server, rng, 0, 300)
         await wait_for_seq(replica, await server_seq(server), follower)
@@ -137,10 +134,9 @@ async def test_follower_survives_a_server_crash(tmp_path: Path, nursery: trio.Nu
         proxy = Proxy(int(url.rsplit(":", 1)[1]))
         await nursery.start(proxy.run)
         log = tmp_path / "follower.log"
-        fake = LiveServer(
-            f"http://127.0.0.1:{proxy.port}", make_settings(data_dir), None, trio.Event(), trio.Event()
+        follower = start_follower(
+            f"http://127.0.0.1:{proxy.port}", tmp_path / "notes.sqlite", tmp_path, log, "--max-delay", "0.2"
         )
-        follower = start_follower(fake, tmp_path / "notes.sqlite", tmp_path, log, "--max-delay", "0.2")
         try:
             await wait_for_seq(tmp_path / "notes.sqlite", await http_seq(url), follower)
             server.signal(signal.SIGKILL)  # the server crashes

@@ -125,7 +125,11 @@ async def test_replica_takes_a_new_snapshot_after_a_reset(server: LiveServer, tm
     await trio.to_thread.run_sync(sync)
     async with server.state.supervisor.open_document("notes") as actor:
         for i in range(600):  # the feed is pruned to 5 entries every 500 write ops
-            await actor.write(lambda conn, i=i: conn.execute("INSERT INTO t VALUES (?, ?)", (i, f"v{i}")))
+
+            def insert(conn: DocConnection, i: int = i) -> None:
+                conn.execute("INSERT INTO t VALUES (?, ?)", (i, f"v{i}"))
+
+            await actor.write(insert)
     seq = await trio.to_thread.run_sync(sync)
     assert "change feed was reset: taking a new snapshot" in messages
     assert sum(m.startswith("snapshot of notes") for m in messages) == 2

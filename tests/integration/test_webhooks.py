@@ -5,6 +5,7 @@ import hmac
 import json
 import signal
 import sqlite3
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
@@ -113,7 +114,7 @@ async def test_body_over_limit_is_413_and_nothing_stored(nursery: trio.Nursery, 
             assert big.headers["content-type"] == "application/problem+json"
             assert big.json()["code"] == "payload_too_large"
 
-            async def chunks():  # no Content-Length: the limit applies while streaming
+            async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: the limit applies while streaming
                 for _ in range(5):
                     yield b"y" * 400
 

@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx
 import trio
+from quart_trio import QuartTrio
 
 from skald.app import create_app
 from skald.config import Settings
@@ -35,7 +36,7 @@ ADMIN_TOKEN = "skd_test_admin_token_0123456789abcdefghijklmnop"
 class LiveServer:
     url: str
     settings: Settings
-    app: Any
+    app: QuartTrio
     _shutdown: Shutdown
     _done: trio.Event
 

@@ -17,7 +17,7 @@ async def follow(
     client: httpx.AsyncClient,
     path: str,
     stop_when: Callable[[list[Event]], bool],
-    params: Any = None,
+    params: httpx.QueryParams | dict[str, Any] | None = None,
     headers: dict[str, str] | None = None,
     limit_seconds: float = 30,
 ) -> list[Event]:

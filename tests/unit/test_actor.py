@@ -3,9 +3,10 @@ from __future__ import annotations
 import itertools
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -18,15 +19,15 @@ from skald.connection import DocConnection
 from skald.errors import MailboxFull, StorageError, TransactionRolledBack
 
 
-def _insert(value: int):  # type: ignore[no-untyped-def]
+def _insert(value: int) -> Callable[[DocConnection], int]:
     def op(conn: DocConnection) -> int:
         return int(conn.execute("INSERT INTO t (v) VALUES (?)", (value,)).lastrowid or 0)
 
     return op
 
 
-async def _started(nursery: trio.Nursery, path: Path, **kwargs: object) -> DocumentActor:
-    actor = DocumentActor("doc", path, **kwargs)  # type: ignore[arg-type]
+async def _started(nursery: trio.Nursery, path: Path, **kwargs: Any) -> DocumentActor:  # DocumentActor's options
+    actor = DocumentActor("doc", path, **kwargs)
     await nursery.start(actor.serve)
     await actor.write(lambda c: c.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v INTEGER NOT NULL)"))
     return actor
@@ -156,7 +157,7 @@ async def test_stop_answers_queued_ops_then_closes(tmp_path: Path) -> None:
 # batch were rolled back with it and must not be acknowledged unless they are committed again.
 
 
-async def _queued_batch(actor: DocumentActor, ops: list[Callable[[DocConnection], object]]) -> list[object]:
+async def _queued_batch(actor: DocumentActor, ops: Sequence[Callable[[DocConnection], object]]) -> list[object]:
     """Run ``ops`` so that all of them land in one group commit; return each result or exception."""
     gate = threading.Event()
     outcomes: list[object] = [None] * len(ops)
@@ -200,8 +201,9 @@ async def test_op_that_rolls_back_the_transaction_fails_alone(tmp_path: Path) ->
         assert acked == list(range(1, 40, 2))
         assert await _values(actor) == [-1, *acked]  # every acknowledged insert is in the table
         for i in range(0, 40, 2):
-            assert isinstance(outcomes[i], TransactionRolledBack)
-            assert outcomes[i].status == 409  # type: ignore[attr-defined]
+            refused = outcomes[i]
+            assert isinstance(refused, TransactionRolledBack)
+            assert refused.status == 409
         actor.stop()
 
 

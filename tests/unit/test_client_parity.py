@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import json
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -22,13 +23,13 @@ from skald.client import AsyncClient, Client, Event, SkaldClientError
 RENAMED = {"close": "aclose", "__enter__": "__aenter__", "__exit__": "__aexit__"}
 
 
-def public_methods(cls: type) -> dict[str, Any]:
+def public_methods(cls: type) -> dict[str, Callable[..., object]]:
     names = {n for n in dir(cls) if not n.startswith("_")} | {"__init__"}
     names |= {n for n in ("__enter__", "__exit__", "__aenter__", "__aexit__") if hasattr(cls, n)}
     return {n: getattr(cls, n) for n in names if callable(getattr(cls, n))}
 
 
-def shape(fn: Any) -> list[tuple[str, str, Any]]:
+def shape(fn: Callable[..., object]) -> list[tuple[str, str, Any]]:
     """Each parameter's name, kind and default (annotations differ by design: sync vs async types)."""
     return [
         (p.name, p.kind.name, p.default) for p in inspect.signature(fn).parameters.values()
@@ -101,7 +102,9 @@ def sse_body(events: list[tuple[str, str, Any]]) -> bytes:
     )
 
 
-def serve(connections: list[list[tuple[str, str, Any]]], seen: list[Any]) -> Any:
+def serve(
+    connections: list[list[tuple[str, str, Any]]], seen: list[Any]
+) -> Callable[[httpx.Request], httpx.Response]:
     """A handler answering connection ``n`` with its script, then 404 (which ends both clients)."""
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -116,7 +119,7 @@ def serve(connections: list[list[tuple[str, str, Any]]], seen: list[Any]) -> Any
     return handler
 
 
-def open_stream(client: Any, kind: str) -> Any:
+def open_stream(client: Any, kind: str) -> Any:  # either client: the same calls, sync or async cursors
     if kind == "watch":
         return client.watch("notes", "SELECT 1")
     if kind == "subscribe":
@@ -145,7 +148,7 @@ def test_same_events_and_requests(script: tuple[str, list[list[tuple[str, str, A
 
         async def async_handler(request: httpx.Request) -> httpx.Response:
             await request.aread()
-            return handler(request)  # type: ignore[no-any-return]
+            return handler(request)
 
         transport = httpx.MockTransport(async_handler)
         async with AsyncClient("http://x", "t", transport=transport, reconnect_delay=0) as client:

@@ -23,6 +23,7 @@ async def test_query_batch_publish_bodies() -> None:
         body = json.loads(request.content) if request.content else None
         seen.append((request.method, request.url.path, body))
         if request.url.path.endswith("/messages"):
+            assert isinstance(body, dict)
             return httpx.Response(201, json={"id": 1, "topic": body["topic"], "created_at": "now"})
         if request.url.path.endswith("/batch"):
             return httpx.Response(200, json={"results": [{"changes": 1}]})
@@ -162,6 +163,7 @@ async def test_blob_and_lease_request_shapes() -> None:
         body = json.loads(request.content) if request.content else None
         seen.append((request.method, str(request.url.copy_with(scheme="http")).split("://x")[-1], body))
         if request.url.path.endswith("init-upload"):
+            assert isinstance(body, dict)
             return httpx.Response(200, json={"sha256": body["sha256"], "size": 1, "exists": True})
         return httpx.Response(200, json={"blobs": [], "url": "u"})
 

@@ -145,6 +145,7 @@ class _FakeServer:
         self.config = types.SimpleNamespace(keep_alive_timeout=5.0)
         self.context = types.SimpleNamespace(terminated=trio.Event())
         self.closed_at: list[float] = []
+        self.stream: types.SimpleNamespace | None = None  # the timer reads it as getattr(server, "stream", None)
 
     async def _initiate_server_close(self) -> None:
         self.closed_at.append(trio.current_time())

@@ -29,7 +29,8 @@ def make(key: RSAKey, **overrides: Any) -> str:
 
 
 def check(token: str, key: RSAKey) -> dict[str, Any]:
-    jwks = KeySet([key]).as_dict(private=False)
+    # as a provider's JWKS document arrives: a plain JSON object
+    jwks: dict[str, Any] = dict(KeySet([key]).as_dict(private=False))
     return verify_id_token(token, jwks, issuer=ISSUER, client_id="skald", nonce="n")
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 import os
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -13,8 +14,8 @@ from skald.errors import DocumentNotFound, InvalidDocumentId
 from skald.supervisor import Supervisor
 
 
-async def _supervisor(nursery: trio.Nursery, tmp_path: Path, **kwargs: object) -> Supervisor:
-    sup = Supervisor(Settings(data_dir=tmp_path / "data", **kwargs))  # type: ignore[arg-type]
+async def _supervisor(nursery: trio.Nursery, tmp_path: Path, **kwargs: Any) -> Supervisor:  # Settings fields
+    sup = Supervisor(Settings(data_dir=tmp_path / "data", **kwargs))
     await nursery.start(sup.run)
     return sup
 
@@ -82,7 +83,9 @@ def _task_count() -> int:
     def walk(task: trio.lowlevel.Task) -> int:
         return 1 + sum(walk(child) for nursery in task.child_nurseries for child in nursery.child_tasks)
 
-    return walk(trio.lowlevel.current_root_task())
+    root = trio.lowlevel.current_root_task()
+    assert root is not None  # None only outside trio.run
+    return walk(root)
 
 
 async def test_open_and_reap_500_documents_leaves_nothing_behind(tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ from skald.errors import ValidationFailed
 from skald.leases import LeaseClock
 from skald.webhooks import (
     SignatureMismatch,
+    VerifyConfig,
     delivery_id_from,
     parse_endpoint_config,
     redact_headers,
@@ -21,7 +22,7 @@ BODY = b'{"id": "evt_123", "type": "charge.succeeded"}'
 NOW = 1_700_000_000
 
 
-def config(**verify: object):  # type: ignore[no-untyped-def]
+def config(**verify: object) -> VerifyConfig:
     parsed = parse_endpoint_config({"verify": verify}).verify
     assert parsed is not None
     return parsed

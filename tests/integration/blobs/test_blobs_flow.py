@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -19,12 +20,13 @@ def sha(data: bytes) -> str:
 
 async def upload(
     client: httpx.AsyncClient, data: bytes, content_type: str = "application/octet-stream"
-) -> dict:  # type: ignore[type-arg]
+) -> dict[str, Any]:
     r = await client.post(
         f"{B}/init-upload", json={"sha256": sha(data), "size": len(data), "content_type": content_type}
     )
     assert r.status_code == 200, r.text
-    return r.json()  # type: ignore[no-any-return]
+    body: dict[str, Any] = r.json()
+    return body
 
 
 async def test_full_flow_init_put_complete_read(blob_server: LiveServer) -> None:
