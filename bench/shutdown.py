@@ -18,11 +18,8 @@ from __future__ import annotations
 import argparse
 import collections
 import functools
-import os
-import re
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Awaitable
@@ -32,28 +29,23 @@ from typing import Any
 
 import httpx
 import trio
+import watch  # bench/ is on sys.path when a script runs: the server start is shared
 from httpx_sse import aconnect_sse
 
-TOKEN = "skd_bench_admin_token_0123456789abcdefghijklmnop"
+TOKEN = watch.TOKEN
 HEADERS = {"Authorization": f"Bearer {TOKEN}"}
 
 
 async def start_server(data_dir: Path, grace: float) -> tuple[subprocess.Popen[bytes], str]:
-    env = {**os.environ, "SKALD_ADMIN_TOKEN": TOKEN, "SKALD_LOG_LEVEL": "warning", "SKALD_GRACE_SECONDS": str(grace),
-           # one client IP drives the load: the limiters stay far above it
-           "SKALD_RATE_LIMIT_PER_SECOND": "100000", "SKALD_RATE_LIMIT_BURST": "100000",
-           "SKALD_PUBLIC_RATE_PER_SECOND": "100000", "SKALD_PUBLIC_RATE_BURST": "100000"}
-    command = [sys.executable, "-m", "skald", "serve", "--port", "0", "--data-dir", str(data_dir)]
-    proc = await trio.to_thread.run_sync(
-        lambda: subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+    # one client IP drives the load: the limiters stay far above it
+    return await watch.start_server(
+        data_dir,
+        SKALD_GRACE_SECONDS=str(grace),
+        SKALD_RATE_LIMIT_PER_SECOND="100000",
+        SKALD_RATE_LIMIT_BURST="100000",
+        SKALD_PUBLIC_RATE_PER_SECOND="100000",
+        SKALD_PUBLIC_RATE_BURST="100000",
     )
-    assert proc.stdout is not None
-    line = await trio.to_thread.run_sync(proc.stdout.readline)
-    match = re.search(rb"listening on (http://\S+)", line)
-    if not match:
-        proc.kill()
-        raise SystemExit(f"server did not start: {line!r}")
-    return proc, match[1].decode()
 
 
 class Outcomes:

@@ -29,11 +29,12 @@ from httpx_sse import aconnect_sse
 TOKEN = "skd_bench_admin_token_0123456789abcdefghijklmnop"
 
 
-async def start_server(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
-    env = {**os.environ, "SKALD_ADMIN_TOKEN": TOKEN, "SKALD_LOG_LEVEL": "warning"}
+async def start_server(data_dir: Path, **env: str) -> tuple[subprocess.Popen[bytes], str]:
+    """``python -m skald serve`` on port 0 with the bench's admin token (``env``: more ``SKALD_*`` settings)."""
+    full_env = {**os.environ, "SKALD_ADMIN_TOKEN": TOKEN, "SKALD_LOG_LEVEL": "warning", **env}
     command = [sys.executable, "-m", "skald", "serve", "--port", "0", "--data-dir", str(data_dir)]
     proc = await trio.to_thread.run_sync(
-        lambda: subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env)
+        lambda: subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=full_env)
     )
     assert proc.stdout is not None
     line = await trio.to_thread.run_sync(proc.stdout.readline)
