@@ -125,8 +125,6 @@ def create_app(settings: Settings, *, print_admin_token: bool = True) -> QuartTr
     metrics = Metrics()
     state = AppState(settings=settings, metrics=metrics, supervisor=Supervisor(settings, metrics))
     app.extensions["skald"] = state
-    # Streams and services read the stop as this event (see skald.shutdown for what it sets off).
-    state.services["shutdown_event"] = state.shutdown.event
     QuartSchema(
         app,
         info={"title": "skald", "version": __version__},
@@ -165,7 +163,7 @@ def _install_lifespan(app: QuartTrio, state: AppState, print_admin_token: bool) 
                 file=sys.stderr,
                 flush=True,
             )
-        state.services["bootstrap_admin_token"] = plaintext
+        state.bootstrap_admin_token = plaintext
         log.info("skald ready", data_dir=str(state.settings.data_dir), version=__version__)
 
     @app.after_serving
