@@ -20,7 +20,7 @@ from quart_schema import QuartSchema
 from quart_schema.openapi import OpenAPIProvider
 from quart_trio import QuartTrio
 
-from skald import __version__, legacy_relay, openapi, stream_routes, throttle
+from skald import __version__, audit_hooks, legacy_relay, openapi, stream_routes, throttle
 from skald.auth.tokens import bootstrap_admin
 from skald.config import Settings
 from skald.connection import DocConnection
@@ -29,40 +29,43 @@ from skald.http_errors import install_error_handlers
 from skald.json_body import decode_json_body
 from skald.legacy_relay import ASGIApp, LegacyRelay
 from skald.metrics import Metrics
+from skald.routes import (
+    admin,
+    blobs,
+    documents,
+    identity,
+    leases,
+    messages,
+    operations,
+    query,
+    sync,
+    webhooks,
+)
 from skald.state import AppState, get_state
 from skald.supervisor import Supervisor
 
 log = structlog.get_logger("skald.app")
 
-# Capability modules add themselves here: each entry gets (app, state) once at creation.
 Installer = Callable[[QuartTrio, AppState], None]
 
-
-def _installers() -> list[Installer]:
-    from skald.routes import documents, operations
-
-    installers: list[Installer] = [operations.install, documents.install]
-    # Later capabilities are optional imports so the runtime stands on its own.
-    for module_name in (
-        "skald.routes.admin",
-        "skald.routes.identity",
-        "skald.routes.query",
-        "skald.routes.messages",
-        "skald.routes.streams",
-        "skald.routes.legacy",
-        "skald.routes.webhooks",
-        "skald.routes.leases",
-        "skald.routes.blobs",
-        "skald.routes.sync",
-    ):
-        try:
-            module = __import__(module_name, fromlist=["install"])
-        except ModuleNotFoundError as exc:
-            if exc.name == module_name:
-                continue
-            raise
-        installers.append(module.install)
-    return installers
+# Every capability, installed once per app in this order with (app, state). Imported normally, so a missing
+# module fails the start with an ImportError instead of serving without its routes. Order matters where
+# hooks stack: the rate limiter's before_request runs ahead of every route's, and the admin audit's
+# after_request sees each response the routes made.
+INSTALLERS: tuple[Installer, ...] = (
+    operations.install,
+    documents.install,
+    admin.install,
+    throttle.install,
+    audit_hooks.install,
+    identity.install,
+    query.install,
+    messages.install,
+    webhooks.install,
+    leases.install,
+    blobs.install,
+    sync.install,
+)
 
 
 _BaseRequest: Any = QuartTrio.request_class
@@ -125,8 +128,6 @@ def create_app(settings: Settings, *, print_admin_token: bool = True) -> QuartTr
     metrics = Metrics()
     state = AppState(settings=settings, metrics=metrics, supervisor=Supervisor(settings, metrics))
     app.extensions["skald"] = state
-    # Streams and services read the stop as this event (see skald.shutdown for what it sets off).
-    state.services["shutdown_event"] = state.shutdown.event
     QuartSchema(
         app,
         info={"title": "skald", "version": __version__},
@@ -139,7 +140,7 @@ def create_app(settings: Settings, *, print_admin_token: bool = True) -> QuartTr
     openapi.install(app)
     _install_lifespan(app, state, print_admin_token)
     _install_request_context(app, state)
-    for install in _installers():
+    for install in INSTALLERS:
         install(app, state)
     # Legacy relay paths stream at the ASGI layer, ahead of Quart (see skald.legacy_relay), behind the
     # same rate limiter as Quart's routes (Quart's hooks never see them).
@@ -165,7 +166,7 @@ def _install_lifespan(app: QuartTrio, state: AppState, print_admin_token: bool) 
                 file=sys.stderr,
                 flush=True,
             )
-        state.services["bootstrap_admin_token"] = plaintext
+        state.bootstrap_admin_token = plaintext
         log.info("skald ready", data_dir=str(state.settings.data_dir), version=__version__)
 
     @app.after_serving

@@ -299,7 +299,7 @@ DEFAULT_CLOCK: Clock = LeaseClock()
 
 
 class LeaseService:
-    """The app's lease operations on documents (``state.services["leases"]``).
+    """The app's lease operations on documents (``state.leases``).
 
     Each call is one actor write op; unexpired leases keep the document open
     (:meth:`DocumentActor.keep_alive_until`) so idle reaping never drops them.

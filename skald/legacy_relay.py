@@ -142,10 +142,8 @@ class LegacyRelay:
     def __init__(self, app: ASGIApp, state: AppState) -> None:
         self.app = app
         self.state = state
-        self.hub: RelayHub = state.services.setdefault("relay", RelayHub(state.shutdown))
-        self.requests: RequestChannels = state.services.setdefault(
-            "relay_requests", RequestChannels(state.shutdown)
-        )
+        self.hub: RelayHub = state.relay
+        self.requests: RequestChannels = state.relay_requests
         self.metrics = RelayMetrics(state, self.hub, self.requests)
         settings = state.settings
         self.public_limit = RateLimiter(settings.public_rate_per_second, settings.public_rate_burst)

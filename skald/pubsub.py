@@ -219,7 +219,7 @@ class Hub:
 
 
 class PubSub:
-    """Per-app pub/sub service (``state.services["pubsub"]``)."""
+    """Per-app pub/sub service (``state.pubsub``)."""
 
     def __init__(self, supervisor: Supervisor, metrics: Metrics, subscriber_buffer: int) -> None:
         self.supervisor = supervisor

@@ -1,6 +1,6 @@
 """Sync service: change-feed triggers on every document actor, snapshots, change pages, wake-ups.
 
-:class:`SyncService` lives in ``state.services["sync"]``. It adds
+:class:`SyncService` lives in ``state.sync``. It adds
 :func:`skald.changefeed.sync_triggers` to every document actor's write hooks
 and a commit listener that wakes change streams when ``_skald_changes`` was
 written. Snapshots use the SQLite backup API from a read-only connection into a

@@ -120,7 +120,7 @@ class Throttle:
     def _authenticated(self, secret: str) -> bool:
         # The guard cached what it found while answering: no lookup of our own. A request answered before
         # its token was looked up (an unknown route, say) leaves it unknown.
-        cache: TokenCache | None = self._state.services.get("token_cache")
+        cache: TokenCache | None = self._state.token_cache
         if cache is None:
             return False
         hit, record = cache.get(secret)
@@ -129,7 +129,7 @@ class Throttle:
     def _is_token_admin(self, secret: str) -> bool:
         # A holder of admin.token can mint itself any number of buckets: limiting it protects nothing.
         # Known only once the guard has cached the token (its first request is charged like any other).
-        cache: TokenCache | None = self._state.services.get("token_cache")
+        cache: TokenCache | None = self._state.token_cache
         if cache is None:
             return False
         hit, record = cache.get(secret)
@@ -164,7 +164,7 @@ def install(app: QuartTrio, state: AppState) -> None:
     if state.settings.rate_limit_per_second <= 0:
         return
     throttle = Throttle(state)
-    state.services["throttle"] = throttle
+    state.throttle = throttle
 
     @app.before_request
     async def limit_rate() -> None:
@@ -245,5 +245,5 @@ async def _refuse(send: Send, path: str, refused: RateLimited) -> None:
 
 def gate(app: ASGIApp, state: AppState, serves: Callable[[str], bool]) -> ASGIApp:
     """``app`` behind a :class:`RateLimitGate` for ``serves`` paths; ``app`` itself when the limiter is off."""
-    throttle: Throttle | None = state.services.get("throttle")
+    throttle: Throttle | None = state.throttle
     return app if throttle is None else RateLimitGate(app, throttle, serves)

@@ -15,7 +15,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from skald.auth.guard import TokenCache
+from skald.auth.guard import token_cache
 from skald.auth.scopes import Principal, Scope
 from skald.auth.tokens import TokenRecord, audit, create_token, get_token, list_tokens, revoke_token
 from skald.connection import DocConnection
@@ -96,7 +96,7 @@ async def revoke(
         return True
 
     found = await state.supervisor.service.write(op)
-    cache: TokenCache = state.services.setdefault("token_cache", TokenCache())
+    cache = token_cache(state)
     cache.clear()
     if not found:
         raise TokenNotFound(f"no token {token_id}")

@@ -51,6 +51,13 @@ class TokenCache:
         self._entries.clear()
 
 
+def token_cache(state: AppState) -> TokenCache:
+    """The app's token cache, created on first lookup (the rate limiter reads it only if it exists)."""
+    if state.token_cache is None:
+        state.token_cache = TokenCache()
+    return state.token_cache
+
+
 def bearer_secret(allow_query_token: bool = False) -> str | None:
     """The token a request carries: ``Authorization: Bearer <t>`` (or ``?token=`` where allowed)."""
     query_token = request.args.get("token") if allow_query_token else None
@@ -76,7 +83,7 @@ async def authenticate(*, allow_query_token: bool = False, required: bool = True
     state = get_state()
     secret = bearer_secret(allow_query_token)
     if secret is None:
-        resolver: SessionResolver | None = state.services.get("session_resolver")
+        resolver: SessionResolver | None = state.session_resolver
         if resolver is not None:
             principal = await resolver()
             if principal is not None:
@@ -106,7 +113,7 @@ async def check_token(state: AppState, secret: str, *, path: str, ip: str) -> Pr
 
 async def token_record(state: AppState, secret: str) -> TokenRecord | None:
     """Look a token up by its secret (cached briefly); ``None`` if unknown. Needs no request context."""
-    cache: TokenCache = state.services.setdefault("token_cache", TokenCache())
+    cache = token_cache(state)
     hit, record = cache.get(secret)
     if not hit:
         record = await state.supervisor.service.read(lambda conn: find_by_secret(conn, secret))

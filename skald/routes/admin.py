@@ -2,8 +2,8 @@
 
 ``POST /api/v1/admin/tokens`` (201, the plaintext once), ``GET /api/v1/admin/tokens``,
 ``GET|DELETE /api/v1/admin/tokens/{token_id}``, ``GET /api/v1/admin/audit?before_id=&limit=&event=``.
-Installing this module also installs the rate limiter (:mod:`skald.throttle`) and the
-audit of admin actions (:mod:`skald.audit_hooks`).
+The rate limiter (:mod:`skald.throttle`) and the audit of admin actions (:mod:`skald.audit_hooks`)
+are their own entries in :data:`skald.app.INSTALLERS`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from quart import Response, jsonify, request
 from quart_schema import validate_request
 from quart_trio import QuartTrio
 
-from skald import audit_hooks, throttle
+from skald import throttle
 from skald.auth.guard import current_principal, requires
 from skald.auth.scopes import Scope, ScopeError
 from skald.auth.tokens import parse_duration
@@ -67,8 +67,6 @@ def install(app: QuartTrio, state: AppState) -> None:
     ]
     for rule, view, method in rules:
         app.add_url_rule(rule, endpoint=f"admin.{view.__name__}", view_func=view, methods=[method])
-    throttle.install(app, state)
-    audit_hooks.install(app, state)
 
 
 def parse_scopes(items: list[ScopeIn | str]) -> tuple[Scope, ...]:

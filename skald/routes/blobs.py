@@ -31,14 +31,14 @@ def install(app: QuartTrio, state: AppState) -> None:
     service = BlobService(state.supervisor, store)
     queue = JobQueue(lambda: state.supervisor.service)
     worker = JobWorker(queue, registry=state.metrics.registry)
-    state.services["blobs"] = service
-    state.services["jobs"] = queue
-    state.services["job_worker"] = worker
+    state.blobs = service
+    state.jobs = queue
+    state.job_worker = worker
     if store is not None:
         gc = GarbageCollector(
             state.supervisor, store, settings.blob_gc_grace_seconds, registry=state.metrics.registry
         )
-        state.services["blob_gc"] = gc
+        state.blob_gc = gc
 
         async def run_gc(payload: dict[str, Any]) -> None:
             await gc.run(payload)
@@ -78,7 +78,7 @@ def install(app: QuartTrio, state: AppState) -> None:
 
 
 def _service() -> BlobService:
-    service: BlobService = get_state().services["blobs"]
+    service: BlobService = get_state().blobs
     service.store  # noqa: B018 - 503 object_storage_unconfigured before anything else
     return service
 

@@ -6,7 +6,7 @@ token and opens a server-side session (cookie ``skald_session``: HttpOnly,
 Secure unless ``cookie_secure`` is off, SameSite=Lax); ``POST /auth/logout``
 ends it. ``/ui/tokens`` lists, mints and revokes the signed-in person's tokens
 (forms carry the session's CSRF token). The session also authenticates API
-calls through ``state.services["session_resolver"]`` (writes need the
+calls through ``state.session_resolver`` (writes need the
 ``X-CSRF-Token`` header).
 """
 
@@ -60,7 +60,7 @@ def install(app: QuartTrio, state: AppState) -> None:
     ]
     for rule, view, methods in rules:
         app.add_url_rule(rule, endpoint=f"identity.{view.__name__}", view_func=view, methods=methods)
-    state.services["session_resolver"] = resolve_session
+    state.session_resolver = resolve_session
 
 
 def _oidc() -> OidcClient:
@@ -68,10 +68,10 @@ def _oidc() -> OidcClient:
     state = get_state()
     if not configured(state.settings):
         raise OidcNotConfigured("set SKALD_OIDC_ISSUER and SKALD_OIDC_CLIENT_ID to enable login")
-    client: OidcClient | None = state.services.get("oidc_client")
+    client: OidcClient | None = state.oidc_client
     if client is None or client.settings is not state.settings:
         client = OidcClient(state.settings)
-        state.services["oidc_client"] = client
+        state.oidc_client = client
     return client
 
 

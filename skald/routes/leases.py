@@ -22,8 +22,7 @@ _BASE = "/api/v1/db/<db_id>/leases"
 
 
 def install(app: QuartTrio, state: AppState) -> None:
-    state.services.setdefault("leases", LeaseService())
-    state.services["lease_operations"] = Counter(
+    state.lease_operations = Counter(
         "skald_lease_operations_total",
         "Successful lease operations, by operation (acquire, renew, release)",
         ["operation"],
@@ -72,10 +71,10 @@ async def acquire_view(db_id: str) -> tuple[Response, int]:
     data = await _body(db_id, "lease.acquire")
     resource, owner, ttl = validate_request(data.get("resource"), data.get("owner"), data.get("ttl_seconds"))
     state = get_state()
-    service: LeaseService = state.services["leases"]
+    service: LeaseService = state.leases
     async with state.supervisor.open_document(db_id) as actor:
         lease = await service.acquire(actor, resource, owner, ttl)
-    state.services["lease_operations"].labels("acquire").inc()
+    state.lease_operations.labels("acquire").inc()
     return jsonify(lease.to_json()), 201
 
 
@@ -86,10 +85,10 @@ async def renew_view(db_id: str) -> dict[str, Any]:
     token = _token(data)
     ttl = None if data.get("ttl_seconds") is None else validate_ttl(data["ttl_seconds"])
     state = get_state()
-    service: LeaseService = state.services["leases"]
+    service: LeaseService = state.leases
     async with state.supervisor.open_document(db_id) as actor:
         lease = await service.renew(actor, data["resource"], token, ttl)
-    state.services["lease_operations"].labels("renew").inc()
+    state.lease_operations.labels("renew").inc()
     return lease.to_json()
 
 
@@ -99,8 +98,8 @@ async def release_view(db_id: str) -> dict[str, Any]:
     data = await _body(db_id, "lease.release")
     token = _token(data)
     state = get_state()
-    service: LeaseService = state.services["leases"]
+    service: LeaseService = state.leases
     async with state.supervisor.open_document(db_id) as actor:
         lease = await service.release(actor, data["resource"], token)
-    state.services["lease_operations"].labels("release").inc()
+    state.lease_operations.labels("release").inc()
     return {**lease.to_json(), "released": True}

@@ -29,7 +29,7 @@ MAX_POLL_LIMIT = 1000
 
 def install(app: QuartTrio, state: AppState) -> None:
     pubsub = PubSub(state.supervisor, state.metrics, state.settings.subscriber_buffer)
-    state.services["pubsub"] = pubsub
+    state.pubsub = pubsub
     base = "/api/v1/db/<db_id>"
     app.add_url_rule(f"{base}/messages", view_func=publish_view, methods=["POST"])
     app.add_url_rule(f"{base}/messages", view_func=poll_view, methods=["GET"])
@@ -40,11 +40,11 @@ def install(app: QuartTrio, state: AppState) -> None:
 
     @app.before_serving
     async def start_pubsub() -> None:
-        await app.nursery.start(pubsub.run, state.services.get("shutdown_event"))
+        await app.nursery.start(pubsub.run, state.shutdown.event)
 
 
 def _pubsub() -> PubSub:
-    service: PubSub = get_state().services["pubsub"]
+    service: PubSub = get_state().pubsub
     return service
 
 
@@ -100,7 +100,7 @@ async def stream_view(db_id: str) -> Response:
     heartbeat = heartbeat_param(args.get("heartbeat"), state.settings.sse_heartbeat_seconds)
     filters, prefixes = await _visible_filters(db_id)
     stream = StreamRequest(db_id, filters, prefixes, since_id, tail, heartbeat)
-    generator = event_stream(_pubsub(), state.supervisor, stream, state.services.get("shutdown_event"))
+    generator = event_stream(_pubsub(), state.supervisor, stream, state.shutdown.event)
     return sse_response(generator)
 
 

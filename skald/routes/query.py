@@ -79,8 +79,8 @@ class WatchBody(BaseModel):
 
 
 def install(app: QuartTrio, state: AppState) -> None:
-    state.services["query_watch_hub"] = WatchHub()
-    state.services["query_metrics"] = QueryMetrics(state.metrics.registry)
+    state.query_watch_hub = WatchHub()
+    state.query_metrics = QueryMetrics(state.metrics.registry)
     app.add_url_rule("/api/v1/db/<db_id>/query", view_func=query_view, methods=["POST"])
     app.add_url_rule("/api/v1/db/<db_id>/query/batch", view_func=batch_view, methods=["POST"])
     app.add_url_rule("/api/v1/db/<db_id>/query/watch", view_func=watch_view, methods=["POST"])
@@ -100,7 +100,7 @@ def _fence_guard(fence: FenceBody | None) -> Guard | None:
     """The lease fence check, run inside the same transaction as the write it guards."""
     if fence is None:
         return None
-    leases = get_state().services["leases"]
+    leases = get_state().leases
     resource, token = fence.resource, fence.token
 
     def guard(conn: DocConnection) -> None:
@@ -110,7 +110,7 @@ def _fence_guard(fence: FenceBody | None) -> Guard | None:
 
 
 def _metrics() -> QueryMetrics:
-    metrics: QueryMetrics = get_state().services["query_metrics"]
+    metrics: QueryMetrics = get_state().query_metrics
     return metrics
 
 
@@ -170,8 +170,8 @@ async def watch_view(db_id: str, data: WatchBody) -> Response:
         limits,
         heartbeat_seconds=options.heartbeat_seconds or state.settings.sse_heartbeat_seconds,
         known_hash=options.result_hash or request.headers.get("Last-Event-ID"),
-        shutdown=state.services.get("shutdown_event"),
-        hub=state.services["query_watch_hub"],
+        shutdown=state.shutdown.event,
+        hub=state.query_watch_hub,
         metrics=_metrics(),
     )
     return sse_response(watch.events())

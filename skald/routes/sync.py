@@ -24,14 +24,14 @@ STREAM_PAGE = 500
 
 
 def install(app: QuartTrio, state: AppState) -> None:
-    state.services["sync"] = SyncService(state.supervisor)
+    state.sync = SyncService(state.supervisor)
     app.add_url_rule("/api/v1/db/<db_id>/snapshot", view_func=snapshot_view, methods=["GET"])
     app.add_url_rule("/api/v1/db/<db_id>/changes", view_func=changes_view, methods=["GET"])
     app.add_url_rule("/api/v1/db/<db_id>/changes/stream", view_func=changes_stream_view, methods=["GET"])
 
 
 def _service() -> SyncService:
-    service: SyncService = get_state().services["sync"]
+    service: SyncService = get_state().sync
     return service
 
 
@@ -68,7 +68,7 @@ async def changes_stream_view(db_id: str) -> Response:
     state = get_state()
     service = _service()
     heartbeat = state.settings.sse_heartbeat_seconds
-    shutdown: trio.Event | None = state.services.get("shutdown_event")
+    shutdown: trio.Event | None = state.shutdown.event
     async with state.supervisor.open_document(db_id) as actor:
         await service.prepare(actor)
         actor.keep_alive_until(trio.current_time() + 60)  # until the generator holds it

@@ -32,7 +32,7 @@ _BASE = "/api/v1/db/<db_id>/webhooks/<endpoint>"
 
 
 def install(app: QuartTrio, state: AppState) -> None:
-    state.services["webhook_deliveries"] = Counter(
+    state.webhook_deliveries = Counter(
         "skald_webhook_deliveries_total",
         "Webhook deliveries acknowledged, by result (stored or duplicate)",
         ["result"],
@@ -95,7 +95,7 @@ async def ingest_view(db_id: str, endpoint: str) -> tuple[Response, int]:
 
     async with state.supervisor.open_document(db_id) as actor:
         stored = await actor.write(ingest)
-    state.services["webhook_deliveries"].labels("duplicate" if stored.duplicate else "stored").inc()
+    state.webhook_deliveries.labels("duplicate" if stored.duplicate else "stored").inc()
     payload = {
         "id": stored.id,
         "endpoint": endpoint,

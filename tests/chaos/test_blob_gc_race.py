@@ -74,7 +74,7 @@ async def test_complete_upload_racing_a_sweep_never_reports_a_swept_object(
 ) -> None:
     # The finalize window: complete-upload has hashed the stored bytes and is about to mark the
     # row complete when a GC run (its clock past the pending row's grace) marks and sweeps it.
-    service: BlobService = blob_server.state.services["blobs"]
+    service: BlobService = blob_server.state.blobs
     async with blob_server.client() as client:
         h = await _uploaded(blob_server, client, b"finalized while gc runs")
         parked, release = _park(monkeypatch, service.store, "hash_object")

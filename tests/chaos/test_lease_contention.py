@@ -27,7 +27,7 @@ TTL = 2.0
 @pytest.fixture
 def clock(server: LiveServer) -> ManualClock:
     manual = ManualClock()
-    server.state.services["leases"] = LeaseService(manual)
+    server.state.leases = LeaseService(manual)
     return manual
 
 

@@ -22,7 +22,7 @@ PAIRS = 500
 
 
 def _hub(server: LiveServer) -> RelayHub:
-    hub: RelayHub = server.state.services["relay"]
+    hub: RelayHub = server.state.relay
     return hub
 
 
@@ -90,7 +90,7 @@ async def test_a_producers_patch_h_framing_headers_never_frame_the_consumers_res
 
 
 async def test_a_responders_framing_headers_never_frame_the_requesters_answer(server: LiveServer) -> None:
-    channels: RequestChannels = server.state.services["relay_requests"]
+    channels: RequestChannels = server.state.relay_requests
     answered: list[rawhttp.RawResponse] = []
     answer = b'{"ok": 1}'
 

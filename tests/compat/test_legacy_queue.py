@@ -11,7 +11,7 @@ from skald.relay import RelayHub
 
 
 def _hub(server: LiveServer) -> RelayHub:
-    hub: RelayHub = server.state.services["relay"]
+    hub: RelayHub = server.state.relay
     return hub
 
 

@@ -15,7 +15,7 @@ from skald.relay import RelayHub, RequestChannels
 
 
 def _requests(server: LiveServer) -> RequestChannels:
-    channels: RequestChannels = server.state.services["relay_requests"]
+    channels: RequestChannels = server.state.relay_requests
     return channels
 
 
@@ -180,7 +180,7 @@ async def test_hooks_need_their_secret(server: LiveServer) -> None:
         assert (await client.post(f"/h/{forward['channel']}?secret=wrong", content=b"x")).status_code == 401
         assert (await client.get(f"/r/{reverse['channel']}")).status_code == 401
         got: list[bytes] = []
-        hub: RelayHub = server.state.services["relay"]
+        hub: RelayHub = server.state.relay
         async with trio.open_nursery() as nursery:
 
             async def consume() -> None:
@@ -197,7 +197,7 @@ async def test_user_namespace_uses_skald_tokens(server: LiveServer) -> None:
     await server.state.supervisor.create_document("alice")
     reader = await server.mint_token("alice:stream.read:/inbox")
     writer = await server.mint_token("alice:stream.write")
-    hub: RelayHub = server.state.services["relay"]
+    hub: RelayHub = server.state.relay
     async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
         assert (await client.get("/u/alice/inbox")).status_code == 401
         assert (await client.get("/u/alice/inbox", headers={"authorization": "Bearer nope"})).status_code == 401
@@ -236,7 +236,7 @@ async def test_hook_key_survives_restart(nursery: trio.Nursery, data_dir: Path) 
         minted = json.loads((await client.get("/h")).content)
     await first.stop()
     second = await start_live_server(nursery, make_settings(data_dir))
-    hub: RelayHub = second.state.services["relay"]
+    hub: RelayHub = second.state.relay
     async with httpx.AsyncClient(base_url=second.url, timeout=30) as client:
         async with trio.open_nursery() as inner:
             inner.start_soon(client.get, f"/h/{minted['channel']}")

@@ -30,7 +30,7 @@ async def _body(total: int, chunk: int = 256 * 1024) -> AsyncIterator[bytes]:
 
 
 def _hub(server: LiveServer) -> RelayHub:
-    hub: RelayHub = server.state.services["relay"]
+    hub: RelayHub = server.state.relay
     return hub
 
 

@@ -17,7 +17,7 @@ async def test_a_producer_path_with_escaped_control_characters_reaches_the_consu
 ) -> None:
     # Decoded, these paths hold CR, LF, NUL or non-ASCII: as a header value they would break (or split)
     # the consumer's response head. The consumer must get the message with the path as the producer sent it.
-    hub: RelayHub = server.state.services["relay"]
+    hub: RelayHub = server.state.relay
     got: dict[str, object] = {}
     async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
 
@@ -46,7 +46,7 @@ async def test_the_document_relay_keeps_the_path_as_received(server: LiveServer)
         with trio.fail_after(20):
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(consume)
-                hub: RelayHub = server.state.services["relay"]
+                hub: RelayHub = server.state.relay
                 await wait_for_waiters(hub, "demo\x00api\x00queue/a\rb", consumers=1)
                 assert (await client.post("/api/v1/db/demo/streams/queue/a%0Db", content=b"m")).status_code == 200
     assert got == {"status": 200, "uri": "/api/v1/db/demo/streams/queue/a%0Db"}

@@ -14,7 +14,7 @@ from skald.relay import RelayHub, RequestChannels
 
 
 async def test_queue_next_and_broadcast(server: LiveServer) -> None:
-    hub: RelayHub = server.state.services["relay"]
+    hub: RelayHub = server.state.relay
     headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
     async with httpx.AsyncClient(base_url=server.url, headers=headers, timeout=30) as client:
         await client.put("/api/v1/db/s")
@@ -38,7 +38,7 @@ async def test_queue_next_and_broadcast(server: LiveServer) -> None:
 
 
 async def test_request_and_responder(server: LiveServer) -> None:
-    channels: RequestChannels = server.state.services["relay_requests"]
+    channels: RequestChannels = server.state.relay_requests
     headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
     results: dict[str, httpx.Response] = {}
     async with httpx.AsyncClient(base_url=server.url, headers=headers, timeout=30) as client:
@@ -77,8 +77,8 @@ async def test_api_failures_are_problem_json(nursery: trio.Nursery, data_dir: Pa
     """A consumer that leaves mid-body (502) and an unanswered switch (504) answer problem+json here."""
     live = await start_live_server(nursery, make_settings(data_dir, switch_timeout_seconds=0.5))
     await live.state.supervisor.create_document("s")
-    hub: RelayHub = live.state.services["relay"]
-    channels: RequestChannels = live.state.services["relay_requests"]
+    hub: RelayHub = live.state.relay
+    channels: RequestChannels = live.state.relay_requests
     headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
     async with httpx.AsyncClient(base_url=live.url, headers=headers, timeout=30) as client:
         results: dict[str, httpx.Response] = {}

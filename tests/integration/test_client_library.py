@@ -301,7 +301,7 @@ async def test_leaving_streams_early_closes_them(server: LiveServer) -> None:
     """``break`` out of an ``async with`` stream, or cancel it: the server sees the stream end and
     no generator is left for the garbage collector (pytest turns its warning into an error)."""
     await seed(server, "notes")
-    hub = server.state.services["query_watch_hub"]
+    hub = server.state.query_watch_hub
     async with AsyncClient(server.url, ADMIN_TOKEN) as client:
         for _ in range(3):
             async with client.watch("notes", "SELECT count(*) FROM t") as events:

@@ -96,7 +96,7 @@ async def test_client_streams_webhooks_and_tokens(server: LiveServer) -> None:
                 got.append(await client.stream_next("rel", "jobs"))
 
             nursery.start_soon(consume)
-            hub = server.state.services["relay"]
+            hub = server.state.relay
             with trio.fail_after(10):
                 while hub.waiting_on("rel\x00api\x00queue/jobs") != (1, 0):  # noqa: ASYNC110 - bounded poll
                     await trio.sleep(0.005)
@@ -110,7 +110,7 @@ async def test_client_streams_webhooks_and_tokens(server: LiveServer) -> None:
                 await client.stream_respond("rel", "calc", b"42")
 
             nursery.start_soon(respond)
-            channels = server.state.services["relay_requests"]
+            channels = server.state.relay_requests
             with trio.fail_after(10):
                 while channels.waiting_on("rel\x00api\x00res/calc") != (0, 1):  # noqa: ASYNC110 - bounded poll
                     await trio.sleep(0.005)

@@ -11,8 +11,8 @@ from skald.jobs import JobQueue, JobWorker
 
 
 async def test_background_worker_runs_enqueued_jobs(server: LiveServer) -> None:
-    worker: JobWorker = server.state.services["job_worker"]
-    queue: JobQueue = server.state.services["jobs"]
+    worker: JobWorker = server.state.job_worker
+    queue: JobQueue = server.state.jobs
     ran = trio.Event()
     seen: list[dict[str, Any]] = []
 

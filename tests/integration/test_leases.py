@@ -20,7 +20,7 @@ RELEASE = "/api/v1/db/locks/leases/release"
 @pytest.fixture
 def clock(server: LiveServer) -> ManualClock:
     manual = ManualClock()
-    server.state.services["leases"] = LeaseService(manual)
+    server.state.leases = LeaseService(manual)
     return manual
 
 
@@ -164,7 +164,7 @@ async def test_unexpired_lease_holds_document_open(server: LiveServer, clock: Ma
 async def test_stale_fence_write_refused_while_current_fence_write_succeeds(
     server: LiveServer, clock: ManualClock
 ) -> None:
-    service: LeaseService = server.state.services["leases"]
+    service: LeaseService = server.state.leases
     async with server.client() as client:
         await _doc(client)
         old = (await client.post(ACQUIRE, json={"resource": "acct", "owner": "a", "ttl_seconds": 5})).json()

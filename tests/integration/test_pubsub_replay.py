@@ -26,7 +26,7 @@ async def test_more_than_ten_thousand_messages(server: LiveServer) -> None:
     """Cursor lookup by index over >10,000 rows: since_id, literal and wildcard filters, tail."""
     async with server.client() as client:
         assert (await client.put(DB)).status_code == 201
-    pubsub = server.state.services["pubsub"]
+    pubsub = server.state.pubsub
     ids: dict[str, list[int]] = {"even": [], "odd": []}
     async with server.state.supervisor.open_document("pub") as actor:
 

@@ -16,7 +16,7 @@ DB = "/api/v1/db/pub"
 
 
 async def _publish(server: LiveServer, count: int, size: int = 10) -> list[int]:
-    pubsub = server.state.services["pubsub"]
+    pubsub = server.state.pubsub
     ids: list[int] = []
     async with server.state.supervisor.open_document("pub") as actor:
         for i in range(count):

@@ -211,7 +211,7 @@ async def test_identical_watches_all_get_the_update(server: LiveServer, nursery:
                 await snapshots.acquire()
             await _insert(w, "a", 1)
         assert got == [[[1]]] * 5
-        hub = server.state.services["query_watch_hub"]
+        hub = server.state.query_watch_hub
         with trio.fail_after(5):  # the server notices the disconnects shortly after
             while hub._runs:  # noqa: ASYNC110 - bounded poll of a plain dict
                 await trio.sleep(0.01)

@@ -149,8 +149,8 @@ async def test_shutdown_answers_every_request_it_took_and_ends_as_soon_as_that_i
     nursery: trio.Nursery, data_dir: Path
 ) -> None:
     live = await start_live_server(nursery, make_settings(data_dir, grace_seconds=GRACE), graceful_timeout=GRACE)
-    hub: RelayHub = live.state.services["relay"]
-    channels: RequestChannels = live.state.services["relay_requests"]
+    hub: RelayHub = live.state.relay
+    channels: RequestChannels = live.state.relay_requests
     async with live.client() as client:
         assert (await client.put("/api/v1/db/d")).status_code in (200, 201)
         assert (await client.post("/api/v1/db/d/query", json={"sql": "CREATE TABLE t (x)"})).status_code == 200

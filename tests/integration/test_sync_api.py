@@ -111,7 +111,7 @@ async def test_replica_takes_a_new_snapshot_after_a_reset(server: LiveServer, tm
     from skald.client import Client
     from skald.replica import pull
 
-    server.state.services["sync"].retention = 5  # applies to actors started from now on
+    server.state.sync.retention = 5  # applies to actors started from now on
     async with server.client() as client:
         await client.put("/api/v1/db/notes")
     await _write(server, "notes", "CREATE TABLE t (id INTEGER PRIMARY KEY, v)")

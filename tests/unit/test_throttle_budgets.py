@@ -27,7 +27,7 @@ def _throttle(clock: list[float]) -> Throttle:
                          None, None, None)
     cache.put(USER, record)
     state = AppState(settings=Settings(data_dir=Path("unused"), rate_limit_per_second=2.0, rate_limit_burst=3),
-                     metrics=Metrics(), supervisor=cast(Any, None), services={"token_cache": cache})
+                     metrics=Metrics(), supervisor=cast(Any, None), token_cache=cache)
     return Throttle(state, clock=lambda: clock[0])
 
 
