@@ -17,8 +17,8 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
+from skald.db.migrations import check_migrations, latest_version, schema_version
 from skald.errors import MigrationError
-from skald.migrations import check_migrations, latest_version, schema_version
 
 
 def _check_db(path: Path, kind: str) -> dict[str, Any]:

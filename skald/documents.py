@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from skald.actor import DocumentActor
-from skald.connection import DocConnection
+from skald.db.actor import DocumentActor
+from skald.db.connection import DocConnection
+from skald.db.migrations import latest_version, schema_version
+from skald.db.supervisor import Supervisor
 from skald.errors import DocumentNotFound
-from skald.migrations import latest_version, schema_version
-from skald.supervisor import Supervisor
 
 
 def _stats(conn: DocConnection) -> dict[str, Any]:

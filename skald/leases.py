@@ -35,11 +35,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import trio
 
-from skald.connection import DocConnection
+from skald.db.connection import DocConnection
 from skald.errors import Conflict, Forbidden, ValidationFailed
 
 if TYPE_CHECKING:
-    from skald.actor import DocumentActor
+    from skald.db.actor import DocumentActor
 
 MIN_TTL = 1.0
 MAX_TTL = 3600.0

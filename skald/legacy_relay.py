@@ -31,6 +31,7 @@ from prometheus_client import Counter, Gauge
 from skald import stream_routes
 from skald.auth.guard import check_scope, check_token, secret_from
 from skald.client_ip import client_ip
+from skald.db.ids import DB_ID_PATTERN, validate_db_id
 from skald.errors import (
     PROBLEM_CONTENT_TYPE,
     PROBLEM_TYPE_BASE,
@@ -39,7 +40,6 @@ from skald.errors import (
     SkaldError,
     Unauthenticated,
 )
-from skald.ids import DB_ID_PATTERN, validate_db_id
 from skald.ratelimit import RateLimiter
 from skald.relay import RelayHub, RequestChannels, Requester, Responder, Transfer
 from skald.relay_headers import answer_headers, body_length, message_headers

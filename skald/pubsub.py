@@ -25,13 +25,13 @@ import structlog
 import trio
 from prometheus_client import Counter, Gauge
 
-from skald.actor import DocumentActor
-from skald.connection import DocConnection
+from skald.db.actor import DocumentActor
+from skald.db.connection import DocConnection
+from skald.db.supervisor import Supervisor
 from skald.errors import PayloadTooLarge, ValidationFailed
 from skald.http.sse import json_event
 from skald.metrics import Metrics
 from skald.pubsub_retention import Retention, iso_timestamp
-from skald.supervisor import Supervisor
 from skald.topics import TopicFilter, topic_visible, validate_topic
 
 log = structlog.get_logger("skald.pubsub")

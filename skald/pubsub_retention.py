@@ -17,9 +17,9 @@ from typing import Any
 import structlog
 import trio
 
-from skald.actor import DocumentActor
-from skald.connection import DocConnection
-from skald.supervisor import Supervisor
+from skald.db.actor import DocumentActor
+from skald.db.connection import DocConnection
+from skald.db.supervisor import Supervisor
 
 log = structlog.get_logger("skald.pubsub")
 

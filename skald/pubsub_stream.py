@@ -22,12 +22,12 @@ from collections.abc import AsyncGenerator, AsyncIterator
 
 import trio
 
-from skald.actor import DocumentActor
+from skald.db.actor import DocumentActor
+from skald.db.supervisor import Supervisor
 from skald.errors import SkaldError
 from skald.http.sse import json_event
 from skald.pubsub import Hub, Message, PubSub, Subscriber
 from skald.shutdown import final_event
-from skald.supervisor import Supervisor
 from skald.topics import TopicFilter
 
 REPLAY_PAGE = 1000

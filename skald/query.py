@@ -32,9 +32,10 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from skald.actor import DocumentActor
 from skald.config import Settings
-from skald.connection import DocConnection
+from skald.db.actor import DocumentActor
+from skald.db.connection import DocConnection
+from skald.db.sqlscope import ClassRecorder, StatementClass
 from skald.errors import BadRequest, Conflict, Forbidden, ScopeDenied
 from skald.query_json import (
     InvalidArgument,
@@ -44,7 +45,6 @@ from skald.query_json import (
     encode_value,
     result_hash,
 )
-from skald.sqlscope import ClassRecorder, StatementClass
 
 # ---- errors --------------------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ have, so a prompt shutdown needs every request to end on its own:
 - work already under way (a query, a commit, a relayed body) finishes.
 
 Then the lifespan's ``after_serving`` commits queued writes and closes every
-actor (:meth:`skald.supervisor.Supervisor.aclose`).
+actor (:meth:`skald.db.supervisor.Supervisor.aclose`).
 """
 
 from __future__ import annotations

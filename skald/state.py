@@ -10,18 +10,18 @@ from prometheus_client import Counter
 from quart import current_app
 
 from skald.config import Settings
+from skald.db.supervisor import Supervisor
 from skald.leases import LeaseService
 from skald.metrics import Metrics
 from skald.relay import RelayHub, RequestChannels
 from skald.shutdown import Shutdown
-from skald.supervisor import Supervisor
 
 if TYPE_CHECKING:
     # Only for annotations: these modules import this one (routes reach services through get_state).
     from skald.auth.guard import SessionResolver, TokenCache
     from skald.blob_gc import GarbageCollector
     from skald.blobs import BlobService
-    from skald.jobs import JobQueue, JobWorker
+    from skald.db.background import JobQueue, JobWorker
     from skald.oidc import OidcClient
     from skald.pubsub import PubSub
     from skald.query_metrics import QueryMetrics

@@ -21,10 +21,10 @@ from typing import Any
 
 import trio
 
-from skald.actor import CommitInfo, DocumentActor
 from skald.changefeed import DEFAULT_RETENTION, last_seq, read_changes, sync_triggers
-from skald.connection import DocConnection
-from skald.supervisor import Supervisor
+from skald.db.actor import CommitInfo, DocumentActor
+from skald.db.connection import DocConnection
+from skald.db.supervisor import Supervisor
 
 SNAPSHOT_CHUNK = 256 * 1024
 

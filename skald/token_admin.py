@@ -18,7 +18,7 @@ from typing import Any
 from skald.auth.guard import token_cache
 from skald.auth.scopes import Principal, Scope
 from skald.auth.tokens import TokenRecord, audit, create_token, get_token, list_tokens, revoke_token
-from skald.connection import DocConnection
+from skald.db.connection import DocConnection
 from skald.errors import NotFound
 from skald.state import AppState
 

@@ -25,14 +25,14 @@ from typing import Any
 
 import trio
 
-from skald.actor import CommitInfo, DocumentActor
+from skald.db.actor import CommitInfo, DocumentActor
+from skald.db.sqlscope import StatementClass
+from skald.db.supervisor import Supervisor
 from skald.errors import SkaldError
 from skald.http.sse import encode_event, json_event, wait_first
 from skald.query import Limits, Statement, StatementResult, execute
 from skald.query_metrics import QueryMetrics
 from skald.shutdown import final_event
-from skald.sqlscope import StatementClass
-from skald.supervisor import Supervisor
 
 _SCHEMA_TABLES = frozenset({"sqlite_master", "sqlite_schema"})
 

@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from skald.connection import DocConnection
+from skald.db.connection import DocConnection
 from skald.errors import BadRequest, InvalidJSON, StorageError, Unauthenticated, ValidationFailed
 from skald.json_body import decode_json_body
 

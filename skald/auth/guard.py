@@ -19,7 +19,7 @@ from quart import g, request
 from skald.auth.scopes import GLOBAL, Principal, decide
 from skald.auth.tokens import TOKEN_PREFIX, TokenRecord, audit, find_by_secret, touch_token
 from skald.client_ip import client_ip
-from skald.connection import DocConnection
+from skald.db.connection import DocConnection
 from skald.errors import ScopeDenied, TokenInvalid, Unauthenticated
 from skald.state import AppState, get_state
 

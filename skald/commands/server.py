@@ -10,9 +10,9 @@ from typing import Any
 
 from skald.cli import add_server_options
 from skald.config import Settings, load_settings
+from skald.db.migrations import apply_migrations
 from skald.doctor import format_report, run_doctor
 from skald.logs import configure_logging
-from skald.migrations import apply_migrations
 
 
 def settings_from_args(args: argparse.Namespace, **extra: Any) -> Settings:

@@ -1,7 +1,7 @@
 """Blob routes under ``/api/v1/db/{db_id}/blobs`` and the background job worker (GC).
 
 ``install`` registers the routes, the ``blobs`` and ``jobs`` services, and
-starts the :class:`skald.jobs.JobWorker` in ``app.nursery`` once the
+starts the :class:`skald.db.background.JobWorker` in ``app.nursery`` once the
 supervisor is running; ``after_serving`` cancels it.
 """
 
@@ -16,8 +16,8 @@ from quart_trio import QuartTrio
 from skald.auth.guard import requires
 from skald.blob_gc import GC_JOB_TYPE, GarbageCollector
 from skald.blobs import BlobService, validate_ref, validate_sha256
+from skald.db.background import JobQueue, JobWorker
 from skald.errors import ValidationFailed
-from skald.jobs import JobQueue, JobWorker
 from skald.objectstore import ObjectStore, storage_configured
 from skald.routes.params import int_param
 from skald.state import AppState, get_state

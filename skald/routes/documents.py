@@ -9,8 +9,8 @@ from quart import Response, jsonify
 from quart_trio import QuartTrio
 
 from skald.auth.guard import authenticate, requires
+from skald.db.ids import validate_db_id
 from skald.documents import inspect_document, list_documents
-from skald.ids import validate_db_id
 from skald.state import AppState, get_state
 
 

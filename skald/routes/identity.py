@@ -21,7 +21,7 @@ from quart_trio import QuartTrio
 
 from skald.auth.scopes import Principal, Scope, ScopeError
 from skald.auth.tokens import parse_duration
-from skald.connection import DocConnection
+from skald.db.connection import DocConnection
 from skald.errors import Forbidden
 from skald.mint_policy import personal_namespace, personal_scopes, refusal
 from skald.oidc import LoginFailed, OidcClient, OidcNotConfigured, configured

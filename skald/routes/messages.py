@@ -13,9 +13,9 @@ from quart_trio import QuartTrio
 
 from skald.auth.guard import authorize, current_principal, requires
 from skald.auth.scopes import allowed_prefixes
+from skald.db.ids import validate_db_id
 from skald.errors import BadRequest, DocumentNotFound, PayloadTooLarge, ScopeDenied, ValidationFailed
 from skald.http.sse import sse_response
-from skald.ids import validate_db_id
 from skald.pubsub import PubSub, parse_publish
 from skald.pubsub_retention import RetentionPolicy
 from skald.pubsub_stream import StreamRequest, event_stream

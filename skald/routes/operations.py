@@ -17,8 +17,8 @@ from quart import Response
 from quart_trio import QuartTrio
 
 from skald import __version__
+from skald.db.migrations import check_migrations
 from skald.errors import ServiceUnavailable
-from skald.migrations import check_migrations
 from skald.state import AppState, get_state
 
 

@@ -17,7 +17,8 @@ from quart_schema import validate_request
 from quart_trio import QuartTrio
 
 from skald.auth.guard import authorize, current_principal, requires
-from skald.connection import DocConnection
+from skald.db.connection import DocConnection
+from skald.db.sqlscope import StatementClass
 from skald.http.sse import sse_response
 from skald.query import (
     Guard,
@@ -32,7 +33,6 @@ from skald.query import (
 from skald.query_json import decode_args
 from skald.query_metrics import QueryMetrics
 from skald.routes.params import HEARTBEAT_MAX_SECONDS, HEARTBEAT_MIN_SECONDS
-from skald.sqlscope import StatementClass
 from skald.state import AppState, get_state
 from skald.watch import QueryWatch, WatchHub
 

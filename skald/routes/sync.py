@@ -12,7 +12,7 @@ from quart_trio import QuartTrio
 
 from skald.auth.guard import requires
 from skald.changefeed import read_changes
-from skald.connection import DocConnection
+from skald.db.connection import DocConnection
 from skald.http.sse import json_event, sse_response, wait_first
 from skald.routes.params import int_param
 from skald.shutdown import final_event

@@ -9,7 +9,7 @@ from quart import Response, jsonify, request
 from quart_trio import QuartTrio
 
 from skald.auth.guard import requires
-from skald.connection import DocConnection
+from skald.db.connection import DocConnection
 from skald.errors import NotFound, PayloadTooLarge
 from skald.state import AppState, get_state
 from skald.webhooks import (

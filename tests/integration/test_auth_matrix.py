@@ -25,7 +25,7 @@ from support.live import ADMIN_TOKEN, LiveServer, make_settings, start_live_serv
 from skald import stream_routes
 from skald.auth.scopes import ACTIONS, GLOBAL, Scope
 from skald.auth.tokens import create_token
-from skald.connection import DocConnection
+from skald.db.connection import DocConnection
 
 DOC = "matrixdoc"
 OTHER_DOC = "elsewhere"

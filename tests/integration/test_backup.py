@@ -12,7 +12,7 @@ import trio
 from support.live import LiveServer, make_settings, start_live_server
 
 from skald.cli import main
-from skald.connection import DocConnection
+from skald.db.connection import DocConnection
 from skald.doctor import run_doctor
 
 

@@ -13,7 +13,7 @@ from support.live import ADMIN_TOKEN, LiveServer
 from skald.cli import main
 from skald.client.errors import BadRequest
 from skald.commands.client import describe, is_read_only
-from skald.connection import DocConnection
+from skald.db.connection import DocConnection
 
 
 @pytest.fixture(autouse=True)

@@ -29,7 +29,7 @@ from skald.client import (
     Unauthorized,
     is_invalid_sql,
 )
-from skald.connection import DocConnection
+from skald.db.connection import DocConnection
 
 
 async def seed(server: LiveServer, db_id: str) -> None:

@@ -9,7 +9,7 @@ import pytest
 import trio
 from support.live import LiveServer, make_settings, start_live_server
 
-from skald.connection import DocConnection
+from skald.db.connection import DocConnection
 from skald.leases import LeaseService, ManualClock, StaleFence
 
 ACQUIRE = "/api/v1/db/locks/leases/acquire"

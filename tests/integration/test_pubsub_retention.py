@@ -10,7 +10,7 @@ from support.live import LiveServer, make_settings, start_live_server
 from support.sse import Event, follow, message_ids
 
 from skald import pubsub_retention
-from skald.connection import DocConnection
+from skald.db.connection import DocConnection
 
 DB = "/api/v1/db/pub"
 

@@ -13,7 +13,7 @@ import trio
 from httpx_sse import ServerSentEvent, aconnect_sse
 from support.live import LiveServer, make_settings, start_live_server
 
-from skald.connection import DocConnection
+from skald.db.connection import DocConnection
 
 # Leaving an SSE stream early leaves httpx/httpcore's inner async generators to the
 # garbage collector (aclosing() closes only the outer one); that is the client's

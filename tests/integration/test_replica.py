@@ -11,7 +11,7 @@ import trio
 from support.live import LiveServer
 from support.replica import SCHEMA, dump, run_ops, server_seq, start_follower, wait_for_seq
 
-from skald.connection import DocConnection
+from skald.db.connection import DocConnection
 
 
 async def test_replica_follows_a_random_workload_through_a_follower_crash(

@@ -12,7 +12,7 @@ import trio
 from support.live import ADMIN_TOKEN, LiveServer, SkaldProcess, make_settings
 from support.replica import SCHEMA, dump, random_statements, run_ops, server_seq, start_follower, wait_for_seq
 
-from skald.connection import DocConnection
+from skald.db.connection import DocConnection
 
 
 class Proxy:

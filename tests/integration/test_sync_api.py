@@ -8,7 +8,7 @@ import trio
 from httpx_sse import aconnect_sse
 from support.live import LiveServer
 
-from skald.connection import DocConnection
+from skald.db.connection import DocConnection
 
 
 async def _write(server: LiveServer, db_id: str, *sql: str) -> None:

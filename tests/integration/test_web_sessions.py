@@ -8,7 +8,7 @@ from pathlib import Path
 import trio
 from support.live import LiveServer, make_settings, start_live_server
 
-from skald.connection import DocConnection
+from skald.db.connection import DocConnection
 from skald.sessions import create_session, upsert_user
 
 

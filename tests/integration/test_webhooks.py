@@ -12,7 +12,7 @@ import httpx
 import trio
 from support.live import ADMIN_TOKEN, LiveServer, SkaldProcess, make_settings, start_live_server
 
-from skald.connection import DocConnection
+from skald.db.connection import DocConnection
 
 GITHUB_HEADERS = {
     "X-GitHub-Event": "push",

@@ -16,7 +16,7 @@ from typing import Any
 import trio
 
 from skald.changefeed import last_seq, replicated_tables
-from skald.connection import DocConnection
+from skald.db.connection import DocConnection
 from skald.replica import read_state
 from support.live import ADMIN_TOKEN, LiveServer
 

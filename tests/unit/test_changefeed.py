@@ -5,8 +5,8 @@ from pathlib import Path
 from typing import Any
 
 from skald.changefeed import INCLUDED_CAPABILITY_TABLES, prune, read_changes, sync_triggers
-from skald.connection import DocConnection, open_connection
-from skald.migrations import apply_migrations
+from skald.db.connection import DocConnection, open_connection
+from skald.db.migrations import apply_migrations
 
 
 def _open(tmp_path: Path) -> sqlite3.Connection:

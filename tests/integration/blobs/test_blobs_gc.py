@@ -10,7 +10,7 @@ import httpx
 from support.live import LiveServer
 
 from skald.blob_gc import GarbageCollector
-from skald.jobs import JobQueue, JobWorker
+from skald.db.background import JobQueue, JobWorker
 from skald.objectstore import ObjectStore, blob_key
 
 GRACE = 100.0

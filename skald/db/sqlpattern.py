@@ -1,4 +1,4 @@
-"""SQLite's LIKE and GLOB, matched in time linear in the text (see :mod:`skald.connection`).
+"""SQLite's LIKE and GLOB, matched in time linear in the text (see :mod:`skald.db.connection`).
 
 SQLite's own matcher tries the rest of the pattern at every occurrence of the character
 after each ``%``/``*``: len(text) x len(pattern) inside one function call, where no

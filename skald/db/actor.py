@@ -35,7 +35,9 @@ import outcome
 import structlog
 import trio
 
-from skald.connection import DocConnection, open_connection
+from skald.db.connection import DocConnection, open_connection
+from skald.db.migrations import apply_migrations
+from skald.db.worker import ConnectionWorker
 from skald.errors import (
     DocumentUnavailable,
     MailboxFull,
@@ -44,11 +46,9 @@ from skald.errors import (
     TransactionRolledBack,
 )
 from skald.metrics import Metrics
-from skald.migrations import apply_migrations
-from skald.worker import ConnectionWorker
 
 T = TypeVar("T")
-log = structlog.get_logger("skald.actor")
+log = structlog.get_logger("skald.db.actor")
 
 
 class OpKind(enum.Enum):
@@ -82,7 +82,7 @@ CommitListener = Callable[[CommitInfo], None]
 
 
 class DocumentActor:
-    """Owns one SQLite file. Create through :class:`skald.supervisor.Supervisor`."""
+    """Owns one SQLite file. Create through :class:`skald.db.supervisor.Supervisor`."""
 
     def __init__(
         self,

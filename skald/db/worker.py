@@ -17,7 +17,7 @@ from typing import TypeVar
 import outcome
 import trio
 
-from skald.connection import DocConnection
+from skald.db.connection import DocConnection
 
 T = TypeVar("T")
 

@@ -7,7 +7,7 @@ from typing import Any
 import trio
 from support.live import LiveServer
 
-from skald.jobs import JobQueue, JobWorker
+from skald.db.background import JobQueue, JobWorker
 
 
 async def test_background_worker_runs_enqueued_jobs(server: LiveServer) -> None:

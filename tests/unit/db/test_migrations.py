@@ -4,8 +4,8 @@ import sqlite3
 
 import pytest
 
+from skald.db.migrations import apply_migrations, latest_version, schema_version
 from skald.errors import MigrationError
-from skald.migrations import apply_migrations, latest_version, schema_version
 
 
 def test_apply_is_idempotent_and_recorded() -> None:

@@ -8,8 +8,8 @@ import pytest
 import trio
 
 from skald.config import Settings
-from skald.jobs import JobQueue, JobWorker
-from skald.supervisor import Supervisor
+from skald.db.background import JobQueue, JobWorker
+from skald.db.supervisor import Supervisor
 
 
 class FakeClock:

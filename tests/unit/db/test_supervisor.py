@@ -10,8 +10,8 @@ import trio
 import trio.testing
 
 from skald.config import Settings
+from skald.db.supervisor import Supervisor
 from skald.errors import DocumentNotFound, InvalidDocumentId
-from skald.supervisor import Supervisor
 
 
 async def _supervisor(nursery: trio.Nursery, tmp_path: Path, **kwargs: Any) -> Supervisor:  # Settings fields

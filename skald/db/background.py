@@ -25,11 +25,11 @@ import trio
 import trio.lowlevel
 from prometheus_client import CollectorRegistry, Counter
 
-from skald.actor import DocumentActor
-from skald.connection import DocConnection
+from skald.db.actor import DocumentActor
+from skald.db.connection import DocConnection
 from skald.errors import ServiceUnavailable
 
-log = structlog.get_logger("skald.jobs")
+log = structlog.get_logger("skald.db.background")
 
 Clock = Callable[[], float]
 Handler = Callable[[dict[str, Any]], Awaitable[None]]

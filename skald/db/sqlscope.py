@@ -24,7 +24,7 @@ from __future__ import annotations
 import enum
 import sqlite3
 
-from skald.connection import Policy
+from skald.db.connection import Policy
 
 
 class StatementClass(enum.IntEnum):

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from skald import sqlpattern
+from skald.db import sqlpattern
 
 # An authorizer policy: (action, arg1, arg2, db_name, trigger_or_view) -> SQLITE_OK | DENY | IGNORE
 Policy = Callable[[int, str | None, str | None, str | None, str | None], int]
@@ -133,7 +133,7 @@ class DocConnection(sqlite3.Connection):
     # with every character of Y (64 KiB by 32 KiB: 11 s); LIKE/GLOB retry the rest of the pattern
     # at every occurrence of its next character (16 MB by 256: 18-36 s). Text arguments (the usual
     # case) go to Python's linear-time str.find / str.replace / a set of characters /
-    # skald.sqlpattern; anything else (reals, blobs, NULL) runs SQLite's own function, after the
+    # skald.db.sqlpattern; anything else (reals, blobs, NULL) runs SQLite's own function, after the
     # cost check where one is needed.
 
     def _builtin(self, name: str, *args: object) -> SQLValue:

@@ -23,14 +23,14 @@ from typing import Any
 import structlog
 import trio
 
-from skald.actor import DocumentActor
 from skald.config import Settings
-from skald.connection import DocConnection
+from skald.db.actor import DocumentActor
+from skald.db.connection import DocConnection
+from skald.db.ids import validate_db_id
 from skald.errors import DocumentNotFound, DocumentUnavailable, ShuttingDown
-from skald.ids import validate_db_id
 from skald.metrics import Metrics
 
-log = structlog.get_logger("skald.supervisor")
+log = structlog.get_logger("skald.db.supervisor")
 
 SERVICE_DB_ID = "_skald"
 

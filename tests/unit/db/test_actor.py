@@ -14,8 +14,8 @@ import trio.testing
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from skald.actor import DocumentActor
-from skald.connection import DocConnection
+from skald.db.actor import DocumentActor
+from skald.db.connection import DocConnection
 from skald.errors import MailboxFull, StorageError, TransactionRolledBack
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from skald.errors import MigrationError
 
-MIGRATIONS_ROOT = Path(__file__).resolve().parent.parent / "migrations"
+MIGRATIONS_ROOT = Path(__file__).resolve().parents[2] / "migrations"
 _NAME = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 _NO_TRANSACTION = "-- skald: no-transaction"
 

@@ -1,6 +1,6 @@
 """skald's printf/format/instr/replace/trim answer exactly what SQLite's own functions answer.
 
-DocConnection replaces them (see skald.connection: SQLite's versions can loop far past the
+DocConnection replaces them (see skald.db.connection: SQLite's versions can loop far past the
 time limit inside one call); these properties compare every result, and its SQL type, with
 the built-in function on a plain connection, for generated arguments of every type.
 """
@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from skald.connection import DocConnection, open_connection
+from skald.db.connection import DocConnection, open_connection
 
 values = st.one_of(
     st.none(),
