@@ -25,12 +25,13 @@ from skald.auth.tokens import bootstrap_admin
 from skald.config import Settings
 from skald.db.connection import DocConnection
 from skald.db.supervisor import Supervisor
+from skald.documents import routes as documents
 from skald.errors import InvalidJSON
 from skald.http_errors import install_error_handlers
 from skald.json_body import decode_json_body
 from skald.legacy_relay import ASGIApp, LegacyRelay
 from skald.metrics import Metrics
-from skald.routes import admin, blobs, documents, identity, leases, messages, operations, query, sync, webhooks
+from skald.routes import admin, blobs, identity, leases, messages, operations, query, sync, webhooks
 from skald.state import AppState, get_state
 
 log = structlog.get_logger("skald.app")

@@ -11,7 +11,7 @@ from typing import Any
 from skald.cli import add_server_options
 from skald.config import Settings, load_settings
 from skald.db.migrations import apply_migrations
-from skald.doctor import format_report, run_doctor
+from skald.documents.doctor import format_report, run_doctor
 from skald.logs import configure_logging
 
 

@@ -285,7 +285,7 @@ def _fts_rows(path: Path) -> None:
 
 
 async def test_doctor_finds_a_corrupt_full_text_index(tmp_path: Path) -> None:
-    from skald.doctor import run_doctor
+    from skald.documents.doctor import run_doctor
 
     data_dir = tmp_path / "data"
     async with trio.open_nursery() as nursery:

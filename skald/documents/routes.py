@@ -10,7 +10,7 @@ from quart_trio import QuartTrio
 
 from skald.auth.guard import authenticate, requires
 from skald.db.ids import validate_db_id
-from skald.documents import inspect_document, list_documents
+from skald.documents.service import inspect_document, list_documents
 from skald.state import AppState, get_state
 
 

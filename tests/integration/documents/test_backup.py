@@ -13,7 +13,7 @@ from support.live import LiveServer, make_settings, start_live_server
 
 from skald.cli import main
 from skald.db.connection import DocConnection
-from skald.doctor import run_doctor
+from skald.documents.doctor import run_doctor
 
 
 def _insert_next(conn: DocConnection) -> int:
