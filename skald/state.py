@@ -24,10 +24,10 @@ if TYPE_CHECKING:
     from skald.db.background import JobQueue, JobWorker
     from skald.oidc import OidcClient
     from skald.pubsub import PubSub
-    from skald.query_metrics import QueryMetrics
+    from skald.query.metrics import QueryMetrics
+    from skald.query.watch import WatchHub
     from skald.sync import SyncService
     from skald.throttle import Throttle
-    from skald.watch import WatchHub
 
 
 @dataclasses.dataclass

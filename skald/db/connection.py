@@ -102,7 +102,7 @@ class DocConnection(sqlite3.Connection):
         self.written_tables: set[str] = set()
         self._policy: Policy | None = None
         self.set_authorizer(self._authorize)
-        self.shadow_cache: tuple[int, frozenset[str]] | None = None  # skald.query.shadow_tables
+        self.shadow_cache: tuple[int, frozenset[str]] | None = None  # skald.query.service.shadow_tables
         # skald never changes SQLITE_LIMIT_LIKE_PATTERN_LENGTH; a pattern of at most a quarter of
         # it in characters is within it in UTF-8 bytes
         self._like_fast_limit = self.getlimit(sqlite3.SQLITE_LIMIT_LIKE_PATTERN_LENGTH) // 4

@@ -15,7 +15,7 @@ any write or DDL on skald's capability tables (``_skald_*`` and
 ``schema_migrations``), on ``sqlite_sequence`` or on the shadow tables of full-text
 and r-tree indexes).
 
-Pure functions only; :mod:`skald.query` applies them to a ``DocConnection``
+Pure functions only; :mod:`skald.query.service` applies them to a ``DocConnection``
 with ``conn.policy(...)``.
 """
 

@@ -1,6 +1,6 @@
 """Query API: ``POST /api/v1/db/{db_id}/query``, ``/query/batch`` and ``/query/watch`` (SSE).
 
-Routes parse, authorize and render; :mod:`skald.query` and :mod:`skald.watch`
+Routes parse, authorize and render; :mod:`skald.query.service` and :mod:`skald.query.watch`
 do the work. Every route needs at least ``query.read``; the statement's class
 (decided by SQLite's authorizer) then decides whether ``query.write`` or
 ``query.admin`` is needed too.
@@ -20,7 +20,8 @@ from skald.auth.guard import authorize, current_principal, requires
 from skald.db.connection import DocConnection
 from skald.db.sqlscope import StatementClass
 from skald.http.sse import sse_response
-from skald.query import (
+from skald.query.metrics import QueryMetrics
+from skald.query.service import (
     Guard,
     Limits,
     NotReadOnly,
@@ -30,11 +31,10 @@ from skald.query import (
     execute,
     execute_batch,
 )
-from skald.query_json import decode_args
-from skald.query_metrics import QueryMetrics
+from skald.query.values import decode_args
+from skald.query.watch import QueryWatch, WatchHub
 from skald.routes.params import HEARTBEAT_MAX_SECONDS, HEARTBEAT_MIN_SECONDS
 from skald.state import AppState, get_state
-from skald.watch import QueryWatch, WatchHub
 
 Args = list[Any] | dict[str, Any] | None
 

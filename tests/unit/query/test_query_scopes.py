@@ -11,7 +11,7 @@ from skald.db.connection import DocConnection, open_connection
 from skald.db.migrations import apply_migrations
 from skald.db.sqlscope import StatementClass
 from skald.errors import SkaldError
-from skald.query import Limits, Statement, classify_sync, run_statement
+from skald.query.service import Limits, Statement, classify_sync, run_statement
 
 R, W, A, F = StatementClass.READ, StatementClass.WRITE, StatementClass.ADMIN, StatementClass.FORBIDDEN
 

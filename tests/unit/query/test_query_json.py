@@ -7,7 +7,7 @@ import math
 import pytest
 
 from skald.errors import SkaldError
-from skald.query_json import canonical_json, decode_arg, decode_args, encode_value, result_hash
+from skald.query.values import canonical_json, decode_arg, decode_args, encode_value, result_hash
 
 
 @pytest.mark.parametrize(

@@ -37,7 +37,7 @@ from skald.db.actor import DocumentActor
 from skald.db.connection import DocConnection
 from skald.db.sqlscope import ClassRecorder, StatementClass
 from skald.errors import BadRequest, Conflict, Forbidden, ScopeDenied
-from skald.query_json import (
+from skald.query.values import (
     InvalidArgument,
     JSONValue,
     Params,

@@ -30,8 +30,8 @@ from skald.db.sqlscope import StatementClass
 from skald.db.supervisor import Supervisor
 from skald.errors import SkaldError
 from skald.http.sse import encode_event, json_event, wait_first
-from skald.query import Limits, Statement, StatementResult, execute
-from skald.query_metrics import QueryMetrics
+from skald.query.metrics import QueryMetrics
+from skald.query.service import Limits, Statement, StatementResult, execute
 from skald.shutdown import final_event
 
 _SCHEMA_TABLES = frozenset({"sqlite_master", "sqlite_schema"})
