@@ -31,8 +31,9 @@ from skald.http_errors import install_error_handlers
 from skald.json_body import decode_json_body
 from skald.legacy_relay import ASGIApp, LegacyRelay
 from skald.metrics import Metrics
+from skald.pubsub import routes as messages
 from skald.query import routes as query
-from skald.routes import admin, blobs, identity, leases, messages, operations, sync, webhooks
+from skald.routes import admin, blobs, identity, leases, operations, sync, webhooks
 from skald.state import AppState, get_state
 
 log = structlog.get_logger("skald.app")

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from skald.blobs import BlobService
     from skald.db.background import JobQueue, JobWorker
     from skald.oidc import OidcClient
-    from skald.pubsub import PubSub
+    from skald.pubsub.service import PubSub
     from skald.query.metrics import QueryMetrics
     from skald.query.watch import WatchHub
     from skald.sync import SyncService

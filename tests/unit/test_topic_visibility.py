@@ -5,8 +5,8 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from skald.pubsub import Message, Subscriber
-from skald.topics import TopicFilter, topic_visible
+from skald.pubsub.service import Message, Subscriber
+from skald.pubsub.topics import TopicFilter, topic_visible
 
 _segment = st.text(alphabet="ab", min_size=1, max_size=2)
 _topics = st.lists(_segment, min_size=1, max_size=4).map("/".join)

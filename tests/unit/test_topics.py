@@ -4,7 +4,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from skald.topics import InvalidTopic, TopicFilter, match_topic, topic_allowed, validate_topic
+from skald.pubsub.topics import InvalidTopic, TopicFilter, match_topic, topic_allowed, validate_topic
 
 MATCH_TABLE = [
     ("a", "a", True),

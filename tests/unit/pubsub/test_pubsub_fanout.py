@@ -3,10 +3,10 @@ from __future__ import annotations
 import pytest
 import trio
 
-from skald import pubsub as pubsub_module
 from skald.errors import PayloadTooLarge, ValidationFailed
-from skald.pubsub import Message, Subscriber, parse_publish
-from skald.topics import TopicFilter
+from skald.pubsub import service as pubsub_module
+from skald.pubsub.service import Message, Subscriber, parse_publish
+from skald.pubsub.topics import TopicFilter
 
 
 def _msg(i: int, topic: str = "a/b", size: int = 1) -> Message:

@@ -9,8 +9,8 @@ import trio
 from support.live import LiveServer, make_settings, start_live_server
 from support.sse import Event, follow, message_ids
 
-from skald import pubsub_retention
 from skald.db.connection import DocConnection
+from skald.pubsub import retention as pubsub_retention
 
 DB = "/api/v1/db/pub"
 

@@ -1,7 +1,7 @@
 """Pub/sub routes: publish, follow over SSE, poll, retention policy, and a diagnostic ping.
 
-Routes stay thin: they parse and authorize, then call :mod:`skald.pubsub` /
-:mod:`skald.pubsub_stream`. See ``docs/pubsub.md``.
+Routes stay thin: they parse and authorize, then call :mod:`skald.pubsub.service` /
+:mod:`skald.pubsub.stream`. See ``docs/pubsub.md``.
 """
 
 from __future__ import annotations
@@ -16,12 +16,12 @@ from skald.auth.scopes import allowed_prefixes
 from skald.db.ids import validate_db_id
 from skald.errors import BadRequest, DocumentNotFound, PayloadTooLarge, ScopeDenied, ValidationFailed
 from skald.http.sse import sse_response
-from skald.pubsub import PubSub, parse_publish
-from skald.pubsub_retention import RetentionPolicy
-from skald.pubsub_stream import StreamRequest, event_stream
+from skald.pubsub.retention import RetentionPolicy
+from skald.pubsub.service import PubSub, parse_publish
+from skald.pubsub.stream import StreamRequest, event_stream
+from skald.pubsub.topics import TopicFilter
 from skald.routes.params import heartbeat_param, int_param
 from skald.state import AppState, get_state
-from skald.topics import TopicFilter
 
 MAX_TAIL = 1000
 MAX_POLL_LIMIT = 1000

@@ -2,7 +2,7 @@
 
 Order of work (the reason it cannot lose or double a message):
 
-1. register a live :class:`~skald.pubsub.Subscriber` on the document's hub;
+1. register a live :class:`~skald.pubsub.service.Subscriber` on the document's hub;
 2. read history after the cursor from the read pool (every message committed
    before step 1 is in SQLite by then: ``after_commit`` runs after COMMIT);
 3. drain the live buffer, skipping ids already sent.
@@ -26,9 +26,9 @@ from skald.db.actor import DocumentActor
 from skald.db.supervisor import Supervisor
 from skald.errors import SkaldError
 from skald.http.sse import json_event
-from skald.pubsub import Hub, Message, PubSub, Subscriber
+from skald.pubsub.service import Hub, Message, PubSub, Subscriber
+from skald.pubsub.topics import TopicFilter
 from skald.shutdown import final_event
-from skald.topics import TopicFilter
 
 REPLAY_PAGE = 1000
 

@@ -31,10 +31,10 @@ from skald.db.supervisor import Supervisor
 from skald.errors import PayloadTooLarge, ValidationFailed
 from skald.http.sse import json_event
 from skald.metrics import Metrics
-from skald.pubsub_retention import Retention, iso_timestamp
-from skald.topics import TopicFilter, topic_visible, validate_topic
+from skald.pubsub.retention import Retention, iso_timestamp
+from skald.pubsub.topics import TopicFilter, topic_visible, validate_topic
 
-log = structlog.get_logger("skald.pubsub")
+log = structlog.get_logger("skald.pubsub.service")
 
 SUBSCRIBER_BUFFER_BYTES = 8 * 1024 * 1024
 """Payload bytes one subscriber may have buffered before it counts as slow."""

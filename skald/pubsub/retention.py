@@ -21,7 +21,7 @@ from skald.db.actor import DocumentActor
 from skald.db.connection import DocConnection
 from skald.db.supervisor import Supervisor
 
-log = structlog.get_logger("skald.pubsub")
+log = structlog.get_logger("skald.pubsub.service")
 
 SWEEP_BATCH = 500
 SWEEP_INTERVAL_SECONDS = 5.0
