@@ -20,7 +20,7 @@ from quart_schema import QuartSchema
 from quart_schema.openapi import OpenAPIProvider
 from quart_trio import QuartTrio
 
-from skald import __version__, audit_hooks, legacy_relay, openapi, stream_routes, throttle
+from skald import __version__, audit_hooks, openapi, throttle
 from skald.auth.tokens import bootstrap_admin
 from skald.config import Settings
 from skald.db.connection import DocConnection
@@ -29,10 +29,12 @@ from skald.documents import routes as documents
 from skald.errors import InvalidJSON
 from skald.http_errors import install_error_handlers
 from skald.json_body import decode_json_body
-from skald.legacy_relay import ASGIApp, LegacyRelay
 from skald.metrics import Metrics
 from skald.pubsub import routes as messages
 from skald.query import routes as query
+from skald.relay import legacy as legacy_relay
+from skald.relay import stream_routes
+from skald.relay.legacy import ASGIApp, LegacyRelay
 from skald.routes import admin, blobs, identity, leases, operations, sync, webhooks
 from skald.state import AppState, get_state
 
@@ -92,7 +94,7 @@ class _Request(_BaseRequest):  # type: ignore[misc]
 
 
 class _OpenAPIProvider(OpenAPIProvider):
-    """quart-schema's document plus the stream routes served ahead of Quart (:mod:`skald.stream_routes`)."""
+    """quart-schema's document plus the stream routes served ahead of Quart (:mod:`skald.relay.stream_routes`)."""
 
     def schema(self) -> dict[str, Any]:
         # Every operation's responses, errors and parameters come from skald.openapi's table.
@@ -134,7 +136,7 @@ def create_app(settings: Settings, *, print_admin_token: bool = True) -> QuartTr
     _install_request_context(app, state)
     for install in INSTALLERS:
         install(app, state)
-    # Legacy relay paths stream at the ASGI layer, ahead of Quart (see skald.legacy_relay), behind the
+    # Legacy relay paths stream at the ASGI layer, ahead of Quart (see skald.relay.legacy), behind the
     # same rate limiter as Quart's routes (Quart's hooks never see them).
     relay = LegacyRelay(cast(ASGIApp, app.asgi_app), state)
     app.asgi_app = throttle.gate(relay, state, legacy_relay.serves)  # type: ignore[method-assign,assignment]

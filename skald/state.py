@@ -13,7 +13,7 @@ from skald.config import Settings
 from skald.db.supervisor import Supervisor
 from skald.leases import LeaseService
 from skald.metrics import Metrics
-from skald.relay import RelayHub, RequestChannels
+from skald.relay.channels import RelayHub, RequestChannels
 from skald.shutdown import Shutdown
 
 if TYPE_CHECKING:
@@ -48,7 +48,7 @@ class AppState:
     # Leases: the service (tests swap in one with a manual clock) and its operation counter.
     leases: LeaseService = dataclasses.field(default_factory=LeaseService)
     lease_operations: Counter = dataclasses.field(init=False)
-    # The legacy relay's rendezvous points, served ahead of Quart (skald.legacy_relay); built from shutdown.
+    # The legacy relay's rendezvous points, served ahead of Quart (skald.relay.legacy); built from shutdown.
     relay: RelayHub = dataclasses.field(init=False)
     relay_requests: RequestChannels = dataclasses.field(init=False)
     # Auth: looked-up tokens (created on first lookup), the browser session check (skald.routes.identity),

@@ -42,7 +42,7 @@ from skald.auth.tokens import hash_token
 from skald.client_ip import client_ip
 from skald.errors import PROBLEM_CONTENT_TYPE, RateLimited
 from skald.ratelimit import Clock, RateLimiter
-from skald.relay_io import Message, Receive, Send, text_response, whole_response
+from skald.relay.io import Message, Receive, Send, text_response, whole_response
 from skald.state import AppState, get_state
 
 EXEMPT_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
@@ -189,7 +189,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 class RateLimitGate:
     """ASGI middleware: the limiter of :func:`install` for routes served ahead of Quart.
 
-    The document stream API and the legacy relay (:mod:`skald.legacy_relay`) never reach Quart's
+    The document stream API and the legacy relay (:mod:`skald.relay.legacy`) never reach Quart's
     ``before_request``; this puts them under the same :class:`Throttle` by the same rules: the token's
     bucket, the IP's, the IP's budget for failed tokens (a 401 answer spends it). ``serves(path)`` picks
     the paths it guards; all others pass through untouched (Quart's hooks guard them). Refusals are 429

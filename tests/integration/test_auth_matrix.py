@@ -2,7 +2,7 @@
 
 Routes are discovered from ``app.url_map`` at test time (views carrying
 ``skald_action``), plus the stream routes served ahead of Quart
-(``skald.stream_routes.ROUTES``), so routes added by later capabilities are
+(``skald.relay.stream_routes.ROUTES``), so routes added by later capabilities are
 covered without editing this file. For each route and method the cases are: no token, unknown
 token, expired, revoked (→ 401 with ``WWW-Authenticate: Bearer``), right
 action on the wrong document, wrong action on the right document (→ 403) and
@@ -22,10 +22,10 @@ import trio
 from quart_trio import QuartTrio
 from support.live import ADMIN_TOKEN, LiveServer, make_settings, start_live_server
 
-from skald import stream_routes
 from skald.auth.scopes import ACTIONS, GLOBAL, Scope
 from skald.auth.tokens import create_token
 from skald.db.connection import DocConnection
+from skald.relay import stream_routes
 
 DOC = "matrixdoc"
 OTHER_DOC = "elsewhere"

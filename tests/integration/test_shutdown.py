@@ -21,7 +21,7 @@ import trio
 from httpx_sse import aconnect_sse
 from support.live import ADMIN_TOKEN, LiveServer, SkaldProcess, make_settings, start_live_server
 
-from skald.relay import RelayHub, RequestChannels
+from skald.relay.channels import RelayHub, RequestChannels
 
 
 async def test_sigterm_during_write_burst_keeps_every_acknowledged_write(tmp_path: Path) -> None:

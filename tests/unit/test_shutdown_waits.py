@@ -7,7 +7,7 @@ import trio
 import trio.testing
 
 from skald.errors import ShuttingDown, SkaldError
-from skald.relay_io import unless_gone
+from skald.relay.io import unless_gone
 from skald.shutdown import Shutdown, final_event
 
 

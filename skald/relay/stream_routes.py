@@ -1,6 +1,6 @@
 """The document-scoped relay routes of the JSON API, as one table.
 
-They are served at the ASGI layer (:mod:`skald.legacy_relay`), not as Quart
+They are served at the ASGI layer (:mod:`skald.relay.legacy`), not as Quart
 views, so Quart's route table and quart-schema never see them. This table is
 what the relay checks methods and scopes against, what ``/openapi.json`` lists
 and what the authorization matrix test calls.

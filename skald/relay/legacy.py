@@ -3,12 +3,12 @@
 Why not Quart views: Quart's request ``Body`` collects whatever the server
 delivers into one buffer with no backpressure (and its size cap then cuts a
 slow transfer). Here ``receive()`` is called only as each chunk is handed on
-(:mod:`skald.relay_io`), so a body of any size streams in bounded memory.
+(:mod:`skald.relay.io`), so a body of any size streams in bounded memory.
 Errors are short ``text/plain`` bodies, as legacy scripts grep them.
 
 Shutdown: these routes pass by Quart's request pipeline, so they refuse new
 requests here (503, ``Connection: close``); a waiter not yet paired is woken
-with the same 503 by the channels themselves (:mod:`skald.relay`).
+with the same 503 by the channels themselves (:mod:`skald.relay.channels`).
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ import structlog
 import trio
 from prometheus_client import Counter, Gauge
 
-from skald import stream_routes
 from skald.auth.guard import check_scope, check_token, secret_from
 from skald.client_ip import client_ip
 from skald.db.ids import DB_ID_PATTERN, validate_db_id
@@ -41,9 +40,10 @@ from skald.errors import (
     Unauthenticated,
 )
 from skald.ratelimit import RateLimiter
-from skald.relay import RelayHub, RequestChannels, Requester, Responder, Transfer
-from skald.relay_headers import answer_headers, body_length, message_headers
-from skald.relay_io import (
+from skald.relay import stream_routes
+from skald.relay.channels import RelayHub, RequestChannels, Requester, Responder, Transfer
+from skald.relay.headers import answer_headers, body_length, message_headers
+from skald.relay.io import (
     BodyReader,
     ProducerGone,
     Receive,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from skald.relay_headers import FRAMING, answer_headers, body_length, message_headers
+from skald.relay.headers import FRAMING, answer_headers, body_length, message_headers
 
 _values = st.text(st.characters(min_codepoint=0x21, max_codepoint=0x7E), min_size=1, max_size=12)
 _other_names = st.sampled_from(["user-agent", "accept", "x-trace", "origin", "content-type", "cookie"])
@@ -14,7 +14,7 @@ _framing_names = st.sampled_from(sorted(FRAMING))
 
 @st.composite
 def _request_headers(draw: st.DrawFn) -> dict[str, str]:
-    """Request headers as :class:`skald.legacy_relay._Request` holds them (names lower-cased)."""
+    """Request headers as :class:`skald.relay.legacy._Request` holds them (names lower-cased)."""
     headers = draw(st.dictionaries(_other_names, _values, max_size=4))
     headers |= {f"patch-h-{n}": v for n, v in draw(st.dictionaries(_framing_names, _values, max_size=5)).items()}
     headers |= {f"patch-h-{n}": v for n, v in draw(st.dictionaries(_other_names, _values, max_size=2)).items()}

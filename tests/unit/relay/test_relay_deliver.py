@@ -9,8 +9,8 @@ from __future__ import annotations
 import trio
 import trio.testing
 
-from skald.relay import Transfer
-from skald.relay_io import Message, deliver
+from skald.relay.channels import Transfer
+from skald.relay.io import Message, deliver
 
 
 class CurlLikeClient:

@@ -14,7 +14,7 @@ from typing import Any
 import trio
 
 from skald.hypercorn_patches import HOLD_HEAD, on_hang_up
-from skald.relay import Transfer
+from skald.relay.channels import Transfer
 
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]

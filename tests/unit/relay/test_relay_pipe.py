@@ -6,7 +6,7 @@ import pytest
 import trio
 import trio.testing
 
-from skald.relay import JOIN_BELOW, BodyPipe
+from skald.relay.channels import JOIN_BELOW, BodyPipe
 
 
 async def test_producer_waits_once_the_limit_is_passed_and_the_consumer_takes_everything_at_once() -> None:
