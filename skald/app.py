@@ -35,8 +35,9 @@ from skald.query import routes as query
 from skald.relay import legacy as legacy_relay
 from skald.relay import stream_routes
 from skald.relay.legacy import ASGIApp, LegacyRelay
-from skald.routes import admin, blobs, identity, leases, operations, sync, webhooks
+from skald.routes import admin, blobs, identity, leases, operations, sync
 from skald.state import AppState, get_state
+from skald.webhooks import routes as webhooks
 
 log = structlog.get_logger("skald.app")
 

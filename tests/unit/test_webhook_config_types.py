@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from skald.errors import ValidationFailed
-from skald.webhooks import parse_endpoint_config
+from skald.webhooks.service import parse_endpoint_config
 
 
 @pytest.mark.parametrize(

@@ -9,7 +9,7 @@ import pytest
 
 from skald.errors import ValidationFailed
 from skald.leases import LeaseClock
-from skald.webhooks import (
+from skald.webhooks.service import (
     SignatureMismatch,
     VerifyConfig,
     delivery_id_from,

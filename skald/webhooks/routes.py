@@ -12,7 +12,7 @@ from skald.auth.guard import requires
 from skald.db.connection import DocConnection
 from skald.errors import NotFound, PayloadTooLarge
 from skald.state import AppState, get_state
-from skald.webhooks import (
+from skald.webhooks.service import (
     Delivery,
     EndpointConfig,
     Stored,
