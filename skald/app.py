@@ -29,13 +29,14 @@ from skald.documents import routes as documents
 from skald.errors import InvalidJSON
 from skald.http_errors import install_error_handlers
 from skald.json_body import decode_json_body
+from skald.leases import routes as leases
 from skald.metrics import Metrics
 from skald.pubsub import routes as messages
 from skald.query import routes as query
 from skald.relay import legacy as legacy_relay
 from skald.relay import stream_routes
 from skald.relay.legacy import ASGIApp, LegacyRelay
-from skald.routes import admin, blobs, identity, leases, operations, sync
+from skald.routes import admin, blobs, identity, operations, sync
 from skald.state import AppState, get_state
 from skald.webhooks import routes as webhooks
 

@@ -11,7 +11,7 @@ from quart import current_app
 
 from skald.config import Settings
 from skald.db.supervisor import Supervisor
-from skald.leases import LeaseService
+from skald.leases.service import LeaseService
 from skald.metrics import Metrics
 from skald.relay.channels import RelayHub, RequestChannels
 from skald.shutdown import Shutdown

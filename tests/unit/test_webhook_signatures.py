@@ -8,7 +8,7 @@ import time
 import pytest
 
 from skald.errors import ValidationFailed
-from skald.leases import LeaseClock
+from skald.leases.service import LeaseClock
 from skald.webhooks.service import (
     SignatureMismatch,
     VerifyConfig,

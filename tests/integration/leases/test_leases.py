@@ -10,7 +10,7 @@ import trio
 from support.live import LiveServer, make_settings, start_live_server
 
 from skald.db.connection import DocConnection
-from skald.leases import LeaseService, ManualClock, StaleFence
+from skald.leases.service import LeaseService, ManualClock, StaleFence
 
 ACQUIRE = "/api/v1/db/locks/leases/acquire"
 RENEW = "/api/v1/db/locks/leases/renew"
