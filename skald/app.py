@@ -22,6 +22,7 @@ from quart_trio import QuartTrio
 
 from skald import __version__, audit_hooks, openapi, throttle
 from skald.auth.tokens import bootstrap_admin
+from skald.blobs import routes as blobs
 from skald.config import Settings
 from skald.db.connection import DocConnection
 from skald.db.supervisor import Supervisor
@@ -36,7 +37,7 @@ from skald.query import routes as query
 from skald.relay import legacy as legacy_relay
 from skald.relay import stream_routes
 from skald.relay.legacy import ASGIApp, LegacyRelay
-from skald.routes import admin, blobs, identity, operations, sync
+from skald.routes import admin, identity, operations, sync
 from skald.state import AppState, get_state
 from skald.webhooks import routes as webhooks
 

@@ -24,7 +24,7 @@ from quart import Quart, request
 
 from skald.auth.scopes import ACTIONS
 from skald.auth.tokens import MAX_LIFETIME
-from skald.blobs import MAX_SINGLE_PUT_BYTES
+from skald.blobs.service import MAX_SINGLE_PUT_BYTES
 from skald.errors import PROBLEM_CONTENT_TYPE, ValidationFailed
 
 Schema = dict[str, Any]

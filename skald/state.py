@@ -19,8 +19,8 @@ from skald.shutdown import Shutdown
 if TYPE_CHECKING:
     # Only for annotations: these modules import this one (routes reach services through get_state).
     from skald.auth.guard import SessionResolver, TokenCache
-    from skald.blob_gc import GarbageCollector
-    from skald.blobs import BlobService
+    from skald.blobs.gc import GarbageCollector
+    from skald.blobs.service import BlobService
     from skald.db.background import JobQueue, JobWorker
     from skald.oidc import OidcClient
     from skald.pubsub.service import PubSub

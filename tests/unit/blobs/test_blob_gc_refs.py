@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from skald.blob_gc import read_refs_from_file
+from skald.blobs.gc import read_refs_from_file
 
 
 def make_doc(path: Path, with_table: bool = True) -> sqlite3.Connection:

@@ -13,10 +13,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from skald.blobs.objectstore import ObjectStorageUnconfigured, ObjectStore, blob_key
 from skald.db.connection import DocConnection
 from skald.db.supervisor import Supervisor
 from skald.errors import Conflict, NotFound, PayloadTooLarge, ValidationFailed
-from skald.objectstore import ObjectStorageUnconfigured, ObjectStore, blob_key
 
 UPLOAD_URL_SECONDS = 3600
 READ_URL_SECONDS = 900

@@ -14,11 +14,11 @@ from quart import request
 from quart_trio import QuartTrio
 
 from skald.auth.guard import requires
-from skald.blob_gc import GC_JOB_TYPE, GarbageCollector
-from skald.blobs import BlobService, validate_ref, validate_sha256
+from skald.blobs.gc import GC_JOB_TYPE, GarbageCollector
+from skald.blobs.objectstore import ObjectStore, storage_configured
+from skald.blobs.service import BlobService, validate_ref, validate_sha256
 from skald.db.background import JobQueue, JobWorker
 from skald.errors import ValidationFailed
-from skald.objectstore import ObjectStore, storage_configured
 from skald.routes.params import int_param
 from skald.state import AppState, get_state
 

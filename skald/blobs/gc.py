@@ -31,10 +31,10 @@ from typing import Any
 import trio
 from prometheus_client import CollectorRegistry, Counter
 
+from skald.blobs.objectstore import KEY_PREFIX, ObjectStore, blob_key
 from skald.db.connection import DocConnection
 from skald.db.supervisor import Supervisor
 from skald.errors import DocumentUnavailable
-from skald.objectstore import KEY_PREFIX, ObjectStore, blob_key
 
 GC_JOB_TYPE = "blob.gc"
 _LAST_ACTIVITY = "max(created_at, coalesce(completed_at, 0), coalesce(last_referenced_at, 0))"
