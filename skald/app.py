@@ -37,8 +37,9 @@ from skald.query import routes as query
 from skald.relay import legacy as legacy_relay
 from skald.relay import stream_routes
 from skald.relay.legacy import ASGIApp, LegacyRelay
-from skald.routes import admin, identity, operations, sync
+from skald.routes import admin, identity, operations
 from skald.state import AppState, get_state
+from skald.sync import routes as sync
 from skald.webhooks import routes as webhooks
 
 log = structlog.get_logger("skald.app")

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from skald.pubsub.service import PubSub
     from skald.query.metrics import QueryMetrics
     from skald.query.watch import WatchHub
-    from skald.sync import SyncService
+    from skald.sync.service import SyncService
     from skald.throttle import Throttle
 
 

@@ -253,7 +253,7 @@ class DocConnection(sqlite3.Connection):
                 and arg1 == "_skald_changes"
                 and (source or "").startswith("_skald_chg_")
             ):
-                return sqlite3.SQLITE_OK  # the change feed's own triggers (skald.changefeed) always record
+                return sqlite3.SQLITE_OK  # the change feed's own triggers (skald.sync.changefeed) always record
             return self._policy(action, arg1, arg2, db_name, source)
         return sqlite3.SQLITE_OK
 

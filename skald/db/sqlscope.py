@@ -222,7 +222,7 @@ def classify_action(
             # database name usually goes
             names, db_name = [arg2], arg1
         elif action == sqlite3.SQLITE_DROP_TRIGGER and (arg1 or "").lower().startswith("_skald_chg_"):
-            # Dropping a user table drops the change feed's triggers on it (skald.changefeed
+            # Dropping a user table drops the change feed's triggers on it (skald.sync.changefeed
             # re-creates them while the table exists): judge by the table, not the trigger.
             names = [arg2]
         elif action in (sqlite3.SQLITE_CREATE_VTABLE, sqlite3.SQLITE_DROP_VTABLE):

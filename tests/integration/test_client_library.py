@@ -14,7 +14,6 @@ import pytest
 import trio
 from support.live import ADMIN_TOKEN, LiveServer
 
-from skald.changefeed import INCLUDED_CAPABILITY_TABLES
 from skald.client import (
     AsyncClient,
     BadRequest,
@@ -30,6 +29,7 @@ from skald.client import (
     is_invalid_sql,
 )
 from skald.db.connection import DocConnection
+from skald.sync.changefeed import INCLUDED_CAPABILITY_TABLES
 
 
 async def seed(server: LiveServer, db_id: str) -> None:

@@ -1,7 +1,7 @@
 """Sync service: change-feed triggers on every document actor, snapshots, change pages, wake-ups.
 
 :class:`SyncService` lives in ``state.sync``. It adds
-:func:`skald.changefeed.sync_triggers` to every document actor's write hooks
+:func:`skald.sync.changefeed.sync_triggers` to every document actor's write hooks
 and a commit listener that wakes change streams when ``_skald_changes`` was
 written. Snapshots use the SQLite backup API from a read-only connection into a
 temporary file; the change sequence is read from the copy itself, so it is
@@ -21,10 +21,10 @@ from typing import Any
 
 import trio
 
-from skald.changefeed import DEFAULT_RETENTION, last_seq, read_changes, sync_triggers
 from skald.db.actor import CommitInfo, DocumentActor
 from skald.db.connection import DocConnection
 from skald.db.supervisor import Supervisor
+from skald.sync.changefeed import DEFAULT_RETENTION, last_seq, read_changes, sync_triggers
 
 SNAPSHOT_CHUNK = 256 * 1024
 

@@ -4,9 +4,9 @@ import sqlite3
 from pathlib import Path
 from typing import Any
 
-from skald.changefeed import INCLUDED_CAPABILITY_TABLES, prune, read_changes, sync_triggers
 from skald.db.connection import DocConnection, open_connection
 from skald.db.migrations import apply_migrations
+from skald.sync.changefeed import INCLUDED_CAPABILITY_TABLES, prune, read_changes, sync_triggers
 
 
 def _open(tmp_path: Path) -> sqlite3.Connection:

@@ -11,13 +11,13 @@ from quart import Response, request
 from quart_trio import QuartTrio
 
 from skald.auth.guard import requires
-from skald.changefeed import read_changes
 from skald.db.connection import DocConnection
 from skald.http.sse import json_event, sse_response, wait_first
 from skald.routes.params import int_param
 from skald.shutdown import final_event
 from skald.state import AppState, get_state
-from skald.sync import SyncService, stream_file
+from skald.sync.changefeed import read_changes
+from skald.sync.service import SyncService, stream_file
 
 MAX_PAGE = 1000
 STREAM_PAGE = 500

@@ -109,7 +109,7 @@ async def test_replica_takes_a_new_snapshot_after_a_reset(server: LiveServer, tm
     from support.live import ADMIN_TOKEN
 
     from skald.client import Client
-    from skald.replica import pull
+    from skald.sync.replica import pull
 
     server.state.sync.retention = 5  # applies to actors started from now on
     async with server.client() as client:
