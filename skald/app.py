@@ -20,7 +20,8 @@ from quart_schema import QuartSchema
 from quart_schema.openapi import OpenAPIProvider
 from quart_trio import QuartTrio
 
-from skald import __version__, audit_hooks, openapi, throttle
+from skald import __version__, openapi, throttle
+from skald.auth import admin, audit_hooks, identity
 from skald.auth.tokens import bootstrap_admin
 from skald.blobs import routes as blobs
 from skald.config import Settings
@@ -37,7 +38,7 @@ from skald.query import routes as query
 from skald.relay import legacy as legacy_relay
 from skald.relay import stream_routes
 from skald.relay.legacy import ASGIApp, LegacyRelay
-from skald.routes import admin, identity, operations
+from skald.routes import operations
 from skald.state import AppState, get_state
 from skald.sync import routes as sync
 from skald.webhooks import routes as webhooks

@@ -315,7 +315,7 @@ _MINT = obj(
     {"label": {"type": "string", "maxLength": 200}, "owner": {"type": ["string", "null"], "maxLength": 200},
      "expires_in": {"type": ["string", "null"], "pattern": _lifetime_pattern(),
                     "description": "lifetime like `30d`, `12h`, `15m`, at most 36500 days; null = never"}},
-) | {"title": "CreateTokenRequest"}  # skald.routes.admin's model, with the patterns its validators enforce
+) | {"title": "CreateTokenRequest"}  # skald.auth.admin's model, with the patterns its validators enforce
 
 OPERATIONS: dict[tuple[str, str], Op] = {
     # operations: unauthenticated probes

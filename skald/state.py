@@ -19,10 +19,10 @@ from skald.shutdown import Shutdown
 if TYPE_CHECKING:
     # Only for annotations: these modules import this one (routes reach services through get_state).
     from skald.auth.guard import SessionResolver, TokenCache
+    from skald.auth.oidc import OidcClient
     from skald.blobs.gc import GarbageCollector
     from skald.blobs.service import BlobService
     from skald.db.background import JobQueue, JobWorker
-    from skald.oidc import OidcClient
     from skald.pubsub.service import PubSub
     from skald.query.metrics import QueryMetrics
     from skald.query.watch import WatchHub
@@ -51,7 +51,7 @@ class AppState:
     # The legacy relay's rendezvous points, served ahead of Quart (skald.relay.legacy); built from shutdown.
     relay: RelayHub = dataclasses.field(init=False)
     relay_requests: RequestChannels = dataclasses.field(init=False)
-    # Auth: looked-up tokens (created on first lookup), the browser session check (skald.routes.identity),
+    # Auth: looked-up tokens (created on first lookup), the browser session check (skald.auth.identity),
     # the OIDC relying party (rebuilt when settings change), the admin token printed on first start.
     token_cache: TokenCache | None = None
     session_resolver: SessionResolver | None = None

@@ -12,9 +12,9 @@ from __future__ import annotations
 from quart import Response, current_app, g, request
 from quart_trio import QuartTrio
 
+from skald.auth.token_admin import record_event
 from skald.state import AppState
 from skald.throttle import request_ip
-from skald.token_admin import record_event
 
 AUDITED_ACTIONS = frozenset({"db.admin"})
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from skald.auth.mint_policy import personal_namespace, personal_scopes, refusal
 from skald.auth.scopes import Principal, Scope, decide
-from skald.mint_policy import personal_namespace, personal_scopes, refusal
 
 
 def scopes(*texts: str) -> list[Scope]:

@@ -19,13 +19,10 @@ from typing import Any
 from quart import Response, render_template, request
 from quart_trio import QuartTrio
 
+from skald.auth.mint_policy import personal_namespace, personal_scopes, refusal
+from skald.auth.oidc import LoginFailed, OidcClient, OidcNotConfigured, configured
 from skald.auth.scopes import Principal, Scope, ScopeError
-from skald.auth.tokens import parse_duration
-from skald.db.connection import DocConnection
-from skald.errors import Forbidden
-from skald.mint_policy import personal_namespace, personal_scopes, refusal
-from skald.oidc import LoginFailed, OidcClient, OidcNotConfigured, configured
-from skald.sessions import (
+from skald.auth.sessions import (
     SESSION_LIFETIME,
     Session,
     consume_login,
@@ -35,9 +32,12 @@ from skald.sessions import (
     start_login,
     upsert_user,
 )
+from skald.auth.token_admin import MintRequest, fetch_tokens, mint_token, record_event, revoke
+from skald.auth.tokens import parse_duration
+from skald.db.connection import DocConnection
+from skald.errors import Forbidden
 from skald.state import AppState, get_state
 from skald.throttle import request_ip
-from skald.token_admin import MintRequest, fetch_tokens, mint_token, record_event, revoke
 
 COOKIE = "skald_session"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})

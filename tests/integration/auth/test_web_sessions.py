@@ -8,8 +8,8 @@ from pathlib import Path
 import trio
 from support.live import LiveServer, make_settings, start_live_server
 
+from skald.auth.sessions import create_session, upsert_user
 from skald.db.connection import DocConnection
-from skald.sessions import create_session, upsert_user
 
 
 async def signed_in(server: LiveServer, owner: str, is_admin: bool = False) -> tuple[str, str]:

@@ -1,7 +1,7 @@
 """Token administration as service-database operations: mint, revoke, list, read the audit log.
 
-Shared by the admin API (``skald.routes.admin``) and the token page
-(``skald.routes.identity``). Every state change writes its audit event in the
+Shared by the admin API (``skald.auth.admin``) and the token page
+(``skald.auth.identity``). Every state change writes its audit event in the
 same transaction, so a token never exists without the record of who made it.
 Revocation clears the server's :class:`~skald.auth.guard.TokenCache` so a
 revoked token stops working at once on this node.

@@ -9,7 +9,7 @@ import pytest
 from joserfc import jwt
 from joserfc.jwk import KeySet, RSAKey
 
-from skald.oidc import LoginFailed, verify_id_token
+from skald.auth.oidc import LoginFailed, verify_id_token
 
 ISSUER = "https://idp.example"
 

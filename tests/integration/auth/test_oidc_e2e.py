@@ -24,12 +24,12 @@ import pytest
 import trio
 from support.live import LiveServer
 
-from skald.oidc import LoginFailed, verify_id_token
+from skald.auth.oidc import LoginFailed, verify_id_token
 
 if TYPE_CHECKING:  # playwright is imported where a test launches the browser
     from playwright.sync_api import Browser, Page
 
-OIDC_DIR = Path(__file__).resolve().parent.parent / "oidc"
+OIDC_DIR = Path(__file__).resolve().parents[2] / "oidc"
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

@@ -2,7 +2,7 @@
 
 ``POST /api/v1/admin/tokens`` (201, the plaintext once), ``GET /api/v1/admin/tokens``,
 ``GET|DELETE /api/v1/admin/tokens/{token_id}``, ``GET /api/v1/admin/audit?before_id=&limit=&event=``.
-The rate limiter (:mod:`skald.throttle`) and the audit of admin actions (:mod:`skald.audit_hooks`)
+The rate limiter (:mod:`skald.throttle`) and the audit of admin actions (:mod:`skald.auth.audit_hooks`)
 are their own entries in :data:`skald.app.INSTALLERS`.
 """
 
@@ -18,11 +18,7 @@ from quart_trio import QuartTrio
 from skald import throttle
 from skald.auth.guard import current_principal, requires
 from skald.auth.scopes import Scope, ScopeError
-from skald.auth.tokens import parse_duration
-from skald.errors import ValidationFailed
-from skald.routes.params import int_param
-from skald.state import AppState, get_state
-from skald.token_admin import (
+from skald.auth.token_admin import (
     AUDIT_PAGE_MAX,
     MintRequest,
     fetch_token,
@@ -31,6 +27,10 @@ from skald.token_admin import (
     read_audit,
     revoke,
 )
+from skald.auth.tokens import parse_duration
+from skald.errors import ValidationFailed
+from skald.routes.params import int_param
+from skald.state import AppState, get_state
 
 
 class ScopeIn(BaseModel):
