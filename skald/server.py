@@ -20,10 +20,10 @@ from hypercorn.utils import wrap_app
 from quart_trio import QuartTrio
 
 from skald import hypercorn_patches
-from skald.app import create_app
 from skald.config import Settings
 from skald.connection_limits import ConnectionLimits, SkaldConfig, fit_descriptor_limit
-from skald.state import AppState
+from skald.http.app import create_app
+from skald.http.state import AppState
 
 log = structlog.get_logger("skald.server")
 

@@ -2,8 +2,8 @@
 
 ``POST /api/v1/admin/tokens`` (201, the plaintext once), ``GET /api/v1/admin/tokens``,
 ``GET|DELETE /api/v1/admin/tokens/{token_id}``, ``GET /api/v1/admin/audit?before_id=&limit=&event=``.
-The rate limiter (:mod:`skald.throttle`) and the audit of admin actions (:mod:`skald.auth.audit_hooks`)
-are their own entries in :data:`skald.app.INSTALLERS`.
+The rate limiter (:mod:`skald.http.throttle`) and the audit of admin actions (:mod:`skald.auth.audit_hooks`)
+are their own entries in :data:`skald.http.app.INSTALLERS`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from quart import Response, jsonify, request
 from quart_schema import validate_request
 from quart_trio import QuartTrio
 
-from skald import throttle
 from skald.auth.guard import current_principal, requires
 from skald.auth.scopes import Scope, ScopeError
 from skald.auth.token_admin import (
@@ -29,8 +28,9 @@ from skald.auth.token_admin import (
 )
 from skald.auth.tokens import parse_duration
 from skald.errors import ValidationFailed
-from skald.routes.params import int_param
-from skald.state import AppState, get_state
+from skald.http import throttle
+from skald.http.params import int_param
+from skald.http.state import AppState, get_state
 
 
 class ScopeIn(BaseModel):

@@ -20,7 +20,7 @@ from skald.auth.scopes import Principal, Scope
 from skald.auth.tokens import TokenRecord, audit, create_token, get_token, list_tokens, revoke_token
 from skald.db.connection import DocConnection
 from skald.errors import NotFound
-from skald.state import AppState
+from skald.http.state import AppState
 
 AUDIT_PAGE_MAX = 500
 

@@ -19,8 +19,8 @@ from skald.blobs.objectstore import ObjectStore, storage_configured
 from skald.blobs.service import BlobService, validate_ref, validate_sha256
 from skald.db.background import JobQueue, JobWorker
 from skald.errors import ValidationFailed
-from skald.routes.params import int_param
-from skald.state import AppState, get_state
+from skald.http.params import int_param
+from skald.http.state import AppState, get_state
 
 PREFIX = "/api/v1/db/<db_id>/blobs"
 

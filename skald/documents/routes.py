@@ -11,7 +11,7 @@ from quart_trio import QuartTrio
 from skald.auth.guard import authenticate, requires
 from skald.db.ids import validate_db_id
 from skald.documents.service import inspect_document, list_documents
-from skald.state import AppState, get_state
+from skald.http.state import AppState, get_state
 
 
 def install(app: QuartTrio, state: AppState) -> None:

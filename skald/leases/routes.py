@@ -15,8 +15,8 @@ from quart_trio import QuartTrio
 
 from skald.auth.guard import authenticate, authorize
 from skald.errors import ValidationFailed
+from skald.http.state import AppState, get_state
 from skald.leases.service import LeaseService, validate_request, validate_ttl
-from skald.state import AppState, get_state
 
 _BASE = "/api/v1/db/<db_id>/leases"
 

@@ -15,13 +15,13 @@ from skald.auth.guard import authorize, current_principal, requires
 from skald.auth.scopes import allowed_prefixes
 from skald.db.ids import validate_db_id
 from skald.errors import BadRequest, DocumentNotFound, PayloadTooLarge, ScopeDenied, ValidationFailed
+from skald.http.params import heartbeat_param, int_param
 from skald.http.sse import sse_response
+from skald.http.state import AppState, get_state
 from skald.pubsub.retention import RetentionPolicy
 from skald.pubsub.service import PubSub, parse_publish
 from skald.pubsub.stream import StreamRequest, event_stream
 from skald.pubsub.topics import TopicFilter
-from skald.routes.params import heartbeat_param, int_param
-from skald.state import AppState, get_state
 
 MAX_TAIL = 1000
 MAX_POLL_LIMIT = 1000

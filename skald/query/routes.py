@@ -19,7 +19,9 @@ from quart_trio import QuartTrio
 from skald.auth.guard import authorize, current_principal, requires
 from skald.db.connection import DocConnection
 from skald.db.sqlscope import StatementClass
+from skald.http.params import HEARTBEAT_MAX_SECONDS, HEARTBEAT_MIN_SECONDS
 from skald.http.sse import sse_response
+from skald.http.state import AppState, get_state
 from skald.query.metrics import QueryMetrics
 from skald.query.service import (
     Guard,
@@ -33,8 +35,6 @@ from skald.query.service import (
 )
 from skald.query.values import decode_args
 from skald.query.watch import QueryWatch, WatchHub
-from skald.routes.params import HEARTBEAT_MAX_SECONDS, HEARTBEAT_MIN_SECONDS
-from skald.state import AppState, get_state
 
 Args = list[Any] | dict[str, Any] | None
 

@@ -29,7 +29,6 @@ import trio
 from prometheus_client import Counter, Gauge
 
 from skald.auth.guard import check_scope, check_token, secret_from
-from skald.client_ip import client_ip
 from skald.db.ids import DB_ID_PATTERN, validate_db_id
 from skald.errors import (
     PROBLEM_CONTENT_TYPE,
@@ -39,7 +38,9 @@ from skald.errors import (
     SkaldError,
     Unauthenticated,
 )
-from skald.ratelimit import RateLimiter
+from skald.http.client_ip import client_ip
+from skald.http.ratelimit import RateLimiter
+from skald.http.state import AppState
 from skald.relay import stream_routes
 from skald.relay.channels import RelayHub, RequestChannels, Requester, Responder, Transfer
 from skald.relay.headers import answer_headers, body_length, message_headers
@@ -54,7 +55,6 @@ from skald.relay.io import (
     wait_unless_gone,
     whole_response,
 )
-from skald.state import AppState
 
 log = structlog.get_logger("skald.legacy")
 

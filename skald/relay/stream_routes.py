@@ -62,7 +62,7 @@ def allowed_methods(kind: str, path: str) -> tuple[str, ...]:
 
 def openapi_paths() -> dict[str, dict[str, Any]]:
     """OpenAPI path items for :data:`ROUTES` (bodies are opaque bytes both ways)."""
-    from skald.openapi import PATH_PARAMETERS, merge, problem_responses
+    from skald.http.openapi import PATH_PARAMETERS, merge, problem_responses
 
     binary = {"*/*": {"schema": {"type": "string", "format": "binary"}}}
     errors = {

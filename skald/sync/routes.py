@@ -12,10 +12,10 @@ from quart_trio import QuartTrio
 
 from skald.auth.guard import requires
 from skald.db.connection import DocConnection
+from skald.http.params import int_param
 from skald.http.sse import json_event, sse_response, wait_first
-from skald.routes.params import int_param
+from skald.http.state import AppState, get_state
 from skald.shutdown import final_event
-from skald.state import AppState, get_state
 from skald.sync.changefeed import read_changes
 from skald.sync.service import SyncService, stream_file
 

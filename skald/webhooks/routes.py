@@ -11,7 +11,7 @@ from quart_trio import QuartTrio
 from skald.auth.guard import requires
 from skald.db.connection import DocConnection
 from skald.errors import NotFound, PayloadTooLarge
-from skald.state import AppState, get_state
+from skald.http.state import AppState, get_state
 from skald.webhooks.service import (
     Delivery,
     EndpointConfig,

@@ -26,7 +26,7 @@ from typing import Any
 
 from skald.db.connection import DocConnection
 from skald.errors import BadRequest, InvalidJSON, StorageError, Unauthenticated, ValidationFailed
-from skald.json_body import decode_json_body
+from skald.http.json_body import decode_json_body
 
 ENDPOINT_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 REDACTED = "[redacted]"

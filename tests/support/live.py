@@ -23,11 +23,11 @@ import httpx
 import trio
 from quart_trio import QuartTrio
 
-from skald.app import create_app
 from skald.config import Settings
+from skald.http.app import create_app
+from skald.http.state import AppState
 from skald.server import hypercorn_config, serve_app
 from skald.shutdown import Shutdown
-from skald.state import AppState
 
 ADMIN_TOKEN = "skd_test_admin_token_0123456789abcdefghijklmnop"
 

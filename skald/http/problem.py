@@ -47,7 +47,7 @@ def render_error(error: SkaldError) -> Response:
 
 
 def _count(code: str) -> None:
-    from skald.state import get_state
+    from skald.http.state import get_state
 
     with contextlib.suppress(RuntimeError, KeyError):
         get_state().metrics.rejected.labels(code).inc()

@@ -20,7 +20,7 @@ from quart_schema import QuartSchema
 from quart_schema.openapi import OpenAPIProvider
 from quart_trio import QuartTrio
 
-from skald import __version__, openapi, throttle
+from skald import __version__
 from skald.auth import admin, audit_hooks, identity
 from skald.auth.tokens import bootstrap_admin
 from skald.blobs import routes as blobs
@@ -29,8 +29,10 @@ from skald.db.connection import DocConnection
 from skald.db.supervisor import Supervisor
 from skald.documents import routes as documents
 from skald.errors import InvalidJSON
-from skald.http_errors import install_error_handlers
-from skald.json_body import decode_json_body
+from skald.http import openapi, operations, throttle
+from skald.http.json_body import decode_json_body
+from skald.http.problem import install_error_handlers
+from skald.http.state import AppState, get_state
 from skald.leases import routes as leases
 from skald.metrics import Metrics
 from skald.pubsub import routes as messages
@@ -38,12 +40,10 @@ from skald.query import routes as query
 from skald.relay import legacy as legacy_relay
 from skald.relay import stream_routes
 from skald.relay.legacy import ASGIApp, LegacyRelay
-from skald.routes import operations
-from skald.state import AppState, get_state
 from skald.sync import routes as sync
 from skald.webhooks import routes as webhooks
 
-log = structlog.get_logger("skald.app")
+log = structlog.get_logger("skald.http.app")
 
 Installer = Callable[[QuartTrio, AppState], None]
 
@@ -71,7 +71,7 @@ _BaseRequest: Any = QuartTrio.request_class
 
 
 class _Request(_BaseRequest):  # type: ignore[misc]
-    """Quart's request, with every JSON body decoded by :func:`skald.json_body.decode_json_body`.
+    """Quart's request, with every JSON body decoded by :func:`skald.http.json_body.decode_json_body`.
 
     Quart's own ``get_json`` decodes the body as UTF-8 outside its error handling and
     accepts lone surrogates, ``NaN`` and any nesting: each of those became a 500 later.
@@ -102,7 +102,7 @@ class _OpenAPIProvider(OpenAPIProvider):
     """quart-schema's document plus the stream routes served ahead of Quart (:mod:`skald.relay.stream_routes`)."""
 
     def schema(self) -> dict[str, Any]:
-        # Every operation's responses, errors and parameters come from skald.openapi's table.
+        # Every operation's responses, errors and parameters come from skald.http.openapi's table.
         return openapi.complete(super().schema(), stream_routes.openapi_paths())
 
 
@@ -136,7 +136,7 @@ def create_app(settings: Settings, *, print_admin_token: bool = True) -> QuartTr
         scalar_ui_path=None,
     )
     install_error_handlers(app)
-    openapi.install(app)
+    openapi.install_single_value_check(app)
     _install_lifespan(app, state, print_admin_token)
     _install_request_context(app, state)
     for install in INSTALLERS:

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import importlib
 import pkgutil
 from pathlib import Path
 
 from quart_trio import QuartTrio
 from support.live import make_settings
 
-import skald.routes
-from skald import app as app_module
-from skald.state import AppState
+import skald
+from skald.http import app as app_module
+from skald.http.state import AppState
 
 
 def _hooks(app: QuartTrio) -> tuple[set[str], set[str]]:
@@ -38,13 +39,17 @@ def test_rate_zero_installs_no_limiter_but_still_the_audit(tmp_path: Path) -> No
     assert "audit_admin_action" in after
 
 
-def test_every_route_module_is_in_the_installer_list() -> None:
-    # A new skald/routes module with an install() must be listed in skald.app.INSTALLERS to be served.
+def test_every_install_in_the_package_is_in_the_installer_list() -> None:
+    # Any skald module with an install(app, state) (a capability's routes.py, the rate limiter, the audit) must be
+    # listed in skald.http.app.INSTALLERS to be served: nothing is found by name at run time.
     listed = {install.__module__ for install in app_module.INSTALLERS}
-    route_modules = {
-        f"skald.routes.{info.name}"
-        for info in pkgutil.iter_modules(skald.routes.__path__)
-        if hasattr(__import__(f"skald.routes.{info.name}", fromlist=["install"]), "install")
+    modules = {
+        info.name
+        for info in pkgutil.walk_packages(skald.__path__, "skald.")
+        if not info.ispkg
+        and not info.name.endswith("__main__")
+        and callable(getattr(importlib.import_module(info.name), "install", None))
     }
-    assert route_modules <= listed
+    assert modules, "no installers found: the walk is broken"
+    assert modules <= listed, sorted(modules - listed)
     assert len(app_module.INSTALLERS) == len(set(app_module.INSTALLERS))

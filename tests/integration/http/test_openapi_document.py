@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 from support.live import LiveServer
 
-from skald import openapi
+from skald.http import openapi
 
 METHODS = {"get", "put", "post", "delete", "patch"}
 

@@ -23,11 +23,11 @@ if TYPE_CHECKING:
     from skald.blobs.gc import GarbageCollector
     from skald.blobs.service import BlobService
     from skald.db.background import JobQueue, JobWorker
+    from skald.http.throttle import Throttle
     from skald.pubsub.service import PubSub
     from skald.query.metrics import QueryMetrics
     from skald.query.watch import WatchHub
     from skald.sync.service import SyncService
-    from skald.throttle import Throttle
 
 
 @dataclasses.dataclass
@@ -35,7 +35,7 @@ class AppState:
     """The app's settings, runtime and services, one typed field each.
 
     Fields with ``init=False`` and no default are set by their route module's ``install`` (listed in
-    :func:`skald.app.create_app`); reading one whose installer did not run is an ``AttributeError``
+    :func:`skald.http.app.create_app`); reading one whose installer did not run is an ``AttributeError``
     naming it, not a ``None`` that fails later. ``Optional`` fields are the ones that exist only
     sometimes (configured, or created on first use).
     """

@@ -543,7 +543,7 @@ def single_valued_parameters() -> dict[tuple[str, str], tuple[str, ...]]:
     }
 
 
-def install(app: Quart) -> None:
+def install_single_value_check(app: Quart) -> None:
     """Refuse a single-valued query parameter given twice (400), as the document declares them.
 
     Werkzeug reads the first value and drops the rest, so ``?limit=5&limit=6000`` would mean
@@ -582,11 +582,11 @@ def complete(schema: dict[str, Any], extra_paths: Mapping[str, dict[str, Any]] |
             if entry is None and operation.get("responses"):
                 continue  # described where it is built (the relay's table)
             if entry is None:
-                raise LookupError(f"{key[0]} {path} has no entry in skald.openapi.OPERATIONS")
+                raise LookupError(f"{key[0]} {path} has no entry in skald.http.openapi.OPERATIONS")
             entry.apply(operation)
     stale = documented - seen
     if stale:
-        raise LookupError(f"skald.openapi.OPERATIONS names routes that do not exist: {sorted(stale)}")
+        raise LookupError(f"skald.http.openapi.OPERATIONS names routes that do not exist: {sorted(stale)}")
     components = schema.setdefault("components", {})
     components.setdefault("schemas", {})["ProblemDetails"] = PROBLEM_DETAILS
     components["securitySchemes"] = {

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from support.live import ADMIN_TOKEN, make_settings
 from support.threaded import serve_in_thread
 
-from skald.app import create_app
+from skald.http.app import create_app
 from skald.relay import stream_routes
 
 DB = "fuzz"

@@ -13,9 +13,9 @@ from skald.auth.scopes import Scope
 from skald.auth.tokens import TokenRecord
 from skald.config import Settings
 from skald.errors import RateLimited
+from skald.http.state import AppState
+from skald.http.throttle import Throttle
 from skald.metrics import Metrics
-from skald.state import AppState
-from skald.throttle import Throttle
 
 IP = "192.0.2.1"
 USER = "skd_user_secret"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from skald.throttle import Bucket
+from skald.http.throttle import Bucket
 
 
 def test_wait_time_peeks_without_spending() -> None:

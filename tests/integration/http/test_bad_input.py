@@ -13,7 +13,7 @@ import httpx
 import pytest
 from support.live import LiveServer
 
-from skald.json_body import MAX_JSON_DEPTH
+from skald.http.json_body import MAX_JSON_DEPTH
 
 DB = "/api/v1/db/bad"
 JSON = {"Content-Type": "application/json"}

@@ -1,4 +1,4 @@
-"""Properties of the one JSON body decoder (skald.json_body)."""
+"""Properties of the one JSON body decoder (skald.http.json_body)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from skald.errors import InvalidJSON
-from skald.json_body import MAX_JSON_DEPTH, decode_json_body
+from skald.http.json_body import MAX_JSON_DEPTH, decode_json_body
 
 # Text as a client can send it: any code point but a surrogate (those are not Unicode scalar values).
 text = st.text(st.characters(blacklist_categories=["Cs"]), max_size=20)

@@ -4,7 +4,7 @@
   (keyed by the token's SHA-256, which names a token as uniquely as its id and
   costs no database lookup on the hot path).
 - A request without a token spends from its client IP's bucket (the IP comes
-  from :func:`skald.client_ip.client_ip`, believing ``X-Forwarded-For`` only
+  from :func:`skald.http.client_ip.client_ip`, believing ``X-Forwarded-For`` only
   from ``settings.trusted_proxies``).
 - Tokens that hold ``admin.token`` (globally) are not limited once known to
   the token cache: they could mint themselves any number of buckets anyway.
@@ -39,11 +39,11 @@ from quart_trio import QuartTrio
 from skald.auth.guard import TokenCache, bearer_secret, secret_from
 from skald.auth.scopes import GLOBAL
 from skald.auth.tokens import hash_token
-from skald.client_ip import client_ip
 from skald.errors import PROBLEM_CONTENT_TYPE, RateLimited
-from skald.ratelimit import Clock, RateLimiter
+from skald.http.client_ip import client_ip
+from skald.http.ratelimit import Clock, RateLimiter
+from skald.http.state import AppState, get_state
 from skald.relay.io import Message, Receive, Send, text_response, whole_response
-from skald.state import AppState, get_state
 
 EXEMPT_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 ANONYMOUS_LIMITED_PREFIXES = ("/api/", "/auth/", "/ui/", "/openapi.json")

@@ -19,7 +19,7 @@ from quart_trio import QuartTrio
 from skald import __version__
 from skald.db.migrations import check_migrations
 from skald.errors import ServiceUnavailable
-from skald.state import AppState, get_state
+from skald.http.state import AppState, get_state
 
 
 class NotReady(ServiceUnavailable):

@@ -1,4 +1,4 @@
-"""Properties of the numeric query-parameter parsers every route uses (skald.routes.params)."""
+"""Properties of the numeric query-parameter parsers every route uses (skald.http.params)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from skald.errors import ValidationFailed
-from skald.routes.params import (
+from skald.http.params import (
     HEARTBEAT_MAX_SECONDS,
     HEARTBEAT_MIN_SECONDS,
     INT64_MAX,
