@@ -40,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from skald.server import run
+    from skald.server.runner import run
 
     settings = settings_from_args(
         args, host=args.host, port=args.port, log_level=args.log_level, log_format=args.log_format

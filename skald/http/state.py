@@ -14,7 +14,7 @@ from skald.db.supervisor import Supervisor
 from skald.leases.service import LeaseService
 from skald.metrics import Metrics
 from skald.relay.channels import RelayHub, RequestChannels
-from skald.shutdown import Shutdown
+from skald.server.shutdown import Shutdown
 
 if TYPE_CHECKING:
     # Only for annotations: these modules import this one (routes reach services through get_state).

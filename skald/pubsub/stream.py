@@ -11,7 +11,7 @@ If the live buffer overflows while history is still being read (a long
 replay), the subscriber is re-registered and reading simply continues from
 the last id sent. Once live, an overflow means the client is too slow: it gets
 an ``error`` event with ``resume_from`` and the stream ends. At shutdown the
-stream ends with a ``shutdown`` event (:func:`skald.shutdown.final_event`).
+stream ends with a ``shutdown`` event (:func:`skald.server.shutdown.final_event`).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from skald.errors import SkaldError
 from skald.http.sse import json_event
 from skald.pubsub.service import Hub, Message, PubSub, Subscriber
 from skald.pubsub.topics import TopicFilter
-from skald.shutdown import final_event
+from skald.server.shutdown import final_event
 
 REPLAY_PAGE = 1000
 

@@ -32,7 +32,7 @@ from skald.errors import SkaldError
 from skald.http.sse import encode_event, json_event, wait_first
 from skald.query.metrics import QueryMetrics
 from skald.query.service import Limits, Statement, StatementResult, execute
-from skald.shutdown import final_event
+from skald.server.shutdown import final_event
 
 _SCHEMA_TABLES = frozenset({"sqlite_master", "sqlite_schema"})
 

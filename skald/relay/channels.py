@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import trio
 
-from skald.shutdown import Shutdown
+from skald.server.shutdown import Shutdown
 
 # Chunks smaller than this are joined when several wait; larger ones are written as they are.
 JOIN_BELOW = 64 * 1024

@@ -13,8 +13,8 @@ from typing import Any
 
 import trio
 
-from skald.hypercorn_patches import HOLD_HEAD, on_hang_up
 from skald.relay.channels import Transfer
+from skald.server.patches import HOLD_HEAD, on_hang_up
 
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]

@@ -310,7 +310,7 @@ class LegacyRelay:
 
         async def answer() -> Transfer | None:
             with trio.move_on_after(timeout if timeout else float("inf")):
-                # No answer yet when the server stops: none would come in time (a 503, see skald.shutdown).
+                # No answer yet when the server stops: none would come in time (a 503, see skald.server.shutdown).
                 await self.state.shutdown.unless_stopping(requester.answered.wait)
             if requester.answer is None:
                 timed_out.set()

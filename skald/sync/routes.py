@@ -15,7 +15,7 @@ from skald.db.connection import DocConnection
 from skald.http.params import int_param
 from skald.http.sse import json_event, sse_response, wait_first
 from skald.http.state import AppState, get_state
-from skald.shutdown import final_event
+from skald.server.shutdown import final_event
 from skald.sync.changefeed import read_changes
 from skald.sync.service import SyncService, stream_file
 

@@ -8,7 +8,7 @@ import trio.testing
 
 from skald.errors import ShuttingDown, SkaldError
 from skald.relay.io import unless_gone
-from skald.shutdown import Shutdown, final_event
+from skald.server.shutdown import Shutdown, final_event
 
 
 async def test_begin_ends_a_wait_with_shutting_down_and_closes_the_connection() -> None:

@@ -9,9 +9,9 @@ import h11
 import trio
 import trio.testing
 
-from skald import hypercorn_patches
-from skald.hypercorn_patches import _JoiningConnection
 from skald.relay import io as relay_io
+from skald.server import patches as hypercorn_patches
+from skald.server.patches import _JoiningConnection
 
 
 def _request(body_chunks: list[bytes], path: bytes = b"/p/x") -> bytes:

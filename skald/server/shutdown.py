@@ -45,7 +45,7 @@ class Shutdown:
         """Set by :meth:`begin`; streams wait on it beside their own wake-ups."""
         self._waits: set[trio.CancelScope] = set()
         self.listening: list[socket.socket] = []
-        """The listening sockets (:func:`skald.server.serve_app` sets them), for :meth:`trigger`."""
+        """The listening sockets (:func:`skald.server.runner.serve_app` sets them), for :meth:`trigger`."""
 
     @property
     def stopping(self) -> bool:

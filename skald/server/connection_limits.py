@@ -12,7 +12,7 @@ descriptor and a task: a few hundred slow clients tie the server up (slowloris).
   before it is read; the open ones are untouched.
 
 Both answers are problem+json with ``Connection: close``. They are written on the socket directly: the
-request (if any) was never parsed, so no route, and no ASGI app, is involved. :mod:`skald.hypercorn_patches`
+request (if any) was never parsed, so no route, and no ASGI app, is involved. :mod:`skald.server.patches`
 calls in here from hypercorn's connection task and keep-alive timer; the limits travel on hypercorn's
 ``Config`` (:class:`SkaldConfig`).
 """

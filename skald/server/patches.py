@@ -28,7 +28,7 @@
    just had an answer) was left unanswered. The timer lets such a request come
    and be answered (a 503) first, and responses sent once the server shuts down
    say ``Connection: close``, as hypercorn closes after them.
-7. Connection limits (:mod:`skald.connection_limits`). The connection task counts itself against
+7. Connection limits (:mod:`skald.server.connection_limits`). The connection task counts itself against
    ``max_connections`` (refusing with 503 beyond it), and the read loop (hypercorn's own, copied with one
    more deadline) ends the wait for a request head at ``request_head_timeout`` (408): hypercorn has neither
    bound, so a connection trickling its head was held until the keep-alive timer ended it.
@@ -53,7 +53,7 @@ from h11._readers import ContentLengthReader
 from hypercorn.events import Closed, RawData
 from trio.lowlevel import RunVar
 
-from skald.connection_limits import HEAD_TIMEOUT_ANSWER, TOO_MANY_ANSWER, limits_of, refuse
+from skald.server.connection_limits import HEAD_TIMEOUT_ANSWER, TOO_MANY_ANSWER, limits_of, refuse
 
 READ_SIZE = 1024 * 1024
 # At shutdown, how long after its last response an idle connection may still bring a request (see _KeepAliveTimer).

@@ -1,7 +1,7 @@
 """Run the app under hypercorn's trio worker in this process, with graceful shutdown.
 
 SIGINT/SIGTERM: stop accepting, refuse new requests, end streams and waits,
-let in-flight requests finish (see :mod:`skald.shutdown`); hypercorn exits as
+let in-flight requests finish (see :mod:`skald.server.shutdown`); hypercorn exits as
 soon as every connection has, ``grace_seconds`` at the latest. Then the
 lifespan's ``after_serving`` commits queued writes and closes every actor.
 """
@@ -19,13 +19,13 @@ from hypercorn.trio.run import worker_serve
 from hypercorn.utils import wrap_app
 from quart_trio import QuartTrio
 
-from skald import hypercorn_patches
 from skald.config import Settings
-from skald.connection_limits import ConnectionLimits, SkaldConfig, fit_descriptor_limit
 from skald.http.app import create_app
 from skald.http.state import AppState
+from skald.server import patches as hypercorn_patches
+from skald.server.connection_limits import ConnectionLimits, SkaldConfig, fit_descriptor_limit
 
-log = structlog.get_logger("skald.server")
+log = structlog.get_logger("skald.server.runner")
 
 
 def hypercorn_config(settings: Settings) -> SkaldConfig:
@@ -47,7 +47,7 @@ def hypercorn_config(settings: Settings) -> SkaldConfig:
 async def serve_app(
     app: QuartTrio, config: Config, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
 ) -> None:
-    """Run ``app`` under hypercorn's trio worker until its :class:`~skald.shutdown.Shutdown` begins.
+    """Run ``app`` under hypercorn's trio worker until its :class:`~skald.server.shutdown.Shutdown` begins.
 
     Reports the bound addresses through ``task_status``; returns once every
     connection and the lifespan have ended. skald makes the listening sockets
