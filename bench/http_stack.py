@@ -138,8 +138,8 @@ def main() -> None:
             for name in names:
                 rate = statistics.median(rates[name])
                 line += f" {rate:>10.0f} {rate / noop:>6.2f}"
-            errors = {n: c for n, c in bad.items() if c}
-            print(line + (f"  non-2xx: {errors}" if errors else ""), flush=True)
+            failed = {n: c for n, c in bad.items() if c}
+            print(line + (f"  non-2xx: {failed}" if failed else ""), flush=True)
     finally:
         for proc in (skald_proc, noop_proc):
             proc.terminate()

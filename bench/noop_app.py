@@ -37,7 +37,7 @@ async def main() -> None:
 
 
 async def _serve(config: Config, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
-    await serve(app, config, task_status=task_status)  # type: ignore[arg-type]
+    await serve(app, config, task_status=task_status)
 
 
 if __name__ == "__main__":
