@@ -37,6 +37,7 @@ import trio
 
 from skald.db.connection import DocConnection, open_connection
 from skald.db.migrations import apply_migrations
+from skald.db.sqlscope import StatementClass
 from skald.db.worker import ConnectionWorker
 from skald.errors import (
     DocumentUnavailable,
@@ -49,6 +50,7 @@ from skald.metrics import Metrics
 
 T = TypeVar("T")
 log = structlog.get_logger("skald.db.actor")
+STATEMENT_MEMO_SIZE = 512
 
 
 class OpKind(enum.Enum):
@@ -127,6 +129,15 @@ class DocumentActor:
         self.stop_reason = "shutdown"
         self.started_at = time.time()
         self.commits = 0
+        self.schema_generation = 0
+        """Bumped (on the event loop) after every commit whose ops compiled a schema change, after
+        every exclusive op and whenever the writer is replaced: what was learnt about a SQL text
+        at generation N (skald.query.service's statement classes) holds while it is still N.
+        Readers never change the schema (``mode=ro``); one process owns the file."""
+        self.statement_classes: dict[str, tuple[int, StatementClass]] = {}
+        """SQL text -> (schema generation, class): :func:`skald.query.service.classify`'s memo,
+        bounded by :data:`STATEMENT_MEMO_SIZE` (oldest forgotten first)."""
+        self._writer_schema_changes = 0
 
     # ---- lifecycle --------------------------------------------------------------------------------
 
@@ -338,7 +349,18 @@ class DocumentActor:
             result: outcome.Outcome[Any] = outcome.Value(await self._writer.run(op.fn))
         except Exception as exc:
             result = outcome.Error(_translate(exc))
+        self._schema_changed()  # migrations, restores, VACUUM: assume the worst
         op.finish(result)
+
+    def _schema_changed(self) -> None:
+        self.schema_generation += 1
+        self.statement_classes.clear()
+
+    def _note_schema(self, changes: int) -> None:
+        """After a commit: forget what was learnt under the old schema if the writer compiled DDL."""
+        if changes != self._writer_schema_changes:
+            self._writer_schema_changes = changes
+            self._schema_changed()
 
     async def _commit_writes(self, ops: list[_Op[Any]]) -> None:
         if not ops:
@@ -351,6 +373,8 @@ class DocumentActor:
             batch = await self._writer.run(lambda conn: _group_commit(conn, fns, hooks))
         except Exception as exc:  # the worker itself failed: nothing of this batch was committed
             batch = _BatchResult([outcome.Error(_connection_failed(exc))] * len(ops), set(), 0, exc)
+        # before anything else runs on the event loop: no request classifies against a stale memo
+        self._note_schema(batch.schema_changes)
         if batch.failure is not None:
             log.error("group commit failed", error=repr(batch.failure), batch=len(ops))
             await self._restart_writer()
@@ -397,6 +421,8 @@ class DocumentActor:
         """
         old = self._writer
         self._writer = self._open_writer()
+        self._writer_schema_changes = 0  # the new connection counts from zero
+        self._schema_changed()
         if old is not None:
             await old.aclose()
         try:
@@ -421,6 +447,8 @@ class _BatchResult:
     """Set when the connection itself failed (BEGIN/COMMIT/savepoint bookkeeping, a closed
     connection, an op raising past ``Exception``): every op not yet committed was answered
     with it and the writer should be replaced."""
+    schema_changes: int = -1
+    """The writer's :attr:`DocConnection.schema_changes` after the batch (-1: unknown)."""
 
 
 def _group_commit(
@@ -478,7 +506,7 @@ def _group_commit(
                 results[index] = outcome.Error(error)
     final = [result for result in results if result is not None]
     assert len(final) == len(fns)
-    return _BatchResult(final, tables, commits, failure)
+    return _BatchResult(final, tables, commits, failure, conn.schema_changes)
 
 
 def _run_ops(

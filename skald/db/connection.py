@@ -31,6 +31,18 @@ Policy = Callable[[int, str | None, str | None, str | None, str | None], int]
 SQLValue = str | bytes | int | float | None
 
 _WRITE_ACTIONS = {sqlite3.SQLITE_INSERT, sqlite3.SQLITE_UPDATE, sqlite3.SQLITE_DELETE}
+# Every action that changes the schema (what a statement compiles to): the connection counts them
+# so that what was learnt about a SQL text under the old schema can be forgotten (schema_changes).
+_SCHEMA_ACTIONS = {
+    sqlite3.SQLITE_CREATE_INDEX, sqlite3.SQLITE_CREATE_TABLE, sqlite3.SQLITE_CREATE_TRIGGER,
+    sqlite3.SQLITE_CREATE_VIEW, sqlite3.SQLITE_DROP_INDEX, sqlite3.SQLITE_DROP_TABLE,
+    sqlite3.SQLITE_DROP_TRIGGER, sqlite3.SQLITE_DROP_VIEW, sqlite3.SQLITE_ALTER_TABLE,
+    sqlite3.SQLITE_CREATE_VTABLE, sqlite3.SQLITE_DROP_VTABLE, sqlite3.SQLITE_ANALYZE,
+    sqlite3.SQLITE_REINDEX, sqlite3.SQLITE_CREATE_TEMP_INDEX, sqlite3.SQLITE_CREATE_TEMP_TABLE,
+    sqlite3.SQLITE_CREATE_TEMP_TRIGGER, sqlite3.SQLITE_CREATE_TEMP_VIEW, sqlite3.SQLITE_DROP_TEMP_INDEX,
+    sqlite3.SQLITE_DROP_TEMP_TABLE, sqlite3.SQLITE_DROP_TEMP_TRIGGER, sqlite3.SQLITE_DROP_TEMP_VIEW,
+    sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH,
+}
 # Most character comparisons SQLite's own instr/replace/trim may make in one call (about 0.1 s);
 # beyond it a blob argument is refused as too big rather than compared quadratically.
 _WORK_BUDGET = 1 << 26
@@ -103,6 +115,10 @@ class DocConnection(sqlite3.Connection):
         self._policy: Policy | None = None
         self.set_authorizer(self._authorize)
         self.shadow_cache: tuple[int, frozenset[str]] | None = None  # skald.query.service.shadow_tables
+        self.schema_changes = 0
+        """Schema-changing actions compiled on this connection (counted at prepare, so a DDL that
+        later fails or rolls back counts too: over-counting only forgets a memo early). The
+        actor reads it after each commit (:attr:`skald.db.actor.DocumentActor.schema_generation`)."""
         # skald never changes SQLITE_LIMIT_LIKE_PATTERN_LENGTH; a pattern of at most a quarter of
         # it in characters is within it in UTF-8 bytes
         self._like_fast_limit = self.getlimit(sqlite3.SQLITE_LIMIT_LIKE_PATTERN_LENGTH) // 4
@@ -247,6 +263,8 @@ class DocConnection(sqlite3.Connection):
             self.written_tables.add(arg1)
         elif action == sqlite3.SQLITE_READ and arg1 is not None:
             self.read_tables.add(arg1)
+        elif action in _SCHEMA_ACTIONS:
+            self.schema_changes += 1
         if self._policy is not None:
             if (
                 action == sqlite3.SQLITE_INSERT
