@@ -20,6 +20,11 @@ publish    ``POST /api/v1/db/bench/messages`` (durable, 2xx after commit)
 and prints requests/s and each ratio to the no-op app (goals: ping >= 0.9, the others
 >= 0.7). Non-2xx answers are counted and printed: a fast error is not a fast answer.
 
+A second table prints the server's CPU time per request (user + system, all threads, from
+``/proc``) and the ratio no-op CPU / skald CPU: on a machine shared with other work the
+rates swing with the neighbours' load, the CPU cost of a request much less; when the server
+is CPU-bound the two ratios agree.
+
 Usage: ``python bench/http_stack.py [--seconds 3] [--rounds 3] [--connections 1,16,64]
 [--only ping,insert]``. Needs ``wrk`` (``apt install wrk``; benches are not run by CI).
 The load generator shares the machine with the server: compare ratios, not absolutes.
@@ -76,8 +81,15 @@ def start(argv: list[str], env: dict[str, str]) -> tuple[subprocess.Popen[bytes]
     return proc, match[1].decode()
 
 
-def wrk(url: str, connections: int, seconds: int, script: Path) -> tuple[float, int]:
-    """Requests/s and the count of non-2xx answers of one wrk run."""
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` and all its threads so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wrk(url: str, connections: int, seconds: int, script: Path, pid: int) -> tuple[float, int, float]:
+    """Requests/s, the count of non-2xx answers and the server's CPU µs per request of one wrk run."""
+    before = cpu_seconds(pid)
     out = subprocess.run(
         ["wrk", "-t", "1", "-c", str(connections), "-d", f"{seconds}s", "-s", str(script), url],
         capture_output=True, text=True, check=True,
@@ -85,7 +97,10 @@ def wrk(url: str, connections: int, seconds: int, script: Path) -> tuple[float, 
     found = re.search(r"Requests/sec:\s+([\d.]+)", out)
     assert found is not None, f"wrk printed no rate:\n{out}"
     bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return float(found[1]), int(bad[1]) if bad else 0
+    total = re.search(r"(\d+) requests in", out)
+    assert total is not None, out
+    cpu_us = (cpu_seconds(pid) - before) * 1e6 / max(1, int(total[1]))
+    return float(found[1]), int(bad[1]) if bad else 0, cpu_us
 
 
 def main() -> None:
@@ -123,23 +138,34 @@ def main() -> None:
         print(f"  no-op app {noop_url}  skald {skald_url}")
         header = f"{'conns':>5} {'no-op/s':>8}" + "".join(f" {n + '/s':>10} {'ratio':>6}" for n in names)
         print(header)
+        cpu_lines = []
         for connections in (int(c) for c in args.connections.split(",")):
             rates: dict[str, list[float]] = {n: [] for n in ["noop", *names]}
+            cpus: dict[str, list[float]] = {n: [] for n in rates}
             bad: dict[str, int] = dict.fromkeys(rates, 0)
             for _ in range(args.rounds):
                 # taking turns: drift on a shared machine then favours no side
                 for name in rates:
                     url = f"{noop_url}/ping" if name == "noop" else skald_url + WORKLOADS[name][0]
-                    rate, errors = wrk(url, connections, args.seconds, scripts[name])
+                    pid = noop_proc.pid if name == "noop" else skald_proc.pid
+                    rate, errors, cpu = wrk(url, connections, args.seconds, scripts[name], pid)
                     rates[name].append(rate)
+                    cpus[name].append(cpu)
                     bad[name] += errors
             noop = statistics.median(rates["noop"])
+            noop_cpu = statistics.median(cpus["noop"])
             line = f"{connections:>5} {noop:>8.0f}"
+            cpu_line = f"{connections:>5} {noop_cpu:>8.0f}"
             for name in names:
-                rate = statistics.median(rates[name])
+                rate, cpu = statistics.median(rates[name]), statistics.median(cpus[name])
                 line += f" {rate:>10.0f} {rate / noop:>6.2f}"
+                cpu_line += f" {cpu:>10.0f} {noop_cpu / cpu:>6.2f}"
             failed = {n: c for n, c in bad.items() if c}
             print(line + (f"  non-2xx: {failed}" if failed else ""), flush=True)
+            cpu_lines.append(cpu_line)
+        print("\nserver CPU µs per request (ratio: no-op CPU / skald CPU)")
+        print(f"{'conns':>5} {'no-op µs':>8}" + "".join(f" {n + ' µs':>10} {'ratio':>6}" for n in names))
+        print("\n".join(cpu_lines))
     finally:
         for proc in (skald_proc, noop_proc):
             proc.terminate()
