@@ -249,6 +249,14 @@ LIMIT = "at most this many (1 or more)"
 _SEGMENT = "[^/+#\\u0000-\\u001f\\u007f-\\u009f]+"
 TOPIC: Schema = {"type": "string", "minLength": 1, "maxLength": 255, "pattern": f"^{_SEGMENT}(/{_SEGMENT})*$"}
 _FILTER_SEGMENT = f"({_SEGMENT}|[+])"
+PUBLISH = obj({"topic": TOPIC}, {
+    "payload": ANY, "payload_text": STR, "payload_base64": {"type": "string", "format": "byte"},
+    "content_type": {"type": ["string", "null"], "maxLength": 255},
+    "dedupe_key": {"type": ["string", "null"], "minLength": 1, "maxLength": 255},
+}) | {"description": "exactly one of payload, payload_text, payload_base64",
+      "oneOf": [{"required": [key]} for key in ("payload", "payload_text", "payload_base64")],
+      "not": {"required": ["messages"]}}  # a body with `messages` is a batch
+PUBLISHED_BATCH = obj({"ids": array(INT)}, {"deduplicated": array(INT)})
 TOPIC_FILTER: Schema = {"type": "string", "minLength": 1, "maxLength": 255,
                         "pattern": f"^({_FILTER_SEGMENT}(/{_FILTER_SEGMENT})*(/#)?|#)$"}
 _TOPIC_FILTERS = query_param(
@@ -362,16 +370,15 @@ OPERATIONS: dict[tuple[str, str], Op] = {
     ),
     # pub/sub
     ("POST", D + "/messages"): Op(
-        {**ok(obj({"id": INT, "topic": STR, "created_at": STR}), "published", 201),
-         **ok(obj({"id": INT, "topic": STR, "created_at": STR, "deduplicated": {"const": True}}),
-              "a repeated dedupe_key: the original message")},
+        {**ok({"anyOf": [obj({"id": INT, "topic": STR, "created_at": STR}), PUBLISHED_BATCH]},
+              "published (a batch: `ids` in order)", 201),
+         **ok({"anyOf": [obj({"id": INT, "topic": STR, "created_at": STR, "deduplicated": {"const": True}}),
+                         PUBLISHED_BATCH]},
+              "a repeated dedupe_key: the original message (a batch: every one was)")},
         merge(_DB_JSON, {400: ["invalid_topic"]}),
-        body=json_body(obj({"topic": TOPIC}, {
-            "payload": ANY, "payload_text": STR, "payload_base64": {"type": "string", "format": "byte"},
-            "content_type": {"type": ["string", "null"], "maxLength": 255},
-            "dedupe_key": {"type": ["string", "null"], "minLength": 1, "maxLength": 255},
-        }) | {"description": "exactly one of payload, payload_text, payload_base64",
-              "oneOf": [{"required": [key]} for key in ("payload", "payload_text", "payload_base64")]}),
+        body=json_body({"oneOf": [PUBLISH, obj({"messages": {**array(PUBLISH), "minItems": 1, "maxItems": 1000}},
+                                               closed=True)],
+                        "description": "one message, or `messages`: up to 1,000 published all or nothing"}),
     ),
     ("GET", D + "/messages"): Op(
         ok(obj({"messages": array(MESSAGE), "next_since_id": INT},

@@ -19,6 +19,7 @@ import base64
 import binascii
 import dataclasses
 import json
+from collections.abc import Sequence
 from typing import Any
 
 import structlog
@@ -86,6 +87,35 @@ class Message:
 
 
 _COLUMNS = "id, topic, payload_form, payload, content_type, created_at"
+
+
+@dataclasses.dataclass(frozen=True)
+class Publish:
+    """One message to publish, as :func:`parse_publish` validated it."""
+
+    topic: str
+    form: str  # json | text | base64
+    payload: bytes
+    content_type: str | None
+    dedupe_key: str | None
+
+
+def _insert(conn: DocConnection, item: Publish, created_at: str) -> PublishResult:
+    if item.dedupe_key is not None:
+        row = conn.execute(
+            f"SELECT {_COLUMNS} FROM _skald_messages WHERE topic = ? AND dedupe_key = ?",
+            (item.topic, item.dedupe_key),
+        ).fetchone()
+        if row is not None:
+            return PublishResult(Message.from_row(row), False)
+    cursor = conn.execute(
+        "INSERT INTO _skald_messages (topic, payload, payload_form, content_type, dedupe_key,"
+        " created_at, size) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (item.topic, item.payload, item.form, item.content_type, item.dedupe_key, created_at, len(item.payload)),
+    )
+    assert cursor.lastrowid is not None
+    message = Message(cursor.lastrowid, item.topic, item.form, item.payload, item.content_type, created_at)
+    return PublishResult(message, True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -283,32 +313,29 @@ class PubSub:
         content_type: str | None, dedupe_key: str | None,
     ) -> PublishResult:
         """Commit one message; returns after COMMIT. Dedupe hits return the original (created=False)."""
+        results = await self.publish_many(actor, [Publish(topic, form, payload, content_type, dedupe_key)])
+        return results[0]
+
+    async def publish_many(self, actor: DocumentActor, items: Sequence[Publish]) -> list[PublishResult]:
+        """Commit ``items`` in one write op (all or nothing), in order; returns after COMMIT.
+
+        One result per item, in order. A ``dedupe_key`` seen before (also earlier in the same
+        batch) answers with the original message (``created=False``). Subscribers get the new
+        messages in id order once the transaction committed.
+        """
         created_at = iso_timestamp()
         hub = self.hub(actor)
 
-        def insert(conn: DocConnection) -> PublishResult:
-            if dedupe_key is not None:
-                row = conn.execute(
-                    f"SELECT {_COLUMNS} FROM _skald_messages WHERE topic = ? AND dedupe_key = ?",
-                    (topic, dedupe_key),
-                ).fetchone()
-                if row is not None:
-                    return PublishResult(Message.from_row(row), False)
-            cursor = conn.execute(
-                "INSERT INTO _skald_messages (topic, payload, payload_form, content_type, dedupe_key,"
-                " created_at, size) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                (topic, payload, form, content_type, dedupe_key, created_at, len(payload)),
-            )
-            assert cursor.lastrowid is not None
-            message = Message(cursor.lastrowid, topic, form, payload, content_type, created_at)
-            return PublishResult(message, True)
+        def insert(conn: DocConnection) -> list[PublishResult]:
+            return [_insert(conn, item, created_at) for item in items]
 
-        def committed(result: PublishResult) -> None:
-            if result.created:
-                self.published.inc()
-                hub.deliver(result.message)
-            else:
-                self.deduplicated.inc()
+        def committed(results: list[PublishResult]) -> None:
+            for result in results:
+                if result.created:
+                    self.published.inc()
+                    hub.deliver(result.message)
+                else:
+                    self.deduplicated.inc()
 
         return await actor.write(insert, after_commit=committed)
 
@@ -397,4 +424,4 @@ class PubSub:
 
         return await actor.read(fetch)
 
-__all__ = ["Hub", "Message", "PubSub", "Subscriber", "parse_publish"]
+__all__ = ["Hub", "Message", "PubSub", "Publish", "Subscriber", "parse_publish"]
