@@ -83,6 +83,25 @@ class _Op(Generic[T]):
 CommitListener = Callable[[CommitInfo], None]
 
 
+class QueuedWrite(Generic[T]):
+    """A write op in the mailbox (:meth:`DocumentActor.enqueue_write`); it runs and commits
+    whether or not anyone awaits :meth:`result`."""
+
+    def __init__(self, op: _Op[T]) -> None:
+        self._op = op
+
+    @property
+    def done(self) -> bool:
+        """True once :meth:`result` would return without waiting."""
+        return self._op.done.is_set()
+
+    async def result(self) -> T:
+        """The op's result once its transaction committed, or its error."""
+        await self._op.done.wait()
+        assert self._op.result is not None
+        return self._op.result.unwrap()
+
+
 class DocumentActor:
     """Owns one SQLite file. Create through :class:`skald.db.supervisor.Supervisor`."""
 
@@ -259,6 +278,26 @@ class DocumentActor:
         """Run ``fn`` alone on the write connection, outside any transaction."""
         return await self._submit(_Op(fn, OpKind.EXCLUSIVE, None))
 
+    async def enqueue_write(
+        self, fn: Callable[[DocConnection], T], *, after_commit: Callable[[T], None] | None = None
+    ) -> QueuedWrite[T]:
+        """Queue ``fn`` for a group commit, waiting for room in the mailbox; return once queued.
+
+        The streaming routes' twin of :meth:`write`: one task can keep many writes in flight,
+        queued in the order it calls this, and await each :meth:`QueuedWrite.result` later. A full
+        mailbox makes it wait (backpressure on the stream) instead of failing with 503.
+        Raises :class:`DocumentUnavailable` if the actor is stopping.
+        """
+        op = _Op(fn, OpKind.WRITE, after_commit)
+        if self.closing.is_set():
+            raise DocumentUnavailable(f"document {self.db_id} is closing")
+        try:
+            await self._send.send(op)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            raise DocumentUnavailable(f"document {self.db_id} is closing") from None
+        self.last_active = trio.current_time()
+        return QueuedWrite(op)
+
     async def _submit(self, op: _Op[T]) -> T:
         if self.closing.is_set():
             raise DocumentUnavailable(f"document {self.db_id} is closing")
@@ -271,9 +310,7 @@ class DocumentActor:
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             raise DocumentUnavailable(f"document {self.db_id} is closing") from None
         self.last_active = trio.current_time()
-        await op.done.wait()
-        assert op.result is not None
-        return op.result.unwrap()
+        return await QueuedWrite(op).result()
 
     async def read(self, fn: Callable[[DocConnection], T]) -> T:
         """Run ``fn`` on a read-only connection (waits for a free one).

@@ -204,6 +204,17 @@ def sse(*events: str) -> dict[str, Any]:
 HTML = {"text/html": {"schema": {"type": "string"}}}
 
 
+def ndjson_acks(description: str) -> dict[str, Any]:
+    """An NDJSON stream of acknowledgements (skald.http.ndjson)."""
+    return {"200": {"description": description,
+                    "content": {"application/x-ndjson": {"schema": {"type": "string"}}}}}
+
+
+def ndjson_body(description: str) -> dict[str, Any]:
+    return {"description": description,
+            "content": {"application/x-ndjson": {"schema": {"type": "string", "format": "binary"}}}}
+
+
 def ok(schema: Schema, description: str = "success", status: int = 200) -> dict[str, Any]:
     return {str(status): {"description": description, "content": {"application/json": {"schema": schema}}}}
 
@@ -379,6 +390,12 @@ OPERATIONS: dict[tuple[str, str], Op] = {
         body=json_body({"oneOf": [PUBLISH, obj({"messages": {**array(PUBLISH), "minItems": 1, "maxItems": 1000}},
                                                closed=True)],
                         "description": "one message, or `messages`: up to 1,000 published all or nothing"}),
+    ),
+    ("POST", D + "/messages/stream"): Op(
+        ndjson_acks("one line per input line, in order, after its commit: `{line, id, topic, created_at}` "
+                    "(`deduplicated: true` for a repeated dedupe_key) or `{line, problem}`"),
+        merge(_AUTH, _DOC),
+        body=ndjson_body("one message per line, as `POST …/messages` takes it"), body_required=False,
     ),
     ("GET", D + "/messages"): Op(
         ok(obj({"messages": array(MESSAGE), "next_since_id": INT},

@@ -6,18 +6,21 @@ Routes stay thin: they parse and authorize, then call :mod:`skald.pubsub.service
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from quart import Response, jsonify, request
 from quart_trio import QuartTrio
 
-from skald.auth.guard import authorize, current_principal, requires
+from skald.auth.guard import authorize, current_principal, request_ip, requires
 from skald.auth.scopes import allowed_prefixes
 from skald.db.ids import validate_db_id
 from skald.errors import BadRequest, DocumentNotFound, PayloadTooLarge, ScopeDenied, SkaldError, ValidationFailed
+from skald.http.ndjson import AckStream, ndjson_response
 from skald.http.params import heartbeat_param, int_param
 from skald.http.sse import sse_response
 from skald.http.state import AppState, get_state
+from skald.pubsub.ingest import open_publish_stream
 from skald.pubsub.retention import RetentionPolicy
 from skald.pubsub.service import Publish, PubSub, parse_publish
 from skald.pubsub.stream import StreamRequest, event_stream
@@ -27,6 +30,8 @@ MAX_TAIL = 1000
 MAX_POLL_LIMIT = 1000
 MAX_BATCH = 1000
 """Messages one batch publish may carry."""
+STREAM_WINDOW = 1000
+"""Lines of one NDJSON stream in flight (queued or committing) before reading waits."""
 BATCH_MAX_BODY_BYTES = 8 * 1024 * 1024
 """A batch's request body (each message still within ``message_max_bytes``)."""
 
@@ -41,6 +46,7 @@ def install(app: QuartTrio, state: AppState) -> None:
     app.add_url_rule(f"{base}/messages/retention", view_func=get_retention_view, methods=["GET"])
     app.add_url_rule(f"{base}/messages/retention", view_func=put_retention_view, methods=["PUT"])
     app.add_url_rule(f"{base}/ping", view_func=ping_view, methods=["POST"])
+    app.add_url_rule(f"{base}/messages/stream", view_func=publish_stream_view, methods=["POST"])
 
     @app.before_serving
     async def start_pubsub() -> None:
@@ -124,6 +130,19 @@ async def _publish_batch(db_id: str, body: dict[str, Any]) -> tuple[Response, in
     if deduplicated:
         reply["deduplicated"] = deduplicated
     return jsonify(reply), (200 if len(deduplicated) == len(results) else 201)
+
+
+@requires("pub.publish")
+async def publish_stream_view(db_id: str) -> Response:
+    """NDJSON in, NDJSON out: one message per line, one acknowledgement per line after its commit."""
+    state = get_state()
+    validate_db_id(db_id)
+    if not state.supervisor.exists(db_id):
+        raise DocumentNotFound(f"document {db_id} does not exist")
+    path, ip = request.path, request_ip(state)
+    opened = functools.partial(open_publish_stream, state, _pubsub(), db_id, current_principal(), path=path, ip=ip)
+    max_line = state.settings.message_max_bytes * 4 // 3 + 64 * 1024
+    return ndjson_response(AckStream(request.body, opened, window=STREAM_WINDOW, max_line=max_line))
 
 
 @requires("pub.subscribe")

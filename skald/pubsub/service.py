@@ -26,7 +26,7 @@ import structlog
 import trio
 from prometheus_client import Counter, Gauge
 
-from skald.db.actor import DocumentActor
+from skald.db.actor import DocumentActor, QueuedWrite
 from skald.db.connection import DocConnection
 from skald.db.supervisor import Supervisor
 from skald.errors import PayloadTooLarge, ValidationFailed
@@ -338,6 +338,22 @@ class PubSub:
                     self.deduplicated.inc()
 
         return await actor.write(insert, after_commit=committed)
+
+    async def queue_publish(self, actor: DocumentActor, item: Publish) -> QueuedWrite[PublishResult]:
+        """Queue one message for the next group commit (waiting for room: backpressure) and return
+        at once; its :meth:`QueuedWrite.result` comes after COMMIT. Streams call this per line, in
+        order, so ids follow the input."""
+        created_at = iso_timestamp()
+        hub = self.hub(actor)
+
+        def committed(result: PublishResult) -> None:
+            if result.created:
+                self.published.inc()
+                hub.deliver(result.message)
+            else:
+                self.deduplicated.inc()
+
+        return await actor.enqueue_write(lambda conn: _insert(conn, item, created_at), after_commit=committed)
 
     # ---- reading ---------------------------------------------------------------------------------
 
