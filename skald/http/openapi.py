@@ -373,6 +373,12 @@ OPERATIONS: dict[tuple[str, str], Op] = {
                                merge(_AUTH, _DOC, _JSON, _SQL)),
     ("POST", D + "/query/batch"): Op(ok(obj({"results": array(QUERY_RESULT), "duration_ms": NUM})),
                                      merge(_AUTH, _DOC, _JSON, _SQL)),
+    ("POST", D + "/query/stream"): Op(
+        ndjson_acks("one line per input line, in order, after its commit: `{line, columns, rows, row_count, "
+                    "truncated, changes, last_insert_rowid}` or `{line, problem}`"),
+        merge(_AUTH, _DOC),
+        body=ndjson_body("one `{sql, args}` per line; lines run in order"), body_required=False,
+    ),
     ("POST", D + "/query/watch"): Op(
         {"200": {"description": "SSE: `snapshot` (or `unchanged` for a known `result_hash`), then `update` when the "
                                 "result changes, `heartbeat`",

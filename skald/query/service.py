@@ -345,7 +345,8 @@ def _translate_error(exc: sqlite3.Error) -> Exception:
 # ---- async service -------------------------------------------------------------------------------
 
 
-def _remembered(actor: DocumentActor, sql: str) -> StatementClass | None:
+def remembered_class(actor: DocumentActor, sql: str) -> StatementClass | None:
+    """The class :func:`classify` remembered for ``sql`` under the current schema, if any."""
     hit = actor.statement_classes.get(sql)
     return hit[1] if hit is not None and hit[0] == actor.schema_generation else None
 
@@ -372,7 +373,7 @@ async def classify(actor: DocumentActor, stmt: Statement) -> StatementClass:
     statement would do beyond it. Only successes are remembered; a refused statement is
     classified again every time.
     """
-    known = _remembered(actor, stmt.sql)
+    known = remembered_class(actor, stmt.sql)
     if known is not None:
         return known
     generation = actor.schema_generation
@@ -389,7 +390,7 @@ async def classify_all(actor: DocumentActor, stmts: Sequence[Statement]) -> Stat
     the batch ADMIN; it then runs under the ADMIN enforcing policy, which still
     refuses every forbidden action. Classes are remembered as by :func:`classify`.
     """
-    known = [_remembered(actor, stmt.sql) for stmt in stmts]
+    known = [remembered_class(actor, stmt.sql) for stmt in stmts]
     if all(cls is not None for cls in known):
         return max(cls for cls in known if cls is not None)
 
