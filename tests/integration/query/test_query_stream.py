@@ -87,7 +87,9 @@ def client(tmp_path_factory: pytest.TempPathFactory) -> Iterator[httpx.Client]:
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(rows=st.lists(values, min_size=1, max_size=60))
 def test_generated_rows_stream_in_and_read_back_in_order(client: httpx.Client, rows: list[Any]) -> None:
-    lines = [{"sql": "DROP TABLE IF EXISTS g"}, {"sql": "CREATE TABLE g (id INTEGER PRIMARY KEY, v)"}]
+    lines: list[dict[str, Any]] = [
+        {"sql": "DROP TABLE IF EXISTS g"}, {"sql": "CREATE TABLE g (id INTEGER PRIMARY KEY, v)"},
+    ]
     lines += [{"sql": "INSERT INTO g(v) VALUES (?)", "args": [v]} for v in rows]
     r = client.post(S, content=_lines(*lines), headers=NDJSON)
     acks = [json.loads(line) for line in r.text.splitlines()]
