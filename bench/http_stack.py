@@ -118,7 +118,8 @@ def main() -> None:
         raise SystemExit(f"unknown workloads: {', '.join(sorted(unknown))}")
     tmp = Path(tempfile.mkdtemp(prefix="skald-bench-http-"))
     env = {**os.environ, "SKALD_ADMIN_TOKEN": TOKEN, "SKALD_LOG_LEVEL": "warning"}
-    noop_proc, noop_url = start([sys.executable, str(HERE / "noop_app.py")], env)
+    serve_noop = f"import sys; sys.path.insert(0, {str(HERE)!r}); import noop_app; noop_app.serve_forever()"
+    noop_proc, noop_url = start([sys.executable, "-c", serve_noop], env)
     skald_proc, skald_url = start(
         [sys.executable, "-m", "skald", "serve", "--port", "0", "--data-dir", str(tmp / "data")], env
     )

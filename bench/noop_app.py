@@ -1,9 +1,9 @@
 """The framework ceiling: a no-op quart-trio POST on stock hypercorn (trio worker), no skald.
 
 ``bench/http_stack.py`` serves it beside skald and drives both the same way, so the run shows
-how much of each skald figure is the HTTP stack itself. Run on its own:
-``python bench/noop_app.py`` prints ``listening on http://127.0.0.1:PORT`` and serves
-until killed.
+how much of each skald figure is the HTTP stack itself. :func:`serve_forever` prints
+``listening on http://127.0.0.1:PORT`` and serves until killed; run as a script (``make
+bench`` runs every ``bench/*.py``) this module only says so and exits.
 """
 
 from __future__ import annotations
@@ -40,8 +40,12 @@ async def _serve(config: Config, *, task_status: trio.TaskStatus[list[str]] = tr
     await serve(app, config, task_status=task_status)
 
 
-if __name__ == "__main__":
+def serve_forever() -> None:
     try:
         trio.run(main)
     except KeyboardInterrupt:
         sys.exit(0)
+
+
+if __name__ == "__main__":
+    print("bench/noop_app.py is the no-op app bench/http_stack.py serves; run that instead")
