@@ -204,15 +204,19 @@ def sse(*events: str) -> dict[str, Any]:
 HTML = {"text/html": {"schema": {"type": "string"}}}
 
 
+NDJSON_ACK: Schema = {"type": "object", "required": ["line"],
+                      "properties": {"line": {"type": "integer", "minimum": 1}, "problem": PROBLEM_REF}}
+
+
 def ndjson_acks(description: str) -> dict[str, Any]:
-    """An NDJSON stream of acknowledgements (skald.http.ndjson)."""
+    """An NDJSON stream of acknowledgements (skald.http.ndjson), described as the array of its lines."""
     return {"200": {"description": description,
-                    "content": {"application/x-ndjson": {"schema": {"type": "string"}}}}}
+                    "content": {"application/x-ndjson": {"schema": array(NDJSON_ACK)}}}}
 
 
-def ndjson_body(description: str) -> dict[str, Any]:
-    return {"description": description,
-            "content": {"application/x-ndjson": {"schema": {"type": "string", "format": "binary"}}}}
+def ndjson_body(line: Schema, description: str) -> dict[str, Any]:
+    """An NDJSON request body, described as the array of its lines (one JSON value per line)."""
+    return {"description": description, "content": {"application/x-ndjson": {"schema": array(line)}}}
 
 
 def ok(schema: Schema, description: str = "success", status: int = 200) -> dict[str, Any]:
@@ -377,7 +381,8 @@ OPERATIONS: dict[tuple[str, str], Op] = {
         ndjson_acks("one line per input line, in order, after its commit: `{line, columns, rows, row_count, "
                     "truncated, changes, last_insert_rowid}` or `{line, problem}`"),
         merge(_AUTH, _DOC),
-        body=ndjson_body("one `{sql, args}` per line; lines run in order"), body_required=False,
+        body=ndjson_body(obj({"sql": STR}, {"args": {"type": ["array", "object", "null"]}}, closed=True),
+                         "one `{sql, args}` per line; lines run in order"), body_required=False,
     ),
     ("POST", D + "/query/watch"): Op(
         {"200": {"description": "SSE: `snapshot` (or `unchanged` for a known `result_hash`), then `update` when the "
@@ -401,7 +406,7 @@ OPERATIONS: dict[tuple[str, str], Op] = {
         ndjson_acks("one line per input line, in order, after its commit: `{line, id, topic, created_at}` "
                     "(`deduplicated: true` for a repeated dedupe_key) or `{line, problem}`"),
         merge(_AUTH, _DOC),
-        body=ndjson_body("one message per line, as `POST …/messages` takes it"), body_required=False,
+        body=ndjson_body(PUBLISH, "one message per line, as `POST …/messages` takes it"), body_required=False,
     ),
     ("GET", D + "/messages"): Op(
         ok(obj({"messages": array(MESSAGE), "next_since_id": INT},

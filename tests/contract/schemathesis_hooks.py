@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import threading
@@ -124,3 +125,19 @@ def filter_failure(context: HookContext, failure: Failure, case: OpenApiCase, re
         except ValueError:
             return True
     return True
+
+
+# ---- NDJSON streams (POST …/messages/stream, …/query/stream) ----------------------------------------
+# The schema describes a stream body as an array of its lines and an acknowledgement stream as an
+# array of ack objects; these turn one into the other on the wire.
+
+
+@schemathesis.serializer("application/x-ndjson")
+def ndjson_lines(ctx: Any, value: Any) -> bytes:
+    items = value if isinstance(value, list) else [value]
+    return b"".join(json.dumps(item).encode() + b"\n" for item in items)
+
+
+@schemathesis.deserializer("application/x-ndjson")
+def ndjson_acks(ctx: Any, response: Any) -> list[Any]:
+    return [json.loads(line) for line in response.content.decode().splitlines() if line.strip()]
