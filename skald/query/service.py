@@ -173,7 +173,7 @@ def classify_sync(conn: DocConnection, stmt: Statement) -> StatementClass:
     recorder = ClassRecorder(StatementClass.ADMIN, shadow_tables(conn))
     try:
         with conn.policy(recorder):
-            opcodes = {row[1] for row in conn.execute("EXPLAIN " + inner, stmt.params)}
+            opcodes = {row[1] for row in conn.execute_untrusted("EXPLAIN " + inner, stmt.params)}
     except sqlite3.Error as exc:
         if recorder.denied:
             raise StatementForbidden(f"refused: {', '.join(recorder.denied)}") from None
@@ -224,7 +224,7 @@ def run_statement(
                 # shadow tables); the user's statement, its triggers and views are compiled.
                 conn.set_trace_callback(recorder.started)
                 try:
-                    cursor = conn.execute(stmt.sql, stmt.params)
+                    cursor = conn.execute_untrusted(stmt.sql, stmt.params)
                 finally:
                     conn.set_trace_callback(None)
             columns = [d[0] for d in cursor.description or ()]
@@ -351,7 +351,7 @@ def remembered_class(actor: DocumentActor, sql: str) -> StatementClass | None:
     return hit[1] if hit is not None and hit[0] == actor.schema_generation else None
 
 
-def _remember(actor: DocumentActor, generation: int, sql: str, cls: StatementClass) -> None:
+def remember_class(actor: DocumentActor, generation: int, sql: str, cls: StatementClass) -> None:
     """Keep ``cls`` for ``sql`` unless the schema changed while it was being worked out (the
     reader's snapshot may then predate the change)."""
     if actor.schema_generation != generation:
@@ -378,7 +378,7 @@ async def classify(actor: DocumentActor, stmt: Statement) -> StatementClass:
         return known
     generation = actor.schema_generation
     cls = await actor.read(lambda conn: classify_sync(conn, stmt))
-    _remember(actor, generation, stmt.sql, cls)
+    remember_class(actor, generation, stmt.sql, cls)
     return cls
 
 
@@ -415,7 +415,7 @@ async def classify_all(actor: DocumentActor, stmts: Sequence[Statement]) -> Stat
     classes = await actor.read(run)
     for stmt, cls in zip(stmts, classes, strict=True):
         if cls is not None:
-            _remember(actor, generation, stmt.sql, cls)
+            remember_class(actor, generation, stmt.sql, cls)
     return max([StatementClass.READ, *(cls for cls in classes if cls is not None)])
 
 
