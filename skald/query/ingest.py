@@ -24,7 +24,15 @@ from skald.db.sqlscope import StatementClass
 from skald.errors import ScopeDenied, ValidationFailed
 from skald.http.ndjson import Ack, Start, Started
 from skald.http.state import AppState
-from skald.query.service import Limits, Statement, StatementResult, classify_sync, remembered_class, run_statement
+from skald.query.service import (
+    Limits,
+    Statement,
+    StatementResult,
+    classify_sync,
+    remember_class,
+    remembered_class,
+    run_statement,
+)
 from skald.query.values import decode_args
 
 Args = list[Any] | dict[str, Any] | None
@@ -62,22 +70,27 @@ async def open_query_stream(
             if known is not None and known > StatementClass.READ:  # checked now, as POST …/query does
                 await check_scope(state, principal, db_id, known.action, None, path=path, ip=ip)
 
-            def op(conn: DocConnection) -> StatementResult:
+            def op(conn: DocConnection) -> tuple[StatementClass, StatementResult]:
                 # Not remembered: classified here, on the writer, so an earlier line's DDL (queued
                 # just before, maybe not committed yet) is what this line is judged against.
                 cls = known if known is not None else classify_sync(conn, stmt)
                 if not decide(principal, db_id, cls.action).allowed:
                     raise _NeedsScope(cls)
-                return run_statement(conn, stmt, cls, limits)
+                return cls, run_statement(conn, stmt, cls, limits)
 
+            generation = actor.schema_generation
             queued = await actor.enqueue_write(op)
 
             async def wait() -> Ack:
                 try:
-                    result: StatementResult = await queued.result()
+                    cls, result = await queued.result()
                 except _NeedsScope as exc:  # audited and refused like any other scope denial
                     await check_scope(state, principal, db_id, exc.cls.action, None, path=path, ip=ip)
                     raise
+                if known is None:
+                    # what the writer saw is the committed schema unless a DDL was compiled
+                    # meanwhile, and then the generation moved on and this is not kept
+                    remember_class(actor, generation, stmt.sql, cls)
                 return result.to_json()
 
             return Started(wait, lambda: queued.done)
