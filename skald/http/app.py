@@ -24,6 +24,7 @@ from skald import __version__
 from skald.auth import admin, audit_hooks, identity
 from skald.auth.tokens import bootstrap_admin
 from skald.blobs import routes as blobs
+from skald.cluster import routes as cluster
 from skald.config import Settings
 from skald.db.connection import DocConnection
 from skald.db.supervisor import Supervisor
@@ -64,6 +65,7 @@ INSTALLERS: tuple[Installer, ...] = (
     leases.install,
     blobs.install,
     sync.install,
+    cluster.install,  # last: its forwarder wraps the app the others built; a no-op without cluster settings
 )
 
 
