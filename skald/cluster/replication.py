@@ -80,22 +80,28 @@ class Litestream:
         with contextlib.suppress(FileNotFoundError):
             self.socket_path.unlink()
         config.write_text(f"socket:\n  enabled: true\n  path: {self.socket_path}\ndbs: []\n")
-        process = await trio.lowlevel.open_process(
+        # Popen on this (the main) thread, not trio's worker threads: PR_SET_PDEATHSIG fires when the
+        # *thread* that forked the child ends, and trio's cached threads end after a few idle seconds.
+        process = subprocess.Popen(  # noqa: ASYNC220 - fork/exec returns at once
             [self.settings.litestream_bin, "replicate", "-config", str(config), "-log-level", "warn"],
+            stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             env=litestream_env(self.settings),
             preexec_fn=_die_with_parent,
         )
+        assert process.stderr is not None
+        stderr = trio.lowlevel.FdStream(os.dup(process.stderr.fileno()))
+        process.stderr.close()
         transport = httpx.AsyncHTTPTransport(uds=str(self.socket_path))
         self._client = httpx.AsyncClient(transport=transport, base_url="http://litestream", timeout=35)
         try:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._log_stderr, process)
+                nursery.start_soon(self._log_stderr, stderr)
                 # The socket exists once Litestream listens; it logs that only at info, so ask it instead.
                 with trio.fail_after(10):
                     while True:
-                        if process.returncode is not None or process.poll() is not None:
+                        if process.poll() is not None:
                             raise RuntimeError(f"litestream exited at start ({process.returncode})")
                         try:
                             await self._client.get("/list")
@@ -103,24 +109,22 @@ class Litestream:
                         except httpx.TransportError:
                             await trio.sleep(0.02)
                 task_status.started()
-                await process.wait()
-                raise RuntimeError(f"litestream exited ({process.returncode})")
+                code = await trio.to_thread.run_sync(process.wait, abandon_on_cancel=True)
+                raise RuntimeError(f"litestream exited ({code})")
         finally:
             with trio.CancelScope(shield=True):
                 await self._client.aclose()
-                if process.returncode is None:
+                if process.poll() is None:
                     process.terminate()
                     with trio.move_on_after(5):
-                        await process.wait()
-                    if process.returncode is None:
+                        await trio.to_thread.run_sync(process.wait, abandon_on_cancel=True)
+                    if process.poll() is None:
                         process.kill()
-                        await process.wait()
-                if process.stderr is not None:
-                    await process.stderr.aclose()
+                        await trio.to_thread.run_sync(process.wait)
+                await stderr.aclose()
 
-    async def _log_stderr(self, process: trio.Process) -> None:
-        assert process.stderr is not None
-        async for chunk in process.stderr:
+    async def _log_stderr(self, stderr: trio.lowlevel.FdStream) -> None:
+        async for chunk in stderr:
             for line in chunk.decode(errors="replace").splitlines():
                 if line.strip():
                     log.warning("litestream", line=line[:500])
