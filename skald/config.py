@@ -84,7 +84,7 @@ class Settings:
     cluster_advertise_url: str | None = None  # how other nodes reach this one (default: the bound address)
     cluster_etcd_endpoints: str = ""  # comma-separated etcd client URLs (its JSON gateway)
     cluster_lease_seconds: float = 2.0  # ownership lease TTL in etcd
-    cluster_fence_margin_seconds: float = 0.6  # stop serving this long before the lease could expire
+    cluster_fence_margin_seconds: float = 0.5  # stop serving this long before the lease could expire
     cluster_s3_prefix: str = "skald"  # documents replicate to s3://{s3_bucket}/{prefix}/{db_id}/{fence}
     litestream_bin: str = "litestream"
     durability: str = "local"  # local | replicated (ack after Litestream confirms the commit is in S3)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import json
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import httpx
@@ -133,11 +135,38 @@ class EtcdClient:
         return _kv(kvs[0]) if kvs else None
 
     async def get_prefix(self, prefix: str, *, keys_only: bool = False) -> list[KeyValue]:
+        return (await self.snapshot(prefix, keys_only=keys_only))[0]
+
+    async def snapshot(self, prefix: str, *, keys_only: bool = False) -> tuple[list[KeyValue], int]:
+        """Every key under ``prefix`` and the store revision they were read at (to watch from)."""
         body: dict[str, Any] = {"key": _b64(prefix), "range_end": prefix_end(prefix)}
         if keys_only:
             body["keys_only"] = True
         data = await self._call("/v3/kv/range", body)
-        return [_kv(raw) for raw in data.get("kvs", [])]
+        revision = int(data.get("header", {}).get("revision", 0))
+        return [_kv(raw) for raw in data.get("kvs", [])], revision
+
+    async def watch(self, prefix: str, start_revision: int) -> AsyncGenerator[tuple[str, KeyValue]]:
+        """Yield ``("PUT" | "DELETE", kv)`` for every change under ``prefix`` from ``start_revision``.
+
+        One long-lived streaming request (the gateway sends one JSON object per line). Returns when
+        the stream ends; raises :class:`EtcdUnavailable` when it cannot be opened.
+        """
+        create = {"key": _b64(prefix), "range_end": prefix_end(prefix), "start_revision": str(start_revision)}
+        url = self._endpoints[0] + "/v3/watch"
+        timeout = httpx.Timeout(5.0, read=None)
+        try:
+            async with self._client.stream("POST", url, json={"create_request": create}, timeout=timeout) as response:
+                if response.status_code != 200:
+                    raise EtcdUnavailable(f"etcd watch answered {response.status_code}")
+                async for line in response.aiter_lines():
+                    if not line.strip():
+                        continue
+                    result = json.loads(line).get("result", {})
+                    for event in result.get("events", []):
+                        yield event.get("type", "PUT"), _kv(event["kv"])
+        except httpx.HTTPError as exc:
+            raise EtcdUnavailable(f"etcd watch failed ({type(exc).__name__}: {exc})") from None
 
     async def put(self, key: str, value: str, *, lease: int = 0) -> int:
         """Put ``key``; return the store's revision after the put."""

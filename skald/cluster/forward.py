@@ -63,12 +63,23 @@ class Forwarder:
             if owner is not None and FORWARDED_BY in headers:
                 raise NotOwner(f"document {db_id} moved while this request was forwarded; retry", retry_after=1)
         except SkaldError as error:
-            await _problem(send, error, scope["path"])
+            await _problem(self._stamped(send), error, scope["path"])
             return
         if owner is None:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, self._stamped(send))
             return
         await self._forward(scope, receive, send, owner, headers)
+
+    def _stamped(self, send: Send) -> Send:
+        """``send`` adding ``X-Skald-Node`` (who served the document) to the response head."""
+        node = self.cluster.node_id.encode()
+
+        async def stamped(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", []), (b"x-skald-node", node)]}
+            await send(message)
+
+        return stamped
 
     async def _forward(self, scope: Scope, receive: Receive, send: Send, owner: str, headers: dict[str, str]) -> None:
         body = bytearray()

@@ -9,8 +9,8 @@ equal and runs ``haproxy -c`` on both); ``skald cluster up`` renders it for the 
 * Relay channels (``/p/``, ``/public/``, ``/u/``, ``/h/``, ``/r/``) hash the whole path, so a
   producer and a consumer of one channel meet on one node (the relay is in memory).
 * Everything else (``/api/v1/db``, tokens, ``/healthz``) goes to any healthy node.
-* Health checks on ``/readyz`` every 500 ms: a dead node leaves the rings within about a second;
-  ``option redispatch`` retries a refused connection on the next node of the ring.
+* Health checks on ``/readyz`` every 500 ms (3 failures): a dead node leaves the rings in about
+  1.5 s, a slow one is not dropped; ``option redispatch`` retries a refused connection on the next node of the ring.
 """
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ defaults
     timeout server 1h
     timeout http-request 10s
     timeout tunnel 1h
-    default-server inter 500ms fall 2 rise 2 check
+    timeout check 2s
+    default-server inter 500ms fall 3 rise 2 check
 
 frontend skald
     bind {bind}

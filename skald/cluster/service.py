@@ -106,7 +106,10 @@ class Cluster:
         self.node_id = settings.cluster_node_id
         self.supervisor = supervisor
         self.metrics = ClusterMetrics(registry)
-        self.etcd = EtcdClient([e.strip() for e in settings.cluster_etcd_endpoints.split(",") if e.strip()])
+        endpoints = [e.strip() for e in settings.cluster_etcd_endpoints.split(",") if e.strip()]
+        self.etcd = EtcdClient(endpoints)
+        # Keep-alives on a client of their own: a burst of ownership lookups must not delay them.
+        self._lease_etcd = EtcdClient(endpoints, timeout=settings.cluster_lease_seconds / 2)
         self.litestream = Litestream(settings, settings.data_dir / "cluster")
         self.url = settings.cluster_advertise_url or ""
         self._lease = 0
@@ -114,6 +117,11 @@ class Cluster:
         self._claims: dict[str, Claim] = {}
         self._locks: dict[str, trio.Lock] = {}
         self._cancel = trio.CancelScope()
+        # The cluster's directory, followed from etcd by a watch (a few ms behind it): every
+        # document, and each owned document's owner. Lookups that only route read it.
+        self.documents: set[str] = set()
+        self.owners: dict[str, tuple[str, int]] = {}  # db_id -> (owner URL, its lease)
+        self.nodes: dict[str, str] = {}
         self._renewed = trio.Event()
         self.started_at = time.time()
 
@@ -125,6 +133,7 @@ class Cluster:
         with self._cancel:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.litestream.run)
+                await nursery.start(self._follow)
                 await self._join()
                 nursery.start_soon(self._keep_alive)
                 nursery.start_soon(self._watchdog)
@@ -153,14 +162,54 @@ class Cluster:
             self._valid_until = -math.inf
         self._cancel.cancel(reason="node left the cluster")
         await self.etcd.aclose()
+        await self._lease_etcd.aclose()
+
+    async def _follow(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Keep :attr:`documents`, :attr:`owners` and :attr:`nodes` in step with etcd."""
+        started = False
+        while True:
+            try:
+                kvs, revision = await self.etcd.snapshot("/skald/")
+                self.documents, self.owners, self.nodes = set(), {}, {}
+                for kv in kvs:
+                    self._apply("PUT", kv)
+                if not started:
+                    task_status.started()
+                    started = True
+                async with contextlib.aclosing(self.etcd.watch("/skald/", revision + 1)) as events:
+                    async for kind, kv in events:
+                        self._apply(kind, kv)
+            except EtcdUnavailable as exc:
+                if not started:
+                    raise
+                log.warning("directory watch interrupted", error=str(exc))
+            await trio.sleep(0.2)  # etcd is down or restarting: read everything again shortly
+
+    def _apply(self, kind: str, kv: Any) -> None:
+        key: str = kv.key
+        for prefix, table in ((DOCS, None), (OWNERS, self.owners), (NODES, self.nodes)):
+            if not key.startswith(prefix):
+                continue
+            name = key.removeprefix(prefix)
+            if kind == "DELETE":
+                if table is None:
+                    self.documents.discard(name)
+                else:
+                    table.pop(name, None)
+            elif table is None:
+                self.documents.add(name)
+            elif table is self.owners:
+                self.owners[name] = (json.loads(kv.value)["url"], kv.lease)
+            else:
+                self.nodes[name] = json.loads(kv.value)["url"]
 
     async def _keep_alive(self) -> None:
-        interval = self.settings.cluster_lease_seconds / 4
+        interval = self.settings.cluster_lease_seconds / 5
         while True:
             sent = trio.current_time()
             try:
                 with trio.fail_after(interval * 2):
-                    ttl = await self.etcd.keep_alive(self._lease)
+                    ttl = await self._lease_etcd.keep_alive(self._lease)
             except (EtcdUnavailable, trio.TooSlowError) as exc:
                 self.metrics.renewal_failures.inc()
                 log.warning("lease renewal failed", error=str(exc))
@@ -223,12 +272,17 @@ class Cluster:
         """
         if self.owns(db_id):
             return None
-        if not self.valid():
-            raise NotOwner("this node's cluster lease lapsed; it is re-joining, retry", retry_after=1)
         lock = self._locks.setdefault(db_id, trio.Lock())
         async with lock:
             if self.owns(db_id):
                 return None
+            if db_id not in self.documents and not creating:
+                return None  # unknown in the cluster (as of the watch, ms behind): the local 404
+            known = self.owners.get(db_id)
+            if known is not None and known[1] != self._lease:
+                return known[0]  # forwarded; if that node let go meanwhile it answers not_owner
+            if not self.valid():  # fenced: may not take anything
+                raise NotOwner("this node's cluster lease lapsed; it is re-joining, retry", retry_after=1)
             registry = await self.etcd.get(DOCS + db_id)
             if registry is None and not creating:
                 return None
@@ -326,9 +380,9 @@ class Cluster:
 
     # ---- reads ---------------------------------------------------------------------------------------
 
-    async def list_documents(self) -> list[str]:
-        """Every document of the cluster (the registry in etcd)."""
-        return sorted(kv.key.removeprefix(DOCS) for kv in await self.etcd.get_prefix(DOCS, keys_only=True))
+    def list_documents(self) -> list[str]:
+        """Every document of the cluster (the registry in etcd, as the watch last saw it)."""
+        return sorted(self.documents)
 
     def status(self) -> dict[str, Any]:
         return {
@@ -337,6 +391,8 @@ class Cluster:
             "durability": self.settings.durability,
             "lease_remaining_seconds": round(max(0.0, self._valid_until - trio.current_time()), 3),
             "documents_owned": len(self._claims),
+            "cluster_documents": len(self.documents),
+            "nodes": dict(sorted(self.nodes.items())),
             "lease_renewals": int(self.metrics.renewals._value.get()),
             "lease_failures": int(self.metrics.renewal_failures._value.get()),
             "last_confirmed_sync": self.litestream.last_confirmed_sync,
