@@ -19,7 +19,12 @@ from skald.cluster.etcd import EtcdClient
 from skald.cluster.local import LocalCluster, open_local_cluster
 
 # Tests fire bursts from one address: the limiter stays on, far above them.
-NODE_ENV = {"SKALD_RATE_LIMIT_PER_SECOND": "100000", "SKALD_RATE_LIMIT_BURST": "1000000"}
+NODE_ENV = {
+    "SKALD_RATE_LIMIT_PER_SECOND": "100000",
+    "SKALD_RATE_LIMIT_BURST": "1000000",
+    "SKALD_PUBLIC_RATE_PER_SECOND": "100000",
+    "SKALD_PUBLIC_RATE_BURST": "1000000",
+}
 
 ClusterFactory = Callable[..., AbstractAsyncContextManager[LocalCluster]]
 

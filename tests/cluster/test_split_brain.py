@@ -21,11 +21,13 @@ from .conftest import ClusterFactory, client, owners
 DB = "split"
 
 
-async def insert(http: httpx.AsyncClient, key: str, patience: float = 30, **headers: str) -> httpx.Response:
+async def insert(
+    http: httpx.AsyncClient, key: str, patience: float = 30, headers: dict[str, str] | None = None
+) -> httpx.Response:
     return await http.post(
         f"/api/v1/db/{DB}/query",
         json={"sql": "INSERT INTO t (k) VALUES (?)", "args": [key]},
-        headers=headers,
+        headers=headers or {},
         timeout=patience,
     )
 
@@ -45,7 +47,7 @@ async def test_a_resumed_stale_owner_cannot_acknowledge_a_write(start_cluster: C
 
                 async def write_to_the_frozen_node() -> None:
                     # Waits in the frozen node's socket; the header forbids it to forward: serve or refuse.
-                    answer.append(await insert(direct, "stale", **{FORWARDED_BY: "test"}))
+                    answer.append(await insert(direct, "stale", headers={FORWARDED_BY: "test"}))
                     answered.set()
 
                 nursery.start_soon(write_to_the_frozen_node)
