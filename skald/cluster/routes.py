@@ -24,6 +24,12 @@ def install(app: QuartTrio, state: AppState) -> None:
     cluster = Cluster(settings, state.supervisor, state.metrics.registry)
     state.cluster = cluster
     state.supervisor.placement = cluster
+
+    def forget_tokens() -> None:
+        if state.token_cache is not None:
+            state.token_cache.clear()  # a token copy arrived (minted or revoked elsewhere)
+
+    cluster.tokens.on_change.append(forget_tokens)
     forwarder = Forwarder(cast(ASGIApp, app.asgi_app), cluster)
     app.asgi_app = forwarder  # type: ignore[method-assign,assignment]
 

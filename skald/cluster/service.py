@@ -35,6 +35,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from skald.cluster.etcd import EtcdClient, EtcdUnavailable
 from skald.cluster.replication import Litestream, replica_url
+from skald.cluster.tokens import TOKENS, TokenMirror, read_row
 from skald.config import Settings
 from skald.db.actor import DocumentActor
 from skald.db.supervisor import Supervisor
@@ -122,6 +123,7 @@ class Cluster:
         self.documents: set[str] = set()
         self.owners: dict[str, tuple[str, int]] = {}  # db_id -> (owner URL, its lease)
         self.nodes: dict[str, str] = {}
+        self.tokens = TokenMirror(lambda: supervisor.service)
         self._renewed = trio.Event()
         self.started_at = time.time()
 
@@ -133,6 +135,7 @@ class Cluster:
         with self._cancel:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.litestream.run)
+                nursery.start_soon(self.tokens.run)
                 await nursery.start(self._follow)
                 await self._join()
                 nursery.start_soon(self._keep_alive)
@@ -187,6 +190,10 @@ class Cluster:
 
     def _apply(self, kind: str, kv: Any) -> None:
         key: str = kv.key
+        if key.startswith(TOKENS):
+            if kind == "PUT":
+                self.tokens.seen(kv.value)
+            return
         for prefix, table in ((DOCS, None), (OWNERS, self.owners), (NODES, self.nodes)):
             if not key.startswith(prefix):
                 continue
@@ -377,6 +384,12 @@ class Cluster:
                 f"this node lost {actor.db_id} before the write was confirmed; it was not acknowledged, retry",
                 retry_after=1,
             )
+
+    async def share_token(self, token_id: str) -> None:
+        """Publish the local row of ``token_id`` (after a mint or a revocation) to every node."""
+        row = await self.supervisor.service.read(lambda conn: read_row(conn, token_id))
+        if row is not None:
+            await self.etcd.put(TOKENS + token_id, json.dumps(row))
 
     # ---- reads ---------------------------------------------------------------------------------------
 
