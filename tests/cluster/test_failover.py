@@ -16,8 +16,7 @@ import signal
 import httpx
 import pytest
 import trio
-
-from .conftest import ClusterFactory, client, owners
+from support.cluster import ClusterFactory, client, owners
 
 DOCS = [f"fo-{n:02d}" for n in range(50)]
 WRITERS_PER_KIND = 4

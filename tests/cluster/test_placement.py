@@ -7,8 +7,7 @@ from collections import Counter
 
 import httpx
 import trio
-
-from .conftest import ClusterFactory, client
+from support.cluster import ClusterFactory, client
 
 IDS = [f"doc-{n:04d}" for n in range(1000)]
 

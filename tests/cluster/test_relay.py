@@ -7,8 +7,7 @@ import re
 import httpx
 import pytest
 import trio
-
-from .conftest import ClusterFactory, client
+from support.cluster import ClusterFactory, client
 
 CHANNELS = [f"chan-{n:03d}" for n in range(100)]
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 import trio
-
-from .conftest import ClusterFactory, client
+from support.cluster import ClusterFactory, client
 
 
 async def status_with(url: str, token: str) -> int:

@@ -13,10 +13,9 @@ import signal
 import httpx
 import pytest
 import trio
+from support.cluster import ClusterFactory, client, owners
 
 from skald.cluster.forward import FORWARDED_BY
-
-from .conftest import ClusterFactory, client, owners
 
 DB = "split"
 
