@@ -58,7 +58,8 @@ async def prepare(cluster: LocalCluster) -> None:
 def wrk(cluster: LocalCluster, script: Path, seconds: int, connections: int) -> tuple[float, float, float, int]:
     """Requests/s, p50 and p99 latency (ms), non-2xx count."""
     out = subprocess.run(
-        ["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), cluster.url],
+        ["wrk", f"-t{min(2, connections)}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script),
+         cluster.url],
         capture_output=True, text=True, check=True,
     ).stdout
     rate = float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1])  # type: ignore[index]
