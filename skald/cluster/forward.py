@@ -41,13 +41,21 @@ _HOP_BY_HOP = {
 
 
 class Forwarder:
-    def __init__(self, app: ASGIApp, cluster: Cluster) -> None:
-        self.app = app
+    """Wraps the whole app (:func:`skald.http.app.create_app` puts it outermost, so the relay's
+    document stream routes reach the owner too); :meth:`wrap` sets the app it passes requests to."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self.app: ASGIApp | None = None
         self.cluster = cluster
         # No read timeout: an SSE stream or a blocking stream wait may be quiet for a long time.
         self.client = httpx.AsyncClient(timeout=httpx.Timeout(10.0, read=None), follow_redirects=False)
 
+    def wrap(self, app: ASGIApp) -> Forwarder:
+        self.app = app
+        return self
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        assert self.app is not None, "Forwarder.wrap(app) first"
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return

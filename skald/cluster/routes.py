@@ -7,11 +7,9 @@ sync of each owned document, then the lease is revoked so other nodes take its d
 
 from __future__ import annotations
 
-from typing import cast
-
 from quart_trio import QuartTrio
 
-from skald.cluster.forward import ASGIApp, Forwarder
+from skald.cluster.forward import Forwarder
 from skald.cluster.service import Cluster
 from skald.config import ConfigError
 from skald.http.state import AppState
@@ -30,8 +28,8 @@ def install(app: QuartTrio, state: AppState) -> None:
             state.token_cache.clear()  # a token copy arrived (minted or revoked elsewhere)
 
     cluster.tokens.on_change.append(forget_tokens)
-    forwarder = Forwarder(cast(ASGIApp, app.asgi_app), cluster)
-    app.asgi_app = forwarder  # type: ignore[method-assign,assignment]
+    forwarder = Forwarder(cluster)
+    cluster.forwarder = forwarder  # create_app wraps the finished app with it (outermost)
 
     @app.before_serving
     async def join_cluster() -> None:

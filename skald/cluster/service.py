@@ -27,7 +27,7 @@ import math
 import shutil
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 import trio
@@ -40,6 +40,9 @@ from skald.config import Settings
 from skald.db.actor import DocumentActor
 from skald.db.supervisor import Supervisor
 from skald.errors import DocumentUnavailable
+
+if TYPE_CHECKING:
+    from skald.cluster.forward import Forwarder
 
 log = structlog.get_logger("skald.cluster")
 
@@ -124,6 +127,7 @@ class Cluster:
         self.owners: dict[str, tuple[str, int]] = {}  # db_id -> (owner URL, its lease)
         self.nodes: dict[str, str] = {}
         self.tokens = TokenMirror(lambda: supervisor.service)
+        self.forwarder: Forwarder | None = None  # set by skald.cluster.routes.install
         self._renewed = trio.Event()
         self.started_at = time.time()
 

@@ -147,6 +147,9 @@ def create_app(settings: Settings, *, print_admin_token: bool = True) -> QuartTr
     # same rate limiter as Quart's routes (Quart's hooks never see them).
     relay = LegacyRelay(cast(ASGIApp, app.asgi_app), state)
     app.asgi_app = throttle.gate(relay, state, legacy_relay.serves)  # type: ignore[method-assign,assignment]
+    if state.cluster is not None and state.cluster.forwarder is not None:
+        # Outermost on a cluster node: every document request, the relay's stream routes included, goes to its owner.
+        app.asgi_app = state.cluster.forwarder.wrap(cast(ASGIApp, app.asgi_app))  # type: ignore[method-assign,assignment]
     return app
 
 

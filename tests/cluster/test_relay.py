@@ -17,6 +17,10 @@ def pairs(metrics: str) -> float:
     return float(match[1]) if match else 0.0
 
 
+async def take(http: httpx.AsyncClient, document: str, into: list[httpx.Response]) -> None:
+    into.append(await http.get(f"{document}/streams/queue/jobs/next"))
+
+
 @pytest.mark.slow
 async def test_a_hundred_channels_meet_across_three_nodes(start_cluster: ClusterFactory) -> None:
     async with start_cluster(3) as cluster, client(cluster.url) as http:
@@ -47,3 +51,17 @@ async def test_a_hundred_channels_meet_across_three_nodes(start_cluster: Cluster
         assert sum(per_node.values()) == len(CHANNELS)  # each message paired once, on one node
         assert all(count > 0 for count in per_node.values()), per_node
         print(f"\n100 relay channels through HAProxy, pairs per node: {per_node}")
+
+        # A document's stream routes meet on its owner even when each side talks to a different node
+        # (both are forwarded; the consumer's wait streams back through the forwarder).
+        assert (await http.put("/api/v1/db/streams-doc")).status_code == 201
+        async with httpx.AsyncClient(headers=http.headers, timeout=30) as direct:
+            for consumer_node, producer_node in zip(cluster.nodes, [*cluster.nodes[1:], cluster.nodes[0]], strict=True):
+                got: list[httpx.Response] = []
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(take, direct, f"{consumer_node.url}/api/v1/db/streams-doc", got)
+                    sent = await direct.post(
+                        f"{producer_node.url}/api/v1/db/streams-doc/streams/queue/jobs", content=b"job"
+                    )
+                    assert sent.status_code == 200, sent.text
+                assert got[0].status_code == 200 and got[0].content == b"job", got[0].text
