@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 import pkgutil
 from pathlib import Path
 
@@ -53,3 +54,14 @@ def test_every_install_in_the_package_is_in_the_installer_list() -> None:
     assert modules, "no installers found: the walk is broken"
     assert modules <= listed, sorted(modules - listed)
     assert len(app_module.INSTALLERS) == len(set(app_module.INSTALLERS))
+
+
+def test_routes_never_open_documents() -> None:
+    # Services own their documents (they take a db_id); a route holding an actor is how the sync route
+    # once needed keep_alive_until to bridge into its stream.
+    offenders = [
+        install.__module__
+        for install in app_module.INSTALLERS
+        if "open_document(" in inspect.getsource(importlib.import_module(install.__module__))
+    ]
+    assert offenders == []
