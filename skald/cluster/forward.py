@@ -12,7 +12,6 @@ a failover, while nodes join or leave).
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
@@ -22,7 +21,9 @@ import structlog
 import trio
 
 from skald.cluster.service import Cluster, NotOwner, OwnerUnavailable
-from skald.errors import PROBLEM_CONTENT_TYPE, SkaldError
+from skald.errors import SkaldError
+from skald.http.context import request_info
+from skald.http.problem import send_error
 
 log = structlog.get_logger("skald.cluster.forward")
 
@@ -38,6 +39,7 @@ _HOP_BY_HOP = {
     "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
     "transfer-encoding", "upgrade", "host", "content-length",
 }
+_ANSWER_SKIP = _HOP_BY_HOP | {"x-request-id"}  # the pipeline sets this node's (the same id: it is forwarded)
 
 
 class Forwarder:
@@ -64,6 +66,9 @@ class Forwarder:
             await self.app(scope, receive, send)
             return
         db_id = match[1]
+        info = request_info(scope)
+        if info is not None:
+            info.db_id = db_id
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         creating = scope["method"] == "PUT" and not match[2]
         try:
@@ -71,7 +76,7 @@ class Forwarder:
             if owner is not None and FORWARDED_BY in headers:
                 raise NotOwner(f"document {db_id} moved while this request was forwarded; retry", retry_after=1)
         except SkaldError as error:
-            await _problem(self._stamped(send), error, scope["path"])
+            await send_error(self._stamped(send), error, scope["path"], legacy=False, metrics=self.cluster.metrics_root)
             return
         if owner is None:
             await self.app(scope, receive, self._stamped(send))
@@ -100,6 +105,10 @@ class Forwarder:
                 break
         out = {k: v for k, v in headers.items() if k not in _HOP_BY_HOP}
         out[FORWARDED_BY] = self.cluster.node_id
+        info = request_info(scope)
+        if info is not None:  # the owner logs the same request id
+            out["x-request-id"] = info.request_id
+            info.route = "/api/v1/db/<db_id>/... (forwarded)"
         query = scope.get("query_string", b"").decode("latin-1")
         url = owner.rstrip("/") + scope["path"] + (f"?{query}" if query else "")
         request = self.client.build_request(scope["method"], url, headers=out, content=bytes(body))
@@ -112,7 +121,7 @@ class Forwarder:
                 "if it is gone, another node takes the document once its lease expires: retry",
                 retry_after=1,
             )
-            await _problem(send, error, scope["path"])
+            await send_error(send, error, scope["path"], legacy=False, metrics=self.cluster.metrics_root)
             return
         self.cluster.metrics.forwarded.labels("forwarded").inc()
         try:
@@ -122,7 +131,7 @@ class Forwarder:
                 answer = [
                     (k.encode("latin-1"), v.encode("latin-1"))
                     for k, v in response.headers.multi_items()
-                    if k.lower() not in _HOP_BY_HOP
+                    if k.lower() not in _ANSWER_SKIP
                 ]
                 await send({"type": "http.response.start", "status": response.status_code, "headers": answer})
                 try:
@@ -148,11 +157,3 @@ async def _cancel_on_disconnect(receive: Receive, scope: trio.CancelScope) -> No
         if message["type"] == "http.disconnect":
             scope.cancel(reason="client disconnected")
             return
-
-
-async def _problem(send: Send, error: SkaldError, path: str) -> None:
-    body = json.dumps(error.problem(instance=path)).encode()
-    headers = [(b"content-type", PROBLEM_CONTENT_TYPE.encode()), (b"content-length", str(len(body)).encode())]
-    headers += [(k.lower().encode(), str(v).encode()) for k, v in error.headers.items()]
-    await send({"type": "http.response.start", "status": error.status, "headers": headers})
-    await send({"type": "http.response.body", "body": body, "more_body": False})

@@ -19,7 +19,7 @@ def install(app: QuartTrio, state: AppState) -> None:
     settings = state.settings
     if not settings.clustered:
         return
-    cluster = Cluster(settings, state.supervisor, state.metrics.registry)
+    cluster = Cluster(settings, state.supervisor, state.metrics)
     state.cluster = cluster
     state.supervisor.placement = cluster
 

@@ -40,6 +40,7 @@ from skald.config import Settings
 from skald.db.actor import DocumentActor
 from skald.db.supervisor import Supervisor
 from skald.errors import DocumentUnavailable
+from skald.metrics import Metrics
 
 if TYPE_CHECKING:
     from skald.cluster.forward import Forwarder
@@ -104,12 +105,13 @@ class ClusterMetrics:
 class Cluster:
     """One node's view of the cluster. Started by :meth:`run` (``nursery.start``), ended by :meth:`leave`."""
 
-    def __init__(self, settings: Settings, supervisor: Supervisor, registry: CollectorRegistry) -> None:
+    def __init__(self, settings: Settings, supervisor: Supervisor, metrics: Metrics) -> None:
         assert settings.cluster_node_id is not None
+        self.metrics_root = metrics
         self.settings = settings
         self.node_id = settings.cluster_node_id
         self.supervisor = supervisor
-        self.metrics = ClusterMetrics(registry)
+        self.metrics = ClusterMetrics(metrics.registry)
         endpoints = [e.strip() for e in settings.cluster_etcd_endpoints.split(",") if e.strip()]
         self.etcd = EtcdClient(endpoints)
         # Keep-alives on a client of their own: a burst of ownership lookups must not delay them.
