@@ -4,8 +4,10 @@
 them all (nodes first, with SIGTERM so they release their documents) when the block ends. It is
 how one machine uses all its cores and how ``tests/cluster`` start a cluster.
 
-Every readiness wait below polls a real endpoint (etcd ``/health``, the node's printed URL,
-HAProxy's frontend) with a deadline: these are other processes, there is no event to wait on.
+Every child runs in a session of its own, so a Ctrl-C in the terminal reaches only the launcher,
+which then stops them in order. Every readiness wait below polls a real endpoint (etcd
+``/health``, the node's printed URL, HAProxy's frontend) with a deadline: these are other
+processes, there is no event to wait on.
 """
 
 from __future__ import annotations
@@ -171,13 +173,13 @@ async def open_local_cluster(
                     "--initial-cluster", f"skald=http://127.0.0.1:{peer_port}",
                     "--log-level", "error",
                 ],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
             )
             processes.append(etcd)
             s3_url = f"http://127.0.0.1:{s3_port}"
             s3 = await trio.lowlevel.open_process(
                 [find_tool("moto_server"), "-H", "127.0.0.1", "-p", str(s3_port)],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
             )
             processes.append(s3)
             await _wait_http(f"{etcd_url}/health", etcd, "etcd")
@@ -217,7 +219,8 @@ async def open_local_cluster(
                 )
             )
             proxy = await trio.lowlevel.open_process(
-                [find_tool("haproxy"), "-db", "-f", str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+                [find_tool("haproxy"), "-db", "-f", str(config)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
             )
             url = f"http://127.0.0.1:{proxy_port}"
             await _wait_http(f"{url}/healthz", proxy, "haproxy")
