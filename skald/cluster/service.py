@@ -39,7 +39,7 @@ from skald.cluster.tokens import TOKENS, TokenMirror, read_row
 from skald.config import Settings
 from skald.db.actor import DocumentActor
 from skald.db.supervisor import Supervisor
-from skald.errors import DocumentUnavailable
+from skald.errors import DocumentNotFound, DocumentUnavailable
 from skald.metrics import Metrics
 
 if TYPE_CHECKING:
@@ -280,7 +280,7 @@ class Cluster:
         """Where ``db_id`` is served: ``None`` for this node (taking it if free), else the owner's URL.
 
         A document not in the cluster registry is taken only when ``creating`` (``PUT`` of the
-        document); otherwise ``None`` is returned and the local routes answer (404). Raises
+        document); otherwise :class:`DocumentNotFound` (404), never a local copy. Raises
         :class:`NotOwner` while this node is fenced and :class:`EtcdUnavailable` when etcd is down.
         """
         if self.owns(db_id):
@@ -290,7 +290,9 @@ class Cluster:
             if self.owns(db_id):
                 return None
             if db_id not in self.documents and not creating:
-                return None  # unknown in the cluster (as of the watch, ms behind): the local 404
+                # Unknown in the cluster (as of the watch, ms behind). Never the local copy: it may be a
+                # stale one of a document deleted (or owned) elsewhere.
+                raise DocumentNotFound(f"document {db_id} does not exist")
             known = self.owners.get(db_id)
             if known is not None and known[1] != self._lease:
                 return known[0]  # forwarded; if that node let go meanwhile it answers not_owner
@@ -298,7 +300,7 @@ class Cluster:
                 raise NotOwner("this node's cluster lease lapsed; it is re-joining, retry", retry_after=1)
             registry = await self.etcd.get(DOCS + db_id)
             if registry is None and not creating:
-                return None
+                raise DocumentNotFound(f"document {db_id} does not exist")
             owner = json.dumps({"node": self.node_id, "url": self.url})
             result = await self.etcd.create(OWNERS + db_id, owner, lease=self._lease)
             current = result.current
