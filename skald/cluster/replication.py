@@ -141,6 +141,17 @@ class Litestream:
             raise ReplicationFailed(f"litestream {path}: {data.get('error', response.status_code)}")
         return data
 
+    async def databases(self) -> list[dict[str, object]]:
+        """Litestream's view of each registered database (path, status, last_sync_at)."""
+        if self._client is None:
+            return []
+        try:
+            response = await self._client.get("/list")
+            found = response.json().get("databases", [])
+        except (httpx.HTTPError, ValueError):
+            return []
+        return [d for d in found if isinstance(d, dict)]
+
     async def register(self, path: Path, url: str) -> None:
         await self._post("/register", {"path": str(path), "replica_url": url})
 

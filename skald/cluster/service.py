@@ -405,7 +405,12 @@ class Cluster:
         """Every document of the cluster (the registry in etcd, as the watch last saw it)."""
         return sorted(self.documents)
 
-    def status(self) -> dict[str, Any]:
+    async def status(self) -> dict[str, Any]:
+        """``/status``'s ``cluster`` block; ``replication`` is Litestream's last sync of each owned document."""
+        replicating = {
+            Path(str(d.get("path", ""))).name.removesuffix(".sqlite3"): d.get("last_sync_at")
+            for d in await self.litestream.databases()
+        }
         return {
             "node_id": self.node_id,
             "url": self.url,
@@ -417,6 +422,7 @@ class Cluster:
             "lease_renewals": int(self.metrics.renewals._value.get()),
             "lease_failures": int(self.metrics.renewal_failures._value.get()),
             "last_confirmed_sync": self.litestream.last_confirmed_sync,
+            "replication": dict(sorted(replicating.items())),
         }
 
 

@@ -33,6 +33,15 @@ async def test_tokens_and_the_registry_are_the_same_from_every_node(start_cluste
             for url in urls:  # every node lists every document of the cluster, wherever it lives
                 listed = (await direct.get(f"{url}/api/v1/db")).json()["documents"]
                 assert {f"shared-{n}" for n in range(6)} <= {d["db_id"] for d in listed}
+            owned = 0
+            for node in cluster.nodes:  # /status: what each node owns and replicates
+                block = (await direct.get(f"{node.url}/status")).json()["cluster"]
+                assert block["node_id"] == node.node_id and block["lease_remaining_seconds"] > 0
+                assert set(block["nodes"]) == {"node1", "node2", "node3"}
+                assert set(block["replication"]) <= {f"shared-{n}" for n in range(6)}
+                owned += block["documents_owned"]
+                assert len(block["replication"]) == block["documents_owned"]
+            assert owned == 6
             minted = await direct.post(
                 f"{urls[0]}/api/v1/admin/tokens", json={"scopes": ["shared-*:query.read"], "label": "shared"}
             )
