@@ -150,6 +150,9 @@ class Cluster:
                 log.info("joined the cluster", node=self.node_id, url=self.url)
 
     async def _join(self) -> None:
+        if self._lease:  # re-joining after a lapse: free the old lease's owner keys now, not at its expiry
+            with contextlib.suppress(EtcdUnavailable):
+                await self.etcd.revoke(self._lease)
         sent = trio.current_time()
         self._lease = await self.etcd.grant(self.settings.cluster_lease_seconds)
         self._valid_until = sent + self.settings.cluster_lease_seconds - self.settings.cluster_fence_margin_seconds
