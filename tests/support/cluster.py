@@ -7,11 +7,12 @@ nodes are subprocesses so tests can SIGKILL and SIGSTOP them.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 
 import httpx
+import trio
 
 from skald.cluster.etcd import EtcdClient
 from skald.cluster.local import LocalCluster, open_local_cluster
@@ -62,3 +63,17 @@ async def owners(cluster: LocalCluster) -> dict[str, str]:
             kv.key.removeprefix("/skald/owners/"): json.loads(kv.value)["node"]
             for kv in await etcd.get_prefix("/skald/owners/")
         }
+
+
+async def accepted(send: Callable[[], Awaitable[httpx.Response]]) -> httpx.Response:
+    """``send()`` again while the cluster answers 502/503 (with Retry-After), as a client does.
+
+    On a starved machine a node can miss its lease deadline and refuse for a moment (it self-fences
+    rather than risk two owners); that is a retry for the client, not a failure of the test's setup.
+    """
+    with trio.fail_after(60):
+        while True:
+            response = await send()
+            if response.status_code not in (502, 503):
+                return response
+            await trio.sleep(0.05)  # client back-off between retries
