@@ -151,7 +151,7 @@ def create_app(settings: Settings, *, print_admin_token: bool = True) -> QuartTr
 def _install_lifespan(app: QuartTrio, state: AppState, print_admin_token: bool) -> None:
     @app.before_serving
     async def start_runtime() -> None:
-        await app.nursery.start(state.supervisor.run)
+        await app.nursery.start(state.supervisor.serve)
         secret = state.settings.admin_token
 
         def bootstrap(conn: DocConnection) -> str | None:
