@@ -63,7 +63,7 @@ def replica_url(settings: Settings, db_id: str, fence: int) -> str:
 
 
 class Litestream:
-    """The node's Litestream daemon; enter :meth:`run` in a nursery (``nursery.start``)."""
+    """The node's Litestream daemon; enter :meth:`serve` in a nursery (``nursery.start``)."""
 
     def __init__(self, settings: Settings, work_dir: Path) -> None:
         self.settings = settings
@@ -73,7 +73,7 @@ class Litestream:
         self.last_confirmed_sync: float | None = None  # wall time of the last confirmed sync
         self.sync_seconds: list[float] = []  # recent confirmation latencies (bounded)
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Start Litestream, report ready once its control socket listens, run until cancelled."""
         self.work_dir.mkdir(parents=True, exist_ok=True)
         config = self.work_dir / "litestream.yml"

@@ -39,7 +39,7 @@ def install(app: QuartTrio, state: AppState) -> None:
             if not port or host in ("0.0.0.0", "::"):
                 raise ConfigError("set cluster_advertise_url: the bound address is not one other nodes can use")
             url = f"http://{host}:{port}"
-        await app.nursery.start(cluster.run, url)
+        await app.nursery.start(cluster.serve, url)
 
     @app.after_serving
     async def leave_cluster() -> None:

@@ -103,7 +103,7 @@ class ClusterMetrics:
 
 
 class Cluster:
-    """One node's view of the cluster. Started by :meth:`run` (``nursery.start``), ended by :meth:`leave`."""
+    """One node's view of the cluster. Started by :meth:`serve` (``nursery.start``), ended by :meth:`leave`."""
 
     def __init__(self, settings: Settings, supervisor: Supervisor, metrics: Metrics) -> None:
         assert settings.cluster_node_id is not None
@@ -135,13 +135,13 @@ class Cluster:
 
     # ---- lifecycle --------------------------------------------------------------------------------
 
-    async def run(self, url: str, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def serve(self, url: str, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Start Litestream, take the node lease and keep it alive until :meth:`leave`."""
         self.url = self.settings.cluster_advertise_url or url
         with self._cancel:
             async with trio.open_nursery() as nursery:
-                await nursery.start(self.litestream.run)
-                nursery.start_soon(self.tokens.run)
+                await nursery.start(self.litestream.serve)
+                nursery.start_soon(self.tokens.serve)
                 await nursery.start(self._follow)
                 await self._join()
                 nursery.start_soon(self._keep_alive)

@@ -58,7 +58,7 @@ class TokenMirror:
         self._pending[row["id"]] = row
         self._wakeup.set()
 
-    async def run(self) -> None:
+    async def serve(self) -> None:
         while True:
             await self._wakeup.wait()
             self._wakeup = trio.Event()
