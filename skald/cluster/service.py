@@ -130,7 +130,6 @@ class Cluster:
         self.nodes: dict[str, str] = {}
         self.tokens = TokenMirror(lambda: supervisor.service)
         self.forwarder: Forwarder | None = None  # set by skald.cluster.routes.install
-        self._renewed = trio.Event()
         self.started_at = time.time()
 
     # ---- lifecycle --------------------------------------------------------------------------------
