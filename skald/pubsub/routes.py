@@ -12,10 +12,11 @@ from typing import Any
 from quart import Response, jsonify, request
 from quart_trio import QuartTrio
 
-from skald.auth.guard import authorize, current_principal, request_ip, requires
+from skald.auth.guard import authorize, current_principal, requires
 from skald.auth.scopes import allowed_prefixes
 from skald.db.ids import validate_db_id
 from skald.errors import BadRequest, DocumentNotFound, PayloadTooLarge, ScopeDenied, SkaldError, ValidationFailed
+from skald.http.context import request_ip
 from skald.http.ndjson import AckStream, ndjson_response
 from skald.http.params import heartbeat_param, int_param
 from skald.http.sse import sse_response
@@ -50,7 +51,7 @@ def install(app: QuartTrio, state: AppState) -> None:
 
     @app.before_serving
     async def start_pubsub() -> None:
-        await app.nursery.start(pubsub.run, state.shutdown.event)
+        await app.nursery.start(pubsub.serve, state.shutdown.event)
 
 
 def _pubsub() -> PubSub:
@@ -91,8 +92,7 @@ async def publish_view(db_id: str) -> tuple[Response, int]:
         raise PayloadTooLarge(f"request body is over {single_cap} bytes", limit=settings.message_max_bytes)
     topic, form, payload, content_type, dedupe_key = parse_publish(body, settings.message_max_bytes)
     await authorize(current_principal(), db_id, "pub.publish", topic)
-    async with get_state().supervisor.open_document(db_id) as actor:
-        result = await _pubsub().publish(actor, topic, form, payload, content_type, dedupe_key)
+    result = await _pubsub().publish(db_id, topic, form, payload, content_type, dedupe_key)
     message = result.message
     reply = {"id": message.id, "topic": message.topic, "created_at": message.created_at}
     if not result.created:
@@ -123,8 +123,7 @@ async def _publish_batch(db_id: str, body: dict[str, Any]) -> tuple[Response, in
     principal = current_principal()
     for topic in dict.fromkeys(item.topic for item in items):  # each topic once, in order
         await authorize(principal, db_id, "pub.publish", topic)
-    async with get_state().supervisor.open_document(db_id) as actor:
-        results = await _pubsub().publish_many(actor, items)
+    results = await _pubsub().publish_batch(db_id, items)
     reply: dict[str, Any] = {"ids": [r.message.id for r in results]}
     deduplicated = [index for index, r in enumerate(results) if not r.created]
     if deduplicated:
@@ -139,7 +138,7 @@ async def publish_stream_view(db_id: str) -> Response:
     validate_db_id(db_id)
     if not state.supervisor.exists(db_id):
         raise DocumentNotFound(f"document {db_id} does not exist")
-    path, ip = request.path, request_ip(state)
+    path, ip = request.path, request_ip()
     opened = functools.partial(open_publish_stream, state, _pubsub(), db_id, current_principal(), path=path, ip=ip)
     max_line = state.settings.message_max_bytes * 4 // 3 + 64 * 1024
     return ndjson_response(AckStream(request.body, opened, window=STREAM_WINDOW, max_line=max_line))
@@ -177,14 +176,12 @@ async def poll_view(db_id: str) -> dict[str, Any]:
     if limit > MAX_POLL_LIMIT:
         raise ValidationFailed(f"limit must be at most {MAX_POLL_LIMIT}")
     filters, prefixes = await _visible_filters(db_id)
-    pubsub = _pubsub()
-    async with get_state().supervisor.open_document(db_id) as actor:
-        pruned = await pubsub.pruned_through(actor)
-        messages, scanned = await pubsub.read_after(actor, max(since_id, pruned), filters, prefixes, limit)
-    next_since = messages[-1].id if len(messages) >= limit else max(scanned, since_id)
+    page = await _pubsub().poll(db_id, since_id, filters, prefixes, limit)
+    messages = page.messages
+    next_since = messages[-1].id if len(messages) >= limit else max(page.scanned, since_id)
     body: dict[str, Any] = {"messages": [m.to_json() for m in messages], "next_since_id": next_since}
-    if since_id < pruned:
-        body["reset"] = {"requested_since_id": since_id, "oldest_id": pruned + 1}
+    if since_id < page.pruned:
+        body["reset"] = {"requested_since_id": since_id, "oldest_id": page.pruned + 1}
     return body
 
 
@@ -222,17 +219,13 @@ async def put_retention_view(db_id: str) -> dict[str, Any]:
         _policy_value(body, "max_count", int),
         _policy_value(body, "max_bytes", int),
     )
-    async with get_state().supervisor.open_document(db_id) as actor:
-        removed = await _pubsub().retention.set_policy(actor, policy)
+    removed = await _pubsub().set_retention(db_id, policy)
     return {**policy.to_json(), "removed": removed}
 
 
 @requires("db.admin")
 async def get_retention_view(db_id: str) -> dict[str, Any]:
-    pubsub = _pubsub()
-    async with get_state().supervisor.open_document(db_id) as actor:
-        policy = await pubsub.retention.get_policy(actor)
-        pruned = await pubsub.pruned_through(actor)
+    policy, pruned = await _pubsub().retention_status(db_id)
     return {**policy.to_json(), "pruned_through": pruned}
 
 

@@ -32,7 +32,7 @@ from skald.db.supervisor import Supervisor
 from skald.errors import PayloadTooLarge, ValidationFailed
 from skald.http.sse import json_event
 from skald.metrics import Metrics
-from skald.pubsub.retention import Retention, iso_timestamp
+from skald.pubsub.retention import Retention, RetentionPolicy, iso_timestamp
 from skald.pubsub.topics import TopicFilter, topic_visible, validate_topic
 
 log = structlog.get_logger("skald.pubsub.service")
@@ -116,6 +116,13 @@ def _insert(conn: DocConnection, item: Publish, created_at: str) -> PublishResul
     assert cursor.lastrowid is not None
     message = Message(cursor.lastrowid, item.topic, item.form, item.payload, item.content_type, created_at)
     return PublishResult(message, True)
+
+
+@dataclasses.dataclass(frozen=True)
+class Poll:
+    messages: list[Message]
+    scanned: int  # the last id looked at (a page cut short by its limit ends at its last message)
+    pruned: int  # the highest id retention removed: a since_id below it missed messages
 
 
 @dataclasses.dataclass(frozen=True)
@@ -273,7 +280,7 @@ class PubSub:
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
-    async def run(
+    async def serve(
         self, shutdown: trio.Event | None, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
         """Own the watcher tasks and the retention sweeper until cancelled."""
@@ -281,7 +288,7 @@ class PubSub:
             self._nursery = nursery
             if shutdown is not None:
                 nursery.start_soon(self._close_on, shutdown, None)
-            nursery.start_soon(self.retention.sweep_forever)
+            nursery.start_soon(self.retention.serve_sweeps)
             task_status.started()
             await trio.sleep_forever()
 
@@ -309,12 +316,17 @@ class PubSub:
     # ---- publish ---------------------------------------------------------------------------------
 
     async def publish(
-        self, actor: DocumentActor, topic: str, form: str, payload: bytes,
+        self, db_id: str, topic: str, form: str, payload: bytes,
         content_type: str | None, dedupe_key: str | None,
     ) -> PublishResult:
-        """Commit one message; returns after COMMIT. Dedupe hits return the original (created=False)."""
-        results = await self.publish_many(actor, [Publish(topic, form, payload, content_type, dedupe_key)])
+        """Commit one message on ``db_id``; returns after COMMIT. Dedupe hits return the original (created=False)."""
+        results = await self.publish_batch(db_id, [Publish(topic, form, payload, content_type, dedupe_key)])
         return results[0]
+
+    async def publish_batch(self, db_id: str, items: Sequence[Publish]) -> list[PublishResult]:
+        """:meth:`publish_many` on ``db_id``."""
+        async with self.supervisor.open_document(db_id) as actor:
+            return await self.publish_many(actor, items)
 
     async def publish_many(self, actor: DocumentActor, items: Sequence[Publish]) -> list[PublishResult]:
         """Commit ``items`` in one write op (all or nothing), in order; returns after COMMIT.
@@ -356,6 +368,25 @@ class PubSub:
         return await actor.enqueue_write(lambda conn: _insert(conn, item, created_at), after_commit=committed)
 
     # ---- reading ---------------------------------------------------------------------------------
+
+    async def poll(
+        self, db_id: str, since_id: int, filters: list[TopicFilter], prefixes: list[str] | None, limit: int
+    ) -> Poll:
+        """One page of visible messages after ``since_id``, starting past what retention has pruned."""
+        async with self.supervisor.open_document(db_id) as actor:
+            pruned = await self.pruned_through(actor)
+            messages, scanned = await self.read_after(actor, max(since_id, pruned), filters, prefixes, limit)
+        return Poll(messages, scanned, pruned)
+
+    async def set_retention(self, db_id: str, policy: RetentionPolicy) -> int:
+        """Store ``db_id``'s retention policy and sweep at once; returns how many messages it removed."""
+        async with self.supervisor.open_document(db_id) as actor:
+            return await self.retention.set_policy(actor, policy)
+
+    async def retention_status(self, db_id: str) -> tuple[RetentionPolicy, int]:
+        """``db_id``'s retention policy and the highest message id it has pruned."""
+        async with self.supervisor.open_document(db_id) as actor:
+            return await self.retention.get_policy(actor), await self.pruned_through(actor)
 
     async def read_after(
         self, actor: DocumentActor, since_id: int, filters: list[TopicFilter], prefixes: list[str] | None,
