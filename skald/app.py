@@ -28,6 +28,7 @@ from skald.errors import InvalidJSON
 from skald.http_errors import install_error_handlers
 from skald.json_body import decode_json_body
 from skald.legacy_relay import ASGIApp, LegacyRelay
+from skald.libsql import routes as libsql
 from skald.metrics import Metrics
 from skald.routes import (
     admin,
@@ -60,6 +61,7 @@ INSTALLERS: tuple[Installer, ...] = (
     audit_hooks.install,
     identity.install,
     query.install,
+    libsql.install,
     messages.install,
     webhooks.install,
     leases.install,
