@@ -21,6 +21,7 @@ from quart_trio import QuartTrio
 from skald.auth.guard import current_principal, requires
 from skald.client_ip import client_ip
 from skald.errors import SkaldError
+from skald.ids import validate_db_id
 from skald.libsql import protocol, ws
 from skald.libsql.errors import HranaProtocolError
 from skald.libsql.service import LibsqlService, authorizer
@@ -53,7 +54,8 @@ def install(app: QuartTrio, state: AppState) -> None:
 
 async def version_view(db_id: str) -> dict[str, Any]:
     """Version check (``GET v2``/``GET v3``): the clients probe it without a token, so it says no more
-    than "this server speaks Hrana 2 and 3 over JSON"."""
+    than "this server speaks Hrana 2 and 3 over JSON" (not even whether the document exists)."""
+    validate_db_id(db_id)
     return {"hrana": [2, 3], "encoding": "json"}
 
 
@@ -85,6 +87,8 @@ async def pipeline_view(db_id: str) -> dict[str, Any]:
         raise HranaProtocolError("requests must be an array")
     if len(requests) > 1000:
         raise HranaProtocolError("at most 1000 requests per pipeline")
+    if not all(isinstance(item, dict) and isinstance(item.get("type"), str) for item in requests):
+        raise HranaProtocolError("every request must be an object with a string type")
     stream = await _stream_for(state, db_id, body.get("baton"))
     results: list[dict[str, Any]] = []
     closed = False
