@@ -11,7 +11,8 @@ import json
 import sys
 from typing import Any
 
-import libsql_client
+from libsql_client.client import LibsqlError
+from libsql_client.create_client import create_client
 
 
 def out(**fields: Any) -> None:
@@ -19,7 +20,7 @@ def out(**fields: Any) -> None:
 
 
 async def main(url: str, token: str) -> None:
-    async with libsql_client.create_client(url, auth_token=token) as client:
+    async with create_client(url, auth_token=token) as client:
         await client.execute("CREATE TABLE IF NOT EXISTS py (id INTEGER PRIMARY KEY, big INTEGER, data BLOB)")
         big = 2**62 + 11
         result = await client.execute("INSERT INTO py (big, data) VALUES (?, ?)", [big, b"\x00\xff\x10"])
@@ -36,11 +37,11 @@ async def main(url: str, token: str) -> None:
         out(step="rollback", inside=inside, after=after)
         try:
             await client.execute("INSERT INTO py (id) VALUES (?)", [result.last_insert_rowid])
-        except libsql_client.LibsqlError as exc:
+        except LibsqlError as exc:
             out(step="constraint", code=exc.code)
         try:
             await client.execute("DROP TABLE _skald_changes")
-        except libsql_client.LibsqlError as exc:
+        except LibsqlError as exc:
             out(step="forbidden", code=exc.code)
 
 
