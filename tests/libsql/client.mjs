@@ -87,10 +87,15 @@ const scenarios = {
   },
 
   async batches() {
-    // Batches of 5 rows until killed; each acknowledged batch is printed.
-    await client.execute("CREATE TABLE IF NOT EXISTS acked (batch INTEGER, n INTEGER, PRIMARY KEY (batch, n))");
+    // Batches of 5 rows (numbered from OFFSET, past what is stored) until killed; each acknowledged
+    // batch is printed.
+    const offset = Number(process.argv[6] ?? 0);
+    const start = (await client.execute({
+      sql: "SELECT coalesce(max(batch) + 1, ?) AS s FROM acked WHERE batch >= ? AND batch < ?",
+      args: [offset, offset, offset + 1000000],
+    })).rows[0].s;
     out({ step: "ready" });
-    for (let i = 0; i < Number(arg ?? 1e9); i++) {
+    for (let i = Number(start); i < Number(start) + Number(arg ?? 1e9); i++) {
       const stmts = [0, 1, 2, 3, 4].map((n) => ({ sql: "INSERT INTO acked VALUES (?, ?)", args: [i, n] }));
       await client.batch(stmts, "write");
       out({ acked: i });
