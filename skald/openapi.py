@@ -538,7 +538,7 @@ _HRANA_STMT: Schema = obj({}, {"sql": NULL_STR, "sql_id": NULL_INT, "args": arra
                                "named_args": array(obj({"name": STR, "value": _HRANA_VALUE})),
                                "want_rows": BOOL})
 _HRANA_BATCH: Schema = obj({"steps": array(obj({"stmt": _HRANA_STMT}, {"condition": ANY}))})
-_HRANA_ERRORS = merge(_AUTH, _DOC, _JSON, {400: ["hrana_protocol_error", "hrana_invalid_baton"],
+_HRANA_ERRORS = merge(_AUTH, _DOC, _JSON, {400: ["hrana_protocol_error"], 404: ["hrana_stream_not_found"],
                                            503: ["hrana_too_many_streams", "shutting_down"]})
 _HRANA_PIPELINE = Op(
     ok(obj({"baton": NULL_STR, "base_url": NULL_STR,

@@ -8,7 +8,7 @@ raise as ``LibsqlError`` with that ``code`` (see :func:`skald.libsql.protocol.er
 
 from __future__ import annotations
 
-from skald.errors import BadRequest, Conflict, ServiceUnavailable
+from skald.errors import BadRequest, Conflict, NotFound, ServiceUnavailable
 
 
 class HranaProtocolError(BadRequest):
@@ -16,9 +16,11 @@ class HranaProtocolError(BadRequest):
     title = "The request does not follow the Hrana protocol"
 
 
-class UnknownBaton(BadRequest):
-    code = "hrana_invalid_baton"
-    title = "The baton is unknown, expired or belongs to another token or document"
+class UnknownBaton(NotFound):
+    """404: the stream a baton named is not there (closed, expired, or not this caller's to see)."""
+
+    code = "hrana_stream_not_found"
+    title = "No open stream has this baton (closed, expired, or another token's or document's)"
 
 
 class TooManyStreams(ServiceUnavailable):

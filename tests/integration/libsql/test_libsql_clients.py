@@ -156,13 +156,13 @@ async def test_http_client_uses_v2_pipeline_and_batons(doc: LiveServer) -> None:
         other = await doc.mint_token(f"{DOC}:query.admin")
         async with doc.client(other) as intruder:
             stolen = await intruder.post(path, json={"baton": baton, "requests": [{"type": "get_autocommit"}]})
-        assert stolen.status_code == 400 and stolen.json()["code"] == "hrana_invalid_baton"
+        assert stolen.status_code == 404 and stolen.json()["code"] == "hrana_stream_not_found"
         assert stolen.headers["content-type"] == "application/problem+json"
         r = await client.post(path, json={"baton": baton, "requests": [
             {"type": "execute", "stmt": {"sql": "COMMIT"}}, {"type": "close"}]})
         assert r.json()["baton"] is None and r.json()["results"][0]["type"] == "ok"
         reused = await client.post(path, json={"baton": baton, "requests": []})
-        assert reused.status_code == 400 and reused.json()["code"] == "hrana_invalid_baton"
+        assert reused.status_code == 404 and reused.json()["code"] == "hrana_stream_not_found"
         bad = await client.post(path, json={"baton": None, "requests": "nope"})
         assert bad.status_code == 400 and bad.json()["code"] == "hrana_protocol_error"
         anonymous = await httpx.AsyncClient(base_url=doc.url).__aenter__()
