@@ -19,7 +19,7 @@ from typing import Any
 
 from skald.errors import SkaldError
 from skald.libsql.errors import HranaProtocolError
-from skald.query_json import Params
+from skald.query.values import Params
 
 _INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
 Json = Any

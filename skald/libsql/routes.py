@@ -19,14 +19,14 @@ from quart import Response, request
 from quart_trio import QuartTrio
 
 from skald.auth.guard import current_principal, requires
-from skald.client_ip import client_ip
+from skald.db.ids import validate_db_id
 from skald.errors import SkaldError
-from skald.ids import validate_db_id
+from skald.http.client_ip import client_ip
+from skald.http.state import AppState, get_state
 from skald.libsql import protocol, ws
 from skald.libsql.errors import HranaProtocolError
 from skald.libsql.service import LibsqlService, authorizer
 from skald.libsql.stream import HranaStream
-from skald.state import AppState, get_state
 
 BASES = ("/api/v1/db/<db_id>/libsql", "/api/v1/db/<db_id>")
 """Where Hrana's paths are served: the documented base, and where a base without ``/`` resolves to."""

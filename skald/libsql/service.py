@@ -22,13 +22,13 @@ import trio
 from skald.auth.guard import check_scope
 from skald.auth.scopes import Principal
 from skald.config import Settings
+from skald.db.supervisor import Supervisor
 from skald.libsql.errors import TooManyStreams, UnknownBaton
 from skald.libsql.stream import Authorize, HranaStream, SqlStore
-from skald.query import Limits
-from skald.supervisor import Supervisor
+from skald.query.service import Limits
 
 if TYPE_CHECKING:
-    from skald.state import AppState
+    from skald.http.state import AppState
 
 log = structlog.get_logger("skald.libsql")
 

@@ -1,7 +1,7 @@
 """One Hrana stream on one document: its statements in order, its transaction, its stored SQL.
 
 Outside a transaction each statement is one ``/query`` statement: classified by SQLite's
-authorizer (:func:`skald.query.classify`), authorized by class (``query.write`` /
+authorizer (:func:`skald.query.service.classify`), authorized by class (``query.write`` /
 ``query.admin``), run on the read pool or in the next group commit, so it reaches query
 watches, the change feed and capability guards exactly as ``/query`` does. ``BEGIN`` borrows
 the document's writer (:meth:`DocumentActor.lend_writer`) for this stream alone: the
@@ -19,9 +19,10 @@ from typing import Any
 
 import trio
 
-from skald.actor import DocumentActor, LoanEnded, ReaderLoan, WriterLoan
 from skald.auth.scopes import Principal
-from skald.connection import DocConnection
+from skald.db.actor import DocumentActor, LoanEnded, ReaderLoan, WriterLoan
+from skald.db.connection import DocConnection
+from skald.db.sqlscope import StatementClass
 from skald.errors import SkaldError
 from skald.libsql import protocol
 from skald.libsql.errors import (
@@ -33,8 +34,7 @@ from skald.libsql.errors import (
 )
 from skald.libsql.protocol import Json, Stmt
 from skald.libsql.sqltext import TxnStatement, parameters, split_statements, transaction_statement
-from skald.query import Limits, Statement, StatementResult, classify, classify_sync, run_statement
-from skald.sqlscope import StatementClass
+from skald.query.service import Limits, Statement, StatementResult, classify, classify_sync, run_statement
 
 Authorize = Callable[[str], Awaitable[None]]
 """Raise :class:`skald.errors.ScopeDenied` (audited) unless the stream's token may do this action."""

@@ -20,13 +20,13 @@ from quart_trio import QuartTrio
 
 from skald.auth.guard import check_scope, check_token
 from skald.auth.scopes import Principal
-from skald.client_ip import client_ip
 from skald.errors import SkaldError, Unauthenticated
+from skald.http.client_ip import client_ip
+from skald.http.state import AppState, get_state
 from skald.libsql import protocol
 from skald.libsql.errors import HranaProtocolError
 from skald.libsql.service import authorizer
 from skald.libsql.stream import HranaStream, SqlStore
-from skald.state import AppState, get_state
 
 log = structlog.get_logger("skald.libsql")
 

@@ -8,8 +8,8 @@ import pytest
 import trio
 import trio.testing
 
-from skald.actor import CommitInfo, DocumentActor, LoanEnded
-from skald.connection import DocConnection
+from skald.db.actor import CommitInfo, DocumentActor, LoanEnded
+from skald.db.connection import DocConnection
 
 
 async def _actor(nursery: trio.Nursery, path: Path) -> DocumentActor:
