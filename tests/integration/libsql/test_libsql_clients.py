@@ -69,10 +69,12 @@ async def test_python_client_over_websocket(doc: LiveServer) -> None:
 
 @pytest.mark.parametrize("kind", ["http", "ws"])
 async def test_token_without_write_scope_cannot_write(doc: LiveServer, kind: str) -> None:
-    await run_node("basics", urls(doc)[kind], ADMIN_TOKEN)
+    async with doc.client() as client:
+        for sql in ("CREATE TABLE items (id INTEGER PRIMARY KEY, note)", "INSERT INTO items (note) VALUES ('x')"):
+            assert (await client.post(f"/api/v1/db/{DOC}/query", json={"sql": sql})).status_code == 200
     reader = await doc.mint_token(f"{DOC}:query.read")
     steps = by_step(await run_node("readonly", urls(doc)[kind], reader))
-    assert steps["read"]["ok"] == "4n"  # what basics left
+    assert steps["read"]["ok"] == "1n"
     assert steps["write"]["error"]["code"] == "SCOPE_DENIED"
     assert steps["batch"]["error"]["code"] == "SCOPE_DENIED"
     assert steps["transaction"]["error"]["code"] == "SCOPE_DENIED"
@@ -171,3 +173,45 @@ async def test_http_client_uses_v2_pipeline_and_batons(doc: LiveServer) -> None:
             assert (await anonymous.get(f"/api/v1/db/{DOC}/libsql/v3")).status_code == 200
         finally:
             await anonymous.aclose()
+
+
+@pytest.fixture
+async def long_txn_server(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[LiveServer]:
+    live = await start_live_server(nursery, make_settings(tmp_path / "data", libsql_transaction_timeout_seconds=600))
+    async with live.client() as client:
+        assert (await client.put(f"/api/v1/db/{DOC}")).status_code == 201
+        create = {"sql": "CREATE TABLE items (id INTEGER PRIMARY KEY, note)"}
+        assert (await client.post(f"/api/v1/db/{DOC}/query", json=create)).status_code == 200
+    yield live
+    await live.stop()
+
+
+async def test_a_client_that_vanishes_mid_transaction_frees_the_writer(long_txn_server: LiveServer) -> None:
+    """Killing the client drops its WebSocket: its transaction rolls back now, not after the (long) timeout."""
+    server = long_txn_server
+    proc = await trio.lowlevel.open_process(
+        [node(), str(LIBSQL_DIR / "client.mjs"), "hold", urls(server)["ws"], ADMIN_TOKEN],
+        cwd=LIBSQL_DIR, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+    )
+    assert proc.stdout is not None and proc.stdin is not None
+    try:
+        output = b""
+        with trio.fail_after(60):  # a hang guard, far below the 600 s transaction timeout
+            while b'"began"' not in output:
+                chunk = await proc.stdout.receive_some()
+                assert chunk, output
+                output += chunk
+            proc.kill()
+            await proc.wait()
+            async with server.client() as client:
+                insert = {"sql": "INSERT INTO items (note) VALUES ('after')"}
+                r = await client.post(f"/api/v1/db/{DOC}/query", json=insert)
+                assert r.status_code == 200, r.text
+                r = await client.post(f"/api/v1/db/{DOC}/query", json={"sql": "SELECT note FROM items"})
+                assert r.json()["rows"] == [["after"]]
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        await proc.stdout.aclose()
+        await proc.stdin.aclose()
