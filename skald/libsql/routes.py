@@ -41,7 +41,7 @@ def install(app: QuartTrio, state: AppState) -> None:
         app.add_url_rule(base + "/v2/pipeline", "libsql_v2_pipeline" + suffix, pipeline_view, methods=["POST"])
         app.add_url_rule(base + "/v3/pipeline", "libsql_v3_pipeline" + suffix, pipeline_view, methods=["POST"])
         app.add_url_rule(base + "/v3/cursor", "libsql_v3_cursor" + suffix, cursor_view, methods=["POST"])
-    ws.install(app, state)
+    ws.add_routes(app)
 
     @app.before_serving
     async def start_libsql() -> None:

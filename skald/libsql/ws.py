@@ -39,7 +39,8 @@ class _ProtocolViolation(Exception):
     """The peer broke the protocol: the socket is closed with 1002 (the spec asks for that)."""
 
 
-def install(app: QuartTrio, state: AppState) -> None:
+def add_routes(app: QuartTrio) -> None:
+    """The WebSocket endpoint, with and without the trailing ``/`` (called by :func:`skald.libsql.routes.install`)."""
     app.add_websocket("/api/v1/db/<db_id>/libsql", "libsql_ws", websocket_view)
     app.add_websocket("/api/v1/db/<db_id>/libsql/", "libsql_ws_slash", websocket_view)
 

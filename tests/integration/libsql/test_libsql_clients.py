@@ -171,6 +171,8 @@ async def test_http_client_uses_v2_pipeline_and_batons(doc: LiveServer) -> None:
         try:
             assert (await anonymous.post(path, json={"baton": None, "requests": []})).status_code == 401
             assert (await anonymous.get(f"/api/v1/db/{DOC}/libsql/v3")).status_code == 200
+            plain = await anonymous.get(f"/api/v1/db/{DOC}/libsql")  # the WebSocket endpoint, over HTTP
+            assert plain.status_code == 400 and plain.headers["content-type"] == "application/problem+json"
         finally:
             await anonymous.aclose()
 
