@@ -622,6 +622,8 @@ class ReaderLoan:
                 return await self._worker.run(fn)
             except sqlite3.Error as exc:
                 raise _translate(exc) from None
+            except trio.ClosedResourceError:  # the actor stopped and closed its connections
+                raise DocumentUnavailable(f"document {self._actor.db_id} is closing") from None
 
     async def aclose(self) -> None:
         """Roll back an open read transaction and give the connection back to the pool."""
@@ -632,6 +634,8 @@ class ReaderLoan:
             with trio.CancelScope(shield=True):
                 try:
                     await worker.run(_rollback_open)
+                except trio.ClosedResourceError:
+                    pass  # the actor stopped first: closing the connection ended the transaction
                 except Exception:
                     log.exception("ending a lent read transaction failed")
                 await self._actor._return_reader(worker)

@@ -265,7 +265,9 @@ class HranaStream:
         """Parameters, result columns and whether ``sql`` is read-only (see docs/libsql.md)."""
         names = parameters(sql)
         params: tuple[Any, ...] | dict[str, Any]
-        if any(name is not None and name[0] in ":@$" for name in names):
+        # Bind every parameter to NULL: by name when all have one (sqlite3 wants a mapping then), else
+        # by position (a statement mixing `?` and `:a`).
+        if names and all(name is not None and name[0] in ":@$" for name in names):
             params = {name[1:]: None for name in names if name is not None}
         else:
             params = (None,) * len(names)

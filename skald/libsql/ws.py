@@ -33,6 +33,7 @@ log = structlog.get_logger("skald.libsql")
 SUBPROTOCOLS = ("hrana3", "hrana2")
 STREAM_QUEUE = 64
 MAX_STREAMS_PER_CONNECTION = 64
+MAX_CURSORS_PER_CONNECTION = 64
 
 
 class _ProtocolViolation(Exception):
@@ -203,6 +204,9 @@ class HranaConnection:
                     cursor_id = request.get("cursor_id")
                     if isinstance(cursor_id, bool) or not isinstance(cursor_id, int) or cursor_id in self.cursors:
                         raise HranaProtocolError("open_cursor needs a cursor_id not in use")
+                    if len(self.cursors) >= MAX_CURSORS_PER_CONNECTION:
+                        # each open cursor keeps its (bounded) result until closed
+                        raise HranaProtocolError(f"at most {MAX_CURSORS_PER_CONNECTION} open cursors; close some")
                     self.cursors[cursor_id] = stream_id
                 if kind == "close_stream":
                     entry = self.streams.pop(stream_id)
