@@ -118,10 +118,19 @@ async def cursor_view(db_id: str) -> Response:
     """``POST v3/cursor``: a batch whose results come as lines of JSON (``CursorRespBody``, then entries)."""
     state = get_state()
     body = await _body()
-    steps = protocol.decode_batch(body.get("batch"))
+    batch = body.get("batch")
+    steps = batch.get("steps") if isinstance(batch, dict) else None
+    if not isinstance(steps, list) or not all(isinstance(s, dict) and isinstance(s.get("stmt"), dict) for s in steps):
+        raise HranaProtocolError("batch.steps must be an array of steps, each with a stmt object")
     stream = await _stream_for(state, db_id, body.get("baton"))
+    entries: list[dict[str, Any]]
     try:
-        result = await stream.batch(steps)
+        try:
+            decoded = protocol.decode_batch(batch)
+        except HranaProtocolError as exc:  # a malformed statement fails the batch, as a cursor entry
+            entries = [{"type": "error", "error": protocol.error_json(exc)}]
+        else:
+            entries = protocol.cursor_entries(await stream.batch(decoded))
     except BaseException:
         await state.libsql.close_stream(stream)
         raise
@@ -129,7 +138,7 @@ async def cursor_view(db_id: str) -> Response:
 
     async def lines() -> AsyncIterator[bytes]:
         yield _line(head)
-        for entry in protocol.cursor_entries(result):
+        for entry in entries:
             yield _line(entry)
 
     response = Response(lines(), content_type="application/x-ndjson")

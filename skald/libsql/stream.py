@@ -13,17 +13,18 @@ mode) borrows a read-only connection instead: one snapshot, reads only.
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
 
-from skald.auth.scopes import Principal
+from skald.auth.scopes import Principal, decide
 from skald.db.actor import DocumentActor, LoanEnded, ReaderLoan, WriterLoan
 from skald.db.connection import DocConnection
 from skald.db.sqlscope import StatementClass
-from skald.errors import SkaldError
+from skald.errors import ScopeDenied, SkaldError
 from skald.libsql import protocol
 from skald.libsql.errors import (
     HranaProtocolError,
@@ -170,6 +171,8 @@ class HranaStream:
             cls = await writer.run(lambda conn: classify_sync(conn, stmt), statement=False)
             await self._authorize_class(cls)
             return await writer.run(lambda conn: run_statement(conn, stmt, cls, limits, encode=encode))
+        if _WRITE_START.match(stmt.sql):
+            return await self._classify_and_write(stmt)
         cls = await classify(self.actor, stmt)
         await self._authorize_class(cls)
         if cls == StatementClass.READ:
@@ -179,6 +182,30 @@ class HranaStream:
             return run_statement(conn, stmt, cls, limits, encode=encode)
 
         return await self.actor.write(op)
+
+    async def _classify_and_write(self, stmt: Statement) -> StatementResult:
+        """A statement that looks like a write: classified, authorized and run in one group-commit op.
+
+        The same classification and the same decision as the two-step path (``classify_sync`` and
+        :func:`skald.auth.scopes.decide`), without the trip to a read connection first: one thread
+        hop per write instead of two. A refusal fails the op alone (nothing ran) and is then raised,
+        and audited, by the stream's normal scope check. Whatever the statement turns out to be
+        (the first word is only a hint), it runs under the class SQLite's authorizer gave it.
+        """
+        limits, encode = self.limits, protocol.encode_value
+        principal, db_id = self.principal, self.actor.db_id
+
+        def op(conn: DocConnection) -> StatementResult:
+            cls = classify_sync(conn, stmt)
+            if cls > StatementClass.READ and not decide(principal, db_id, cls.action).allowed:
+                raise _Refused(cls.action)
+            return run_statement(conn, stmt, cls, limits, encode=encode)
+
+        try:
+            return await self.actor.write(op)
+        except _Refused as refused:
+            await self._authorize(refused.action)  # audits the denial and raises ScopeDenied
+            raise ScopeDenied(f"no scope grants {refused.action}", action=refused.action) from None
 
     async def _authorize_class(self, cls: StatementClass) -> None:
         if cls > StatementClass.READ:
@@ -327,6 +354,17 @@ class HranaStream:
         if sql is None and isinstance(sql_id, int) and not isinstance(sql_id, bool):
             return self.sqls.get(sql_id)
         raise HranaProtocolError("a request needs exactly one of sql and sql_id")
+
+
+_WRITE_START = re.compile(r"\s*(?:INSERT|UPDATE|DELETE|REPLACE|UPSERT)\b", re.I)
+
+
+class _Refused(Exception):
+    """Inside a write op: the token may not run this class of statement (re-raised as ScopeDenied)."""
+
+    def __init__(self, action: str) -> None:
+        super().__init__(action)
+        self.action = action
 
 
 def _begin_read(conn: DocConnection) -> None:
