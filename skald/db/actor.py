@@ -404,7 +404,9 @@ class DocumentActor:
         if self.closing.is_set():
             op.finish(outcome.Error(DocumentUnavailable(f"document {self.db_id} is closing")))
             return
-        loan = WriterLoan(self._writer, trio.current_time() + op.lend_seconds, tuple(self.write_hooks))
+        loan = WriterLoan(
+            self._writer, trio.current_time() + op.lend_seconds, tuple(self.write_hooks), self._gate_commit
+        )
         self._loan = loan
         op.finish(outcome.Value(loan))
         try:
@@ -416,6 +418,11 @@ class DocumentActor:
         if tables:
             self.commits += 1
             self._notify(CommitInfo(self.db_id, frozenset(tables), 1))
+
+    async def _gate_commit(self) -> None:
+        """A lent transaction committed: the same gate as a group commit's before it is acknowledged."""
+        if self.commit_gate is not None:
+            await self.commit_gate(self)
 
     def _notify(self, info: CommitInfo) -> None:
         for listener in list(self._listeners):
@@ -522,9 +529,14 @@ class WriterLoan:
     """
 
     def __init__(
-        self, worker: ConnectionWorker, deadline: float, hooks: tuple[Callable[[DocConnection], None], ...]
+        self,
+        worker: ConnectionWorker,
+        deadline: float,
+        hooks: tuple[Callable[[DocConnection], None], ...],
+        gate: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self._worker = worker
+        self._gate = gate
         self.deadline = deadline
         self._hooks = hooks
         self._lock = trio.Lock()
@@ -593,6 +605,13 @@ class WriterLoan:
                 self._pending.clear()
                 self.end("finished")
             return value
+
+    async def confirm_commit(self) -> None:
+        """After the holder's ``COMMIT``: pass the actor's commit gate (in a cluster: still the owner, and
+        replicated when durability asks for it) before the commit is acknowledged. Raises what the gate
+        raises (the client must not be told its transaction is safe)."""
+        if self._gate is not None:
+            await self._gate()
 
     def discard_pending(self) -> None:
         """Forget the open transaction's tables (the holder is about to roll it back)."""

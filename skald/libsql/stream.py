@@ -256,6 +256,8 @@ class HranaStream:
             assert writer is not None
             if control is TxnStatement.COMMIT:
                 await writer.run(lambda conn: conn.execute("COMMIT"), statement=False)
+                self._writer = None
+                await writer.confirm_commit()  # the cluster's gate, as for a group commit
             else:
                 writer.discard_pending()
                 await writer.run(lambda conn: conn.execute("ROLLBACK"), statement=False)

@@ -10,6 +10,7 @@ import trio.testing
 
 from skald.db.actor import CommitInfo, DocumentActor, LoanEnded
 from skald.db.connection import DocConnection
+from skald.errors import DocumentUnavailable
 
 
 async def _actor(nursery: trio.Nursery, path: Path) -> DocumentActor:
@@ -101,4 +102,25 @@ async def test_stopping_the_actor_ends_the_loan(tmp_path: Path) -> None:
     async with trio.open_nursery() as nursery:
         await nursery.start(actor.serve)
         assert await actor.read(_count) == 0
+        actor.stop()
+
+
+async def test_a_lent_commit_passes_the_commit_gate_before_it_is_acknowledged(tmp_path: Path) -> None:
+    """In a cluster the gate refuses to acknowledge a commit on a node that lost the document."""
+    async with trio.open_nursery() as nursery:
+        actor = await _actor(nursery, tmp_path / "d.sqlite3")
+        gated: list[str] = []
+
+        async def gate(gated_actor: DocumentActor) -> None:
+            gated.append(gated_actor.db_id)
+            raise DocumentUnavailable("this node no longer owns doc")
+
+        actor.commit_gate = gate
+        loan = await actor.lend_writer(60)
+        await loan.run(lambda c: c.execute("BEGIN IMMEDIATE"), statement=False)
+        await loan.run(lambda c: c.execute("INSERT INTO t VALUES (1)"))
+        await loan.run(lambda c: c.execute("COMMIT"), statement=False)
+        with pytest.raises(DocumentUnavailable):
+            await loan.confirm_commit()
+        assert gated == ["doc"]
         actor.stop()
