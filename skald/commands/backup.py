@@ -30,5 +30,5 @@ def cmd_backup(args: argparse.Namespace) -> int:
     else:
         for c in copied:
             print(f"{c.source} -> {c.target} ({c.bytes} bytes)")
-        print(f"backed up {len(copied)} databases to {args.to}")
+        print(f"backed up {len(copied)} files to {args.to}")
     return 0
