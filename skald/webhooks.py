@@ -251,6 +251,27 @@ def delivery_id_from(headers: Mapping[str, str], body: bytes) -> str:
     return f"gen-{uuid.uuid4().hex}"
 
 
+def delivery_id_for(verify: VerifyConfig | None, headers: Mapping[str, str], body: bytes) -> str:
+    """The delivery id to deduplicate on, taken from what the endpoint's signature covers when it can.
+
+    Replay protection: Stripe and Standard Webhooks sign a timestamp, and a delivery outside the
+    tolerance is refused (:func:`verify_signature`); a replay inside it is a duplicate because its id
+    comes from signed parts: the Standard Webhooks ``webhook-id`` (signed with the body), Stripe's event
+    id from the signed body. An attacker who replays a captured delivery with an extra
+    ``X-GitHub-Delivery`` header therefore does not get it stored twice. GitHub and plain HMAC sign only
+    the body, so their delivery id is the provider's header (:func:`delivery_id_from`).
+    """
+    lower = {k.lower(): v for k, v in headers.items()}
+    if verify is not None and verify.style == "standard":
+        msg_id = (lower.get("webhook-id") or lower.get("svix-id") or "").strip()
+        if msg_id:
+            return msg_id[:200]
+    if verify is not None and verify.style == "stripe":
+        signature = lower.get((verify.header or "stripe-signature").lower(), "")
+        return delivery_id_from({"stripe-signature": signature or "-"}, body)
+    return delivery_id_from(headers, body)
+
+
 def store_delivery(conn: DocConnection, delivery: Delivery) -> Stored:
     """Actor write op: insert ``delivery`` once per (endpoint, delivery_id).
 
