@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sqlite3
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     serve = subparsers.add_parser("serve", help="run the HTTP server")
     add_server_options(serve)
     serve.add_argument("--host", default=None)
-    serve.add_argument("--port", type=int, default=None)
+    serve.add_argument("--port", type=port_number, default=None, help="TCP port, 0-65535 (0: any free port)")
     serve.add_argument("--log-level", dest="log_level", default=None)
     serve.add_argument("--log-format", dest="log_format", choices=["console", "json"], default=None)
     serve.set_defaults(func=cmd_serve)
@@ -39,15 +40,29 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     doctor.set_defaults(func=cmd_doctor)
 
 
+def port_number(text: str) -> int:
+    """argparse type of ``--port``: a bad value is a usage error (exit 2), not a traceback at bind time."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a port number") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port (0-65535)")
+    return port
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
-    from skald.server import run
+    from skald.server import CannotListen, run
 
     settings = settings_from_args(
         args, host=args.host, port=args.port, log_level=args.log_level, log_format=args.log_format
     )
     configure_logging(settings.log_level, settings.log_format)
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    run(settings)
+    try:
+        run(settings)
+    except CannotListen as exc:
+        print(f"skald: {exc}", file=sys.stderr)
+        return 2
     return 0
 
 
