@@ -42,6 +42,10 @@ Args = list[Any] | dict[str, Any] | None
 class QueryOptions(BaseModel):
     max_rows: int | None = Field(default=None, ge=0, description="lower the server's row cap")
     timeout_ms: int | None = Field(default=None, ge=1, description="lower the server's time limit")
+    read_only: bool = Field(
+        default=False,
+        description="refuse (400 not_read_only) a statement that would write, by the server's classification",
+    )
 
 
 class FenceBody(BaseModel):
@@ -90,8 +94,14 @@ def _limits(options: QueryOptions | None) -> Limits:
     return Limits.from_request(get_state().settings, options.model_dump() if options else None)
 
 
-async def _authorize_class(db_id: str, cls: StatementClass) -> None:
-    """Require the action the statement's class needs (``query.read`` was checked by the route)."""
+async def _authorize_class(db_id: str, cls: StatementClass, options: QueryOptions | None = None) -> None:
+    """Require the action the statement's class needs (``query.read`` was checked by the route).
+
+    With ``options.read_only`` a statement that would write is refused before anything runs: clients
+    (the CLI's write guard) ask the server's classification instead of guessing from the SQL text.
+    """
+    if options is not None and options.read_only and cls in (StatementClass.WRITE, StatementClass.ADMIN):
+        raise NotReadOnly(f"this statement writes (it needs {cls.action}) and read_only was asked")
     if cls > StatementClass.READ:
         await authorize(current_principal(), db_id, cls.action)
 
@@ -127,7 +137,7 @@ async def query_view(db_id: str, data: QueryBody) -> dict[str, Any]:
     limits = _limits(data.options)
     async with get_state().supervisor.open_document(db_id) as actor:
         cls = await classify(actor, stmt)
-        await _authorize_class(db_id, cls)
+        await _authorize_class(db_id, cls, data.options)
         result = await execute(actor, stmt, cls, limits, _fence_guard(data.fence))
     body = result.to_json()
     body["duration_ms"] = _ms(started)
@@ -144,7 +154,7 @@ async def batch_view(db_id: str, data: BatchBody) -> dict[str, Any]:
     limits = _limits(data.options)
     async with get_state().supervisor.open_document(db_id) as actor:
         cls = await classify_all(actor, stmts)
-        await _authorize_class(db_id, cls)
+        await _authorize_class(db_id, cls, data.options)
         results = await execute_batch(actor, stmts, cls, limits, _fence_guard(data.fence))
     duration_ms = _ms(started)
     _metrics().duration.labels(cls.name.lower()).observe(duration_ms / 1000)
