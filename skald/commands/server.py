@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from skald.cli import add_server_options
+from skald.commands.grammar import Subparsers, command
 from skald.config import Settings, load_settings
 from skald.doctor import format_report, run_doctor
 from skald.logs import configure_logging
@@ -21,20 +22,44 @@ def settings_from_args(args: argparse.Namespace, **extra: Any) -> Settings:
     return load_settings(Path(args.config) if getattr(args, "config", None) else None, overrides=overrides)
 
 
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    serve = subparsers.add_parser("serve", help="run the HTTP server")
+def register(subparsers: Subparsers) -> None:
+    serve = command(
+        subparsers,
+        "serve",
+        "run the HTTP server",
+        description="Settings: defaults < config file < SKALD_* environment < these flags. On the first start"
+        " with an empty token table the admin token is printed once (or read from SKALD_ADMIN_TOKEN). A port"
+        " that is in use or invalid exits 2 before anything starts.",
+        examples=["skald serve --data-dir ./data --port 8080", "SKALD_LOG_FORMAT=json skald serve --host 0.0.0.0"],
+    )
     add_server_options(serve)
-    serve.add_argument("--host", default=None)
+    serve.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=port_number, default=None, help="TCP port, 0-65535 (0: any free port)")
-    serve.add_argument("--log-level", dest="log_level", default=None)
-    serve.add_argument("--log-format", dest="log_format", choices=["console", "json"], default=None)
+    serve.add_argument("--log-level", dest="log_level", default=None, help="debug, info, warning, error")
+    serve.add_argument(
+        "--log-format", dest="log_format", choices=["console", "json"], default=None, help="log line format"
+    )
     serve.set_defaults(func=cmd_serve)
 
-    migrate = subparsers.add_parser("migrate", help="apply schema migrations to the data folder")
+    migrate = command(
+        subparsers,
+        "migrate",
+        "apply schema migrations to the data folder",
+        description="Applies pending migrations to the service database and every document (stop the server"
+        " first, or let it migrate documents as it opens them).",
+        examples=["skald migrate --data-dir /var/lib/skald"],
+    )
     add_server_options(migrate)
     migrate.set_defaults(func=cmd_migrate)
 
-    doctor = subparsers.add_parser("doctor", help="check the data folder (read-only)")
+    doctor = command(
+        subparsers,
+        "doctor",
+        "check the data folder (read-only)",
+        description="Reports the data folder, the service schema and every document's schema version and"
+        " integrity. Exit 0 when everything is ok.",
+        examples=["skald doctor --data-dir ./data", "skald doctor --json"],
+    )
     add_server_options(doctor)
     doctor.add_argument("--json", action="store_true", help="print the report as JSON")
     doctor.set_defaults(func=cmd_doctor)
