@@ -187,7 +187,8 @@ def render_table(columns: Sequence[str], rows: Sequence[Sequence[Any]], out: IO[
     print(line(columns, numeric).rstrip(), file=stream)
     print("  ".join("-" * w for w in widths), file=stream)
     for row, raw in zip(texts, rows, strict=True):
-        print(line(row, [_is_number(v) for v in raw]).rstrip(), file=stream)
+        align = [_is_number(v) or (v is None and numeric[i]) for i, v in enumerate(raw)]
+        print(line(row, align).rstrip(), file=stream)
     print(f"({len(rows)} row{'' if len(rows) == 1 else 's'})", file=stream, flush=True)
 
 

@@ -43,7 +43,8 @@ def register(subparsers: Subparsers) -> None:
         sub,
         "pull",
         "bring a local replica up to date (a snapshot first if needed)",
-        description=f"Without --follow: retries a lost connection {PULL_ATTEMPTS} times in a row, then exits 3."
+        description="Without --follow: exits 3 at once if no server answers, and gives up (exit 3) after"
+        f" {PULL_ATTEMPTS} failed attempts in a row if the connection is lost during the pull."
         " With --follow: keeps applying changes and keeps retrying with backoff (up to --max-delay),"
         " saying so on stderr, until interrupted (SIGINT/SIGTERM exit 0).",
         examples=[
@@ -87,6 +88,8 @@ def cmd_pull(args: argparse.Namespace) -> int:
               " the server is lost; Ctrl-C stops)", file=sys.stderr, flush=True)
     try:
         with Client(target.url, target.token) as client:
+            if not args.follow:
+                client.health()  # nothing answers at all: one line, exit 3, no retries to watch
             seq = pull(
                 client,
                 args.db,
