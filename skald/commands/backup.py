@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from skald.backup import backup_data_dir
 from skald.cli import add_server_options
 from skald.commands.grammar import Subparsers, command, print_json
 from skald.commands.server import settings_from_args
+from skald.documents.backup import backup_data_dir
 
 
 def register(subparsers: Subparsers) -> None:

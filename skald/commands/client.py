@@ -27,7 +27,7 @@ from skald.commands.grammar import (
     render_rows,
     run_client,
 )
-from skald.routes.params import HEARTBEAT_MAX_SECONDS, HEARTBEAT_MIN_SECONDS
+from skald.http.params import HEARTBEAT_MAX_SECONDS, HEARTBEAT_MIN_SECONDS
 
 # Reconnects in a row before watch/subscribe give up (exit 3): backoff 0.2 s doubling, about 50 s in all,
 # so a server restart is ridden out and a server that is gone is reported.

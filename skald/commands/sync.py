@@ -24,7 +24,7 @@ from skald.commands.grammar import (
     exit_code,
     fail,
 )
-from skald.replica import pull, read_state
+from skald.sync.replica import pull, read_state
 
 # Without --follow, a pull gives up after this many failed attempts in a row (about 6 s of backoff):
 # a cron job must end, and say why, rather than hang on a server that is down.

@@ -1,0 +1,134 @@
+"""Run the app under hypercorn's trio worker in this process, with graceful shutdown.
+
+SIGINT/SIGTERM: stop accepting, refuse new requests, end streams and waits,
+let in-flight requests finish (see :mod:`skald.server.shutdown`); hypercorn exits as
+soon as every connection has, ``grace_seconds`` at the latest. Then the
+lifespan's ``after_serving`` commits queued writes and closes every actor.
+"""
+
+from __future__ import annotations
+
+import errno
+import math
+import signal
+from functools import partial
+
+import structlog
+import trio
+from hypercorn.config import Config, Sockets
+from hypercorn.trio.run import worker_serve
+from hypercorn.utils import wrap_app
+from quart_trio import QuartTrio
+
+from skald.config import Settings
+from skald.http.app import create_app
+from skald.http.state import AppState
+from skald.server import patches as hypercorn_patches
+from skald.server.connection_limits import ConnectionLimits, SkaldConfig, fit_descriptor_limit
+
+log = structlog.get_logger("skald.server.runner")
+
+
+def hypercorn_config(settings: Settings) -> SkaldConfig:
+    """hypercorn's config for ``settings``, with skald's patches to its trio worker applied."""
+    hypercorn_patches.apply()
+    config = SkaldConfig()
+    config.bind = [f"{settings.host}:{settings.port}"]
+    config.backlog = settings.listen_backlog  # hypercorn's 100 drops connections when a thousand arrive at once
+    config.connection_limits = ConnectionLimits(settings.request_head_timeout or math.inf, settings.max_connections)
+    fit_descriptor_limit(settings.max_connections)
+    config.graceful_timeout = settings.grace_seconds
+    config.accesslog = None
+    config.errorlog = "-"
+    config.keep_alive_timeout = 75
+    config.h11_max_incomplete_size = 64 * 1024
+    return config
+
+
+class CannotListen(Exception):
+    """The configured address cannot be bound (in use, not this machine's, a port out of range)."""
+
+
+def bind_sockets(config: Config) -> Sockets:
+    """Bind (not yet listen on) the configured addresses; :class:`CannotListen` with one clear line if not.
+
+    ``skald serve`` binds before anything else starts, so a busy or bad port stops it before the data
+    folder is touched and before a first start mints (and prints) an admin token.
+    """
+    try:
+        return config.create_sockets()
+    except OverflowError as exc:  # socket.bind's "port must be 0-65535"
+        raise CannotListen(f"cannot listen on {', '.join(config.bind)}: {exc}".replace("bind(): ", "")) from None
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        hint = " (is another server running there? choose another --port)" if exc.errno == errno.EADDRINUSE else ""
+        raise CannotListen(f"cannot listen on {', '.join(config.bind)}: {reason.lower()}{hint}") from None
+
+
+async def serve_app(
+    app: QuartTrio,
+    config: Config,
+    *,
+    sockets: Sockets | None = None,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Run ``app`` under hypercorn's trio worker until its :class:`~skald.server.shutdown.Shutdown` begins.
+
+    Reports the bound addresses through ``task_status``; returns once every
+    connection and the lifespan have ended. skald makes the listening sockets
+    (hypercorn would) so that its shutdown trigger can see their backlog: the
+    connections queued there at the signal are accepted and answered, not reset.
+    """
+    state: AppState = app.extensions["skald"]
+    sockets = bind_sockets(config) if sockets is None else sockets
+    listening = [*sockets.secure_sockets, *sockets.insecure_sockets]
+    try:
+        for sock in listening:
+            sock.listen(config.backlog)
+        state.shutdown.listening = listening
+        await worker_serve(
+            wrap_app(app, config.wsgi_max_body_size, "asgi"),
+            config,
+            sockets=sockets,
+            shutdown_trigger=state.shutdown.trigger,
+            task_status=task_status,
+        )
+    finally:
+        for sock in listening:  # hypercorn closes them as it stops serving; not if it failed to start
+            sock.close()
+
+
+async def serve(settings: Settings, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
+    """Serve until SIGINT/SIGTERM; reports the bound addresses through ``task_status``.
+
+    Raises :class:`CannotListen` before starting anything when the address cannot be bound.
+    """
+    config = hypercorn_config(settings)
+    sockets = bind_sockets(config)
+    try:
+        app = create_app(settings)
+    except BaseException:
+        for sock in [*sockets.secure_sockets, *sockets.insecure_sockets]:
+            sock.close()
+        raise
+    state: AppState = app.extensions["skald"]
+
+    async def watch_signals(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            task_status.started()
+            async for signum in signals:
+                log.info("shutdown requested", signal=signal.Signals(signum).name)
+                state.shutdown.begin()
+                return
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(watch_signals)
+        binds = await nursery.start(partial(serve_app, app, config, sockets=sockets))
+        for bind in binds:
+            print(f"skald listening on {bind}", flush=True)
+        task_status.started(binds)
+    log.info("server exited")
+
+
+def run(settings: Settings) -> None:
+    trio.run(serve, settings)
