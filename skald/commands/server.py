@@ -61,7 +61,8 @@ def register(subparsers: Subparsers) -> None:
         examples=["skald doctor --data-dir ./data", "skald doctor --json"],
     )
     add_server_options(doctor)
-    doctor.add_argument("--json", action="store_true", help="print the report as JSON")
+    doctor.add_argument("--json", action="store_true", help="print the report as JSON (one line)")
+    doctor.add_argument("--pretty", action="store_true", help="indent the JSON report")
     doctor.set_defaults(func=cmd_doctor)
 
 
@@ -110,5 +111,5 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 def cmd_doctor(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     report, code = run_doctor(settings.data_dir)
-    print(json.dumps(report, indent=2) if args.json else format_report(report))
+    print(json.dumps(report, indent=2 if args.pretty else None) if args.json else format_report(report))
     return code
