@@ -14,7 +14,8 @@ from typing import Any
 import trio
 
 from skald.relay.channels import Transfer
-from skald.server.patches import HOLD_HEAD, on_hang_up
+from skald.server.hang_ups import on_hang_up
+from skald.server.patches import HOLD_HEAD
 
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
