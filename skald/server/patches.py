@@ -33,8 +33,8 @@ import dataclasses
 import hashlib
 import importlib.metadata
 import inspect
-import socket
 import textwrap
+import types
 from collections.abc import Awaitable, Callable, Collection
 from typing import Any
 
@@ -85,7 +85,9 @@ def source_digest(function: object) -> str:
 
 
 def _qualname(owner: object, name: str) -> str:
-    return f"{getattr(owner, '__module__', '')}.{getattr(owner, '__qualname__', owner)}.{name}".lstrip(".")
+    if isinstance(owner, types.ModuleType):
+        return f"{owner.__name__}.{name}"
+    return f"{getattr(owner, '__module__', '?')}.{getattr(owner, '__qualname__', owner)}.{name}"
 
 
 _originals: dict[tuple[object, str], Callable[..., Any]] = {}
@@ -124,19 +126,6 @@ def has_constant(module: object, name: str, kind: type) -> Check:
     return check
 
 
-def _socket_stream_holds_its_socket() -> str | None:
-    # hang_ups reads the socket under hypercorn's stream; a layout change would read None and watch nothing.
-    ours, theirs = socket.socketpair()
-    with ours, theirs:
-        stream = trio.SocketStream(trio.socket.from_stdlib_socket(ours.dup()))
-        try:
-            if hang_ups.socket_of(stream) is None:
-                return "trio.SocketStream no longer exposes .socket"
-        finally:
-            stream.socket.close()
-    return None
-
-
 @dataclasses.dataclass(frozen=True)
 class Patch:
     name: str
@@ -165,7 +154,7 @@ PATCHES: tuple[Patch, ...] = (
     ), ("protocol_init",)),
     Patch("held_heads", (_SEND_H11, same_source(HTTPStream, "app_send", "6371d58b7f58ae8d")),
           ("send_h11_event", "app_send")),
-    Patch("hang_ups", (_RUN, _CLOSE, _socket_stream_holds_its_socket), ("run", "close")),
+    Patch("hang_ups", (_RUN, _CLOSE), ("run", "close")),
     Patch("shielded_close", (_CLOSE,), ("close",)),
     Patch("keep_alive_timer", (
         _READ_DATA,
