@@ -15,7 +15,7 @@ import trio
 
 from skald.relay.channels import Transfer
 from skald.server.hang_ups import on_hang_up
-from skald.server.patches import HOLD_HEAD
+from skald.server.patches import HOLD_HEAD, queued_receive
 
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -31,11 +31,8 @@ class BodyReader:
 
     def __init__(self, receive: Receive, fixed: bytes | None = None) -> None:
         self._receive = receive
-        # hypercorn's trio worker hands over a memory channel's bound ``receive``: what it already
-        # queued can be taken without a trip through the scheduler per chunk.
-        self._receive_nowait: Callable[[], Message] | None = getattr(
-            getattr(receive, "__self__", None), "receive_nowait", None
-        )
+        # What hypercorn already queued is taken without a trip through the scheduler per chunk.
+        self._receive_nowait: Callable[[], Message] | None = queued_receive(receive)
         self._fixed = fixed
         self._buffered: deque[Message] = deque()
         self.gone = trio.Event()

@@ -20,6 +20,8 @@ is replaced), and the change that would make it unnecessary upstream
 - ``close_at_shutdown``: responses sent once the server shuts down say ``Connection: close``.
 - ``connection_limits``: ``max_connections`` and ``request_head_timeout``
   (:mod:`skald.server.connection_limits`); needs ``keep_alive_timer``.
+- ``queued_receive``: replaces nothing; :func:`queued_receive` reads what hypercorn's trio worker
+  already queued for the app without a scheduler trip per message.
 
 Patches apply per server: :func:`apply` installs a hook once per process, and each hook does skald's
 work only for a server whose config (:class:`~skald.server.connection_limits.SkaldConfig`) names the
@@ -170,6 +172,7 @@ PATCHES: tuple[Patch, ...] = (
         same_source(H11Protocol, "_maybe_recycle", "dba7c077157520be"),
     ), ("send_h11_event",)),
     Patch("connection_limits", (_RUN, _READ_DATA), ("run", "read_data"), requires=("keep_alive_timer",)),
+    Patch("queued_receive", (same_source(TaskGroup, "spawn_app", "487c35772c8bd89c"),), ()),
 )
 NAMES = tuple(patch.name for patch in PATCHES)
 _BY_NAME = {patch.name: patch for patch in PATCHES}
@@ -361,6 +364,23 @@ def _hook_send_h11_event() -> None:
             await self.send(RawData(data=data))
 
     setattr(H11Protocol, "_send_h11_event", send_h11_event)  # noqa: B010
+
+
+def queued_receive(receive: Callable[[], Awaitable[Any]]) -> Callable[[], Any] | None:
+    """The non-blocking twin of an ASGI ``receive``, where hypercorn's trio worker made it.
+
+    hypercorn (0.18, ``TaskGroup.spawn_app``) hands the app a trio memory channel's bound ``receive``:
+    what it queued already can be taken with ``receive_nowait`` (raising :class:`trio.WouldBlock` when
+    nothing is), without a trip through the scheduler per body chunk. ``None`` for any other
+    ``receive``: the caller awaits ``receive()`` as usual.
+    """
+    channel = getattr(receive, "__self__", None)
+    if isinstance(channel, trio.MemoryReceiveChannel) and getattr(receive, "__func__", None) is (
+        trio.MemoryReceiveChannel.receive
+    ):
+        nowait: Callable[[], Any] = channel.receive_nowait
+        return nowait
+    return None
 
 
 def _says_close(response: h11.Response) -> bool:
