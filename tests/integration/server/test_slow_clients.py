@@ -98,6 +98,8 @@ class SlowClient:
                     with contextlib.suppress(trio.BrokenResourceError):
                         await stream.send_all(b"X")
         self.held = trio.current_time() - self.opened
+
+
 @pytest.mark.hypercorn_patch("connection_limits")
 async def test_trickled_heads_end_at_the_head_timeout_while_healthz_stays_fast(
     data_dir: Path, nursery: trio.Nursery
@@ -129,6 +131,8 @@ async def test_trickled_heads_end_at_the_head_timeout_while_healthz_stays_fast(
         assert b"content-type: application/problem+json" in head.lower()
         assert b"connection: close" in head.lower()
         assert json.loads(body)["code"] == "request_head_timeout"
+
+
 @pytest.mark.hypercorn_patch("connection_limits")
 async def test_an_idle_new_connection_is_closed_at_the_head_timeout(data_dir: Path, nursery: trio.Nursery) -> None:
     server = await start_live_server(nursery, make_settings(data_dir, request_head_timeout=2.0))
@@ -164,6 +168,8 @@ async def _answered_connection(host: str, port: int) -> trio.SocketStream:
     head, _ = await _read_answer(stream)
     assert head.startswith(b"HTTP/1.1 200 ")
     return stream
+
+
 @pytest.mark.hypercorn_patch("connection_limits")
 async def test_connections_beyond_max_connections_are_answered_503(data_dir: Path, nursery: trio.Nursery) -> None:
     cap = 20
