@@ -217,16 +217,19 @@ def enabled(on: bool, skip: str = "") -> frozenset[str]:
 def apply(names: Collection[str]) -> None:
     """Check, then install, the hooks the patches in ``names`` need. Idempotent; raises
     :class:`HypercornPatchMismatch` (nothing installed) when a check fails."""
-    wanted = [key for name in NAMES if name in names for key in _BY_NAME[name].hooks]
-    if all(key in _installed for key in wanted):
-        return
-    self_check(names)
-    for key in wanted:
-        if key not in _installed:
-            _HOOKS[key]()
-            _installed.add(key)
+    unchecked = [name for name in NAMES if name in names and name not in _checked]
+    if unchecked:
+        self_check(unchecked)  # against the originals: _original() sees through hooks installed already
+        _checked.update(unchecked)
+    for name in NAMES:
+        if name in names:
+            for key in _BY_NAME[name].hooks:
+                if key not in _installed:
+                    _HOOKS[key]()
+                    _installed.add(key)
 
 
+_checked: set[str] = set()
 _installed: set[str] = set()
 
 
