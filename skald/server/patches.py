@@ -10,9 +10,6 @@ is replaced), and the change that would make it unnecessary upstream
 - ``large_reads``: read 1 MiB per ``recv()`` instead of hypercorn's 64 KiB (``MAX_RECV``).
 - ``joined_chunks``: a chunked upload's back-to-back chunks reach the app as one event per read, and a
   sized body is handed out as the bytes read (:class:`~skald.server.h11_reads.JoiningConnection`).
-- ``held_heads``: an app that marks ``http.response.start`` with :data:`HOLD_HEAD` has the head sent
-  with the first piece of body (or the end): one write instead of three for a small response; writes of
-  nothing (the end of a sized body) are not made.
 - ``hang_ups``: a request that waits hears its client hang up (:mod:`skald.server.hang_ups`).
 - ``shielded_close``: hypercorn's ``_close`` is not cancelled half-way.
 - ``keep_alive_timer``: one keep-alive task per connection; at shutdown a request already on its way
@@ -45,14 +42,12 @@ import structlog
 import trio
 from h11._readers import ContentLengthReader
 from hypercorn.config import Config
-from hypercorn.events import RawData
 from hypercorn.protocol import ProtocolWrapper
 from hypercorn.protocol.h11 import H11Protocol
-from hypercorn.protocol.http_stream import HTTPStream
 from hypercorn.trio import tcp_server
 from hypercorn.trio.task_group import TaskGroup
 from hypercorn.trio.tcp_server import TCPServer
-from hypercorn.typing import ASGISendEvent, H11SendableEvent
+from hypercorn.typing import H11SendableEvent
 
 from skald.errors import SkaldError
 from skald.server import hang_ups
@@ -61,14 +56,6 @@ from skald.server.h11_reads import READ_SIZE, JoiningConnection
 from skald.server.keep_alive import KeepAliveTimer, read_data
 
 log = structlog.get_logger("skald.server.patches")
-
-# Key of an ``http.response.start`` message: the body (or its end) follows at once, send the head with it.
-# Only for a sender that does not wait in between: a held head is not sent until then. Stock hypercorn
-# (``held_heads`` off) ignores the key and sends the head at once.
-HOLD_HEAD = "skald.hold_head"
-_HOLDING = "_skald_hold_head"  # set on an HTTPStream whose app asked to hold its head
-_HELD = "_skald_held"  # set on an H11Protocol: the held head's bytes
-
 
 class HypercornPatchMismatch(SkaldError):
     """The installed hypercorn or h11 is not the code a patch was written for: skald refuses to start."""
@@ -154,8 +141,6 @@ PATCHES: tuple[Patch, ...] = (
         same_source(h11.Connection, "start_next_cycle", "f0391c57b6be22d0"),
         same_source(ContentLengthReader, "__call__", "dc9b3202177faa92"),
     ), ("protocol_init",)),
-    Patch("held_heads", (_SEND_H11, same_source(HTTPStream, "app_send", "6371d58b7f58ae8d")),
-          ("send_h11_event", "app_send")),
     Patch("hang_ups", (_RUN, _CLOSE), ("run", "close")),
     Patch("shielded_close", (_CLOSE,), ("close",)),
     Patch("keep_alive_timer", (
@@ -323,19 +308,6 @@ def _hook_protocol_init() -> None:
     setattr(H11Protocol, "__init__", init)  # noqa: B010
 
 
-def _hook_app_send() -> None:
-    original: Callable[[HTTPStream, ASGISendEvent | None], Awaitable[None]] = _replace(
-        HTTPStream, "app_send", lambda self, message: None
-    )
-
-    async def app_send(self: HTTPStream, message: ASGISendEvent | None) -> None:
-        if message is not None and message.get(HOLD_HEAD) and _on(self.config, "held_heads"):
-            setattr(self, _HOLDING, True)
-        await original(self, message)
-
-    setattr(HTTPStream, "app_send", app_send)  # noqa: B010
-
-
 def _hook_send_h11_event() -> None:
     original: Callable[[H11Protocol, H11SendableEvent], Awaitable[None]] = _replace(
         H11Protocol, "_send_h11_event", lambda self, event: None
@@ -348,23 +320,7 @@ def _hook_send_h11_event() -> None:
             # not told so may send its next request on it meanwhile, to be left without an answer.
             event = h11.Response(status_code=event.status_code, reason=event.reason,
                                  headers=[*event.headers.raw_items(), (b"connection", b"close")])
-        if not _on(self.config, "held_heads"):
-            await original(self, event)
-            return
-        # hypercorn's own (0.18), plus the held head and no writes of nothing.
-        try:
-            data = self.connection.send(event)
-        except h11.LocalProtocolError:
-            if self.connection.their_state != h11.ERROR:
-                raise
-            return
-        held: bytes | None = self.__dict__.pop(_HELD, None)
-        if held is not None:
-            data = held + data
-        if type(event) is h11.Response and getattr(self.stream, _HOLDING, False):
-            setattr(self, _HELD, data)
-        elif data:
-            await self.send(RawData(data=data))
+        await original(self, event)
 
     setattr(H11Protocol, "_send_h11_event", send_h11_event)  # noqa: B010
 
@@ -396,6 +352,5 @@ _HOOKS: dict[str, Callable[[], None]] = {
     "close": _hook_close,
     "read_data": _hook_read_data,
     "protocol_init": _hook_protocol_init,
-    "app_send": _hook_app_send,
     "send_h11_event": _hook_send_h11_event,
 }
