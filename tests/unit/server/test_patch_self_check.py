@@ -48,8 +48,8 @@ def test_a_changed_method_is_told_apart_from_the_one_the_patch_was_written_for()
 def test_patches_are_all_but_the_skipped_ones_and_a_typo_is_a_config_error(tmp_path: Path) -> None:
     assert patches.enabled(True) == frozenset(patches.NAMES)
     assert patches.enabled(False, "anything") == frozenset()
-    assert patches.enabled(True, " held_heads , large_reads") == frozenset(patches.NAMES) - {
-        "held_heads", "large_reads"}
+    assert patches.enabled(True, " joined_chunks , large_reads") == frozenset(patches.NAMES) - {
+        "joined_chunks", "large_reads"}
     with pytest.raises(ValueError, match="needs keep_alive_timer"):
         patches.enabled(True, "keep_alive_timer")
     with pytest.raises(ConfigError, match="unknown hypercorn patch held_head "):
