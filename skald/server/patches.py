@@ -71,6 +71,7 @@ from skald.server.keep_alive import KeepAliveTimer, read_data
 
 log = structlog.get_logger("skald.server.patches")
 
+
 class HypercornPatchMismatch(SkaldError):
     """The installed hypercorn or h11 is not the code a patch was written for: skald refuses to start."""
 
@@ -153,6 +154,8 @@ PATCHES: tuple[Patch, ...] = (
         same_source(h11.Connection, "_extract_next_receive_event", "5921ab5ba746f2fd"),
         same_source(h11.Connection, "next_event", "baec42c528ea2c72"),
         same_source(h11.Connection, "start_next_cycle", "f0391c57b6be22d0"),
+        same_source(h11.Connection, "__init__", "70f5b1c64ac3b978"),  # _reader, _receive_buffer
+        same_source(ContentLengthReader, "__init__", "5a137f9ce2d88dac"),  # _remaining
         same_source(ContentLengthReader, "__call__", "dc9b3202177faa92"),
     ), ("protocol_init",)),
     Patch("hang_ups", (_RUN, _CLOSE), ("run", "close")),
