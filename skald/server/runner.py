@@ -64,7 +64,10 @@ async def serve_app(
     """Run ``app`` under hypercorn's trio worker until its :class:`~skald.server.shutdown.Shutdown` begins.
 
     Reports the bound addresses through ``task_status``; returns once every
-    connection and the lifespan have ended. skald makes the listening sockets
+    connection and the lifespan have ended. Raises
+    :class:`~skald.server.patches.HypercornPatchMismatch` before serving if a patch ``config`` names does
+    not fit the installed hypercorn (a config made by :func:`hypercorn_config` was checked already).
+    skald makes the listening sockets
     (hypercorn would) so that its shutdown trigger can see their backlog: the
     connections queued there at the signal are accepted and answered, not reset.
     """
