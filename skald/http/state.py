@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from skald.cluster.service import Cluster
     from skald.db.background import JobQueue, JobWorker
     from skald.http.throttle import Throttle
+    from skald.libsql.service import LibsqlService
     from skald.pubsub.service import PubSub
     from skald.query.metrics import QueryMetrics
     from skald.query.service import QueryService
@@ -72,6 +73,7 @@ class AppState:
     blobs: BlobService = dataclasses.field(init=False)
     jobs: JobQueue = dataclasses.field(init=False)
     job_worker: JobWorker = dataclasses.field(init=False)
+    libsql: LibsqlService = dataclasses.field(init=False)
     # None unless object storage is configured.
     blob_gc: GarbageCollector | None = None
     # None unless this node is part of a cluster (cluster_node_id set; skald.cluster).
