@@ -43,6 +43,7 @@ from skald.routes import (
 )
 from skald.state import AppState, get_state
 from skald.supervisor import Supervisor
+from skald.web import routes as web
 
 log = structlog.get_logger("skald.app")
 
@@ -65,6 +66,7 @@ INSTALLERS: tuple[Installer, ...] = (
     leases.install,
     blobs.install,
     sync.install,
+    web.install,
 )
 
 

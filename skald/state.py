@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from skald.sync import SyncService
     from skald.throttle import Throttle
     from skald.watch import WatchHub
+    from skald.web.service import DocumentBrowser
 
 
 @dataclasses.dataclass
@@ -69,6 +70,8 @@ class AppState:
     job_worker: JobWorker = dataclasses.field(init=False)
     # None unless object storage is configured.
     blob_gc: GarbageCollector | None = None
+    # The web face's document browser (skald.web.routes).
+    web: DocumentBrowser = dataclasses.field(init=False)
 
     def __post_init__(self) -> None:
         self.relay = RelayHub(self.shutdown)
