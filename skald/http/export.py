@@ -71,12 +71,19 @@ async def _csv_chunks(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> 
         yield buffer.getvalue().encode("utf-8")
 
 
+# Characters that end a line for str.splitlines() and JavaScript, though JSON may hold them raw:
+# escaped, so every reader sees exactly one object per line.
+_LINE_BREAKS = str.maketrans({c: f"\\u{ord(c):04x}" for c in "\x85\u2028\u2029\x1c\x1d\x1e\x0b\x0c"})
+
+
+def _ndjson_line(columns: Sequence[str], row: Sequence[Any]) -> str:
+    text = json.dumps(dict(zip(columns, row, strict=True)), ensure_ascii=False, separators=(",", ":"))
+    return text.translate(_LINE_BREAKS)
+
+
 async def _ndjson_chunks(columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> AsyncIterator[bytes]:
     for start in range(0, len(rows), CHUNK_ROWS):
-        lines = (
-            json.dumps(dict(zip(columns, row, strict=True)), ensure_ascii=False, separators=(",", ":"))
-            for row in rows[start:start + CHUNK_ROWS]
-        )
+        lines = (_ndjson_line(columns, row) for row in rows[start:start + CHUNK_ROWS])
         yield ("\n".join(lines) + "\n").encode("utf-8")
 
 

@@ -20,11 +20,12 @@ import httpx
 import pytest
 import trio
 from support.browser import check_page, chromium, screenshot_dir, tab_to
-from support.live import ADMIN_TOKEN, LiveServer, make_settings, start_live_server
+from support.live import ADMIN_TOKEN, LiveServer, start_live_server
 from support.s3 import s3_bucket
 
 from skald.auth.scopes import Scope
 from skald.auth.tokens import create_token
+from skald.config import Settings
 
 DB = "notes"
 BLOB = b"a small attachment\n" * 20
@@ -33,8 +34,10 @@ __all__ = ["s3_bucket"]  # the fixture: a fresh bucket per test
 
 @pytest.fixture
 async def web_server(nursery: trio.Nursery, data_dir: Path, s3_endpoint: str, s3_bucket: str) -> LiveServer:
-    settings = make_settings(data_dir, s3_endpoint_url=s3_endpoint, s3_bucket=s3_bucket,
-                             s3_access_key_id="test", s3_secret_access_key="test")
+    # cookie_secure stays on, as `make run` ships it: the browser must sign in over http://127.0.0.1
+    settings = Settings(data_dir=data_dir, port=0, admin_token=ADMIN_TOKEN, rate_limit_per_second=10_000.0,
+                        rate_limit_burst=100_000, s3_endpoint_url=s3_endpoint, s3_bucket=s3_bucket,
+                        s3_access_key_id="test", s3_secret_access_key="test")
     return await start_live_server(nursery, settings)
 
 
@@ -202,8 +205,9 @@ def admin_flow(base: str, shots: Path) -> dict[str, Any]:
         check_page(page, "signed-out", shots, report)
         page.goto(base + "/ui")
         seen["after_sign_out"] = page.url
-        with httpx.Client(base_url=base, cookies={"skald_session": seen["cookie"]["value"]}) as old:
-            seen["old_cookie"] = old.get("/ui", follow_redirects=False).status_code
+        with httpx.Client(base_url=base) as old:  # httpx keeps Secure cookies off http: send it by hand
+            response = old.get("/ui", headers={"Cookie": "skald_session=" + seen["cookie"]["value"]})
+            seen["old_cookie"] = response.status_code
         context.close()
     return seen
 
@@ -223,7 +227,7 @@ async def test_admin_browses_queries_watches_and_manages_tokens(web_server: Live
     assert seen["home_title"].startswith("skald ")
     assert seen["docs_has_query"]
     assert seen["who"] == "admin"
-    assert seen["cookie"]["httpOnly"] and seen["cookie"]["sameSite"] == "Lax"
+    assert seen["cookie"]["httpOnly"] and seen["cookie"]["secure"] and seen["cookie"]["sameSite"] == "Lax"
     [row] = seen["documents"]
     assert re.fullmatch(rf"{DB} [0-9.]+ kB v[0-9]+ items, log, webhook_inbox", row)  # size, schema, tables
     assert seen["tables"] == ["items", "log", "webhook_inbox"]  # the inbox is a documented, readable table
