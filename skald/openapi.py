@@ -229,7 +229,11 @@ class Op:
     auth: bool = True  # bearer token (or session) required
 
     def apply(self, operation: dict[str, Any]) -> None:
-        responses = {**self.responses, **problem_responses(merge(_ANY, self.errors))}
+        responses = dict(self.responses)
+        for status, problem in problem_responses(merge(_ANY, self.errors)).items():
+            own = responses.get(status, {}).get("content")
+            # A status that is both a problem and a page of its own (the web face's HTML 400) lists both.
+            responses[status] = {**problem, "content": {**problem["content"], **own}} if own else problem
         operation["responses"] = responses
         if self.body is not None:
             operation["requestBody"] = self.body
@@ -326,9 +330,10 @@ def _web_operations() -> dict[tuple[str, str], Op]:
     # A document page's refusals are HTML pages with the problem's status and code.
     doc_errors = {
         status: {"description": "refused (an HTML page naming the problem's code)", "content": HTML}
-        for status in ("400", "403", "404", "409", "413", "503")
+        for status in ("400", "403", "404", "409", "413")
     }
     u = "/ui/db/{db_id}"
+    repeated: Errors = {400: ["validation_failed"]}  # a query parameter given twice (refused before the page)
     ops: dict[tuple[str, str], Op] = {
         ("GET", "/"): Op(page, {}, auth=False),
         ("GET", "/docs"): Op(page, {}, auth=False),
@@ -354,7 +359,7 @@ def _web_operations() -> dict[tuple[str, str], Op]:
             {**page, **login, **doc_errors}, {}, auth=False,
             query=(query_param("sort", STR, "column to sort by"), query_param("desc", STR, "`1`: descending"),
                    query_param("column", STR, "column to filter on"),
-                   query_param("op", {"enum": ["eq", "ne", "contains", "gt", "lt", "null", "notnull"]}),
+                   query_param("op", STR, "eq, ne, contains, gt, lt, null or notnull (else: no filter)"),
                    query_param("value", STR, "filter value"), query_param("page", STR, "page number from 1")),
         ),
         ("GET", u + "/sql"): Op({**page, **login, **doc_errors}, {}, auth=False,
@@ -366,7 +371,7 @@ def _web_operations() -> dict[tuple[str, str], Op]:
                                  "application/json": {"schema": ANY}}},
              **login, **doc_errors}, {}, auth=False,
             query=(query_param("sql", STR, "a read-only statement"),
-                   query_param("format", {"enum": ["csv", "json", "ndjson"]}, "default csv")),
+                   query_param("format", STR, "csv, json or ndjson (else csv)")),
         ),
         ("GET", u + "/live"): Op({**page, **login, **doc_errors}, {}, auth=False,
                                  query=(query_param("sql", STR, "the statement to watch"),)),
@@ -378,7 +383,8 @@ def _web_operations() -> dict[tuple[str, str], Op]:
         ("GET", u + "/leases"): Op({**page, **login, **doc_errors}, {}, auth=False),
         ("GET", u + "/blobs"): Op({**page, **login, **doc_errors}, {}, auth=False),
     }
-    return ops
+    return {key: dataclasses.replace(op, errors=merge(op.errors, repeated)) if op.query else op
+            for key, op in ops.items()}
 
 
 OPERATIONS: dict[tuple[str, str], Op] = {

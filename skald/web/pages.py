@@ -21,6 +21,7 @@ from skald.auth.guard import check_scope
 from skald.auth.scopes import Principal, decide
 from skald.errors import SkaldError
 from skald.http.export import export_response
+from skald.ids import validate_db_id
 from skald.routes.identity import CsrfFailed, SignedIn, login_redirect, signed_in
 from skald.sqlscope import StatementClass
 from skald.state import get_state
@@ -56,6 +57,11 @@ def page(action: str | None) -> Callable[[View], View]:
     def decorate(view: View) -> View:
         @functools.wraps(view)
         async def wrapper(**kwargs: Any) -> Response:
+            if "db_id" in kwargs:
+                try:  # a malformed id is a 400 for anyone, signed in or not (as on the API)
+                    validate_db_id(kwargs["db_id"])
+                except SkaldError as exc:
+                    return await render_page("web/error.html", None, status=exc.status, title=exc.title, error=exc)
             signed = await signed_in()
             if signed is None:
                 target = request.full_path.rstrip("?") if request.method == "GET" else request.path
