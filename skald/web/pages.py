@@ -18,14 +18,15 @@ from urllib.parse import urlencode
 from quart import Response, request
 
 from skald.auth.guard import check_scope
+from skald.auth.identity import CsrfFailed, SignedIn, login_redirect, signed_in
 from skald.auth.scopes import Principal, decide
+from skald.db.ids import validate_db_id
+from skald.db.sqlscope import StatementClass
 from skald.errors import SkaldError
+from skald.http.context import request_ip
 from skald.http.export import export_response
-from skald.ids import validate_db_id
-from skald.routes.identity import CsrfFailed, SignedIn, login_redirect, signed_in
-from skald.sqlscope import StatementClass
-from skald.state import get_state
-from skald.throttle import request_ip
+from skald.http.state import get_state
+from skald.query.service import Authorize
 from skald.web.render import render_page
 from skald.web.service import FILTER_LABELS, PAGE_SIZE, DocumentBrowser, TableQuery
 
@@ -132,18 +133,26 @@ async def table_page(signed: SignedIn, db_id: str, table: str) -> Response:
     )
 
 
+def _statement_check(signed: SignedIn, db_id: str, *, write: bool) -> Authorize:
+    """What a statement of each class needs here: the scope its class names, and for anything but a
+    read, the SQL page's form (a POST with the CSRF token), never a link."""
+
+    async def check(cls: StatementClass) -> None:
+        if cls > StatementClass.READ and not write:
+            raise CsrfFailed("statements that change the document run from the SQL page's Run button only")
+        if cls > StatementClass.READ:
+            await check_scope(get_state(), signed.principal, db_id, cls.action, None, path=request.path,
+                              ip=request_ip())
+
+    return check
+
+
 async def _sql_page(signed: SignedIn, db_id: str, sql: str, *, write: bool) -> Response:
-    """Run ``sql`` when given: reads from a link, writes only from the page's form (a POST with CSRF)."""
+    """Run ``sql`` when given: reads from a link, writes only from the page's form."""
     result, error, status, cls = None, None, 200, None
     if sql.strip():
         try:
-            cls = await _browser().classify(db_id, sql)
-            if cls > StatementClass.READ and not write:
-                raise CsrfFailed("statements that change the document run from the form's Run button only")
-            if cls > StatementClass.READ:
-                await check_scope(get_state(), signed.principal, db_id, cls.action, None, path=request.path,
-                                  ip=request_ip())
-            result = await _browser().run(db_id, sql, cls)
+            cls, result = await _browser().run(db_id, sql, _statement_check(signed, db_id, write=write))
         except SkaldError as exc:
             error, status = exc, exc.status
     may_write = _may(signed, db_id, "query.write")
@@ -173,11 +182,7 @@ async def export_page(signed: SignedIn, db_id: str) -> Response:
     fmt = request.args.get("format", "csv")
     if fmt not in ("csv", "ndjson", "json"):
         fmt = "csv"
-    sql = request.args.get("sql", "")
-    cls = await _browser().classify(db_id, sql)
-    if cls > StatementClass.READ:
-        raise CsrfFailed("downloads run read-only statements; run changes from the SQL page's form")
-    result = await _browser().run(db_id, sql, cls)
+    _, result = await _browser().run(db_id, request.args.get("sql", ""), _statement_check(signed, db_id, write=False))
     if fmt == "json":
         response = Response(_json_bytes(result.to_json()), content_type="application/json")
         response.headers["Content-Disposition"] = f'attachment; filename="{db_id}.json"'

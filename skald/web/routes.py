@@ -6,7 +6,7 @@ skald's own small files under ``/ui/static/`` (the live query and topic tail spe
 SSE APIs with the session cookie) and the vendored Swagger UI for ``/docs``.
 
 Sign-in by token (``/ui/login``) opens the same server-side session as OIDC (cookie, CSRF token,
-lifetime: :mod:`skald.sessions`), bound to the token: it acts with the token's scopes and ends when
+lifetime: :mod:`skald.auth.sessions`), bound to the token: it acts with the token's scopes and ends when
 the token is revoked. The login form itself carries a CSRF token (a double-submit cookie), so a
 third-party page cannot sign a browser in as someone else.
 """
@@ -21,21 +21,21 @@ from quart import Response, request, send_from_directory
 from quart_trio import QuartTrio
 
 from skald.auth.guard import check_token
-from skald.auth.scopes import GLOBAL, decide
-from skald.connection import DocConnection
-from skald.errors import SkaldError, TokenInvalid
-from skald.oidc import configured
-from skald.routes.identity import (
+from skald.auth.identity import (
     COOKIE,
     login_redirect,
     safe_next,
     set_session_cookie,
     signed_in,
 )
-from skald.sessions import create_session
-from skald.state import AppState, get_state
-from skald.throttle import request_ip
-from skald.token_admin import record_event
+from skald.auth.oidc import configured
+from skald.auth.scopes import GLOBAL, decide
+from skald.auth.sessions import create_session
+from skald.auth.token_admin import record_event
+from skald.db.connection import DocConnection
+from skald.errors import SkaldError, TokenInvalid
+from skald.http.context import request_ip
+from skald.http.state import AppState, get_state
 from skald.web import pages
 from skald.web.render import render_page
 from skald.web.service import DocumentBrowser

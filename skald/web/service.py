@@ -2,7 +2,7 @@
 
 The service owns its documents: it takes a ``db_id`` and opens the document through the supervisor
 (routes never do). A table's rows are read with a generated ``SELECT`` run by
-:func:`skald.query.run_statement` under the query API's limits (time, rows, bytes), so browsing costs
+:func:`skald.query.service.run_statement` under the query API's limits (time, rows, bytes), so browsing costs
 no more than a query could. Identifiers from the URL are never pasted into SQL: a table or column
 name must be one the document's schema lists, and is then quoted.
 """
@@ -14,13 +14,13 @@ import datetime as dt
 import json
 from typing import Any
 
-from skald.connection import DocConnection
-from skald.documents import inspect_document, list_documents
+from skald.db.connection import DocConnection
+from skald.db.ids import validate_db_id
+from skald.db.sqlscope import StatementClass
+from skald.documents.service import inspect_document, list_documents
 from skald.errors import DocumentNotFound, NotFound
-from skald.ids import validate_db_id
-from skald.query import Limits, Statement, StatementResult, classify, execute, run_statement
-from skald.sqlscope import StatementClass
-from skald.state import AppState
+from skald.http.state import AppState
+from skald.query.service import Authorize, Limits, Statement, StatementResult, run_statement
 
 PAGE_SIZE = 50
 FILTER_OPS = {"eq": "= ?", "ne": "!= ?", "contains": "LIKE ? ESCAPE '\\'", "gt": "> ?", "lt": "< ?",
@@ -133,17 +133,11 @@ class DocumentBrowser:
             page: TablePage = await actor.read(read)
         return page
 
-    async def classify(self, db_id: str, sql: str) -> StatementClass:
-        """The action class of ``sql`` (read, write, admin); 400s for statements that cannot run."""
+    async def run(self, db_id: str, sql: str, authorize: Authorize) -> tuple[StatementClass, StatementResult]:
+        """Run ``sql`` as the query API does (:class:`~skald.query.service.QueryService`, same limits):
+        ``authorize`` sees the statement's class first and refuses it by raising."""
         self._check(db_id)
-        async with self._state.supervisor.open_document(db_id) as actor:
-            return await classify(actor, Statement(sql, ()))
-
-    async def run(self, db_id: str, sql: str, cls: StatementClass) -> StatementResult:
-        """Run ``sql`` as the query API would (the caller checked ``cls`` against the viewer's scopes)."""
-        self._check(db_id)
-        async with self._state.supervisor.open_document(db_id) as actor:
-            return await execute(actor, Statement(sql, ()), cls, self._limits())
+        return await self._state.query.run(db_id, Statement(sql, ()), self._limits(), authorize)
 
     async def inbox(self, db_id: str, endpoint: str | None) -> list[dict[str, Any]]:
         """The newest webhook deliveries (all endpoints, or one), body shown as text where it is text."""
