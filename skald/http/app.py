@@ -43,6 +43,7 @@ from skald.relay import legacy as legacy_relay
 from skald.relay import stream_routes
 from skald.relay.legacy import ASGIApp, LegacyRelay
 from skald.sync import routes as sync
+from skald.web import routes as web
 from skald.webhooks import routes as webhooks
 
 log = structlog.get_logger("skald.http.app")
@@ -67,6 +68,7 @@ INSTALLERS: tuple[Installer, ...] = (
     leases.install,
     blobs.install,
     sync.install,
+    web.install,
     cluster.install,  # last: its forwarder wraps the app the others built; a no-op without cluster settings
 )
 

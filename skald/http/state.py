@@ -31,6 +31,7 @@ if TYPE_CHECKING:
     from skald.query.service import QueryService
     from skald.query.watch import WatchHub
     from skald.sync.service import SyncService
+    from skald.web.service import DocumentBrowser
     from skald.webhooks.service import WebhookInbox
 
 
@@ -76,6 +77,8 @@ class AppState:
     libsql: LibsqlService = dataclasses.field(init=False)
     # None unless object storage is configured.
     blob_gc: GarbageCollector | None = None
+    # The web face's document browser (skald.web.routes).
+    web: DocumentBrowser = dataclasses.field(init=False)
     # None unless this node is part of a cluster (cluster_node_id set; skald.cluster).
     cluster: Cluster | None = None
 
