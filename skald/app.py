@@ -29,6 +29,7 @@ from skald.http_errors import install_error_handlers
 from skald.json_body import decode_json_body
 from skald.legacy_relay import ASGIApp, LegacyRelay
 from skald.metrics import Metrics
+from skald.mqtt import routes as mqtt
 from skald.routes import (
     admin,
     blobs,
@@ -61,6 +62,7 @@ INSTALLERS: tuple[Installer, ...] = (
     identity.install,
     query.install,
     messages.install,
+    mqtt.install,
     webhooks.install,
     leases.install,
     blobs.install,

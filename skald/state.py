@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from skald.blob_gc import GarbageCollector
     from skald.blobs import BlobService
     from skald.jobs import JobQueue, JobWorker
+    from skald.mqtt.service import MqttService
     from skald.oidc import OidcClient
     from skald.pubsub import PubSub
     from skald.query_metrics import QueryMetrics
@@ -69,6 +70,8 @@ class AppState:
     job_worker: JobWorker = dataclasses.field(init=False)
     # None unless object storage is configured.
     blob_gc: GarbageCollector | None = None
+    # None unless mqtt_port is set (skald.mqtt.routes).
+    mqtt: MqttService | None = None
 
     def __post_init__(self) -> None:
         self.relay = RelayHub(self.shutdown)

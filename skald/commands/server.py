@@ -25,6 +25,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     add_server_options(serve)
     serve.add_argument("--host", default=None)
     serve.add_argument("--port", type=int, default=None)
+    serve.add_argument("--mqtt-port", dest="mqtt_port", type=int, default=None,
+                       help="also serve MQTT 3.1.1/5.0 on this port (0 = a free one; off by default)")
     serve.add_argument("--log-level", dest="log_level", default=None)
     serve.add_argument("--log-format", dest="log_format", choices=["console", "json"], default=None)
     serve.set_defaults(func=cmd_serve)
@@ -43,7 +45,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from skald.server import run
 
     settings = settings_from_args(
-        args, host=args.host, port=args.port, log_level=args.log_level, log_format=args.log_format
+        args, host=args.host, port=args.port, log_level=args.log_level, log_format=args.log_format,
+        mqtt_port=args.mqtt_port,
     )
     configure_logging(settings.log_level, settings.log_format)
     settings.data_dir.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,244 @@
+"""The MQTT adapter: a listener in skald's trio run speaking to the same pub/sub service as HTTP.
+
+The first topic level is the document (``notes/sensors/kitchen`` is topic
+``sensors/kitchen`` of document ``notes``). Publishes go through
+:meth:`skald.pubsub.PubSub.publish` (group commit; the PUBACK waits for it),
+subscriptions through the same :class:`~skald.pubsub.Hub`, matcher and
+:func:`~skald.topics.topic_visible` predicate as SSE, and every check through
+:func:`skald.auth.scopes.decide`. This service owns the documents it touches:
+it opens them through the supervisor itself. See docs/mqtt.md.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import structlog
+import trio
+from prometheus_client import Counter, Gauge
+
+from skald.auth.guard import audit_denied, check_scope, check_token
+from skald.auth.scopes import Principal, allowed_prefixes
+from skald.connection import DocConnection
+from skald.errors import DocumentNotFound, PayloadTooLarge, ScopeDenied, TokenInvalid
+from skald.ids import validate_db_id
+from skald.mqtt.errors import (
+    PayloadFormatInvalid,
+    SharedSubscriptionsUnsupported,
+    TopicNeedsDocument,
+    WildcardDocument,
+)
+from skald.pubsub import Message, PubSub
+from skald.state import AppState
+from skald.topics import TopicFilter, topic_visible, validate_topic
+
+log = structlog.get_logger("skald.mqtt")
+
+# Room for a PUBLISH's topic, packet id and MQTT 5 properties beside a payload of the maximum size.
+PACKET_OVERHEAD = 64 * 1024
+
+
+def split_topic(full: str) -> tuple[str, str]:
+    """``notes/sensors/kitchen`` -> (``notes``, ``sensors/kitchen``); raises InvalidTopic/InvalidDocumentId."""
+    db_id, slash, topic = full.partition("/")
+    if not slash or not topic:
+        raise TopicNeedsDocument(f"topic {full!r}: the first level is the document, a topic must follow it")
+    validate_db_id(db_id)
+    return db_id, validate_topic(topic)
+
+
+def split_filter(full: str) -> tuple[str, TopicFilter]:
+    """``notes/sensors/+`` -> (``notes``, filter ``sensors/+``); a wildcard document is refused."""
+    if full.startswith("$share/"):
+        raise SharedSubscriptionsUnsupported(f"topic filter {full!r}: shared subscriptions are not supported")
+    db_id, slash, rest = full.partition("/")
+    if db_id in ("+", "#"):
+        raise WildcardDocument(f"topic filter {full!r}: the first level (the document) cannot be a wildcard")
+    if not slash or not rest:
+        raise TopicNeedsDocument(f"topic filter {full!r}: the first level is the document, a filter must follow it")
+    validate_db_id(db_id)
+    return db_id, TopicFilter.parse(rest)
+
+
+def payload_form(payload: bytes, content_type: str | None, utf8_declared: bool) -> str:
+    """How an MQTT payload is stored: ``json`` (declared JSON that parses), ``text`` (UTF-8) or ``base64``."""
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError:
+        if utf8_declared:
+            raise PayloadFormatInvalid("payload format indicator is 1 (UTF-8) but the payload is not UTF-8") from None
+        return "base64"
+    if content_type is not None and content_type.split(";")[0].strip().lower() == "application/json":
+        try:
+            json.loads(text)
+            return "json"
+        except ValueError:
+            pass
+    return "text"
+
+
+class MqttMetrics:
+    def __init__(self, state: AppState) -> None:
+        r = state.metrics.registry
+        self.connections = Gauge("skald_mqtt_connections", "Open MQTT connections (after CONNACK)", registry=r)
+        self.connects = Counter(
+            "skald_mqtt_connects_total", "MQTT CONNECTs by result (accepted or the refusal)", ["result"], registry=r
+        )
+        self.messages_in = Counter(
+            "skald_mqtt_messages_received_total", "PUBLISHes from MQTT clients committed, by QoS", ["qos"],
+            registry=r,
+        )
+        self.messages_out = Counter(
+            "skald_mqtt_messages_sent_total", "PUBLISHes sent to MQTT clients, by QoS", ["qos"], registry=r
+        )
+        self.refused = Counter(
+            "skald_mqtt_publishes_refused_total", "MQTT publishes not committed, by problem code", ["code"],
+            registry=r,
+        )
+        self.sessions = Gauge("skald_mqtt_sessions", "MQTT sessions held (connected or persistent)", registry=r)
+        self.slow_consumers = Counter(
+            "skald_mqtt_slow_consumers_total", "MQTT clients disconnected for falling behind", registry=r
+        )
+
+
+class MqttService:
+    """``state.mqtt``: the listener, the live connections and the session store."""
+
+    def __init__(self, state: AppState) -> None:
+        from skald.mqtt.sessions import SessionStore
+
+        self.state = state
+        self.settings = state.settings
+        self.supervisor = state.supervisor
+        self.sessions = SessionStore(state.supervisor)
+        self.metrics = MqttMetrics(state)
+        self.metrics.sessions.set_function(lambda: len(self.sessions.sessions))
+        self.connections: dict[str, Any] = {}  # client id -> MqttConnection (typed there; avoids a cycle)
+        self.port: int | None = None
+        """The bound port once :meth:`serve` started (``mqtt_port = 0`` picks a free one)."""
+        self.max_packet_size = self.settings.message_max_bytes + PACKET_OVERHEAD
+
+    @property
+    def pubsub(self) -> PubSub:
+        return self.state.pubsub
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+
+    async def serve(self, *, task_status: trio.TaskStatus[int] = trio.TASK_STATUS_IGNORED) -> None:
+        """Listen on ``host:mqtt_port`` until the server shuts down; reports the bound port.
+
+        At shutdown it stops accepting, ends every connection (MQTT 5 clients get DISCONNECT
+        0x8B) and returns once each has saved its session.
+        """
+        from skald.mqtt.connection import MqttConnection
+
+        assert self.settings.mqtt_port is not None
+        await self.sessions.load()
+        listeners = await trio.open_tcp_listeners(self.settings.mqtt_port, host=self.settings.host)
+        self.port = int(listeners[0].socket.getsockname()[1])
+        shutdown = self.state.shutdown.event
+        try:
+            async with trio.open_nursery() as connections:
+                sweeper = trio.CancelScope()
+                connections.start_soon(self._expire_sessions, sweeper)
+                task_status.started(self.port)
+                log.info("mqtt listening", host=self.settings.host, port=self.port)
+                async with trio.open_nursery() as accepting:
+                    for listener in listeners:
+                        accepting.start_soon(self._accept, listener, connections, MqttConnection)
+                    await shutdown.wait()
+                    accepting.cancel_scope.cancel(reason="shutting down")
+                # Every connection ends on the shutdown event by itself (saving its session); the
+                # nursery waits for them, up to the grace period.
+                sweeper.cancel(reason="shutting down")
+                connections.cancel_scope.deadline = trio.current_time() + self.settings.grace_seconds
+        finally:
+            for listener in listeners:
+                await listener.aclose()
+
+    async def _accept(self, listener: trio.SocketListener, nursery: trio.Nursery, factory: Any) -> None:
+        while True:
+            stream = await listener.accept()
+            peer = stream.socket.getpeername()
+            nursery.start_soon(factory(self, stream, str(peer[0])).run)
+
+    async def _expire_sessions(self, scope: trio.CancelScope) -> None:
+        with scope:
+            while True:
+                await trio.sleep(min(60.0, max(1.0, self.settings.mqtt_session_expiry_seconds)))
+                await self.sessions.expire()
+
+    # ---- auth --------------------------------------------------------------------------------------
+
+    async def authenticate(self, password: bytes | None, username: str | None, ip: str) -> Principal:
+        """The principal of the token given as the MQTT password; :class:`TokenInvalid` if there is none."""
+        if not password:
+            raise TokenInvalid("send a skald token as the MQTT password")
+        try:
+            secret = password.decode("utf-8")
+        except UnicodeDecodeError:
+            raise TokenInvalid("the password is not a skald token") from None
+        return await check_token(self.state, secret, path="mqtt:connect", ip=ip)
+
+    async def authorize_filter(self, principal: Principal, ip: str, full: str) -> tuple[str, TopicFilter]:
+        """Parse and authorize one SUBSCRIBE filter exactly as the SSE route authorizes ``topic=``."""
+        db_id, topic_filter = split_filter(full)
+        path = f"mqtt:subscribe:{full}"
+        await check_scope(self.state, principal, db_id, "pub.subscribe", None, path=path, ip=ip)
+        if not self.supervisor.exists(db_id):
+            raise DocumentNotFound(f"document {db_id} does not exist")
+        prefixes = allowed_prefixes(principal, db_id, "pub.subscribe")
+        if prefixes is not None and not any(topic_filter.may_intersect(p) for p in prefixes):
+            await audit_denied(self.state, principal.id, f"topic filter {full!r} is outside the token's prefixes",
+                               path=path, ip=ip)
+            raise ScopeDenied(f"topic filter {full!r} is outside this token's prefixes", action="pub.subscribe")
+        return db_id, topic_filter
+
+    async def check_publish(self, principal: Principal, ip: str, full_topic: str) -> tuple[str, str]:
+        db_id, topic = split_topic(full_topic)
+        await check_scope(self.state, principal, db_id, "pub.publish", topic, path=f"mqtt:publish:{full_topic}", ip=ip)
+        return db_id, topic
+
+    # ---- publish and retained ----------------------------------------------------------------------
+
+    async def publish(
+        self, principal: Principal, ip: str, full_topic: str, payload: bytes, *, retain: bool,
+        content_type: str | None, utf8_declared: bool,
+    ) -> Message:
+        """Authorize and commit one MQTT publish; returns after COMMIT (then the PUBACK may go)."""
+        db_id, topic = await self.check_publish(principal, ip, full_topic)
+        limit = self.settings.message_max_bytes
+        if len(payload) > limit:
+            raise PayloadTooLarge(f"payload is {len(payload)} bytes; the limit is {limit}", limit=limit)
+        form = payload_form(payload, content_type, utf8_declared)
+        also = _keep_retained if retain else None
+        async with self.supervisor.open_document(db_id) as actor:
+            result = await self.pubsub.publish(actor, topic, form, payload, content_type, None, also=also)
+        return result.message
+
+    async def retained(self, db_id: str, topic_filter: TopicFilter, prefixes: list[str] | None) -> list[Message]:
+        """The retained messages a new subscription with ``topic_filter`` receives, by topic."""
+
+        def read(conn: DocConnection) -> list[tuple[Any, ...]]:
+            sql = "SELECT message_id, topic, payload_form, payload, content_type, created_at FROM _skald_mqtt_retained"
+            if topic_filter.literal:
+                return list(conn.execute(sql + " WHERE topic = ?", (topic_filter.text,)))
+            return list(conn.execute(sql + " ORDER BY topic"))
+
+        async with self.supervisor.open_document(db_id) as actor:
+            rows = await actor.read(read)
+        found = [Message.from_row(row) for row in rows]
+        return [m for m in found if topic_visible(m.topic, [topic_filter], prefixes)]
+
+
+def _keep_retained(conn: DocConnection, message: Message) -> None:
+    """In the publish's transaction: the message becomes its topic's retained one (empty: none)."""
+    if not message.payload:
+        conn.execute("DELETE FROM _skald_mqtt_retained WHERE topic = ?", (message.topic,))
+        return
+    conn.execute(
+        "INSERT OR REPLACE INTO _skald_mqtt_retained (topic, message_id, payload, payload_form, content_type,"
+        " created_at) VALUES (?, ?, ?, ?, ?, ?)",
+        (message.topic, message.id, message.payload, message.form, message.content_type, message.created_at),
+    )
