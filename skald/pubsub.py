@@ -19,7 +19,6 @@ import base64
 import binascii
 import dataclasses
 import json
-from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -282,13 +281,8 @@ class PubSub:
     async def publish(
         self, actor: DocumentActor, topic: str, form: str, payload: bytes,
         content_type: str | None, dedupe_key: str | None,
-        also: Callable[[DocConnection, Message], None] | None = None,
     ) -> PublishResult:
-        """Commit one message; returns after COMMIT. Dedupe hits return the original (created=False).
-
-        ``also(conn, message)`` runs in the same transaction right after the insert (MQTT keeps its
-        retained copy there), so both commit or neither does.
-        """
+        """Commit one message; returns after COMMIT. Dedupe hits return the original (created=False)."""
         created_at = iso_timestamp()
         hub = self.hub(actor)
 
@@ -307,8 +301,6 @@ class PubSub:
             )
             assert cursor.lastrowid is not None
             message = Message(cursor.lastrowid, topic, form, payload, content_type, created_at)
-            if also is not None:
-                also(conn, message)
             return PublishResult(message, True)
 
         def committed(result: PublishResult) -> None:

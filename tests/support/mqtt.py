@@ -142,6 +142,13 @@ class Paho:
         code: int = await self._wait(lambda: self._acks.get(info.mid))
         return code
 
+    async def publish_many(self, messages: list[tuple[str, bytes]], *, qos: int = 1) -> list[int]:
+        """Publish all (paho keeps its own in-flight window), then wait for every PUBACK; their codes."""
+        infos = [self.client.publish(topic, payload, qos=qos) for topic, payload in messages]
+        mids = [info.mid for info in infos]
+        await self._wait(lambda: True if all(m in self._acks for m in mids) else None)
+        return [int(self._acks[m]) for m in mids]
+
     async def wait_messages(self, count: int, limit: float = WAIT) -> list[Received]:
         await self._wait(lambda: True if len(self.messages) >= count else None, limit)
         return list(self.messages)
