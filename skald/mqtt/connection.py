@@ -28,15 +28,16 @@ from skald.mqtt import codec
 from skald.mqtt.codec import PROTOCOL_5, MalformedPacket, Prop, Reason
 from skald.mqtt.errors import connect_reason, publish_reason, subscribe_reason
 from skald.mqtt.follow import DocState, follow
-from skald.mqtt.service import MqttService, split_topic
+from skald.mqtt.service import MqttService, PublishRequest, split_topic
 from skald.mqtt.sessions import Session, SessionSubscription
-from skald.pubsub import Message
+from skald.pubsub.service import Message
 
 log = structlog.get_logger("skald.mqtt")
 
 CONNECT_TIMEOUT = 10.0  # seconds from TCP accept to a whole CONNECT
 END_WRITE_TIMEOUT = 1.0  # how long a final DISCONNECT may wait for a client that is not reading
 MAX_PACKET_ID = 65535
+MAX_PUBLISH_BATCH = 256  # PUBLISHes committed as one op (the actor's max_batch counts ops)
 
 
 class MqttConnection:
@@ -235,14 +236,11 @@ class MqttConnection:
 
     async def _publish_will(self, will: codec.Will) -> None:
         assert self.principal is not None
-        content_type = codec.prop(will.properties, Prop.CONTENT_TYPE)
-        utf8 = codec.prop(will.properties, Prop.PAYLOAD_FORMAT_INDICATOR) == 1
+        request = PublishRequest(will.topic, will.payload, will.retain, _content_type(will.properties),
+                                 codec.prop(will.properties, Prop.PAYLOAD_FORMAT_INDICATOR) == 1)
         with trio.move_on_after(5):
             try:
-                await self.service.publish(
-                    self.principal, self.ip, will.topic, will.payload, retain=will.retain,
-                    content_type=content_type if isinstance(content_type, str) else None, utf8_declared=utf8,
-                )
+                await self.service.publish(self.principal, self.ip, request)
                 log.info("mqtt will published", client_id=self.client_id, topic=will.topic)
             except SkaldError as exc:
                 log.warning("mqtt will not published", client_id=self.client_id, error=exc.detail)
@@ -303,37 +301,43 @@ class MqttConnection:
         await publishes.send(packet)  # bounded: a 3.1.1 client that outruns the commits waits here
 
     async def _publish_worker(self, publishes: trio.MemoryReceiveChannel[codec.Publish]) -> None:
-        """Commit each PUBLISH in arrival order; PUBACK after the commit (persist before ack)."""
+        """Commit the PUBLISHes in arrival order; each PUBACK goes after its commit (persist before ack).
+
+        Takes whatever has queued up as one batch (one op in the document's group commit), so a
+        client streaming QoS 1 messages gets more than one commit per round trip.
+        """
         assert self.principal is not None
         metrics = self.service.metrics
-        async for packet in publishes:
-            content_type = codec.prop(packet.properties, Prop.CONTENT_TYPE)
-            utf8 = codec.prop(packet.properties, Prop.PAYLOAD_FORMAT_INDICATOR) == 1
-            reason, detail = Reason.SUCCESS, ""
-            try:
-                await self.service.publish(
-                    self.principal, self.ip, packet.topic, packet.payload, retain=packet.retain,
-                    content_type=content_type if isinstance(content_type, str) else None, utf8_declared=utf8,
-                )
-                metrics.messages_in.labels(str(packet.qos)).inc()
-            except SkaldError as exc:
-                metrics.refused.labels(exc.code).inc()
-                reason, detail = publish_reason(exc), exc.detail
-                log.info("mqtt publish refused", client_id=self.client_id, topic=packet.topic, code=exc.code,
-                         detail=exc.detail)
-                if self.protocol != PROTOCOL_5 and reason != Reason.NOT_AUTHORIZED:
-                    # 3.1.1 cannot say no: close without the PUBACK, so a QoS 1 message is sent again
-                    # after reconnecting (right for an overload; documented for the rest).
-                    self.end(reason, detail)
-                    return
-            if packet.qos == 1:
-                assert packet.packet_id is not None
-                props: codec.Properties = [(Prop.REASON_STRING, detail)] if detail else []
-                # 3.1.1: a publish outside the token's scopes is dropped but acknowledged, or the
-                # client would send it again forever.
-                ack_reason = reason if self.protocol == PROTOCOL_5 else Reason.SUCCESS
-                await self._write(codec.PubAck(packet.packet_id, ack_reason, props).encode(self.protocol))
-                self._inbound_unacked -= 1
+        async for first in publishes:
+            batch = [first]
+            while len(batch) < MAX_PUBLISH_BATCH:
+                try:
+                    batch.append(publishes.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            refusals = await self.service.publish_batch(self.principal, self.ip, [_request(p) for p in batch])
+            for packet, refusal in zip(batch, refusals, strict=True):
+                reason, detail = Reason.SUCCESS, ""
+                if refusal is None:
+                    metrics.messages_in.labels(str(packet.qos)).inc()
+                else:
+                    metrics.refused.labels(refusal.code).inc()
+                    reason, detail = publish_reason(refusal), refusal.detail
+                    log.info("mqtt publish refused", client_id=self.client_id, topic=packet.topic,
+                             code=refusal.code, detail=refusal.detail)
+                    if self.protocol != PROTOCOL_5 and reason != Reason.NOT_AUTHORIZED:
+                        # 3.1.1 cannot say no: close without the PUBACK, so a QoS 1 message is sent
+                        # again after reconnecting (right for an overload; documented for the rest).
+                        self.end(reason, detail)
+                        return
+                if packet.qos == 1:
+                    assert packet.packet_id is not None
+                    props: codec.Properties = [(Prop.REASON_STRING, detail)] if detail else []
+                    # 3.1.1: a publish outside the token's scopes is dropped but acknowledged, or the
+                    # client would send it again forever.
+                    ack_reason = reason if self.protocol == PROTOCOL_5 else Reason.SUCCESS
+                    await self._write(codec.PubAck(packet.packet_id, ack_reason, props).encode(self.protocol))
+                    self._inbound_unacked -= 1
 
     async def _subscribe(self, packet: codec.Subscribe) -> None:
         assert self.principal is not None and self.session is not None
@@ -460,6 +464,16 @@ class MqttConnection:
     async def _write(self, data: bytes) -> None:
         async with self._send_lock:
             await self.stream.send_all(data)
+
+
+def _content_type(props: codec.Properties) -> str | None:
+    value = codec.prop(props, Prop.CONTENT_TYPE)
+    return value if isinstance(value, str) else None
+
+
+def _request(packet: codec.Publish) -> PublishRequest:
+    utf8 = codec.prop(packet.properties, Prop.PAYLOAD_FORMAT_INDICATOR) == 1
+    return PublishRequest(packet.topic, packet.payload, packet.retain, _content_type(packet.properties), utf8)
 
 
 def split_topic_db(full_filter: str) -> str:

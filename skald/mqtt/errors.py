@@ -14,7 +14,7 @@ from skald.errors import (
     ValidationFailed,
 )
 from skald.mqtt.codec import Reason
-from skald.topics import InvalidTopic
+from skald.pubsub.topics import InvalidTopic
 
 
 class TopicNeedsDocument(InvalidTopic):

@@ -1,9 +1,9 @@
 """Deliver one document's messages to one MQTT connection: replay from the cursor, then live.
 
-The same order of work as the SSE stream (:mod:`skald.pubsub_stream`), for the
-same reason: register a live :class:`~skald.pubsub.Subscriber` on the hub
+The same order of work as the SSE stream (:mod:`skald.pubsub.stream`), for the
+same reason: register a live :class:`~skald.pubsub.service.Subscriber` on the hub
 first, then read history after the cursor with
-:meth:`~skald.pubsub.PubSub.read_after` (the same :func:`~skald.topics.topic_visible`
+:meth:`~skald.pubsub.service.PubSub.read_after` (the same :func:`~skald.pubsub.topics.topic_visible`
 predicate), then drain the live buffer skipping ids already sent. So the ids a
 reconnecting client receives are exactly those an SSE replay from its cursor
 returns. A replay that outruns the live buffer re-registers and goes on from
@@ -22,11 +22,11 @@ import trio
 from skald.auth.scopes import Principal, allowed_prefixes
 from skald.mqtt.codec import Reason
 from skald.mqtt.sessions import Session, SessionSubscription
-from skald.pubsub import Message, PubSub, Subscriber
-from skald.topics import TopicFilter
+from skald.pubsub.service import Message, PubSub, Subscriber
+from skald.pubsub.topics import TopicFilter
 
 if TYPE_CHECKING:
-    from skald.actor import DocumentActor
+    from skald.db.actor import DocumentActor
     from skald.mqtt.connection import MqttConnection
 
 REPLAY_PAGE = 1000

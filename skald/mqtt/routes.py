@@ -2,7 +2,7 @@
 
 Off unless ``mqtt_port`` is set. The listener starts in ``before_serving``, after the
 supervisor and the pub/sub service (it needs both), in ``app.nursery``: the same trio
-run as hypercorn. It stops on the app's :class:`~skald.shutdown.Shutdown`, before
+run as hypercorn. It stops on the app's :class:`~skald.server.shutdown.Shutdown`, before
 ``after_serving`` closes the actors, so every session is saved first.
 """
 
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from quart_trio import QuartTrio
 
+from skald.http.state import AppState
 from skald.mqtt.service import MqttService
-from skald.state import AppState
 
 
 def install(app: QuartTrio, state: AppState) -> None:

@@ -2,15 +2,17 @@
 
 The first topic level is the document (``notes/sensors/kitchen`` is topic
 ``sensors/kitchen`` of document ``notes``). Publishes go through
-:meth:`skald.pubsub.PubSub.publish` (group commit; the PUBACK waits for it),
-subscriptions through the same :class:`~skald.pubsub.Hub`, matcher and
-:func:`~skald.topics.topic_visible` predicate as SSE, and every check through
+:meth:`skald.pubsub.service.PubSub.publish` (group commit; the PUBACK waits for it),
+subscriptions through the same :class:`~skald.pubsub.service.Hub`, matcher and
+:func:`~skald.pubsub.topics.topic_visible` predicate as SSE, and every check through
 :func:`skald.auth.scopes.decide`. This service owns the documents it touches:
 it opens them through the supervisor itself. See docs/mqtt.md.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import json
 from typing import Any
 
@@ -20,18 +22,18 @@ from prometheus_client import Counter, Gauge
 
 from skald.auth.guard import audit_denied, check_scope, check_token
 from skald.auth.scopes import Principal, allowed_prefixes
-from skald.connection import DocConnection
-from skald.errors import DocumentNotFound, PayloadTooLarge, ScopeDenied, TokenInvalid
-from skald.ids import validate_db_id
+from skald.db.connection import DocConnection
+from skald.db.ids import validate_db_id
+from skald.errors import DocumentNotFound, PayloadTooLarge, ScopeDenied, SkaldError, TokenInvalid
+from skald.http.state import AppState
 from skald.mqtt.errors import (
     PayloadFormatInvalid,
     SharedSubscriptionsUnsupported,
     TopicNeedsDocument,
     WildcardDocument,
 )
-from skald.pubsub import Message, PubSub
-from skald.state import AppState
-from skald.topics import TopicFilter, topic_visible, validate_topic
+from skald.pubsub.service import Message, NewMessage, PubSub
+from skald.pubsub.topics import TopicFilter, topic_visible, validate_topic
 
 log = structlog.get_logger("skald.mqtt")
 
@@ -76,6 +78,17 @@ def payload_form(payload: bytes, content_type: str | None, utf8_declared: bool) 
         except ValueError:
             pass
     return "text"
+
+
+@dataclasses.dataclass(frozen=True)
+class PublishRequest:
+    """One MQTT PUBLISH (or will) to commit: ``topic`` is the full MQTT topic."""
+
+    topic: str
+    payload: bytes
+    retain: bool = False
+    content_type: str | None = None
+    utf8_declared: bool = False
 
 
 class MqttMetrics:
@@ -202,20 +215,47 @@ class MqttService:
 
     # ---- publish and retained ----------------------------------------------------------------------
 
-    async def publish(
-        self, principal: Principal, ip: str, full_topic: str, payload: bytes, *, retain: bool,
-        content_type: str | None, utf8_declared: bool,
-    ) -> Message:
-        """Authorize and commit one MQTT publish; returns after COMMIT (then the PUBACK may go)."""
-        db_id, topic = await self.check_publish(principal, ip, full_topic)
+    async def publish(self, principal: Principal, ip: str, request: PublishRequest) -> None:
+        """Authorize and commit one MQTT publish (a will); raises the refusal as a SkaldError."""
+        [refusal] = await self.publish_batch(principal, ip, [request])
+        if refusal is not None:
+            raise refusal
+
+    async def publish_batch(
+        self, principal: Principal, ip: str, requests: list[PublishRequest]
+    ) -> list[SkaldError | None]:
+        """Authorize and commit publishes in order; per request None (committed) or its refusal.
+
+        Consecutive publishes to one document share one op of the group commit, so a client that
+        streams QoS 1 messages is not limited to one commit per round trip. Returns after COMMIT.
+        """
+        results: list[SkaldError | None] = [None] * len(requests)
+        prepared: list[tuple[int, str, NewMessage, bool]] = []
         limit = self.settings.message_max_bytes
-        if len(payload) > limit:
-            raise PayloadTooLarge(f"payload is {len(payload)} bytes; the limit is {limit}", limit=limit)
-        form = payload_form(payload, content_type, utf8_declared)
-        also = _keep_retained if retain else None
-        async with self.supervisor.open_document(db_id) as actor:
-            result = await self.pubsub.publish(actor, topic, form, payload, content_type, None, also=also)
-        return result.message
+        for index, req in enumerate(requests):
+            try:
+                db_id, topic = await self.check_publish(principal, ip, req.topic)
+                if len(req.payload) > limit:
+                    raise PayloadTooLarge(f"payload is {len(req.payload)} bytes; the limit is {limit}", limit=limit)
+                form = payload_form(req.payload, req.content_type, req.utf8_declared)
+            except SkaldError as exc:
+                results[index] = exc
+                continue
+            prepared.append((index, db_id, NewMessage(topic, form, req.payload, req.content_type), req.retain))
+        for db_id, group in itertools.groupby(prepared, key=lambda item: item[1]):
+            run = list(group)
+            retains = [item[3] for item in run]
+
+            def keep(conn: DocConnection, message: Message, position: int, retains: list[bool] = retains) -> None:
+                if retains[position]:
+                    _keep_retained(conn, message)
+
+            try:
+                await self.pubsub.publish_many(db_id, [item[2] for item in run], keep if any(retains) else None)
+            except SkaldError as exc:
+                for item in run:
+                    results[item[0]] = exc
+        return results
 
     async def retained(self, db_id: str, topic_filter: TopicFilter, prefixes: list[str] | None) -> list[Message]:
         """The retained messages a new subscription with ``topic_filter`` receives, by topic."""
@@ -227,7 +267,7 @@ class MqttService:
             return list(conn.execute(sql + " ORDER BY topic"))
 
         async with self.supervisor.open_document(db_id) as actor:
-            rows = await actor.read(read)
+            rows = await actor.read(read)  # this service owns the retained table, as PubSub owns messages
         found = [Message.from_row(row) for row in rows]
         return [m for m in found if topic_visible(m.topic, [topic_filter], prefixes)]
 

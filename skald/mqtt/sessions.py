@@ -20,8 +20,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from skald.connection import DocConnection
-from skald.supervisor import Supervisor
+from skald.db.connection import DocConnection
+from skald.db.supervisor import Supervisor
 
 
 @dataclasses.dataclass

@@ -17,7 +17,7 @@ import pytest
 import trio
 from support.live import LiveServer
 
-from skald.leases import LeaseService, ManualClock
+from skald.leases.service import LeaseService, ManualClock
 
 DB = "/api/v1/db/locks"
 RESOURCE = "leader"
@@ -27,7 +27,7 @@ TTL = 2.0
 @pytest.fixture
 def clock(server: LiveServer) -> ManualClock:
     manual = ManualClock()
-    server.state.leases = LeaseService(manual)
+    server.state.leases = LeaseService(server.state.supervisor, manual)
     return manual
 
 

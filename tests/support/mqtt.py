@@ -7,6 +7,7 @@ notify: no sleeps, and the limits are only safety nets for a hung test.
 from __future__ import annotations
 
 import dataclasses
+import socket
 import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -14,11 +15,19 @@ from typing import Any, TypeVar
 import paho.mqtt.client as paho
 import trio
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
-from paho.mqtt.properties import Properties
 from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from support.live import LiveServer
 
 T = TypeVar("T")
 WAIT = 30.0  # seconds; a safety net, never an assertion
+
+
+def mqtt_port(live: LiveServer) -> int:
+    """The port a live server's MQTT listener bound (settings ``mqtt_port=0``)."""
+    assert live.state.mqtt is not None and live.state.mqtt.port is not None
+    return live.state.mqtt.port
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,7 +121,7 @@ class Paho:
         """Connect; returns (CONNACK reason/return code, session present)."""
         props = None
         if self.protocol == 5:
-            props = Properties(PacketTypes.CONNECT)
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
             if self.session_expiry is not None:
                 props.SessionExpiryInterval = self.session_expiry
         clean: Any = self.clean if self.protocol == 5 else 3
@@ -125,7 +134,7 @@ class Paho:
 
     async def subscribe(self, *filters: str, qos: int = 1) -> list[int]:
         result, mid = self.client.subscribe([(f, qos) for f in filters])
-        assert result == paho.MQTT_ERR_SUCCESS
+        assert result == paho.MQTT_ERR_SUCCESS and mid is not None
         codes: list[int] = await self._wait(lambda: self._acks.get(mid))
         return codes
 
@@ -134,7 +143,7 @@ class Paho:
         """Publish; for QoS 1 returns the PUBACK reason code (0 = committed)."""
         props = None
         if self.protocol == 5 and content_type is not None:
-            props = Properties(PacketTypes.PUBLISH)
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
             props.ContentType = content_type
         info = self.client.publish(topic, payload, qos=qos, retain=retain, properties=props)
         if qos == 0:
@@ -168,8 +177,8 @@ class Paho:
     async def drop(self) -> None:
         """End the TCP connection without DISCONNECT (as a device losing power would)."""
         sock = self.client.socket()
-        if sock is not None:
-            sock.shutdown(2)
+        if isinstance(sock, socket.socket):
+            sock.shutdown(socket.SHUT_RDWR)
         await self.wait_disconnected()
         await trio.to_thread.run_sync(self.client.loop_stop)
 

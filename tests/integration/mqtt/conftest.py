@@ -17,7 +17,3 @@ async def mqtt_server(nursery: trio.Nursery, data_dir: Path) -> AsyncIterator[Li
     yield live
     await live.stop()
 
-
-def mqtt_port(live: LiveServer) -> int:
-    assert live.state.mqtt is not None and live.state.mqtt.port is not None
-    return live.state.mqtt.port

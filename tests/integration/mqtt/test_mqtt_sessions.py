@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from conftest import mqtt_port
 from support.live import ADMIN_TOKEN, LiveServer
-from support.mqtt import Paho
+from support.mqtt import Paho, mqtt_port
 from support.sse import follow, message_ids
 
 DB = "/api/v1/db/notes"
