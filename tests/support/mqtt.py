@@ -148,7 +148,8 @@ class Paho:
         info = self.client.publish(topic, payload, qos=qos, retain=retain, properties=props)
         if qos == 0:
             return None
-        code: int = await self._wait(lambda: self._acks.get(info.mid))
+        # -1: the connection ended before the PUBACK came
+        code: int = await self._wait(lambda: self._acks.get(info.mid, -1 if self.disconnected is not None else None))
         return code
 
     async def publish_many(self, messages: list[tuple[str, bytes]], *, qos: int = 1) -> list[int]:
