@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import socket
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import paho.mqtt.client as paho
@@ -188,3 +188,43 @@ class Paho:
             await self.disconnect()
         else:
             await trio.to_thread.run_sync(self.client.loop_stop)
+
+
+class RawClient:
+    """A byte-level MQTT client on a trio socket (skald's codec client-side), for protocol edges
+    paho hides: keep-alive silence, a client that stops reading, exact in-flight windows."""
+
+    def __init__(self, stream: trio.SocketStream, protocol: int) -> None:
+        from skald.mqtt import codec
+
+        self.codec = codec
+        self.stream = stream
+        self.protocol = protocol
+        self.reader = codec.PacketReader(stream, 16 * 1024 * 1024)
+
+    @classmethod
+    async def connect(cls, port: int, token: str, *, protocol: int = 5, client_id: str = "raw", clean: bool = True,
+                      keep_alive: int = 60, properties: Sequence[tuple[int, Any]] | None = None,
+                      will: Any = None) -> tuple[RawClient, Any]:
+        stream = await trio.open_tcp_stream("127.0.0.1", port)
+        client = cls(stream, protocol)
+        c = client.codec
+        connect = c.Connect(protocol, client_id, clean, keep_alive, "raw", token.encode(), will, list(properties or []))
+        await stream.send_all(connect.encode())
+        connack = await client.next_packet()
+        return client, connack
+
+    async def send(self, packet: Any) -> None:
+        await self.stream.send_all(packet.encode(self.protocol))
+
+    async def next_packet(self) -> Any:
+        """The next packet, or None once the server closed the connection."""
+        with trio.fail_after(WAIT):
+            try:
+                frame = await self.reader.next_frame()
+            except trio.BrokenResourceError:
+                return None
+        return None if frame is None else self.codec.decode(frame, self.protocol)
+
+    async def aclose(self) -> None:
+        await self.stream.aclose()
