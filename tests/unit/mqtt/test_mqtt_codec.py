@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from skald.mqtt import codec
 from skald.mqtt.codec import PROTOCOL_5, PROTOCOL_311, MalformedPacket, Prop
 
-texts = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=40)
+texts = st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\x00"), max_size=40)
 topics = texts.filter(lambda t: len(t.encode()) > 0 and "+" not in t and "#" not in t)
 packet_ids = st.integers(1, 65535)
 protocols = st.sampled_from([PROTOCOL_311, PROTOCOL_5])
