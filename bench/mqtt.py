@@ -184,10 +184,11 @@ async def run_load(port: int, seconds: float, window: int, rate: float | None) -
     return acked[0] / elapsed, delivered[0], latencies
 
 
-def pct(values: list[float], q: float) -> float:
-    if not values:
-        return float("nan")
-    return statistics.quantiles(values, n=100, method="inclusive")[q - 1] * 1000 if len(values) > 1 else values[0]
+def pct(values: list[float], q: int) -> float:
+    """The ``q``-th percentile of ``values`` (seconds) in milliseconds."""
+    if len(values) < 2:
+        return values[0] * 1000 if values else float("nan")
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1] * 1000
 
 
 async def measure(name: str, port: int, seconds: float, window: int, rate: float | None) -> tuple[float, list[float]]:
