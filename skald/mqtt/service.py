@@ -91,6 +91,15 @@ class PublishRequest:
     utf8_declared: bool = False
 
 
+class _Pending:
+    """One connection's run of publishes to one document, waiting for its commit."""
+
+    def __init__(self, items: list[tuple[NewMessage, bool]]) -> None:
+        self.items = items  # (message, retain)
+        self.done = trio.Event()
+        self.refusal: SkaldError | None = None
+
+
 class MqttMetrics:
     def __init__(self, state: AppState) -> None:
         r = state.metrics.registry
@@ -131,6 +140,8 @@ class MqttService:
         self.port: int | None = None
         """The bound port once :meth:`serve` started (``mqtt_port = 0`` picks a free one)."""
         self.max_packet_size = self.settings.message_max_bytes + PACKET_OVERHEAD
+        self._queued: dict[str, list[_Pending]] = {}
+        self._committing: set[str] = set()
 
     @property
     def pubsub(self) -> PubSub:
@@ -244,18 +255,54 @@ class MqttService:
             prepared.append((index, db_id, NewMessage(topic, form, req.payload, req.content_type), req.retain))
         for db_id, group in itertools.groupby(prepared, key=lambda item: item[1]):
             run = list(group)
-            retains = [item[3] for item in run]
-
-            def keep(conn: DocConnection, message: Message, position: int, retains: list[bool] = retains) -> None:
-                if retains[position]:
-                    _keep_retained(conn, message)
-
-            try:
-                await self.pubsub.publish_many(db_id, [item[2] for item in run], keep if any(retains) else None)
-            except SkaldError as exc:
+            refusal = await self._commit(db_id, _Pending([(item[2], item[3]) for item in run]))
+            if refusal is not None:
                 for item in run:
-                    results[item[0]] = exc
+                    results[item[0]] = refusal
         return results
+
+    async def _commit(self, db_id: str, pending: _Pending) -> SkaldError | None:
+        """Commit ``pending`` with the other connections' batches for ``db_id`` that queued meanwhile.
+
+        While one ``publish_many`` is in flight, batches of other connections queue up; the
+        connection whose batch finds nobody committing commits everything queued, in one op, as
+        long as there is any. One op per commit instead of one per connection: each op costs the
+        writer thread savepoints and GIL hand-offs. Each connection waits for its own batch, so
+        its order is kept. Shielded: the others' batches must not be stranded if it is cancelled
+        (the write itself is never abandoned by the actor either).
+        """
+        queue = self._queued.setdefault(db_id, [])
+        queue.append(pending)
+        if db_id not in self._committing:
+            self._committing.add(db_id)
+            with trio.CancelScope(shield=True):
+                try:
+                    while queue:
+                        taken = queue[:]
+                        del queue[:]
+                        await self._commit_taken(db_id, taken)
+                finally:
+                    self._committing.discard(db_id)
+                    self._queued.pop(db_id, None)
+        await pending.done.wait()
+        return pending.refusal
+
+    async def _commit_taken(self, db_id: str, taken: list[_Pending]) -> None:
+        items = [item for pending in taken for item, _retain in pending.items]
+        retains = [retain for pending in taken for _item, retain in pending.items]
+
+        def keep(conn: DocConnection, message: Message, position: int) -> None:
+            if retains[position]:
+                _keep_retained(conn, message)
+
+        refusal: SkaldError | None = None
+        try:
+            await self.pubsub.publish_many(db_id, items, keep if any(retains) else None)
+        except SkaldError as exc:
+            refusal = exc
+        for pending in taken:
+            pending.refusal = refusal
+            pending.done.set()
 
     async def retained(self, db_id: str, topic_filter: TopicFilter, prefixes: list[str] | None) -> list[Message]:
         """The retained messages a new subscription with ``topic_filter`` receives, by topic."""
