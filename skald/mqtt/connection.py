@@ -37,6 +37,7 @@ log = structlog.get_logger("skald.mqtt")
 CONNECT_TIMEOUT = 10.0  # seconds from TCP accept to a whole CONNECT
 END_WRITE_TIMEOUT = 1.0  # how long a final DISCONNECT may wait for a client that is not reading
 MAX_PACKET_ID = 65535
+WRITE_CHUNK = 256 * 1024  # bytes of PUBLISHes gathered into one write
 MAX_PUBLISH_BATCH = 256  # PUBLISHes committed as one op (the actor's max_batch counts ops)
 
 
@@ -64,6 +65,7 @@ class MqttConnection:
         self._next_packet_id = 1
         self._client_max_packet = 268_435_460
         self._inbound_unacked = 0
+        self._write_cut = False
 
     # ---- the whole connection ----------------------------------------------------------------------
 
@@ -196,7 +198,8 @@ class MqttConnection:
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 pass
             nursery.cancel_scope.cancel(reason="connection ended")
-        if self._end_reason is not None and self.protocol == PROTOCOL_5 and not self._clean_disconnect:
+        if self._end_reason is not None and self.protocol == PROTOCOL_5 and not self._clean_disconnect \
+                and not self._write_cut:
             reason, detail = self._end_reason
             with trio.move_on_after(END_WRITE_TIMEOUT):
                 with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
@@ -316,6 +319,7 @@ class MqttConnection:
                 except trio.WouldBlock:
                     break
             refusals = await self.service.publish_batch(self.principal, self.ip, [_request(p) for p in batch])
+            acks = bytearray()  # one write for the batch's PUBACKs
             for packet, refusal in zip(batch, refusals, strict=True):
                 reason, detail = Reason.SUCCESS, ""
                 if refusal is None:
@@ -328,6 +332,8 @@ class MqttConnection:
                     if self.protocol != PROTOCOL_5 and reason != Reason.NOT_AUTHORIZED:
                         # 3.1.1 cannot say no: close without the PUBACK, so a QoS 1 message is sent
                         # again after reconnecting (right for an overload; documented for the rest).
+                        if acks:
+                            await self._write(bytes(acks))  # those before it were committed
                         self.end(reason, detail)
                         return
                 if packet.qos == 1:
@@ -336,8 +342,10 @@ class MqttConnection:
                     # 3.1.1: a publish outside the token's scopes is dropped but acknowledged, or the
                     # client would send it again forever.
                     ack_reason = reason if self.protocol == PROTOCOL_5 else Reason.SUCCESS
-                    await self._write(codec.PubAck(packet.packet_id, ack_reason, props).encode(self.protocol))
+                    acks += codec.PubAck(packet.packet_id, ack_reason, props).encode(self.protocol)
                     self._inbound_unacked -= 1
+            if acks:
+                await self._write(bytes(acks))
 
     async def _subscribe(self, packet: codec.Subscribe) -> None:
         assert self.principal is not None and self.session is not None
@@ -420,30 +428,57 @@ class MqttConnection:
 
     async def send_message(self, db_id: str, message: Message, qos: int, *, retain: bool, doc: DocState | None) -> None:
         """Send one message as PUBLISH; QoS 1 waits for a free in-flight slot (bounded)."""
-        props: codec.Properties = []
-        if self.protocol == PROTOCOL_5:
-            if message.form != "base64":
-                props.append((Prop.PAYLOAD_FORMAT_INDICATOR, 1))
-            if message.content_type:
-                props.append((Prop.CONTENT_TYPE, message.content_type))
-        packet_id: int | None = None
-        if qos:
-            await self._inflight_slots.acquire()
-            packet_id = self._allocate_packet_id()
-            self._inflight[packet_id] = (None if doc is None else db_id, message.id)
-            if doc is not None:
-                doc.pending[message.id] = None
-        data = codec.Publish(f"{db_id}/{message.topic}", message.payload, qos, retain, False, packet_id, props)
-        encoded = data.encode(self.protocol)
-        if len(encoded) > self._client_max_packet:
-            # MQTT 5 section 3.1.2.11.4: a packet over the client's maximum is discarded, as if sent.
-            if packet_id is not None:
-                self._acked(packet_id)
-        else:
-            await self._write(encoded)
-            self.service.metrics.messages_out.labels(str(qos)).inc()
-        if doc is not None:
-            doc.last_sent = max(doc.last_sent or 0, message.id)
+        await self.send_messages(db_id, [(message, qos)], retain=retain, doc=doc)
+
+    async def send_messages(
+        self, db_id: str, items: list[tuple[Message, int]], *, retain: bool, doc: DocState | None
+    ) -> None:
+        """Send messages as PUBLISHes in as few writes as possible (a commit's worth is one syscall,
+        not one per message); QoS 1 waits for free in-flight slots, writing what it has first."""
+        out = bytearray()
+        through = 0  # the highest id in ``out``: the cursor may pass it only once it is written
+        counts = [0, 0]
+
+        async def flush() -> None:
+            nonlocal through
+            if out:
+                await self._write(bytes(out))
+                out.clear()
+            if doc is not None and through:
+                doc.last_sent = max(doc.last_sent or 0, through)
+
+        for message, qos in items:
+            props: codec.Properties = []
+            if self.protocol == PROTOCOL_5:
+                if message.form != "base64":
+                    props.append((Prop.PAYLOAD_FORMAT_INDICATOR, 1))
+                if message.content_type:
+                    props.append((Prop.CONTENT_TYPE, message.content_type))
+            packet_id: int | None = None
+            if qos:
+                if self._inflight_slots.value == 0:
+                    await flush()  # the window is full: the client must see these to acknowledge them
+                await self._inflight_slots.acquire()
+                packet_id = self._allocate_packet_id()
+                self._inflight[packet_id] = (None if doc is None else db_id, message.id)
+                if doc is not None:
+                    doc.pending[message.id] = None
+            data = codec.Publish(f"{db_id}/{message.topic}", message.payload, qos, retain, False, packet_id, props)
+            encoded = data.encode(self.protocol)
+            if len(encoded) > self._client_max_packet:
+                # MQTT 5 section 3.1.2.11.4: a packet over the client's maximum is discarded, as if sent.
+                if packet_id is not None:
+                    self._acked(packet_id)
+            else:
+                out += encoded
+                counts[qos] += 1
+            through = message.id
+            if len(out) >= WRITE_CHUNK:
+                await flush()
+        await flush()
+        for qos, count in enumerate(counts):
+            if count:
+                self.service.metrics.messages_out.labels(str(qos)).inc(count)
 
     def _allocate_packet_id(self) -> int:
         while True:
@@ -463,7 +498,16 @@ class MqttConnection:
 
     async def _write(self, data: bytes) -> None:
         async with self._send_lock:
-            await self.stream.send_all(data)
+            if self._write_cut:
+                raise trio.BrokenResourceError("a write was cut off mid-packet")
+            done = False
+            try:
+                await self.stream.send_all(data)
+                done = True
+            finally:
+                # Cancelled part way (slow consumer, shutdown): the client may hold half a packet, so
+                # nothing more may follow it on this connection, not even a DISCONNECT.
+                self._write_cut = not done
 
 
 def _content_type(props: codec.Properties) -> str | None:

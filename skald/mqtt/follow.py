@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from skald.mqtt.connection import MqttConnection
 
 REPLAY_PAGE = 1000
+LIVE_BATCH = 256  # buffered messages sent in one write
 
 
 class DocState:
@@ -137,8 +138,7 @@ async def follow(
                     messages, _scanned = await pubsub.read_after(
                         actor, doc.last_sent, doc.filters, doc.prefixes, REPLAY_PAGE
                     )
-                    for message in messages:
-                        await _deliver(connection, doc, message, replay=True)
+                    await _deliver(connection, doc, messages, replay=True)
                     pubsub.delivered.inc(len(messages))
                     if sub.overflowed:
                         hub.remove(sub)  # history outran the live buffer: re-register, go on from SQLite
@@ -153,11 +153,17 @@ async def follow(
                         message = await sub.receive.receive()
                     except (trio.EndOfChannel, trio.ClosedResourceError):
                         return  # overflow (handled by slow()) or the document is closing
-                    sub.taken(message)
-                    if message.id <= (doc.last_sent or 0):
-                        continue
-                    await _deliver(connection, doc, message, replay=False)
-                    pubsub.delivered.inc()
+                    batch = [message]  # and whatever else is buffered: one write for all of it
+                    while len(batch) < LIVE_BATCH:
+                        try:
+                            batch.append(sub.receive.receive_nowait())
+                        except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                            break
+                    for taken in batch:
+                        sub.taken(taken)
+                    fresh = [m for m in batch if m.id > (doc.last_sent or 0)]
+                    await _deliver(connection, doc, fresh, replay=False)
+                    pubsub.delivered.inc(len(fresh))
             finally:
                 doc.live = False
                 doc.actor = None
@@ -165,9 +171,13 @@ async def follow(
                     hub.remove(sub)
 
 
-async def _deliver(connection: MqttConnection, doc: DocState, message: Message, *, replay: bool) -> None:
-    qos = doc.qos_for(message, replay)
-    if qos is None:
-        doc.last_sent = max(doc.last_sent or 0, message.id)
-        return
-    await connection.send_message(doc.db_id, message, qos, retain=False, doc=doc)
+async def _deliver(connection: MqttConnection, doc: DocState, messages: list[Message], *, replay: bool) -> None:
+    items: list[tuple[Message, int]] = []
+    for message in messages:
+        qos = doc.qos_for(message, replay)
+        if qos is not None:
+            items.append((message, qos))
+    if items:
+        await connection.send_messages(doc.db_id, items, retain=False, doc=doc)
+    if messages:  # written (or taken by no subscription, e.g. before a newer one's start): passed
+        doc.last_sent = max(doc.last_sent or 0, messages[-1].id)

@@ -222,8 +222,8 @@ class RawClient:
         with trio.fail_after(WAIT):
             try:
                 frame = await self.reader.next_frame()
-            except trio.BrokenResourceError:
-                return None
+            except (trio.BrokenResourceError, self.codec.MalformedPacket):
+                return None  # closed, possibly after half a packet (the server cut a write off)
         return None if frame is None else self.codec.decode(frame, self.protocol)
 
     async def aclose(self) -> None:
