@@ -66,6 +66,7 @@ class MqttConnection:
         self._client_max_packet = 268_435_460
         self._inbound_unacked = 0
         self._write_cut = False
+        self.keep_alive = 0
 
     # ---- the whole connection ----------------------------------------------------------------------
 
@@ -373,11 +374,23 @@ class MqttConnection:
             self._store_cursors()
             await self.service.sessions.save(self.session)  # persist before the SUBACK
         await self._write(codec.SubAck(packet.packet_id, codes).encode(self.protocol))
+        if retained:
+            # Not in the read loop: QoS 1 retained messages beyond the in-flight window wait for
+            # PUBACKs, which only the read loop can take in.
+            assert self._nursery is not None
+            self._nursery.start_soon(self._send_retained, retained)
+
+    async def _send_retained(self, retained: list[tuple[str, codec.Subscription, int]]) -> None:
+        assert self.principal is not None
         for db_id, wanted, qos in retained:
             doc = self.docs[db_id]
-            _db, topic_filter = await self.service.authorize_filter(self.principal, self.ip, wanted.filter)
-            for message in await self.service.retained(db_id, topic_filter, doc.prefixes):
-                await self.send_message(db_id, message, qos, retain=True, doc=None)
+            try:
+                _db, topic_filter = await self.service.authorize_filter(self.principal, self.ip, wanted.filter)
+                messages = await self.service.retained(db_id, topic_filter, doc.prefixes)
+            except SkaldError as exc:
+                log.info("mqtt retained not sent", client_id=self.client_id, filter=wanted.filter, code=exc.code)
+                continue
+            await self.send_messages(db_id, [(m, qos) for m in messages], retain=True, doc=None)
 
     async def _unsubscribe(self, packet: codec.Unsubscribe) -> None:
         assert self.session is not None

@@ -144,3 +144,26 @@ async def test_slow_consumer_is_cut_off_with_its_cursor_kept(nursery: trio.Nurse
         assert rest == sorted(rest)  # in order
     finally:
         await live.stop()
+
+
+async def test_more_retained_messages_than_the_in_flight_window(mqtt_server: LiveServer) -> None:
+    port = mqtt_port(mqtt_server)
+    publisher = Paho(port, ADMIN_TOKEN, protocol=5)
+    await publisher.connect()
+    assert await publisher.publish_many([(f"notes/r/{i}", b"v") for i in range(5)]) == [0] * 5
+    for i in range(5):
+        assert await publisher.publish(f"notes/r/{i}", str(i).encode(), retain=True) == 0
+    await publisher.close()
+    client, _ = await RawClient.connect(port, ADMIN_TOKEN, properties=[(Prop.RECEIVE_MAXIMUM, 2)])
+    try:
+        await client.send(codec.Subscribe(1, [codec.Subscription("notes/r/+", 1)]))
+        assert isinstance(await client.next_packet(), codec.SubAck)
+        got: list[bytes] = []
+        while len(got) < 5:  # two at a time: each PUBACK lets the next one go
+            packet = await client.next_packet()
+            assert isinstance(packet, codec.Publish) and packet.retain
+            got.append(packet.payload)
+            await client.send(codec.PubAck(packet.packet_id or 0))
+        assert sorted(got) == [b"0", b"1", b"2", b"3", b"4"]
+    finally:
+        await client.aclose()
