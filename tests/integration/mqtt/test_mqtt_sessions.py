@@ -104,3 +104,25 @@ async def test_session_survives_a_restart(nursery: trio.Nursery, data_dir: Path)
     finally:
         await back.close()
         await live.stop()
+
+
+async def test_shutdown_disconnects_with_0x8b_and_keeps_the_session(nursery: trio.Nursery, data_dir: Path) -> None:
+    import sqlite3
+
+    live = await start_live_server(nursery, make_settings(data_dir, mqtt_port=0))
+    async with live.client() as client:
+        assert (await client.put(DB)).status_code == 201
+    device = Paho(mqtt_port(live), ADMIN_TOKEN, client_id="stays", protocol=5, clean=False, session_expiry=600)
+    await device.connect()
+    await device.subscribe("notes/x/#")
+    await live.stop()
+    try:
+        assert await device.wait_disconnected() == 0x8B  # server shutting down
+    finally:
+        await device.close()
+    conn = sqlite3.connect(live.settings.service_db_path)
+    try:
+        rows = conn.execute("SELECT client_id, state_json FROM mqtt_sessions").fetchall()
+    finally:
+        conn.close()
+    assert [r[0] for r in rows] == ["stays"] and "notes/x/#" in rows[0][1]
