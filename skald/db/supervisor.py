@@ -1,6 +1,6 @@
 """Supervisor: starts document actors on demand and reaps idle ones.
 
-It owns a nursery (entered by :meth:`Supervisor.run`) holding the service
+It owns a nursery (entered by :meth:`Supervisor.serve`) holding the service
 database's actor, every document actor and the reaper. Callers use
 :meth:`Supervisor.open_document`, an async context manager that yields a
 started actor and holds it open for the duration of the block.
@@ -54,7 +54,7 @@ class Supervisor:
 
     # ---- lifecycle --------------------------------------------------------------------------------
 
-    async def run(self, *, task_status: trio.TaskStatus[Supervisor] = trio.TASK_STATUS_IGNORED) -> None:
+    async def serve(self, *, task_status: trio.TaskStatus[Supervisor] = trio.TASK_STATUS_IGNORED) -> None:
         """Open the service database, load the registry and serve until :meth:`aclose`.
 
         Reports itself through ``task_status`` once the service database is ready.

@@ -50,8 +50,8 @@ Installer = Callable[[QuartTrio, AppState], None]
 
 # Every capability, installed once per app in this order with (app, state). Imported normally, so a missing
 # module fails the start with an ImportError instead of serving without its routes. Order matters where
-# hooks stack: the rate limiter's before_request runs ahead of every route's, and the admin audit's
-# after_request sees each response the routes made.
+# hooks stack: the admin audit's after_request sees each response the routes made. (The rate limiter's
+# entry only builds it: the request pipeline, ahead of Quart and the relay, spends from it.)
 INSTALLERS: tuple[Installer, ...] = (
     operations.install,
     documents.install,
@@ -153,7 +153,7 @@ def create_app(settings: Settings, *, print_admin_token: bool = True) -> QuartTr
 def _install_lifespan(app: QuartTrio, state: AppState, print_admin_token: bool) -> None:
     @app.before_serving
     async def start_runtime() -> None:
-        await app.nursery.start(state.supervisor.run)
+        await app.nursery.start(state.supervisor.serve)
         secret = state.settings.admin_token
 
         def bootstrap(conn: DocConnection) -> str | None:
