@@ -55,8 +55,10 @@ async def test_reconnect_gets_exactly_the_missed_messages_in_order(mqtt_server: 
         assert all(m.topic == "notes/sensors/kitchen" for m in got)
         # exactly the ids an SSE replay from the session's cursor gives
         assert message_ids(sse) == [message_id for message_id, _ in expected]
+        connection = mqtt_server.state.mqtt.connections[f"device-{protocol}"]  # type: ignore[union-attr]
     finally:
         await back.close()
+    await connection.finished.wait()  # the server has seen it go and stored the cursor
     # everything was acknowledged: the cursor moved to the last message
     assert session.cursors["notes"] >= expected[-1][0]
 
@@ -70,8 +72,10 @@ async def test_clean_session_forgets(mqtt_server: LiveServer) -> None:
     clean = Paho(port, ADMIN_TOKEN, client_id="forgetful", protocol=4, clean=True)
     try:
         assert await clean.connect() == (0, False)
+        connection = mqtt_server.state.mqtt.connections["forgetful"]  # type: ignore[union-attr]
     finally:
         await clean.close()
+    await connection.finished.wait()
     assert "forgetful" not in mqtt_server.state.mqtt.sessions.sessions  # type: ignore[union-attr]
     again = Paho(port, ADMIN_TOKEN, client_id="forgetful", protocol=4, clean=False)
     try:
