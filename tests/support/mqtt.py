@@ -173,7 +173,12 @@ class Paho:
     async def disconnect(self) -> None:
         self.client.disconnect()
         await self.wait_disconnected()
+        await self._release()
+
+    async def _release(self) -> None:
         await trio.to_thread.run_sync(self.client.loop_stop)
+        # paho keeps its wake-up socket pair (and a socket the server dropped) until garbage collection
+        self.client._reset_sockets()
 
     async def drop(self) -> None:
         """End the TCP connection without DISCONNECT (as a device losing power would)."""
@@ -181,13 +186,13 @@ class Paho:
         if isinstance(sock, socket.socket):
             sock.shutdown(socket.SHUT_RDWR)
         await self.wait_disconnected()
-        await trio.to_thread.run_sync(self.client.loop_stop)
+        await self._release()
 
     async def close(self) -> None:
         if self.client.is_connected():
             await self.disconnect()
         else:
-            await trio.to_thread.run_sync(self.client.loop_stop)
+            await self._release()
 
 
 class RawClient:
