@@ -83,6 +83,15 @@ class Settings:
     mqtt_port: int | None = None
     mqtt_session_expiry_seconds: float = 86400.0  # the longest a disconnected persistent session is kept
     mqtt_max_inflight: int = 64  # unacknowledged QoS 1 messages per connection, each way
+    # cluster (docs/cluster.md): all unset = the single-process default, no etcd, no S3, no proxy
+    cluster_node_id: str | None = None  # setting it (with etcd endpoints) joins a cluster
+    cluster_advertise_url: str | None = None  # how other nodes reach this one (default: the bound address)
+    cluster_etcd_endpoints: str = ""  # comma-separated etcd client URLs (its JSON gateway)
+    cluster_lease_seconds: float = 2.0  # ownership lease TTL in etcd
+    cluster_fence_margin_seconds: float = 0.5  # stop serving this long before the lease could expire
+    cluster_s3_prefix: str = "skald"  # documents replicate to s3://{s3_bucket}/{prefix}/{db_id}/{fence}
+    litestream_bin: str = "litestream"
+    durability: str = "local"  # local | replicated (ack after Litestream confirms the commit is in S3)
 
     @property
     def service_db_path(self) -> Path:
@@ -94,6 +103,10 @@ class Settings:
 
     def document_path(self, db_id: str) -> Path:
         return self.documents_dir / f"{db_id}.sqlite3"
+
+    @property
+    def clustered(self) -> bool:
+        return self.cluster_node_id is not None
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -189,4 +202,13 @@ def load_settings(
         raise ConfigError("mqtt_port must be 0-65535 (0 = any free port)")
     if settings.mqtt_max_inflight < 1 or settings.mqtt_session_expiry_seconds < 0:
         raise ConfigError("mqtt_max_inflight must be at least 1, mqtt_session_expiry_seconds at least 0")
+    if settings.durability not in {"local", "replicated"}:
+        raise ConfigError("durability must be 'local' or 'replicated'")
+    if settings.clustered:
+        if not settings.cluster_etcd_endpoints or not settings.s3_endpoint_url:
+            raise ConfigError("cluster_node_id needs cluster_etcd_endpoints and s3_endpoint_url")
+        if not 0 < settings.cluster_fence_margin_seconds < settings.cluster_lease_seconds:
+            raise ConfigError("cluster_fence_margin_seconds must be between 0 and cluster_lease_seconds")
+    elif settings.durability == "replicated":
+        raise ConfigError("durability = 'replicated' needs a cluster (cluster_node_id and its settings)")
     return settings

@@ -22,6 +22,7 @@ from skald import __version__
 from skald.auth import admin, audit_hooks, identity
 from skald.auth.tokens import bootstrap_admin
 from skald.blobs import routes as blobs
+from skald.cluster import routes as cluster
 from skald.config import Settings
 from skald.db.connection import DocConnection
 from skald.db.supervisor import Supervisor
@@ -66,6 +67,7 @@ INSTALLERS: tuple[Installer, ...] = (
     leases.install,
     blobs.install,
     sync.install,
+    cluster.install,  # last: its forwarder wraps the app the others built; a no-op without cluster settings
 )
 
 
@@ -146,7 +148,12 @@ def create_app(settings: Settings, *, print_admin_token: bool = True) -> QuartTr
     # Relay paths stream at the ASGI layer, ahead of Quart (see skald.relay.legacy); the one request pipeline
     # runs ahead of both, so every request passes the same steps.
     relay = LegacyRelay(cast(ASGIApp, app.asgi_app), state)
-    app.asgi_app = RequestPipeline(relay, state, legacy_relay.is_legacy_path)  # type: ignore[method-assign,assignment]
+    inner: ASGIApp = relay
+    if state.cluster is not None and state.cluster.forwarder is not None:
+        # On a cluster node, inside the pipeline and ahead of the relay: every document request (the relay's
+        # stream routes included) goes to the node that owns the document.
+        inner = state.cluster.forwarder.wrap(relay)
+    app.asgi_app = RequestPipeline(inner, state, legacy_relay.is_legacy_path)  # type: ignore[method-assign,assignment]
     return app
 
 
