@@ -35,6 +35,7 @@ from skald.http.pipeline import RequestPipeline
 from skald.http.problem import install_error_handlers
 from skald.http.state import AppState, get_state
 from skald.leases import routes as leases
+from skald.libsql import routes as libsql
 from skald.metrics import Metrics
 from skald.mqtt import routes as mqtt
 from skald.pubsub import routes as messages
@@ -61,6 +62,7 @@ INSTALLERS: tuple[Installer, ...] = (
     audit_hooks.install,
     identity.install,
     query.install,
+    libsql.install,
     messages.install,
     mqtt.install,
     webhooks.install,

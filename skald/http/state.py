@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from skald.cluster.service import Cluster
     from skald.db.background import JobQueue, JobWorker
     from skald.http.throttle import Throttle
+    from skald.libsql.service import LibsqlService
     from skald.mqtt.service import MqttService
     from skald.pubsub.service import PubSub
     from skald.query.metrics import QueryMetrics
@@ -73,6 +74,7 @@ class AppState:
     blobs: BlobService = dataclasses.field(init=False)
     jobs: JobQueue = dataclasses.field(init=False)
     job_worker: JobWorker = dataclasses.field(init=False)
+    libsql: LibsqlService = dataclasses.field(init=False)
     # None unless object storage is configured.
     blob_gc: GarbageCollector | None = None
     # None unless mqtt_port is set (skald.mqtt.routes).
