@@ -37,6 +37,7 @@ from skald.http.state import AppState, get_state
 from skald.leases import routes as leases
 from skald.libsql import routes as libsql
 from skald.metrics import Metrics
+from skald.mqtt import routes as mqtt
 from skald.pubsub import routes as messages
 from skald.query import routes as query
 from skald.relay import legacy as legacy_relay
@@ -64,6 +65,7 @@ INSTALLERS: tuple[Installer, ...] = (
     query.install,
     libsql.install,
     messages.install,
+    mqtt.install,
     webhooks.install,
     leases.install,
     blobs.install,

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from skald.db.background import JobQueue, JobWorker
     from skald.http.throttle import Throttle
     from skald.libsql.service import LibsqlService
+    from skald.mqtt.service import MqttService
     from skald.pubsub.service import PubSub
     from skald.query.metrics import QueryMetrics
     from skald.query.service import QueryService
@@ -79,6 +80,8 @@ class AppState:
     blob_gc: GarbageCollector | None = None
     # The web face's document browser (skald.web.routes).
     web: DocumentBrowser = dataclasses.field(init=False)
+    # None unless mqtt_port is set (skald.mqtt.routes).
+    mqtt: MqttService | None = None
     # None unless this node is part of a cluster (cluster_node_id set; skald.cluster).
     cluster: Cluster | None = None
 
