@@ -118,6 +118,7 @@ class SkaldProcess:
         self.args = list(args)
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""
+        self.mqtt_port: int | None = None
 
     async def start(self) -> str:
         self.proc = subprocess.Popen(  # noqa: ASYNC220 - starts at once; only the readline below blocks
@@ -127,13 +128,18 @@ class SkaldProcess:
             env=self.env,
         )
         assert self.proc.stdout is not None
-        line = await trio.to_thread.run_sync(self.proc.stdout.readline)
-        match = re.search(rb"listening on (http://\S+)", line)
-        if not match:
-            self.proc.kill()
-            raise RuntimeError(f"server did not start: {line!r}")
-        self.url = match[1].decode()
-        return self.url
+        while True:  # "skald mqtt listening on HOST:PORT" comes first when --mqtt-port is given
+            line = await trio.to_thread.run_sync(self.proc.stdout.readline)
+            mqtt = re.search(rb"mqtt listening on \S+:(\d+)", line)
+            if mqtt:
+                self.mqtt_port = int(mqtt[1])
+                continue
+            match = re.search(rb"listening on (http://\S+)", line)
+            if not match:
+                self.proc.kill()
+                raise RuntimeError(f"server did not start: {line!r}")
+            self.url = match[1].decode()
+            return self.url
 
     def signal(self, signum: int = signal.SIGTERM) -> None:
         assert self.proc is not None
