@@ -34,6 +34,8 @@ class Settings:
     request_head_timeout: float = 10.0  # seconds to receive a request head (0 = unbounded)
     max_connections: int = 4096  # open client connections; beyond, new ones are answered 503
     listen_backlog: int = 4096  # connections the kernel queues before accept (capped by net.core.somaxconn)
+    hypercorn_patches: bool = True  # skald's patches to hypercorn's trio worker (docs/hypercorn.md)
+    hypercorn_patches_skip: str = ""  # comma-separated patches to leave out (docs/hypercorn.md)
     # logging
     log_level: str = "info"
     log_format: str = "console"  # console | json
