@@ -19,7 +19,7 @@ import base64
 import binascii
 import dataclasses
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import structlog
@@ -90,8 +90,44 @@ _COLUMNS = "id, topic, payload_form, payload, content_type, created_at"
 
 
 @dataclasses.dataclass(frozen=True)
+class Poll:
+    messages: list[Message]
+    scanned: int  # the last id looked at (a page cut short by its limit ends at its last message)
+    pruned: int  # the highest id retention removed: a since_id below it missed messages
+
+
+@dataclasses.dataclass(frozen=True)
+class NewMessage:
+    """A message for :meth:`PubSub.publish_many` (validated by the caller)."""
+
+    topic: str
+    form: str
+    payload: bytes
+    content_type: str | None
+
+
+def _insert(
+    conn: DocConnection, topic: str, form: str, payload: bytes, content_type: str | None,
+    dedupe_key: str | None, created_at: str,
+) -> Message:
+    cursor = conn.execute(
+        "INSERT INTO _skald_messages (topic, payload, payload_form, content_type, dedupe_key,"
+        " created_at, size) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (topic, payload, form, content_type, dedupe_key, created_at, len(payload)),
+    )
+    assert cursor.lastrowid is not None
+    return Message(cursor.lastrowid, topic, form, payload, content_type, created_at)
+
+
+@dataclasses.dataclass(frozen=True)
+class PublishResult:
+    message: Message
+    created: bool  # False: an earlier message with the same dedupe_key
+
+
+@dataclasses.dataclass(frozen=True)
 class Publish:
-    """One message to publish, as :func:`parse_publish` validated it."""
+    """One message of a batch or stream publish, as :func:`parse_publish` validated it."""
 
     topic: str
     form: str  # json | text | base64
@@ -100,7 +136,8 @@ class Publish:
     dedupe_key: str | None
 
 
-def _insert(conn: DocConnection, item: Publish, created_at: str) -> PublishResult:
+def _insert_item(conn: DocConnection, item: Publish, created_at: str) -> PublishResult:
+    """Insert ``item`` (or find the message its dedupe_key names) inside the caller's transaction."""
     if item.dedupe_key is not None:
         row = conn.execute(
             f"SELECT {_COLUMNS} FROM _skald_messages WHERE topic = ? AND dedupe_key = ?",
@@ -108,27 +145,8 @@ def _insert(conn: DocConnection, item: Publish, created_at: str) -> PublishResul
         ).fetchone()
         if row is not None:
             return PublishResult(Message.from_row(row), False)
-    cursor = conn.execute(
-        "INSERT INTO _skald_messages (topic, payload, payload_form, content_type, dedupe_key,"
-        " created_at, size) VALUES (?, ?, ?, ?, ?, ?, ?)",
-        (item.topic, item.payload, item.form, item.content_type, item.dedupe_key, created_at, len(item.payload)),
-    )
-    assert cursor.lastrowid is not None
-    message = Message(cursor.lastrowid, item.topic, item.form, item.payload, item.content_type, created_at)
+    message = _insert(conn, item.topic, item.form, item.payload, item.content_type, item.dedupe_key, created_at)
     return PublishResult(message, True)
-
-
-@dataclasses.dataclass(frozen=True)
-class Poll:
-    messages: list[Message]
-    scanned: int  # the last id looked at (a page cut short by its limit ends at its last message)
-    pruned: int  # the highest id retention removed: a since_id below it missed messages
-
-
-@dataclasses.dataclass(frozen=True)
-class PublishResult:
-    message: Message
-    created: bool  # False: an earlier message with the same dedupe_key
 
 
 def parse_publish(body: object, max_bytes: int) -> tuple[str, str, bytes, str | None, str | None]:
@@ -320,43 +338,26 @@ class PubSub:
         content_type: str | None, dedupe_key: str | None,
     ) -> PublishResult:
         """Commit one message on ``db_id``; returns after COMMIT. Dedupe hits return the original (created=False)."""
-        results = await self.publish_batch(db_id, [Publish(topic, form, payload, content_type, dedupe_key)])
-        return results[0]
-
-    async def publish_batch(self, db_id: str, items: Sequence[Publish]) -> list[PublishResult]:
-        """:meth:`publish_many` on ``db_id``."""
         async with self.supervisor.open_document(db_id) as actor:
-            return await self.publish_many(actor, items)
+            return await self._publish(actor, topic, form, payload, content_type, dedupe_key)
 
-    async def publish_many(self, actor: DocumentActor, items: Sequence[Publish]) -> list[PublishResult]:
-        """Commit ``items`` in one write op (all or nothing), in order; returns after COMMIT.
-
-        One result per item, in order. A ``dedupe_key`` seen before (also earlier in the same
-        batch) answers with the original message (``created=False``). Subscribers get the new
-        messages in id order once the transaction committed.
-        """
+    async def _publish(
+        self, actor: DocumentActor, topic: str, form: str, payload: bytes,
+        content_type: str | None, dedupe_key: str | None,
+    ) -> PublishResult:
         created_at = iso_timestamp()
         hub = self.hub(actor)
 
-        def insert(conn: DocConnection) -> list[PublishResult]:
-            return [_insert(conn, item, created_at) for item in items]
-
-        def committed(results: list[PublishResult]) -> None:
-            for result in results:
-                if result.created:
-                    self.published.inc()
-                    hub.deliver(result.message)
-                else:
-                    self.deduplicated.inc()
-
-        return await actor.write(insert, after_commit=committed)
-
-    async def queue_publish(self, actor: DocumentActor, item: Publish) -> QueuedWrite[PublishResult]:
-        """Queue one message for the next group commit (waiting for room: backpressure) and return
-        at once; its :meth:`QueuedWrite.result` comes after COMMIT. Streams call this per line, in
-        order, so ids follow the input."""
-        created_at = iso_timestamp()
-        hub = self.hub(actor)
+        def insert(conn: DocConnection) -> PublishResult:
+            if dedupe_key is not None:
+                row = conn.execute(
+                    f"SELECT {_COLUMNS} FROM _skald_messages WHERE topic = ? AND dedupe_key = ?",
+                    (topic, dedupe_key),
+                ).fetchone()
+                if row is not None:
+                    return PublishResult(Message.from_row(row), False)
+            message = _insert(conn, topic, form, payload, content_type, dedupe_key, created_at)
+            return PublishResult(message, True)
 
         def committed(result: PublishResult) -> None:
             if result.created:
@@ -365,9 +366,90 @@ class PubSub:
             else:
                 self.deduplicated.inc()
 
-        return await actor.enqueue_write(lambda conn: _insert(conn, item, created_at), after_commit=committed)
+        return await actor.write(insert, after_commit=committed)
+
+    async def publish_many(
+        self, db_id: str, items: list[NewMessage],
+        also: Callable[[DocConnection, Message, int], None] | None = None,
+    ) -> list[Message]:
+        """Commit several messages on ``db_id`` in one op (one place in a group commit), in order.
+
+        For a connection that streams publishes (MQTT): their order is kept and they share a
+        commit. ``also(conn, message, index)`` runs after each insert in the same transaction.
+        All commit or none does; returns after COMMIT.
+        """
+        created_at = iso_timestamp()
+
+        def insert(conn: DocConnection) -> list[Message]:
+            # One statement for the whole batch: each execute() hands the GIL back and forth with the
+            # event loop, which is what a busy server waits on (not SQLite). Rows of one INSERT are
+            # inserted in VALUES order, so their AUTOINCREMENT ids ascend in that order.
+            values: list[object] = []
+            for item in items:
+                values += [item.topic, item.payload, item.form, item.content_type, created_at, len(item.payload)]
+            rows = conn.execute(
+                "INSERT INTO _skald_messages (topic, payload, payload_form, content_type, created_at, size)"
+                " VALUES " + ",".join(["(?, ?, ?, ?, ?, ?)"] * len(items)) + " RETURNING id",
+                values,
+            ).fetchall()
+            ids = sorted(int(row[0]) for row in rows)
+            out = [
+                Message(message_id, it.topic, it.form, it.payload, it.content_type, created_at)
+                for message_id, it in zip(ids, items, strict=True)
+            ]
+            if also is not None:
+                for index, message in enumerate(out):
+                    also(conn, message, index)
+            return out
+
+        async with self.supervisor.open_document(db_id) as actor:
+            hub = self.hub(actor)
+
+            def committed(messages: list[Message]) -> None:
+                self.published.inc(len(messages))
+                for message in messages:
+                    hub.deliver(message)
+
+            return await actor.write(insert, after_commit=committed)
 
     # ---- reading ---------------------------------------------------------------------------------
+
+    async def publish_batch(self, db_id: str, items: Sequence[Publish]) -> list[PublishResult]:
+        """Commit ``items`` on ``db_id`` in one write op (all or nothing), in order; returns after COMMIT.
+
+        One result per item, in order. A ``dedupe_key`` seen before (also earlier in the same
+        batch) answers with the original message (``created=False``). Subscribers get the new
+        messages in id order once the transaction committed.
+        """
+        created_at = iso_timestamp()
+        async with self.supervisor.open_document(db_id) as actor:
+            hub = self.hub(actor)
+
+            def insert(conn: DocConnection) -> list[PublishResult]:
+                return [_insert_item(conn, item, created_at) for item in items]
+
+            def committed(results: list[PublishResult]) -> None:
+                for result in results:
+                    self._committed(hub, result)
+
+            return await actor.write(insert, after_commit=committed)
+
+    async def queue_publish(self, actor: DocumentActor, item: Publish) -> QueuedWrite[PublishResult]:
+        """Queue one message for the next group commit (waiting for room: backpressure) and return
+        at once; its :meth:`QueuedWrite.result` comes after COMMIT. Streams call this per line, in
+        order, so ids follow the input."""
+        created_at = iso_timestamp()
+        hub = self.hub(actor)
+        return await actor.enqueue_write(
+            lambda conn: _insert_item(conn, item, created_at), after_commit=lambda r: self._committed(hub, r)
+        )
+
+    def _committed(self, hub: Hub, result: PublishResult) -> None:
+        if result.created:
+            self.published.inc()
+            hub.deliver(result.message)
+        else:
+            self.deduplicated.inc()
 
     async def poll(
         self, db_id: str, since_id: int, filters: list[TopicFilter], prefixes: list[str] | None, limit: int
@@ -471,4 +553,4 @@ class PubSub:
 
         return await actor.read(fetch)
 
-__all__ = ["Hub", "Message", "PubSub", "Publish", "Subscriber", "parse_publish"]
+__all__ = ["Hub", "Message", "NewMessage", "PubSub", "Publish", "Subscriber", "parse_publish"]
