@@ -139,5 +139,8 @@ def ndjson_lines(ctx: Any, value: Any) -> bytes:
 
 
 @schemathesis.deserializer("application/x-ndjson")
-def ndjson_acks(ctx: Any, response: Any) -> list[Any]:
-    return [json.loads(line) for line in response.content.decode().splitlines() if line.strip()]
+def ndjson_acks(ctx: Any, response: Any) -> Any:
+    text = response.content.decode()
+    if not ctx.operation.path.endswith("/stream"):
+        return text  # other NDJSON answers (libSQL's Hrana cursor) are described as a string
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
