@@ -119,7 +119,7 @@ def filter_failure(context: HookContext, failure: Failure, case: OpenApiCase, re
     code = getattr(failure, "code", None)
     if code in ("ST301", "ST302") and case.operation.path == "/api/v1/db/{db_id}/webhooks/{endpoint}/config":
         # GET answers an endpoint's settings, the defaults when it has none (also after DELETE):
-        # by design (docs/webhooks-leases.md), not a resource that outlives its deletion
+        # by design (skald.webhooks.routes.get_config_view), not a resource outliving its deletion
         return False
     if code == "ST301" and case.operation.path == "/api/v1/admin/tokens/{token_id}":
         try:
