@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from skald.blob_gc import GarbageCollector
     from skald.blobs import BlobService
     from skald.jobs import JobQueue, JobWorker
+    from skald.jobs.service import JobService
     from skald.oidc import OidcClient
     from skald.pubsub import PubSub
     from skald.query_metrics import QueryMetrics
@@ -67,6 +68,8 @@ class AppState:
     blobs: BlobService = dataclasses.field(init=False)
     jobs: JobQueue = dataclasses.field(init=False)
     job_worker: JobWorker = dataclasses.field(init=False)
+    # Durable job queues in documents (skald.jobs.service; tests swap in one with a manual clock).
+    job_queues: JobService = dataclasses.field(init=False)
     # None unless object storage is configured.
     blob_gc: GarbageCollector | None = None
 

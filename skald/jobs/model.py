@@ -1,0 +1,252 @@
+"""Request validation and answer shapes for the job queue.
+
+Everything a client sends is checked here before it reaches an op, so ops only
+see well-formed values; every refusal is a 400 ``validation_failed``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from datetime import UTC, datetime
+from typing import Any
+
+from skald.errors import PayloadTooLarge, ValidationFailed
+
+PRIORITIES: dict[str, int] = {"critical": 0, "high": 1, "normal": 2}
+PRIORITY_NAMES: dict[int, str] = {v: k for k, v in PRIORITIES.items()}
+STATES = ("queued", "retrying", "running", "completed", "dead", "cancelled")
+READY_STATES = ("queued", "retrying")
+STRATEGIES = ("none", "fixed", "linear", "exponential")
+QUEUE_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+_QUEUE = re.compile(QUEUE_PATTERN)
+MAX_TEXT = 256
+MAX_TAGS = 32
+MAX_ATTEMPTS = 1000
+MAX_SECONDS = 366 * 86400.0
+DEFAULT_MAX_ATTEMPTS = 5
+DEFAULT_BACKOFF = {"strategy": "exponential", "base_seconds": 1.0, "max_seconds": 3600.0}
+DEFAULT_LEASE_SECONDS = 30.0
+MAX_LEASE_SECONDS = 3600.0
+MAX_WAIT_SECONDS = 60.0
+MAX_BATCH = 1000
+MAX_ERROR_BYTES = 64 * 1024
+
+
+def iso(ms: int | None) -> str | None:
+    if ms is None:
+        return None
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def parse_time(name: str, value: Any) -> int | None:
+    """An ISO 8601 time (a missing zone means UTC) as Unix milliseconds; None stays None."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > 64:
+        raise ValidationFailed(f"{name} must be an ISO 8601 time like 2026-01-01T00:00:00Z")
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise ValidationFailed(f"{name} must be an ISO 8601 time like 2026-01-01T00:00:00Z") from None
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    try:
+        return int(parsed.timestamp() * 1000)
+    except (OverflowError, ValueError):
+        raise ValidationFailed(f"{name} is out of range") from None
+
+
+def queue_name(value: Any, name: str = "queue") -> str:
+    if not isinstance(value, str) or not _QUEUE.match(value):
+        raise ValidationFailed(f"{name} must match {QUEUE_PATTERN}")
+    return value
+
+
+def text(value: Any, name: str, *, optional: bool = True, limit: int = MAX_TEXT) -> str | None:
+    if value is None and optional:
+        return None
+    if not isinstance(value, str) or not value or len(value) > limit:
+        raise ValidationFailed(f"{name} must be a string of 1-{limit} characters")
+    return value
+
+
+def number(value: Any, name: str, *, minimum: float, maximum: float, default: float | None = None) -> float | None:
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int | float) or not minimum <= value <= maximum:
+        raise ValidationFailed(f"{name} must be a number from {minimum:g} to {maximum:g}")
+    return float(value)
+
+
+def integer(value: Any, name: str, *, minimum: int, maximum: int, default: int | None = None) -> int | None:
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
+        raise ValidationFailed(f"{name} must be an integer from {minimum} to {maximum}")
+    return value
+
+
+def priority(value: Any, default: int | None = PRIORITIES["normal"]) -> int:
+    if value is None and default is not None:
+        return default
+    if value not in PRIORITIES:
+        raise ValidationFailed(f"priority must be one of {', '.join(PRIORITIES)}")
+    return PRIORITIES[value]
+
+
+def to_json_text(value: Any, name: str, max_bytes: int) -> str:
+    encoded = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    if len(encoded.encode("utf-8", "surrogatepass")) > max_bytes:
+        raise PayloadTooLarge(f"{name} is over {max_bytes} bytes", limit=max_bytes)
+    return encoded
+
+
+def obj(body: Any, name: str = "body") -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise ValidationFailed(f"{name} must be a JSON object")
+    return body
+
+
+@dataclasses.dataclass(frozen=True)
+class Backoff:
+    strategy: str
+    base_seconds: float
+    max_seconds: float
+
+    @classmethod
+    def parse(cls, value: Any) -> Backoff:
+        data = {**DEFAULT_BACKOFF, **obj(value if value is not None else {}, "backoff")}
+        if data["strategy"] not in STRATEGIES:
+            raise ValidationFailed(f"backoff.strategy must be one of {', '.join(STRATEGIES)}")
+        base = number(data["base_seconds"], "backoff.base_seconds", minimum=0, maximum=MAX_SECONDS)
+        top = number(data["max_seconds"], "backoff.max_seconds", minimum=0, maximum=MAX_SECONDS)
+        assert base is not None and top is not None
+        return cls(str(data["strategy"]), base, top)
+
+    def delay_seconds(self, attempt: int) -> float:
+        """How long after failed attempt number ``attempt`` (1-based) the next one may start."""
+        if self.strategy == "none":
+            return 0.0
+        if self.strategy == "fixed":
+            delay = self.base_seconds
+        elif self.strategy == "linear":
+            delay = self.base_seconds * attempt
+        else:
+            delay = self.base_seconds * 2.0 ** min(attempt - 1, 64)
+        return min(delay, self.max_seconds)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"strategy": self.strategy, "base_seconds": self.base_seconds, "max_seconds": self.max_seconds}
+
+
+@dataclasses.dataclass(frozen=True)
+class JobSpec:
+    """One validated enqueue request."""
+
+    queue: str
+    payload: str  # JSON text
+    priority: int
+    run_at_ms: int | None
+    max_attempts: int
+    backoff: Backoff
+    unique_key: str | None
+    unique_for_seconds: float | None
+    tags: tuple[str, ...]
+    timeout_seconds: float | None
+
+    @classmethod
+    def parse(cls, body: Any, max_payload_bytes: int) -> JobSpec:
+        data = obj(body, "job")
+        tags = data.get("tags") or []
+        if not isinstance(tags, list) or len(tags) > MAX_TAGS:
+            raise ValidationFailed(f"tags must be a list of at most {MAX_TAGS} strings")
+        checked = tuple(text(tag, "tags[]", optional=False) or "" for tag in tags)
+        max_attempts = integer(data.get("max_attempts"), "max_attempts", minimum=1, maximum=MAX_ATTEMPTS,
+                               default=DEFAULT_MAX_ATTEMPTS)
+        assert max_attempts is not None
+        return cls(
+            queue=queue_name(data.get("queue")),
+            payload=to_json_text(data.get("payload"), "payload", max_payload_bytes),
+            priority=priority(data.get("priority")),
+            run_at_ms=parse_time("run_at", data.get("run_at")),
+            max_attempts=max_attempts,
+            backoff=Backoff.parse(data.get("backoff")),
+            unique_key=text(data.get("unique_key"), "unique_key"),
+            unique_for_seconds=number(data.get("unique_for_seconds"), "unique_for_seconds", minimum=0,
+                                      maximum=MAX_SECONDS),
+            tags=tuple(dict.fromkeys(checked)),
+            timeout_seconds=number(data.get("timeout_seconds"), "timeout_seconds", minimum=1, maximum=MAX_SECONDS),
+        )
+
+
+JOB_COLUMNS = (
+    "id, queue, payload, priority, state, run_at_ms, created_at_ms, started_at_ms, completed_at_ms, attempts,"
+    " max_attempts, backoff, unique_key, unique_until_ms, tags, timeout_seconds, fence, lease_expires_ms,"
+    " worker_id, progress, checkpoint, result, cancel_requested, error_count, last_error"
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class Job:
+    id: int
+    queue: str
+    payload: str
+    priority: int
+    state: str
+    run_at_ms: int
+    created_at_ms: int
+    started_at_ms: int | None
+    completed_at_ms: int | None
+    attempts: int
+    max_attempts: int
+    backoff: str
+    unique_key: str | None
+    unique_until_ms: int | None
+    tags: str
+    timeout_seconds: float | None
+    fence: int
+    lease_expires_ms: int | None
+    worker_id: str | None
+    progress: str | None
+    checkpoint: str | None
+    result: str | None
+    cancel_requested: int
+    error_count: int
+    last_error: str | None
+
+    @classmethod
+    def from_row(cls, row: tuple[Any, ...]) -> Job:
+        return cls(*row)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "queue": self.queue,
+            "state": self.state,
+            "priority": PRIORITY_NAMES.get(self.priority, "normal"),
+            "payload": json.loads(self.payload),
+            "run_at": iso(self.run_at_ms),
+            "created_at": iso(self.created_at_ms),
+            "started_at": iso(self.started_at_ms),
+            "completed_at": iso(self.completed_at_ms),
+            "attempts": self.attempts,
+            "max_attempts": self.max_attempts,
+            "backoff": json.loads(self.backoff),
+            "unique_key": self.unique_key,
+            "tags": json.loads(self.tags),
+            "timeout_seconds": self.timeout_seconds,
+            "worker_id": self.worker_id,
+            "lease_expires_at": iso(self.lease_expires_ms) if self.state == "running" else None,
+            "progress": _loads(self.progress),
+            "checkpoint": _loads(self.checkpoint),
+            "result": _loads(self.result),
+            "cancel_requested": bool(self.cancel_requested),
+            "error_count": self.error_count,
+            "last_error": self.last_error,
+        }
+
+
+def _loads(value: str | None) -> Any:
+    return None if value is None else json.loads(value)
