@@ -20,8 +20,8 @@ from pathlib import Path
 
 import trio
 
-from skald.actor import DocumentActor
-from skald.connection import DocConnection
+from skald.db.actor import DocumentActor
+from skald.db.connection import DocConnection
 from skald.logs import configure_logging
 
 CALLERS = (1, 8, 32)

@@ -2,7 +2,7 @@
 
 Every error a client can see is a :class:`SkaldError` subclass carrying its
 HTTP status and a stable ``code``. Routes raise them; one handler in
-:mod:`skald.http_errors` renders them. Anything else that escapes a route is a
+:mod:`skald.http.problem` renders them. Anything else that escapes a route is a
 bug and becomes a logged 500.
 """
 

@@ -18,10 +18,10 @@ from quart import g, request
 
 from skald.auth.scopes import GLOBAL, Principal, decide
 from skald.auth.tokens import TOKEN_PREFIX, TokenRecord, audit, find_by_secret, touch_token
-from skald.client_ip import client_ip
-from skald.connection import DocConnection
+from skald.db.connection import DocConnection
 from skald.errors import ScopeDenied, TokenInvalid, Unauthenticated
-from skald.state import AppState, get_state
+from skald.http.client_ip import client_ip
+from skald.http.state import AppState, get_state
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
 

@@ -6,9 +6,9 @@ import argparse
 import json
 from pathlib import Path
 
-from skald.backup import backup_data_dir
 from skald.cli import add_server_options
 from skald.commands.server import settings_from_args
+from skald.documents.backup import backup_data_dir
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -17,7 +17,7 @@ from skald.client.errors import (
     Unauthorized,
     is_invalid_sql,
 )
-from skald.routes.params import HEARTBEAT_MAX_SECONDS, HEARTBEAT_MIN_SECONDS
+from skald.http.params import HEARTBEAT_MAX_SECONDS, HEARTBEAT_MIN_SECONDS
 
 _READ_FIRST = {"SELECT", "VALUES", "EXPLAIN"}
 _WRITE_FIRST = {

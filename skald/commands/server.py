@@ -10,9 +10,9 @@ from typing import Any
 
 from skald.cli import add_server_options
 from skald.config import Settings, load_settings
-from skald.doctor import format_report, run_doctor
+from skald.db.migrations import apply_migrations
+from skald.documents.doctor import format_report, run_doctor
 from skald.logs import configure_logging
-from skald.migrations import apply_migrations
 
 
 def settings_from_args(args: argparse.Namespace, **extra: Any) -> Settings:
@@ -40,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from skald.server import run
+    from skald.server.runner import run
 
     settings = settings_from_args(
         args, host=args.host, port=args.port, log_level=args.log_level, log_format=args.log_format

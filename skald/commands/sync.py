@@ -12,7 +12,7 @@ from types import FrameType
 from skald.client import Client, profiles
 from skald.client.errors import SkaldClientError
 from skald.commands.client import describe, fail
-from skald.replica import pull, read_state
+from skald.sync.replica import pull, read_state
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -12,7 +12,7 @@ from skald.auth.scopes import Scope, ScopeError
 from skald.auth.tokens import audit, create_token, list_tokens, parse_duration, revoke_token
 from skald.cli import add_server_options
 from skald.commands.server import settings_from_args
-from skald.migrations import apply_migrations
+from skald.db.migrations import apply_migrations
 
 T = TypeVar("T")
 

@@ -1,1 +1,2 @@
-"""HTTP plumbing shared by every capability (STYLE habit 11): nothing here knows a route."""
+"""The HTTP face every capability shares: the app and its typed state, the request pipeline, the one
+problem+json renderer, JSON bodies, parameters, SSE, the OpenAPI table, rate limits and the operator routes."""

@@ -20,9 +20,9 @@ import trio
 import trio.testing
 from support.live import LiveServer
 
-from skald.blob_gc import GarbageCollector
-from skald.blobs import BlobService
-from skald.objectstore import ObjectStore, blob_key
+from skald.blobs.gc import GarbageCollector
+from skald.blobs.objectstore import ObjectStore, blob_key
+from skald.blobs.service import BlobService
 
 GRACE = 100.0
 MEDIA = "/api/v1/db/media/blobs"

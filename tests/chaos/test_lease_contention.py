@@ -17,7 +17,7 @@ import pytest
 import trio
 from support.live import LiveServer
 
-from skald.leases import LeaseService, ManualClock
+from skald.leases.service import LeaseService, ManualClock
 
 DB = "/api/v1/db/locks"
 RESOURCE = "leader"

@@ -19,8 +19,8 @@ import trio
 import trio.testing
 from support.live import LiveServer
 
-from skald.actor import DocumentActor
-from skald.connection import DocConnection
+from skald.db.actor import DocumentActor
+from skald.db.connection import DocConnection
 from skald.errors import DocumentUnavailable
 
 

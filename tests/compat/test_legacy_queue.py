@@ -7,7 +7,7 @@ import trio
 from support.live import LiveServer
 from support.relay import channel_key, wait_for_waiters, wait_until_nobody_waits
 
-from skald.relay import RelayHub
+from skald.relay.channels import RelayHub
 
 
 def _hub(server: LiveServer) -> RelayHub:

@@ -11,7 +11,7 @@ import trio
 from support.live import LiveServer, make_settings, start_live_server
 from support.relay import channel_key, wait_for_requests, wait_for_waiters
 
-from skald.relay import RelayHub, RequestChannels
+from skald.relay.channels import RelayHub, RequestChannels
 
 
 def _requests(server: LiveServer) -> RequestChannels:

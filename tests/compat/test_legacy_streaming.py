@@ -15,7 +15,7 @@ import trio
 from support.live import LiveServer, make_settings, start_live_server
 from support.relay import channel_key, wait_for_waiters, wait_until_nobody_waits
 
-from skald.relay import RelayHub
+from skald.relay.channels import RelayHub
 
 MIB = 1024 * 1024
 

@@ -8,7 +8,7 @@ import trio
 from support.live import LiveServer
 from support.relay import channel_key, wait_for_waiters
 
-from skald.relay import RelayHub
+from skald.relay.channels import RelayHub
 
 
 @pytest.mark.parametrize("segment", ["a%0Db", "tab%09and%0Anewline", "caf%C3%A9", "x%00y", "sp%20ace"])

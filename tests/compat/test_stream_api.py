@@ -10,7 +10,7 @@ import trio
 from support.live import ADMIN_TOKEN, LiveServer, make_settings, start_live_server
 from support.relay import channel_key, wait_for_requests, wait_for_waiters
 
-from skald.relay import RelayHub, RequestChannels
+from skald.relay.channels import RelayHub, RequestChannels
 
 
 async def test_queue_next_and_broadcast(server: LiveServer) -> None:

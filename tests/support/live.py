@@ -1,7 +1,7 @@
 """A real skald on 127.0.0.1:0 for integration tests.
 
 ``start_live_server(nursery, settings)`` runs the real app under hypercorn's
-trio worker (:func:`skald.server.serve_app`, as ``skald serve`` does) in the
+trio worker (:func:`skald.server.runner.serve_app`, as ``skald serve`` does) in the
 test's nursery; ``SkaldProcess`` runs ``python -m skald serve`` as a
 subprocess (for SIGTERM/SIGKILL tests).
 """
@@ -23,11 +23,11 @@ import httpx
 import trio
 from quart_trio import QuartTrio
 
-from skald.app import create_app
 from skald.config import Settings
-from skald.server import hypercorn_config, serve_app
-from skald.shutdown import Shutdown
-from skald.state import AppState
+from skald.http.app import create_app
+from skald.http.state import AppState
+from skald.server.runner import hypercorn_config, serve_app
+from skald.server.shutdown import Shutdown
 
 ADMIN_TOKEN = "skd_test_admin_token_0123456789abcdefghijklmnop"
 

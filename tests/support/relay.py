@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import trio
 
-from skald.relay import RelayHub, RequestChannels
+from skald.relay.channels import RelayHub, RequestChannels
 
 
 def channel_key(db_id: str, namespace: str, path: str) -> str:

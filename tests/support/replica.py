@@ -15,9 +15,9 @@ from typing import Any
 
 import trio
 
-from skald.changefeed import last_seq, replicated_tables
-from skald.connection import DocConnection
-from skald.replica import read_state
+from skald.db.connection import DocConnection
+from skald.sync.changefeed import last_seq, replicated_tables
+from skald.sync.replica import read_state
 from support.live import ADMIN_TOKEN, LiveServer
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -9,7 +9,7 @@ import pytest
 import trio
 from support.live import LiveServer, make_settings, start_live_server
 
-from skald.objectstore import ObjectStore, blob_key
+from skald.blobs.objectstore import ObjectStore, blob_key
 
 B = "/api/v1/db/media/blobs"
 

@@ -9,9 +9,9 @@ from typing import Any
 import httpx
 from support.live import LiveServer
 
-from skald.blob_gc import GarbageCollector
-from skald.jobs import JobQueue, JobWorker
-from skald.objectstore import ObjectStore, blob_key
+from skald.blobs.gc import GarbageCollector
+from skald.blobs.objectstore import ObjectStore, blob_key
+from skald.db.background import JobQueue, JobWorker
 
 GRACE = 100.0
 

@@ -12,8 +12,8 @@ import pytest
 import trio
 from support.live import LiveServer
 
+from skald.blobs.objectstore import ObjectStore, blob_key
 from skald.client import AsyncClient, Client, NotFound, SkaldClientError
-from skald.objectstore import ObjectStore, blob_key
 
 SCOPES = ("media:blob.upload", "media:blob.read", "media:blob.claim", "media:blob.release")
 

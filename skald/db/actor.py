@@ -1,0 +1,571 @@
+"""DocumentActor: the one task that owns a document's connections.
+
+Operations are plain synchronous functions ``fn(conn) -> result`` (Datasette's
+contract). Three kinds:
+
+* **write** (:meth:`DocumentActor.write`): queued on the bounded mailbox and
+  group-committed. Queued writes share one ``BEGIN IMMEDIATE`` ... ``COMMIT``
+  (one fsync); each runs inside its own savepoint, so a failing op is rolled
+  back alone and the others commit. The caller gets its result only after the
+  commit (persist before ack). An op must not issue transaction statements.
+* **exclusive** (:meth:`DocumentActor.exclusive`): queued like a write but run
+  alone, outside any transaction (migrations, backups, VACUUM).
+* **read** (:meth:`DocumentActor.read`): runs on a small pool of read-only
+  connections beside the writer (WAL), so a slow read never stalls writes.
+
+After each commit the actor runs the ops' ``after_commit`` callbacks and then
+its commit listeners with the set of tables written; both run on the event
+loop and must not block (fan-out uses bounded buffers of its own).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import enum
+import math
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+import outcome
+import structlog
+import trio
+
+from skald.db.connection import DocConnection, open_connection
+from skald.db.migrations import apply_migrations
+from skald.db.worker import ConnectionWorker
+from skald.errors import (
+    DocumentUnavailable,
+    MailboxFull,
+    SkaldError,
+    StorageError,
+    TransactionRolledBack,
+)
+from skald.metrics import Metrics
+
+T = TypeVar("T")
+log = structlog.get_logger("skald.db.actor")
+
+
+class OpKind(enum.Enum):
+    WRITE = "write"
+    EXCLUSIVE = "exclusive"
+
+
+@dataclasses.dataclass(frozen=True)
+class CommitInfo:
+    """What one group commit changed, handed to commit listeners."""
+
+    db_id: str
+    tables: frozenset[str]
+    batch_size: int
+
+
+@dataclasses.dataclass
+class _Op(Generic[T]):
+    fn: Callable[[DocConnection], T]
+    kind: OpKind
+    after_commit: Callable[[T], None] | None
+    done: trio.Event = dataclasses.field(default_factory=trio.Event)
+    result: outcome.Outcome[T] | None = None
+
+    def finish(self, result: outcome.Outcome[T]) -> None:
+        self.result = result
+        self.done.set()
+
+
+CommitListener = Callable[[CommitInfo], None]
+
+
+class DocumentActor:
+    """Owns one SQLite file. Create through :class:`skald.db.supervisor.Supervisor`."""
+
+    def __init__(
+        self,
+        db_id: str,
+        path: Path,
+        *,
+        migrations: str = "document",
+        mailbox_size: int = 1024,
+        max_batch: int = 256,
+        read_pool_size: int = 2,
+        synchronous: str = "NORMAL",
+        busy_timeout_ms: int = 5000,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self.db_id = db_id
+        self.path = path
+        self._migrations = migrations
+        self._send, self._receive = trio.open_memory_channel[_Op[Any]](mailbox_size)
+        self._max_batch = max_batch
+        self._read_pool_size = read_pool_size
+        self._synchronous = synchronous
+        self._busy_timeout_ms = busy_timeout_ms
+        self._metrics = metrics
+        self._writer: ConnectionWorker | None = None
+        self._readers: list[ConnectionWorker] = []
+        self._idle_readers: list[ConnectionWorker] = []
+        self._reader_available = trio.Condition()
+        self._listeners: list[CommitListener] = []
+        self.write_hooks: list[Callable[[DocConnection], None]] = []
+        """Run in the writer thread after every successful write op, inside its savepoint
+        (e.g. the change feed keeps its triggers in step with the schema). A hook that
+        raises fails that op alone."""
+        self.holds = 0
+        self.inflight = 1  # opening counts as work: a starting actor is never reaped
+        self.last_active = trio.current_time()
+        self.keep_alive_deadline = -math.inf
+        self.on_idle: Callable[[], None] | None = None
+        """Called when the actor may have become idle (the supervisor's reaper wakes on it)."""
+        self.closing = trio.Event()
+        """Set when the actor starts stopping; long-lived holders (SSE) end on it."""
+        self.stopped = trio.Event()
+        self.stop_reason = "shutdown"
+        self.started_at = time.time()
+        self.commits = 0
+
+    # ---- lifecycle --------------------------------------------------------------------------------
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Open the document (creating and migrating it), report ready, then serve the mailbox.
+
+        Returns after :meth:`stop` once every queued op has been answered and
+        every connection and thread is closed.
+        """
+        structlog.contextvars.bind_contextvars(db_id=self.db_id, request_id=None)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._writer = self._open_writer()
+        started = False
+        try:
+            kind = self._migrations
+            try:
+                await self._writer.run(lambda conn: apply_migrations(conn, kind))
+            except sqlite3.Error as exc:
+                raise StorageError(f"cannot open document {self.db_id}: {exc}") from None
+            if self._metrics:
+                self._metrics.actors_open.inc()
+                self._metrics.actors_started.inc()
+            started = True
+            self.inflight -= 1
+            task_status.started()
+            self._touch()
+            log.debug("actor started")
+            async with self._receive:
+                await self._serve_mailbox()
+        finally:
+            self.closing.set()
+            with trio.CancelScope(shield=True):
+                for reader in self._readers:
+                    await reader.aclose()
+                await self._writer.aclose()
+            if self._metrics:
+                if started:
+                    self._metrics.actors_open.dec()
+                    self._metrics.actors_stopped.labels(self.stop_reason).inc()
+                with contextlib.suppress(KeyError):
+                    self._metrics.mailbox_depth.remove(self.db_id)
+            self.stopped.set()
+            log.debug("actor stopped", reason=self.stop_reason)
+
+    def stop(self, reason: str = "shutdown") -> None:
+        """Stop taking new ops; queued ones are still committed and answered."""
+        if self.closing.is_set():
+            return
+        self.stop_reason = reason
+        self.closing.set()
+        self._send.close()
+
+    # ---- holds and idleness -------------------------------------------------------------------------
+
+    @contextmanager
+    def hold(self) -> Iterator[DocumentActor]:
+        """Keep the document open (no idle reaping) while inside the block."""
+        if self.closing.is_set():
+            raise DocumentUnavailable(f"document {self.db_id} is closing")
+        self.holds += 1
+        try:
+            yield self
+        finally:
+            self.holds -= 1
+            self._touch()
+
+    def _touch(self) -> None:
+        self.last_active = trio.current_time()
+        if self.on_idle is not None and not (self.holds or self.inflight):
+            self.on_idle()
+
+    def keep_alive_until(self, deadline: float) -> None:
+        """Do not reap before ``deadline`` (trio clock), e.g. while a lease is unexpired."""
+        self.keep_alive_deadline = max(self.keep_alive_deadline, deadline)
+        self._touch()
+
+    def reap_deadline(self, idle_timeout: float) -> float:
+        """Earliest trio time this actor could be reaped, or +inf while something holds it."""
+        if self.holds or self.inflight or self.mailbox_depth or self.closing.is_set():
+            return math.inf
+        return max(self.last_active, self.keep_alive_deadline) + idle_timeout
+
+    def idle_for(self, now: float) -> float:
+        """Seconds this actor has been reapable, or 0 if something holds it open."""
+        if self.holds or self.inflight or self.mailbox_depth or now < self.keep_alive_deadline:
+            return 0.0
+        return max(0.0, now - max(self.last_active, self.keep_alive_deadline))
+
+    @property
+    def mailbox_depth(self) -> int:
+        return self._send.statistics().current_buffer_used
+
+    # ---- listeners ----------------------------------------------------------------------------------
+
+    def add_commit_listener(self, listener: CommitListener) -> Callable[[], None]:
+        """Call ``listener(CommitInfo)`` after every commit; returns a function that removes it."""
+        self._listeners.append(listener)
+
+        def remove() -> None:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+        return remove
+
+    # ---- submitting ops -----------------------------------------------------------------------------
+
+    async def write(
+        self, fn: Callable[[DocConnection], T], *, after_commit: Callable[[T], None] | None = None
+    ) -> T:
+        """Run ``fn`` in the next group commit; return its result once committed.
+
+        Raises :class:`MailboxFull` (503) at once if the mailbox is full and
+        :class:`DocumentUnavailable` if the actor is stopping. If the caller is
+        cancelled after submitting, the op still runs and commits.
+        """
+        return await self._submit(_Op(fn, OpKind.WRITE, after_commit))
+
+    async def exclusive(self, fn: Callable[[DocConnection], T]) -> T:
+        """Run ``fn`` alone on the write connection, outside any transaction."""
+        return await self._submit(_Op(fn, OpKind.EXCLUSIVE, None))
+
+    async def _submit(self, op: _Op[T]) -> T:
+        if self.closing.is_set():
+            raise DocumentUnavailable(f"document {self.db_id} is closing")
+        try:
+            self._send.send_nowait(op)
+        except trio.WouldBlock:
+            if self._metrics:
+                self._metrics.mailbox_full.inc()
+            raise MailboxFull(f"document {self.db_id} has {self.mailbox_depth} queued operations") from None
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            raise DocumentUnavailable(f"document {self.db_id} is closing") from None
+        self.last_active = trio.current_time()
+        await op.done.wait()
+        assert op.result is not None
+        return op.result.unwrap()
+
+    async def read(self, fn: Callable[[DocConnection], T]) -> T:
+        """Run ``fn`` on a read-only connection (waits for a free one).
+
+        On cancellation the statement is interrupted; the connection is
+        returned to the pool once its thread is done.
+        """
+        if self.closing.is_set():
+            raise DocumentUnavailable(f"document {self.db_id} is closing")
+        self.inflight += 1
+        try:
+            reader = await self._take_reader()
+            try:
+                return await reader.run(fn)
+            except sqlite3.Error as exc:
+                raise _translate(exc) from None
+            finally:
+                self._idle_readers.append(reader)
+                async with self._reader_available:
+                    self._reader_available.notify()
+        finally:
+            self.inflight -= 1
+            self._touch()
+
+    async def _take_reader(self) -> ConnectionWorker:
+        async with self._reader_available:
+            while True:
+                if self._idle_readers:
+                    return self._idle_readers.pop()
+                if len(self._readers) < self._read_pool_size:
+                    reader = ConnectionWorker(
+                        lambda: open_connection(self.path, readonly=True, busy_timeout_ms=self._busy_timeout_ms),
+                        name=f"skald-reader-{self.db_id}",
+                    )
+                    self._readers.append(reader)
+                    return reader
+                await self._reader_available.wait()
+
+    # ---- the loop -----------------------------------------------------------------------------------
+
+    async def _serve_mailbox(self) -> None:
+        async for first in self._receive:
+            batch: list[_Op[Any]] = [first]
+            while len(batch) < self._max_batch:
+                try:
+                    batch.append(self._receive.receive_nowait())
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+            self.inflight += 1
+            try:
+                with trio.CancelScope(shield=True):
+                    await self._run_batch(batch)
+            finally:
+                self.inflight -= 1
+                self._touch()
+                if self._metrics:
+                    self._metrics.mailbox_depth.labels(self.db_id).set(self.mailbox_depth)
+
+    async def _run_batch(self, batch: list[_Op[Any]]) -> None:
+        writes: list[_Op[Any]] = []
+        for op in batch:
+            if op.kind is OpKind.EXCLUSIVE:
+                await self._commit_writes(writes)
+                writes = []
+                await self._run_exclusive(op)
+            else:
+                writes.append(op)
+        await self._commit_writes(writes)
+
+    async def _run_exclusive(self, op: _Op[Any]) -> None:
+        assert self._writer is not None
+        try:
+            result: outcome.Outcome[Any] = outcome.Value(await self._writer.run(op.fn))
+        except Exception as exc:
+            result = outcome.Error(_translate(exc))
+        op.finish(result)
+
+    async def _commit_writes(self, ops: list[_Op[Any]]) -> None:
+        if not ops:
+            return
+        assert self._writer is not None
+        fns = [op.fn for op in ops]
+        started = time.perf_counter()
+        hooks = tuple(self.write_hooks)
+        try:
+            batch = await self._writer.run(lambda conn: _group_commit(conn, fns, hooks))
+        except Exception as exc:  # the worker itself failed: nothing of this batch was committed
+            batch = _BatchResult([outcome.Error(_connection_failed(exc))] * len(ops), set(), 0, exc)
+        if batch.failure is not None:
+            log.error("group commit failed", error=repr(batch.failure), batch=len(ops))
+            await self._restart_writer()
+        if batch.commits:
+            self.commits += 1
+            if self._metrics:
+                self._metrics.commit_batch.observe(len(ops))
+                self._metrics.commit_duration.observe(time.perf_counter() - started)
+        for op, result in zip(ops, batch.results, strict=True):
+            if isinstance(result, outcome.Value) and op.after_commit is not None:
+                try:
+                    op.after_commit(result.value)
+                except Exception:
+                    log.exception("after_commit callback failed")
+            elif isinstance(result, outcome.Error) and self._metrics:
+                self._metrics.op_failures.labels("write").inc()
+        if batch.tables:
+            info = CommitInfo(self.db_id, frozenset(batch.tables), len(ops))
+            for listener in list(self._listeners):
+                try:
+                    listener(info)
+                except Exception:
+                    log.exception("commit listener failed")
+        for op, result in zip(ops, batch.results, strict=True):
+            if isinstance(result, outcome.Error):
+                result = outcome.Error(_translate(result.error))
+            op.finish(result)
+
+    def _open_writer(self) -> ConnectionWorker:
+        return ConnectionWorker(
+            lambda: open_connection(
+                self.path, synchronous=self._synchronous, busy_timeout_ms=self._busy_timeout_ms
+            ),
+            name=f"skald-writer-{self.db_id}",
+        )
+
+    async def _restart_writer(self) -> None:
+        """Replace the write connection and its thread after the connection itself failed.
+
+        Closing the old connection rolls back whatever it had open, so nothing half-written
+        stays. If the document cannot be opened again the actor stops (reason ``failed``):
+        queued ops are answered with the error and the supervisor starts a fresh actor for
+        the next request.
+        """
+        old = self._writer
+        self._writer = self._open_writer()
+        if old is not None:
+            await old.aclose()
+        try:
+            await self._writer.run(lambda conn: conn.execute("SELECT 1").fetchone())
+        except Exception as exc:
+            log.error("cannot reopen document", error=repr(exc))
+            self.stop("failed")
+            return
+        if self._metrics:
+            self._metrics.writer_restarts.inc()
+        log.warning("write connection replaced")
+
+
+@dataclasses.dataclass
+class _BatchResult:
+    """What :func:`_group_commit` did: one outcome per op (``Value`` only if committed)."""
+
+    results: list[outcome.Outcome[Any]]
+    tables: set[str]
+    commits: int
+    failure: BaseException | None
+    """Set when the connection itself failed (BEGIN/COMMIT/savepoint bookkeeping, a closed
+    connection, an op raising past ``Exception``): every op not yet committed was answered
+    with it and the writer should be replaced."""
+
+
+def _group_commit(
+    conn: DocConnection,
+    fns: list[Callable[[DocConnection], Any]],
+    hooks: tuple[Callable[[DocConnection], None], ...] = (),
+) -> _BatchResult:
+    """Run ``fns`` in one transaction, each in a savepoint, and commit.
+
+    An op that fails inside its savepoint is rolled back to it and fails alone.
+    An op that ends the whole transaction (``INSERT OR ROLLBACK``, a trigger's
+    ``RAISE(ROLLBACK)``, SQLite's own rollback on SQLITE_FULL or an I/O error)
+    took every op before it down too: it fails alone with
+    :class:`TransactionRolledBack`, the ops before it are run again in a fresh
+    transaction and committed, and the rest of the batch continues in the next
+    one. An op that behaves the same when run again therefore runs at most twice,
+    so a client sending rollbacks cannot make a batch quadratic (one that ends the
+    transaction only on its second run shrinks the prefix again, and so on). Ops
+    must be safe to run again after a rollback: plain
+    functions on the connection, no side effects outside it.
+    """
+    results: list[outcome.Outcome[Any] | None] = [None] * len(fns)
+    ended: set[int] = set()
+    tables: set[str] = set()
+    commits = 0
+    start, stop = 0, len(fns)  # the ops of the current transaction: fns[start:stop]
+    failure: BaseException | None = None
+    while start < len(fns):
+        if all(index in ended for index in range(start, stop)):
+            start, stop = stop, len(fns)
+            continue
+        written: set[str] = set()
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            lost = _run_ops(conn, fns, hooks, range(start, stop), ended, results, written)
+            if lost is None:
+                conn.execute("COMMIT")
+        except BaseException as exc:  # the writer thread must answer every op, whatever broke
+            with contextlib.suppress(sqlite3.Error):
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+            failure = exc
+            break
+        if lost is None:
+            commits += 1
+            tables |= written
+            start, stop = stop, len(fns)
+        else:  # fns[start:lost] were rolled back with it: run them again, alone, then go on
+            ended.add(lost)
+            stop = lost
+    if failure is not None:
+        error = _connection_failed(failure)
+        for index in range(start, len(fns)):
+            if index not in ended:
+                results[index] = outcome.Error(error)
+    final = [result for result in results if result is not None]
+    assert len(final) == len(fns)
+    return _BatchResult(final, tables, commits, failure)
+
+
+def _run_ops(
+    conn: DocConnection,
+    fns: list[Callable[[DocConnection], Any]],
+    hooks: tuple[Callable[[DocConnection], None], ...],
+    indexes: range,
+    ended: set[int],
+    results: list[outcome.Outcome[Any] | None],
+    tables: set[str],
+) -> int | None:
+    """Run ``fns[indexes]`` (but not ``ended``) in the open transaction; the index of an op that ended it."""
+    for index in indexes:
+        if index in ended:
+            continue
+        conn.written_tables = set()
+        conn.execute("SAVEPOINT skald_op")
+        try:
+            value = fns[index](conn)
+            for hook in hooks:
+                hook(conn)
+        except Exception as exc:
+            if not conn.in_transaction:
+                results[index] = outcome.Error(_rolled_back(exc))
+                return index
+            conn.execute("ROLLBACK TO skald_op")
+            conn.execute("RELEASE skald_op")
+            results[index] = outcome.Error(exc)
+        else:
+            conn.execute("RELEASE skald_op")
+            tables |= conn.written_tables
+            results[index] = outcome.Value(value)
+    return None
+
+
+def _connection_failed(exc: BaseException) -> DocumentUnavailable:
+    # 503 with Retry-After: the actor replaces the connection before its next batch, so a
+    # retry is expected to work; the write itself was rolled back with the connection.
+    error = DocumentUnavailable(
+        f"the document's write connection failed ({type(exc).__name__}: {exc}); "
+        "this write was not committed, retry it"
+    )
+    error.__cause__ = exc
+    return error
+
+
+def _rolled_back(exc: Exception) -> Exception:
+    """The answer for an op that ended the whole transaction."""
+    cause = _sqlite_cause(exc)
+    name = getattr(cause, "sqlite_errorname", None)
+    if name == "SQLITE_INTERRUPT":
+        # skald stopped it (a query's time limit): its own error says more than the rollback
+        # SQLite makes of an interrupted write.
+        return exc
+    extra: dict[str, Any] = {}
+    if isinstance(exc, SkaldError):
+        reason = exc.detail
+        extra.update(exc.extra)  # e.g. a batch's statement_index
+    elif isinstance(exc, sqlite3.Error):
+        reason = str(exc)
+    else:
+        reason = f"{type(exc).__name__}: {exc}"
+    if name:
+        extra["sqlite_error"] = name
+    error = TransactionRolledBack(
+        f"{reason}; this write ended its transaction, so it was not applied "
+        "(the other writes committed with it were run again without it)",
+        **extra,
+    )
+    error.__cause__ = exc
+    return error
+
+
+def _sqlite_cause(exc: BaseException) -> sqlite3.Error | None:
+    """The sqlite3 error behind ``exc`` (services translate with ``from None``, which keeps the context)."""
+    seen: BaseException | None = exc
+    for _ in range(8):
+        if seen is None or isinstance(seen, sqlite3.Error):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _translate(exc: BaseException) -> BaseException:
+    """sqlite3 errors that escape an op become skald errors at the actor boundary."""
+    if isinstance(exc, SkaldError):
+        return exc
+    if isinstance(exc, sqlite3.Error):
+        return StorageError(f"{type(exc).__name__}: {exc}")
+    return exc

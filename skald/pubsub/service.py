@@ -1,0 +1,400 @@
+"""Durable pub/sub: publish through group commit, fan out after commit, replay from SQLite.
+
+* :meth:`PubSub.publish` inserts through ``actor.write`` (group commit); its
+  ``after_commit`` hands the committed :class:`Message` to the document's
+  in-memory :class:`Hub`, so subscribers only ever see committed messages.
+* A :class:`Subscriber` has a bounded buffer (``settings.subscriber_buffer``
+  messages and :data:`SUBSCRIBER_BUFFER_BYTES`). When it is full the hub drops
+  the subscriber (``overflowed``) instead of growing memory: the stream tells
+  the client where to resume and disconnects it.
+* Replay subscribes to the hub *first*, then reads history from the read pool
+  and deduplicates by id, so nothing committed in between is lost or doubled.
+* Retention (none by default) is a per-document policy enforced by
+  :meth:`PubSub.sweep` in small ``actor.write`` batches.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import dataclasses
+import json
+from typing import Any
+
+import structlog
+import trio
+from prometheus_client import Counter, Gauge
+
+from skald.db.actor import DocumentActor
+from skald.db.connection import DocConnection
+from skald.db.supervisor import Supervisor
+from skald.errors import PayloadTooLarge, ValidationFailed
+from skald.http.sse import json_event
+from skald.metrics import Metrics
+from skald.pubsub.retention import Retention, iso_timestamp
+from skald.pubsub.topics import TopicFilter, topic_visible, validate_topic
+
+log = structlog.get_logger("skald.pubsub.service")
+
+SUBSCRIBER_BUFFER_BYTES = 8 * 1024 * 1024
+"""Payload bytes one subscriber may have buffered before it counts as slow."""
+PAYLOAD_FORMS = ("payload", "payload_text", "payload_base64")
+_FORM_OF_KEY = {"payload": "json", "payload_text": "text", "payload_base64": "base64"}
+_KEY_OF_FORM = {v: k for k, v in _FORM_OF_KEY.items()}
+
+
+@dataclasses.dataclass
+class Message:
+    """One committed message; shared by every subscriber that buffers it (never copied)."""
+
+    id: int
+    topic: str
+    form: str  # json | text | base64
+    payload: bytes
+    content_type: str | None
+    created_at: str
+    _sse: bytes | None = None
+
+    @property
+    def size(self) -> int:
+        return len(self.payload)
+
+    def to_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"id": self.id, "topic": self.topic}
+        if self.form == "json":
+            body["payload"] = json.loads(self.payload)
+        elif self.form == "text":
+            body["payload_text"] = self.payload.decode("utf-8")
+        else:
+            body["payload_base64"] = base64.b64encode(self.payload).decode("ascii")
+        body["content_type"] = self.content_type
+        body["created_at"] = self.created_at
+        return body
+
+    def sse(self) -> bytes:
+        """The SSE frame, encoded once however many subscribers receive it."""
+        if self._sse is None:
+            self._sse = json_event("message", self.to_json(), self.id)
+        return self._sse
+
+    @classmethod
+    def from_row(cls, row: tuple[Any, ...]) -> Message:
+        payload = row[3]
+        if isinstance(payload, str):
+            payload = payload.encode("utf-8")
+        return cls(int(row[0]), str(row[1]), str(row[2]), bytes(payload), row[4], str(row[5]))
+
+
+_COLUMNS = "id, topic, payload_form, payload, content_type, created_at"
+
+
+@dataclasses.dataclass(frozen=True)
+class PublishResult:
+    message: Message
+    created: bool  # False: an earlier message with the same dedupe_key
+
+
+def parse_publish(body: object, max_bytes: int) -> tuple[str, str, bytes, str | None, str | None]:
+    """Validate a publish request body; return (topic, form, payload bytes, content_type, dedupe_key)."""
+    if not isinstance(body, dict):
+        raise ValidationFailed("body must be a JSON object")
+    topic = validate_topic(body.get("topic"))
+    given = [key for key in PAYLOAD_FORMS if key in body]
+    if len(given) != 1:
+        raise ValidationFailed("give exactly one of payload, payload_text, payload_base64")
+    key = given[0]
+    value = body[key]
+    if key == "payload":
+        payload = json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    elif key == "payload_text":
+        if not isinstance(value, str):
+            raise ValidationFailed("payload_text must be a string")
+        payload = value.encode("utf-8")
+    else:
+        if not isinstance(value, str):
+            raise ValidationFailed("payload_base64 must be a string")
+        try:
+            payload = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError):
+            raise ValidationFailed("payload_base64 is not valid base64") from None
+    if len(payload) > max_bytes:
+        raise PayloadTooLarge(f"payload is {len(payload)} bytes; the limit is {max_bytes}", limit=max_bytes)
+    content_type = body.get("content_type")
+    if content_type is not None and (not isinstance(content_type, str) or len(content_type) > 255):
+        raise ValidationFailed("content_type must be a string of at most 255 characters")
+    dedupe_key = body.get("dedupe_key")
+    if dedupe_key is not None and (not isinstance(dedupe_key, str) or not 1 <= len(dedupe_key) <= 255):
+        raise ValidationFailed("dedupe_key must be a string of 1-255 characters")
+    return topic, _FORM_OF_KEY[key], payload, content_type, dedupe_key
+
+
+# ---- fan-out ----------------------------------------------------------------------------------------
+
+
+class Subscriber:
+    """A bounded buffer of messages for one stream; dropped by the hub when it is full."""
+
+    def __init__(self, filters: list[TopicFilter], prefixes: list[str] | None, limit: int) -> None:
+        self.filters = filters
+        self.prefixes = prefixes
+        self._send, self.receive = trio.open_memory_channel[Message](limit)
+        self.buffered_bytes = 0
+        self.overflowed = False
+        self.first_lost_id = 0
+        self.closed = False
+
+    def wants(self, message: Message) -> bool:
+        return topic_visible(message.topic, self.filters, self.prefixes)
+
+    def offer(self, message: Message) -> bool:
+        """Buffer ``message``; False (and the subscriber is closed) if the buffer is full.
+
+        On overflow the buffered messages are dropped at once (a stuck client
+        must not pin memory); ``first_lost_id`` remembers where the gap starts.
+        """
+        if self.buffered_bytes + message.size > SUBSCRIBER_BUFFER_BYTES and self.buffered_bytes > 0:
+            self._overflow(message)
+        else:
+            try:
+                self._send.send_nowait(message)
+                self.buffered_bytes += message.size
+                return True
+            except trio.WouldBlock:
+                self._overflow(message)
+            except (trio.ClosedResourceError, trio.BrokenResourceError):
+                pass
+        self.close()
+        return False
+
+    def _overflow(self, message: Message) -> None:
+        self.overflowed = True
+        self.first_lost_id = message.id
+        while True:
+            try:
+                dropped = self.receive.receive_nowait()
+            except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                break
+            self.first_lost_id = min(self.first_lost_id, dropped.id)
+        self.buffered_bytes = 0
+
+    def taken(self, message: Message) -> None:
+        self.buffered_bytes = max(0, self.buffered_bytes - message.size)
+
+    def close(self) -> None:
+        self.closed = True
+        self._send.close()
+
+
+class Hub:
+    """The live subscribers of one document actor."""
+
+    def __init__(self, pubsub: PubSub) -> None:
+        self._pubsub = pubsub
+        self.subscribers: set[Subscriber] = set()
+
+    def deliver(self, message: Message) -> None:
+        dropped: list[Subscriber] = []
+        for sub in self.subscribers:
+            if sub.wants(message) and not sub.offer(message):
+                dropped.append(sub)
+        for sub in dropped:
+            self.subscribers.discard(sub)
+
+    def add(self, sub: Subscriber) -> None:
+        self.subscribers.add(sub)
+        self._pubsub.subscribers_gauge.inc()
+
+    def remove(self, sub: Subscriber) -> None:
+        self.subscribers.discard(sub)
+        sub.close()
+        self._pubsub.subscribers_gauge.dec()
+
+    def close_all(self) -> None:
+        for sub in list(self.subscribers):
+            sub.close()
+        self.subscribers.clear()
+
+
+# ---- the service ------------------------------------------------------------------------------------
+
+
+class PubSub:
+    """Per-app pub/sub service (``state.pubsub``)."""
+
+    def __init__(self, supervisor: Supervisor, metrics: Metrics, subscriber_buffer: int) -> None:
+        self.supervisor = supervisor
+        self.subscriber_buffer = subscriber_buffer
+        self._hubs: dict[int, tuple[DocumentActor, Hub]] = {}
+        self.retention = Retention(supervisor)
+        self._nursery: trio.Nursery | None = None
+        r = metrics.registry
+        self.published = Counter("skald_messages_published_total", "Messages committed", registry=r)
+        self.delivered = Counter(
+            "skald_messages_delivered_total", "Messages written to SSE subscribers", registry=r
+        )
+        self.subscribers_gauge = Gauge("skald_sse_subscribers", "Open pub/sub SSE streams", registry=r)
+        self.slow_dropped = Counter(
+            "skald_slow_consumers_dropped_total", "Subscribers cut off for falling behind", registry=r
+        )
+        self.deduplicated = Counter(
+            "skald_messages_deduplicated_total", "Publishes answered with an earlier message (dedupe_key)",
+            registry=r,
+        )
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+
+    async def run(
+        self, shutdown: trio.Event | None, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+    ) -> None:
+        """Own the watcher tasks and the retention sweeper until cancelled."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            if shutdown is not None:
+                nursery.start_soon(self._close_on, shutdown, None)
+            nursery.start_soon(self.retention.sweep_forever)
+            task_status.started()
+            await trio.sleep_forever()
+
+    async def _close_on(self, event: trio.Event, key: int | None) -> None:
+        await event.wait()
+        if key is None:
+            for _actor, hub in list(self._hubs.values()):
+                hub.close_all()
+            return
+        entry = self._hubs.pop(key, None)
+        if entry is not None:
+            entry[1].close_all()
+            self.retention.forget(entry[0].db_id)
+
+    def hub(self, actor: DocumentActor) -> Hub:
+        entry = self._hubs.get(id(actor))
+        if entry is None or entry[0] is not actor:
+            hub = Hub(self)
+            self._hubs[id(actor)] = (actor, hub)
+            if self._nursery is not None:
+                self._nursery.start_soon(self._close_on, actor.closing, id(actor))
+            return hub
+        return entry[1]
+
+    # ---- publish ---------------------------------------------------------------------------------
+
+    async def publish(
+        self, actor: DocumentActor, topic: str, form: str, payload: bytes,
+        content_type: str | None, dedupe_key: str | None,
+    ) -> PublishResult:
+        """Commit one message; returns after COMMIT. Dedupe hits return the original (created=False)."""
+        created_at = iso_timestamp()
+        hub = self.hub(actor)
+
+        def insert(conn: DocConnection) -> PublishResult:
+            if dedupe_key is not None:
+                row = conn.execute(
+                    f"SELECT {_COLUMNS} FROM _skald_messages WHERE topic = ? AND dedupe_key = ?",
+                    (topic, dedupe_key),
+                ).fetchone()
+                if row is not None:
+                    return PublishResult(Message.from_row(row), False)
+            cursor = conn.execute(
+                "INSERT INTO _skald_messages (topic, payload, payload_form, content_type, dedupe_key,"
+                " created_at, size) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (topic, payload, form, content_type, dedupe_key, created_at, len(payload)),
+            )
+            assert cursor.lastrowid is not None
+            message = Message(cursor.lastrowid, topic, form, payload, content_type, created_at)
+            return PublishResult(message, True)
+
+        def committed(result: PublishResult) -> None:
+            if result.created:
+                self.published.inc()
+                hub.deliver(result.message)
+            else:
+                self.deduplicated.inc()
+
+        return await actor.write(insert, after_commit=committed)
+
+    # ---- reading ---------------------------------------------------------------------------------
+
+    async def read_after(
+        self, actor: DocumentActor, since_id: int, filters: list[TopicFilter], prefixes: list[str] | None,
+        limit: int,
+    ) -> tuple[list[Message], int]:
+        """Up to ``limit`` visible messages with id > since_id, in id order, and the last id scanned."""
+
+        def fetch(conn: DocConnection) -> tuple[list[Message], int]:
+            found: list[Message] = []
+            cursor_id = since_id
+            literal = bool(filters) and all(f.literal for f in filters)
+            while len(found) < limit:
+                if literal:
+                    marks = ",".join("?" * len(filters))
+                    rows = conn.execute(
+                        f"SELECT {_COLUMNS} FROM _skald_messages WHERE topic IN ({marks}) AND id > ?"
+                        " ORDER BY id LIMIT ?",
+                        (*[f.text for f in filters], cursor_id, limit - len(found)),
+                    ).fetchall()
+                else:
+                    rows = conn.execute(
+                        f"SELECT {_COLUMNS} FROM _skald_messages WHERE id > ? ORDER BY id LIMIT 1000",
+                        (cursor_id,),
+                    ).fetchall()
+                if not rows:
+                    break
+                for row in rows:
+                    cursor_id = int(row[0])
+                    message = Message.from_row(row)
+                    if topic_visible(message.topic, filters, prefixes):
+                        found.append(message)
+                        if len(found) >= limit:
+                            break
+                if literal:
+                    break
+            return found, cursor_id
+
+        return await actor.read(fetch)
+
+    async def tail_start(
+        self, actor: DocumentActor, count: int, filters: list[TopicFilter], prefixes: list[str] | None
+    ) -> int:
+        """The cursor (an id) after which the last ``count`` visible messages follow."""
+        if count <= 0:
+            return await self.last_id(actor)
+
+        def fetch(conn: DocConnection) -> int:
+            seen = 0
+            cursor_id: int | None = None
+            while True:
+                if cursor_id is None:
+                    rows = conn.execute(
+                        f"SELECT {_COLUMNS} FROM _skald_messages ORDER BY id DESC LIMIT 1000"
+                    ).fetchall()
+                else:
+                    rows = conn.execute(
+                        f"SELECT {_COLUMNS} FROM _skald_messages WHERE id < ? ORDER BY id DESC LIMIT 1000",
+                        (cursor_id,),
+                    ).fetchall()
+                if not rows:
+                    return 0
+                for row in rows:
+                    cursor_id = int(row[0])
+                    if topic_visible(str(row[1]), filters, prefixes):  # row[1]: the topic column
+                        seen += 1
+                        if seen == count:
+                            return cursor_id - 1
+
+        return await actor.read(fetch)
+
+    async def last_id(self, actor: DocumentActor) -> int:
+        def fetch(conn: DocConnection) -> int:
+            row = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = '_skald_messages'").fetchone()
+            return int(row[0]) if row else 0
+
+        return await actor.read(fetch)
+
+    async def pruned_through(self, actor: DocumentActor) -> int:
+        def fetch(conn: DocConnection) -> int:
+            row = conn.execute("SELECT pruned_through FROM _skald_message_retention WHERE id = 1").fetchone()
+            return int(row[0]) if row else 0
+
+        return await actor.read(fetch)
+
+__all__ = ["Hub", "Message", "PubSub", "Subscriber", "parse_publish"]

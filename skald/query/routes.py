@@ -1,0 +1,177 @@
+"""Query API: ``POST /api/v1/db/{db_id}/query``, ``/query/batch`` and ``/query/watch`` (SSE).
+
+Routes parse, authorize and render; :mod:`skald.query.service` and :mod:`skald.query.watch`
+do the work. Every route needs at least ``query.read``; the statement's class
+(decided by SQLite's authorizer) then decides whether ``query.write`` or
+``query.admin`` is needed too.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from pydantic import BaseModel, Field
+from quart import Response, request
+from quart_schema import validate_request
+from quart_trio import QuartTrio
+
+from skald.auth.guard import authorize, current_principal, requires
+from skald.db.connection import DocConnection
+from skald.db.sqlscope import StatementClass
+from skald.http.params import HEARTBEAT_MAX_SECONDS, HEARTBEAT_MIN_SECONDS
+from skald.http.sse import sse_response
+from skald.http.state import AppState, get_state
+from skald.query.metrics import QueryMetrics
+from skald.query.service import (
+    Guard,
+    Limits,
+    NotReadOnly,
+    Statement,
+    classify,
+    classify_all,
+    execute,
+    execute_batch,
+)
+from skald.query.values import decode_args
+from skald.query.watch import QueryWatch, WatchHub
+
+Args = list[Any] | dict[str, Any] | None
+
+
+class QueryOptions(BaseModel):
+    max_rows: int | None = Field(default=None, ge=0, description="lower the server's row cap")
+    timeout_ms: int | None = Field(default=None, ge=1, description="lower the server's time limit")
+
+
+class FenceBody(BaseModel):
+    resource: str = Field(min_length=1, description="the leased resource")
+    token: int | str = Field(description="the fence number the writer holds")
+
+
+class QueryBody(BaseModel):
+    sql: str = Field(description="exactly one SQL statement")
+    args: Args = Field(default=None, description="positional list or named object; see docs/query.md")
+    options: QueryOptions | None = None
+    fence: FenceBody | None = Field(default=None, description="refuse the write (409 stale_fence) unless current")
+
+
+class BatchStatement(BaseModel):
+    sql: str
+    args: Args = None
+
+
+class BatchBody(BaseModel):
+    statements: list[BatchStatement] = Field(min_length=1, max_length=1000)
+    options: QueryOptions | None = None
+    fence: FenceBody | None = None
+
+
+class WatchOptions(QueryOptions):
+    heartbeat_seconds: float | None = Field(default=None, ge=HEARTBEAT_MIN_SECONDS, le=HEARTBEAT_MAX_SECONDS)
+    result_hash: str | None = Field(default=None, description="hash the client already has")
+
+
+class WatchBody(BaseModel):
+    sql: str
+    args: Args = None
+    options: WatchOptions | None = None
+
+
+def install(app: QuartTrio, state: AppState) -> None:
+    state.query_watch_hub = WatchHub()
+    state.query_metrics = QueryMetrics(state.metrics.registry)
+    app.add_url_rule("/api/v1/db/<db_id>/query", view_func=query_view, methods=["POST"])
+    app.add_url_rule("/api/v1/db/<db_id>/query/batch", view_func=batch_view, methods=["POST"])
+    app.add_url_rule("/api/v1/db/<db_id>/query/watch", view_func=watch_view, methods=["POST"])
+
+
+def _limits(options: QueryOptions | None) -> Limits:
+    return Limits.from_request(get_state().settings, options.model_dump() if options else None)
+
+
+async def _authorize_class(db_id: str, cls: StatementClass) -> None:
+    """Require the action the statement's class needs (``query.read`` was checked by the route)."""
+    if cls > StatementClass.READ:
+        await authorize(current_principal(), db_id, cls.action)
+
+
+def _fence_guard(fence: FenceBody | None) -> Guard | None:
+    """The lease fence check, run inside the same transaction as the write it guards."""
+    if fence is None:
+        return None
+    leases = get_state().leases
+    resource, token = fence.resource, fence.token
+
+    def guard(conn: DocConnection) -> None:
+        leases.check_fence(conn, resource, token)
+
+    return guard
+
+
+def _metrics() -> QueryMetrics:
+    metrics: QueryMetrics = get_state().query_metrics
+    return metrics
+
+
+def _ms(started: float) -> float:
+    return round((time.perf_counter() - started) * 1000, 3)
+
+
+@requires("query.read")
+@validate_request(QueryBody)
+async def query_view(db_id: str, data: QueryBody) -> dict[str, Any]:
+    """Run one statement; reads on the read pool, writes in the next group commit."""
+    started = time.perf_counter()
+    stmt = Statement(data.sql, decode_args(data.args))
+    limits = _limits(data.options)
+    async with get_state().supervisor.open_document(db_id) as actor:
+        cls = await classify(actor, stmt)
+        await _authorize_class(db_id, cls)
+        result = await execute(actor, stmt, cls, limits, _fence_guard(data.fence))
+    body = result.to_json()
+    body["duration_ms"] = _ms(started)
+    _metrics().duration.labels(cls.name.lower()).observe(body["duration_ms"] / 1000)
+    return body
+
+
+@requires("query.read")
+@validate_request(BatchBody)
+async def batch_view(db_id: str, data: BatchBody) -> dict[str, Any]:
+    """Run several statements in one transaction: all or nothing."""
+    started = time.perf_counter()
+    stmts = [Statement(s.sql, decode_args(s.args)) for s in data.statements]
+    limits = _limits(data.options)
+    async with get_state().supervisor.open_document(db_id) as actor:
+        cls = await classify_all(actor, stmts)
+        await _authorize_class(db_id, cls)
+        results = await execute_batch(actor, stmts, cls, limits, _fence_guard(data.fence))
+    duration_ms = _ms(started)
+    _metrics().duration.labels(cls.name.lower()).observe(duration_ms / 1000)
+    return {"results": [r.to_json() for r in results], "duration_ms": duration_ms}
+
+
+@requires("query.read")
+@validate_request(WatchBody)
+async def watch_view(db_id: str, data: WatchBody) -> Response:
+    """SSE stream of a read-only query's result: snapshot, then updates when it changes."""
+    state = get_state()
+    stmt = Statement(data.sql, decode_args(data.args))
+    options = data.options or WatchOptions()
+    limits = _limits(options)
+    async with state.supervisor.open_document(db_id) as actor:
+        cls = await classify(actor, stmt)
+    if cls != StatementClass.READ:
+        raise NotReadOnly(f"this statement needs {cls.action}; watches run read-only statements")
+    watch = QueryWatch(
+        state.supervisor,
+        db_id,
+        stmt,
+        limits,
+        heartbeat_seconds=options.heartbeat_seconds or state.settings.sse_heartbeat_seconds,
+        known_hash=options.result_hash or request.headers.get("Last-Event-ID"),
+        shutdown=state.shutdown.event,
+        hub=state.query_watch_hub,
+        metrics=_metrics(),
+    )
+    return sse_response(watch.events())

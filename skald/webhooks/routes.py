@@ -1,0 +1,134 @@
+"""Webhook routes: ``POST /api/v1/db/{db_id}/webhooks/{endpoint}`` and its per-endpoint config."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import Counter
+from quart import Response, jsonify, request
+from quart_trio import QuartTrio
+
+from skald.auth.guard import requires
+from skald.db.connection import DocConnection
+from skald.errors import NotFound, PayloadTooLarge
+from skald.http.state import AppState, get_state
+from skald.webhooks.service import (
+    Delivery,
+    EndpointConfig,
+    Stored,
+    delete_endpoint_config,
+    delivery_id_from,
+    load_endpoint_config,
+    parse_endpoint_config,
+    redact_headers,
+    save_endpoint_config,
+    store_delivery,
+    utc_now,
+    validate_endpoint,
+    verify_signature,
+)
+
+_BASE = "/api/v1/db/<db_id>/webhooks/<endpoint>"
+
+
+def install(app: QuartTrio, state: AppState) -> None:
+    state.webhook_deliveries = Counter(
+        "skald_webhook_deliveries_total",
+        "Webhook deliveries acknowledged, by result (stored or duplicate)",
+        ["result"],
+        registry=state.metrics.registry,
+    )
+    app.add_url_rule(_BASE, view_func=ingest_view, methods=["POST", "PUT", "PATCH"])
+    app.add_url_rule(_BASE + "/config", view_func=get_config_view, methods=["GET"])
+    app.add_url_rule(_BASE + "/config", view_func=put_config_view, methods=["PUT"])
+    app.add_url_rule(_BASE + "/config", view_func=delete_config_view, methods=["DELETE"])
+
+
+async def _read_body(limit: int) -> bytes:
+    """The request body, refusing (413) anything over ``limit`` bytes without buffering it all."""
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"webhook body is over the {limit}-byte limit", limit=limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.body:
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"webhook body is over the {limit}-byte limit", limit=limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+@requires("webhook.ingest", resource=lambda kw: kw["endpoint"])
+async def ingest_view(db_id: str, endpoint: str) -> tuple[Response, int]:
+    """Store the delivery; answer 201 (or 200 for a duplicate delivery id) only after commit."""
+    validate_endpoint(endpoint)
+    state = get_state()
+    body = await _read_body(state.settings.webhook_max_bytes)
+    raw_headers = [(name, value) for name, value in request.headers.items()]
+    header_map: dict[str, str] = {}
+    for name, value in raw_headers:
+        key = name.lower()
+        header_map[key] = f"{header_map[key]}, {value}" if key in header_map else value
+    delivery_id = delivery_id_from(header_map, body)
+    method = request.method
+    query_string = request.query_string.decode("utf-8", "replace")
+    content_type = request.headers.get("Content-Type")
+    received_at = utc_now()
+
+    def ingest(conn: DocConnection) -> Stored:
+        # Config, verification and insert in one op: a mismatch raises and nothing is stored.
+        config = load_endpoint_config(conn, endpoint)
+        if config.verify is not None:
+            verify_signature(config.verify, header_map, body)
+        delivery = Delivery(
+            endpoint=endpoint,
+            method=method,
+            headers=redact_headers(header_map, config.redact_headers),
+            query_string=query_string,
+            content_type=content_type,
+            body=body,
+            delivery_id=delivery_id,
+            received_at=received_at,
+            verified=config.verify.style if config.verify else None,
+        )
+        return store_delivery(conn, delivery)
+
+    async with state.supervisor.open_document(db_id) as actor:
+        stored = await actor.write(ingest)
+    state.webhook_deliveries.labels("duplicate" if stored.duplicate else "stored").inc()
+    payload = {
+        "id": stored.id,
+        "endpoint": endpoint,
+        "delivery_id": stored.delivery_id,
+        "received_at": stored.received_at,
+        "duplicate": stored.duplicate,
+    }
+    return jsonify(payload), (200 if stored.duplicate else 201)
+
+
+@requires("db.admin")
+async def get_config_view(db_id: str, endpoint: str) -> dict[str, Any]:
+    validate_endpoint(endpoint)
+    async with get_state().supervisor.open_document(db_id) as actor:
+        config = await actor.read(lambda conn: load_endpoint_config(conn, endpoint))
+    return {"endpoint": endpoint, **config.public()}
+
+
+@requires("db.admin")
+async def put_config_view(db_id: str, endpoint: str) -> dict[str, Any]:
+    """Replace the endpoint's settings: ``{"verify": {...} | null, "redact_headers": [...]}``."""
+    validate_endpoint(endpoint)
+    config: EndpointConfig = parse_endpoint_config(await request.get_json(force=True))
+    async with get_state().supervisor.open_document(db_id) as actor:
+        await actor.write(lambda conn: save_endpoint_config(conn, endpoint, config))
+    return {"endpoint": endpoint, **config.public()}
+
+
+@requires("db.admin")
+async def delete_config_view(db_id: str, endpoint: str) -> tuple[str, int]:
+    validate_endpoint(endpoint)
+    async with get_state().supervisor.open_document(db_id) as actor:
+        deleted = await actor.write(lambda conn: delete_endpoint_config(conn, endpoint))
+    if not deleted:
+        raise NotFound(f"endpoint {endpoint} has no settings")
+    return "", 204
