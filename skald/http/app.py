@@ -33,6 +33,7 @@ from skald.http import openapi, operations, throttle
 from skald.http.json_body import decode_json_body
 from skald.http.problem import install_error_handlers
 from skald.http.state import AppState, get_state
+from skald.jobs import routes as jobs
 from skald.leases import routes as leases
 from skald.metrics import Metrics
 from skald.pubsub import routes as messages
@@ -64,6 +65,7 @@ INSTALLERS: tuple[Installer, ...] = (
     leases.install,
     blobs.install,
     sync.install,
+    jobs.install,
 )
 
 

@@ -26,6 +26,9 @@ from skald.auth.scopes import ACTIONS
 from skald.auth.tokens import MAX_LIFETIME
 from skald.blobs.service import MAX_SINGLE_PUT_BYTES
 from skald.errors import PROBLEM_CONTENT_TYPE, ValidationFailed
+from skald.jobs.model import PRIORITIES as JOB_PRIORITIES
+from skald.jobs.model import QUEUE_PATTERN as JOB_QUEUE_PATTERN
+from skald.jobs.model import STATES as JOB_STATES
 
 Schema = dict[str, Any]
 Errors = Mapping[int, Iterable[str]]
@@ -60,6 +63,8 @@ PATH_PARAMETERS: dict[str, Schema] = {
     "token_id": {"type": "string", "minLength": 1},
     "topic": {"type": "string", "minLength": 1},
     "path": {"type": "string", "minLength": 1},
+    "job_id": {"type": "integer", "minimum": 1, "maximum": 2**63 - 1},
+    "queue": {"type": "string", "pattern": JOB_QUEUE_PATTERN},
 }
 
 # ---- error sets ----------------------------------------------------------------------------------
@@ -317,6 +322,138 @@ _MINT = obj(
                     "description": "lifetime like `30d`, `12h`, `15m`, at most 36500 days; null = never"}},
 ) | {"title": "CreateTokenRequest"}  # skald.auth.admin's model, with the patterns its validators enforce
 
+
+# ---- job queues (skald.jobs; docs/jobs.md) ---------------------------------------------------------
+_QUEUE_NAME: Schema = {"type": "string", "pattern": JOB_QUEUE_PATTERN}
+_PRIORITY: Schema = {"enum": list(JOB_PRIORITIES)}
+_JOB_STATE: Schema = {"enum": list(JOB_STATES)}
+_TIME: Schema = {"type": "string", "description": "ISO 8601; a missing zone means UTC"}
+_BACKOFF: Schema = obj({}, {"strategy": {"enum": ["none", "fixed", "linear", "exponential"]},
+                            "base_seconds": NUM, "max_seconds": NUM})
+JOB = obj({
+    "id": INT, "queue": STR, "state": _JOB_STATE, "priority": _PRIORITY, "payload": ANY, "run_at": STR,
+    "created_at": STR, "started_at": NULL_STR, "completed_at": NULL_STR, "attempts": INT, "max_attempts": INT,
+    "backoff": _BACKOFF, "unique_key": NULL_STR, "tags": array(STR), "timeout_seconds": NULL_NUM,
+    "worker_id": NULL_STR, "lease_expires_at": NULL_STR, "progress": ANY, "checkpoint": ANY, "result": ANY,
+    "cancel_requested": BOOL, "error_count": INT, "last_error": NULL_STR,
+})
+_JOB_ERROR = obj({"attempt": INT, "error": STR, "backtrace": NULL_STR, "at": STR})
+_JOB_WITH_ERRORS = {**JOB, "properties": {**JOB["properties"], "errors": array(_JOB_ERROR)}}
+_ENQUEUED = {**JOB, "properties": {**JOB["properties"], "duplicate": BOOL}}
+_FETCHED = {**JOB, "properties": {**JOB["properties"], "attempt": INT,
+                                  "lease": obj({"token": STR, "fence": INT, "expires_at": STR})}}
+_JOB_IN = obj({"queue": _QUEUE_NAME}, {
+    "payload": ANY, "priority": _PRIORITY, "run_at": {"type": ["string", "null"]},
+    "max_attempts": {"type": "integer", "minimum": 1, "maximum": 1000},
+    "backoff": _BACKOFF, "unique_key": {"type": ["string", "null"], "minLength": 1, "maxLength": 256},
+    "unique_for_seconds": {"type": ["number", "null"], "minimum": 0},
+    "tags": array({"type": "string", "minLength": 1, "maxLength": 256}),
+    "timeout_seconds": {"type": ["number", "null"], "minimum": 1},
+})
+_JOB_FILTER = obj({}, {
+    "queue": ANY, "state": ANY, "priority": ANY, "tags": array(STR), "payload_contains": ANY,
+    "ids": array(INT), "attempts_min": INT, "attempts_max": INT, "unique_key": STR, "worker_id": STR,
+    "has_errors": BOOL, "error_contains": STR, "id_prefix": {"type": "string", "pattern": "^[0-9]{1,19}$"},
+    **{f"{t}_{side}": _TIME for t in ("created", "run_at", "started", "completed") for side in ("before", "after")},
+})
+_QUEUE_INFO = obj({"name": STR, "paused": BOOL, "concurrency": NULL_INT,
+                   "throttle": {"anyOf": [obj({"rate": INT, "window_seconds": NUM}), {"type": "null"}]},
+                   "counts": {"type": "object", "additionalProperties": INT}})
+_LEASE_IN = {"lease": {"type": "string", "minLength": 1, "maxLength": 256}}
+_JOB_PATH = merge(_AUTH, _DOC, {404: ["job_not_found"]})
+_JOB_JSON = merge(_DB_JSON, {404: ["job_not_found"]})
+_REMOVED = ok(obj({"queue": STR, "deleted": INT}))
+
+
+def _job_operations() -> dict[tuple[str, str], Op]:
+    j = D + "/jobs"
+    state_conflict = {409: ["job_state_conflict"]}
+    return {
+        ("POST", j): Op({**ok(_ENQUEUED, "enqueued", 201), **ok(_ENQUEUED, "a live job has this unique_key")},
+                        _DB_JSON, body=json_body(_JOB_IN)),
+        ("POST", j + "/batch"): Op(
+            {**ok(obj({"jobs": array(_ENQUEUED)}), "enqueued, all or none", 201),
+             **ok(obj({"jobs": array(_ENQUEUED)}), "every job was a duplicate")},
+            _DB_JSON, body=json_body(obj({"jobs": {"type": "array", "minItems": 1, "maxItems": 1000,
+                                                   "items": _JOB_IN}}))),
+        ("POST", j + "/fetch"): Op(
+            {**ok(_FETCHED, "a job, now running under `lease`"), **no_content("nothing came within wait_seconds")},
+            _DB_JSON, body=json_body(obj(
+                {"queues": {"type": "array", "minItems": 1, "maxItems": 100, "items": _QUEUE_NAME},
+                 "worker_id": {"type": "string", "minLength": 1, "maxLength": 256}},
+                {"lease_seconds": {"type": "number", "minimum": 1, "maximum": 3600},
+                 "wait_seconds": {"type": "number", "minimum": 0, "maximum": 60}}))),
+        ("POST", j + "/heartbeat"): Op(
+            ok(obj({"jobs": array(obj({"id": INT, "ok": BOOL}, {
+                "lease_expires_at": STR, "cancel": BOOL, "code": STR, "detail": STR}))})),
+            _DB_JSON, body=json_body(obj(
+                {"worker_id": {"type": "string", "minLength": 1, "maxLength": 256},
+                 "jobs": array(obj({"id": {"type": "integer", "minimum": 1}, **_LEASE_IN},
+                                   {"progress": ANY, "checkpoint": ANY}))},
+                {"lease_seconds": {"type": "number", "minimum": 1, "maximum": 3600}}))),
+        ("POST", j + "/{job_id}/ack"): Op(ok(JOB), merge(_JOB_JSON, {409: ["job_lease_mismatch"]}),
+                                          body=json_body(obj(_LEASE_IN, {"result": ANY}))),
+        ("POST", j + "/{job_id}/fail"): Op(
+            ok(JOB, "the job: `retrying` (after its backoff), `dead` or `cancelled`"),
+            merge(_JOB_JSON, {409: ["job_lease_mismatch"]}),
+            body=json_body(obj({**_LEASE_IN, "error": {"type": "string", "minLength": 1, "maxLength": 65536}},
+                               {"backtrace": {"type": ["string", "null"], "minLength": 1, "maxLength": 65536},
+                                "checkpoint": ANY}))),
+        ("GET", j + "/{job_id}"): Op(ok(_JOB_WITH_ERRORS), _JOB_PATH),
+        ("DELETE", j + "/{job_id}"): Op(no_content("deleted"), _JOB_PATH),
+        ("POST", j + "/{job_id}/retry"): Op(ok(JOB), merge(_JOB_PATH, state_conflict)),
+        ("POST", j + "/{job_id}/cancel"): Op(ok(JOB, "cancelled, or `cancel_requested` while running"),
+                                             merge(_JOB_PATH, state_conflict)),
+        ("POST", j + "/{job_id}/move"): Op(ok(JOB), merge(_JOB_JSON, state_conflict),
+                                           body=json_body(obj({"queue": _QUEUE_NAME}))),
+        ("GET", j + "/queues"): Op(ok(obj({"queues": array(_QUEUE_INFO)})), merge(_AUTH, _DOC)),
+        ("PUT", j + "/queues/{queue}"): Op(
+            ok(_QUEUE_INFO), merge(_DB_JSON, {404: ["queue_not_found"]}),
+            body=json_body(obj({}, {
+                "concurrency": {"type": ["integer", "null"], "minimum": 1, "maximum": 1_000_000},
+                "throttle": {"anyOf": [obj({"rate": {"type": "integer", "minimum": 1, "maximum": 1_000_000_000},
+                                            "window_seconds": {"type": "number", "minimum": 0.001,
+                                                               "maximum": 31622400}}),
+                                       {"type": "null"}]},
+                "paused": BOOL}, closed=True))),
+        ("DELETE", j + "/queues/{queue}"): Op(no_content("the queue's jobs and settings are gone"),
+                                             merge(_AUTH, _DOC, {400: ["validation_failed"],
+                                                                 404: ["queue_not_found"], 409: ["queue_busy"]})),
+        ("POST", j + "/queues/{queue}/pause"): Op(ok(_QUEUE_INFO), merge(_DB_JSON, {404: ["queue_not_found"]}),
+                                                 body_required=False),
+        ("POST", j + "/queues/{queue}/resume"): Op(ok(_QUEUE_INFO), merge(_DB_JSON, {404: ["queue_not_found"]}),
+                                                  body_required=False),
+        ("POST", j + "/queues/{queue}/clear"): Op(_REMOVED, merge(_AUTH, _DOC, {400: ["validation_failed"]}),
+                                                 body_required=False),
+        ("POST", j + "/queues/{queue}/drain"): Op(_REMOVED, merge(_AUTH, _DOC, {400: ["validation_failed"]}),
+                                                 body_required=False),
+        ("POST", j + "/search"): Op(
+            ok(obj({"jobs": array(JOB), "next_cursor": NULL_STR})), _DB_JSON,
+            body=json_body(obj({}, {"filter": _JOB_FILTER, "sort": {"enum": [
+                "id", "created_at", "run_at", "started_at", "completed_at", "priority", "attempts"]},
+                "order": {"enum": ["asc", "desc"]}, "limit": {"type": "integer", "minimum": 1, "maximum": 1000},
+                "cursor": STR}, closed=True))),
+        ("POST", j + "/bulk"): Op(
+            ok(obj({"action": STR, "affected": INT})), _DB_JSON,
+            body=json_body(obj({"action": {"enum": ["retry", "requeue", "delete", "cancel", "move", "priority"]}},
+                               {"ids": array(INT), "filter": _JOB_FILTER, "queue": _QUEUE_NAME,
+                                "priority": _PRIORITY}))),
+        ("GET", j + "/workers"): Op(
+            ok(obj({"workers": array(obj({"worker_id": STR, "queues": array(STR), "last_seen": STR,
+                                          "running": INT})), "window_seconds": NUM})),
+            merge(_AUTH, _DOC, _QUERY),
+            query=(query_param("window_seconds", {"type": "number", "minimum": 1, "maximum": 86400},
+                               "workers seen within this many seconds (default 60)"),)),
+        ("GET", j + "/events"): Op(
+            {"200": {"description": "SSE: `job` (id = event id), `heartbeat`, `reset`, `shutdown`",
+                     "content": sse("job", "heartbeat", "reset", "shutdown")}},
+            merge(_AUTH, _DOC, _QUERY),
+            query=(query_param("since", count(), "events after this id (else `Last-Event-ID`, else from now)"),
+                   query_param("heartbeat", {"type": "number", "minimum": 1, "maximum": 300},
+                               "seconds between heartbeats"))),
+    }
+
+
 OPERATIONS: dict[tuple[str, str], Op] = {
     # operations: unauthenticated probes
     ("GET", "/healthz"): Op(ok(obj({"status": {"const": "ok"}})), {}, auth=False),
@@ -529,6 +666,7 @@ OPERATIONS: dict[tuple[str, str], Op] = {
         body_required=False,
     ),
 }
+OPERATIONS.update(_job_operations())
 
 
 _RULE_VARIABLE = re.compile(r"<(?:[^:<>]+:)?([^<>]+)>")

@@ -17,7 +17,7 @@ import json
 import secrets
 from typing import Any
 
-from skald.connection import DocConnection
+from skald.db.connection import DocConnection
 from skald.jobs.errors import JobLeaseMismatch, JobNotFound, JobStateConflict, QueueBusy, QueueNotFound
 from skald.jobs.model import JOB_COLUMNS, MAX_ERROR_BYTES, Backoff, Job, JobSpec
 

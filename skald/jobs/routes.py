@@ -15,12 +15,12 @@ from quart_trio import QuartTrio
 from skald.auth.guard import authorize, current_principal, requires
 from skald.errors import DocumentNotFound, PayloadTooLarge, ValidationFailed
 from skald.http.sse import sse_response
-from skald.ids import validate_db_id
+from skald.db.ids import validate_db_id
 from skald.jobs import model, search
 from skald.jobs.ops import Beat
 from skald.jobs.service import JobService
-from skald.routes.params import float_param, heartbeat_param, int_param
-from skald.state import AppState, get_state
+from skald.http.params import float_param, heartbeat_param, int_param
+from skald.http.state import AppState, get_state
 
 BASE = "/api/v1/db/<db_id>/jobs"
 BATCH_BODY_BYTES = 32 * 1024 * 1024
@@ -42,19 +42,19 @@ def install(app: QuartTrio, state: AppState) -> None:
         ("/<int:job_id>/cancel", cancel_view, "POST"),
         ("/<int:job_id>/move", move_view, "POST"),
         ("/queues", queues_view, "GET"),
-        ("/queues/<name>", put_queue_view, "PUT"),
-        ("/queues/<name>", delete_queue_view, "DELETE"),
-        ("/queues/<name>/pause", pause_view, "POST"),
-        ("/queues/<name>/resume", resume_view, "POST"),
-        ("/queues/<name>/clear", clear_view, "POST"),
-        ("/queues/<name>/drain", drain_view, "POST"),
+        ("/queues/<queue>", put_queue_view, "PUT"),
+        ("/queues/<queue>", delete_queue_view, "DELETE"),
+        ("/queues/<queue>/pause", pause_view, "POST"),
+        ("/queues/<queue>/resume", resume_view, "POST"),
+        ("/queues/<queue>/clear", clear_view, "POST"),
+        ("/queues/<queue>/drain", drain_view, "POST"),
         ("/search", search_view, "POST"),
         ("/bulk", bulk_view, "POST"),
         ("/workers", workers_view, "GET"),
         ("/events", events_view, "GET"),
     ]
     for suffix, view, method in rules:
-        app.add_url_rule(BASE + suffix, view_func=view, methods=[method])
+        app.add_url_rule(BASE + suffix, endpoint="jobs_" + view.__name__, view_func=view, methods=[method])
 
 
 def _service() -> JobService:
@@ -74,7 +74,7 @@ def _job(job: model.Job, status: int = 200, **extra: Any) -> tuple[Response, int
 
 
 def _queue_resource(kwargs: dict[str, Any]) -> str:
-    return str(kwargs.get("name", ""))
+    return str(kwargs.get("queue", ""))
 
 
 # ---- producers ------------------------------------------------------------------------------------
@@ -233,9 +233,9 @@ async def queues_view(db_id: str) -> dict[str, Any]:
 
 
 @requires("jobs.admin", resource=_queue_resource)
-async def put_queue_view(db_id: str, name: str) -> dict[str, Any]:
+async def put_queue_view(db_id: str, queue: str) -> dict[str, Any]:
     """``{"concurrency"?: int|null, "throttle"?: {"rate", "window_seconds"}|null, "paused"?: bool}``."""
-    model.queue_name(name)
+    model.queue_name(queue)
     body = await _body()
     unknown = set(body) - {"concurrency", "throttle", "paused"}
     if unknown:
@@ -259,36 +259,36 @@ async def put_queue_view(db_id: str, name: str) -> dict[str, Any]:
         if not isinstance(body["paused"], bool):
             raise ValidationFailed("paused must be true or false")
         fields["paused"] = int(body["paused"])
-    return await _service().configure_queue(db_id, name, fields)
+    return await _service().configure_queue(db_id, queue, fields)
 
 
 @requires("jobs.admin", resource=_queue_resource)
-async def delete_queue_view(db_id: str, name: str) -> Response:
-    await _service().delete_queue(db_id, model.queue_name(name))
+async def delete_queue_view(db_id: str, queue: str) -> Response:
+    await _service().delete_queue(db_id, model.queue_name(queue))
     return Response("", status=204)
 
 
 @requires("jobs.admin", resource=_queue_resource)
-async def pause_view(db_id: str, name: str) -> dict[str, Any]:
-    return await _service().configure_queue(db_id, model.queue_name(name), {"paused": 1})
+async def pause_view(db_id: str, queue: str) -> dict[str, Any]:
+    return await _service().configure_queue(db_id, model.queue_name(queue), {"paused": 1})
 
 
 @requires("jobs.admin", resource=_queue_resource)
-async def resume_view(db_id: str, name: str) -> dict[str, Any]:
-    return await _service().configure_queue(db_id, model.queue_name(name), {"paused": 0})
+async def resume_view(db_id: str, queue: str) -> dict[str, Any]:
+    return await _service().configure_queue(db_id, model.queue_name(queue), {"paused": 0})
 
 
 @requires("jobs.admin", resource=_queue_resource)
-async def clear_view(db_id: str, name: str) -> dict[str, Any]:
+async def clear_view(db_id: str, queue: str) -> dict[str, Any]:
     """Delete every job of the queue that is not running (history included)."""
     states = ("queued", "retrying", "completed", "dead", "cancelled")
-    return {"queue": name, "deleted": await _service().remove_jobs(db_id, model.queue_name(name), states)}
+    return {"queue": queue, "deleted": await _service().remove_jobs(db_id, model.queue_name(queue), states)}
 
 
 @requires("jobs.admin", resource=_queue_resource)
-async def drain_view(db_id: str, name: str) -> dict[str, Any]:
+async def drain_view(db_id: str, queue: str) -> dict[str, Any]:
     """Delete the queue's waiting jobs (queued and retrying); running ones finish, history stays."""
-    return {"queue": name, "deleted": await _service().remove_jobs(db_id, model.queue_name(name),
+    return {"queue": queue, "deleted": await _service().remove_jobs(db_id, model.queue_name(queue),
                                                                    ("queued", "retrying"))}
 
 

@@ -100,7 +100,7 @@ def parse_filter(value: Any) -> Where:
         if isinstance(needle, dict):
             # Each top-level field must equal the given JSON value.
             for key, expected in needle.items():
-                clauses.append("json_extract(payload, ?) IS json(?)")
+                clauses.append("json_quote(json_extract(payload, ?)) = json(?)")
                 params += ["$." + json.dumps(str(key)), json.dumps(expected)]
         else:
             clauses.append("instr(payload, ?) > 0")

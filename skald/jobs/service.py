@@ -21,15 +21,15 @@ import structlog
 import trio
 from prometheus_client import Counter, Gauge, Histogram
 
-from skald.actor import CommitInfo, DocumentActor
-from skald.connection import DocConnection
+from skald.db.actor import CommitInfo, DocumentActor
+from skald.db.connection import DocConnection
 from skald.http.sse import json_event, wait_first
 from skald.jobs import ops, search
 from skald.jobs.clock import JobClock, SystemJobClock
 from skald.jobs.model import Job, JobSpec, iso
 from skald.metrics import Metrics
-from skald.shutdown import final_event
-from skald.supervisor import Supervisor
+from skald.server.shutdown import final_event
+from skald.db.supervisor import Supervisor
 
 T = TypeVar("T")
 log = structlog.get_logger("skald.jobs")
