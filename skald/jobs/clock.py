@@ -29,8 +29,9 @@ class SystemJobClock:
         return int(time.time() * 1000)
 
     async def sleep_until(self, ms: int) -> None:
-        while (delta := ms - self.now_ms()) > 0:
-            await trio.sleep(delta / 1000)
+        await trio.sleep(max(0, ms - self.now_ms()) / 1000)
+        # time.time() can lag trio's clock by a little: never report "due" before it is
+        await trio.sleep(max(0, ms - self.now_ms()) / 1000)
 
 
 class ManualJobClock:

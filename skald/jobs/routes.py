@@ -13,14 +13,14 @@ from quart import Response, jsonify, request
 from quart_trio import QuartTrio
 
 from skald.auth.guard import authorize, current_principal, requires
-from skald.errors import DocumentNotFound, PayloadTooLarge, ValidationFailed
-from skald.http.sse import sse_response
 from skald.db.ids import validate_db_id
+from skald.errors import DocumentNotFound, PayloadTooLarge, ValidationFailed
+from skald.http.params import float_param, heartbeat_param, int_param
+from skald.http.sse import sse_response
+from skald.http.state import AppState, get_state
 from skald.jobs import model, search
 from skald.jobs.ops import Beat
 from skald.jobs.service import JobService
-from skald.http.params import float_param, heartbeat_param, int_param
-from skald.http.state import AppState, get_state
 
 BASE = "/api/v1/db/<db_id>/jobs"
 BATCH_BODY_BYTES = 32 * 1024 * 1024

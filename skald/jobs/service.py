@@ -23,13 +23,14 @@ from prometheus_client import Counter, Gauge, Histogram
 
 from skald.db.actor import CommitInfo, DocumentActor
 from skald.db.connection import DocConnection
+from skald.db.supervisor import Supervisor
 from skald.http.sse import json_event, wait_first
-from skald.jobs import ops, search
+from skald.jobs import ops
+from skald.jobs import search as job_search
 from skald.jobs.clock import JobClock, SystemJobClock
 from skald.jobs.model import Job, JobSpec, iso
 from skald.metrics import Metrics
 from skald.server.shutdown import final_event
-from skald.db.supervisor import Supervisor
 
 T = TypeVar("T")
 log = structlog.get_logger("skald.jobs")
@@ -249,17 +250,17 @@ class JobService:
     async def delete_queue(self, db_id: str, name: str) -> int:
         return await self._run(db_id, lambda tx: ops.delete_queue(tx, name))
 
-    async def search(self, db_id: str, where: search.Where, page: search.Page) -> dict[str, Any]:
+    async def search(self, db_id: str, where: job_search.Where, page: job_search.Page) -> dict[str, Any]:
         def op(tx: ops.Tx) -> dict[str, Any]:
             ops.reclaim_expired(tx)
-            return search.search(tx, where, page)
+            return job_search.search(tx, where, page)
 
         return await self._run(db_id, op)
 
     async def bulk(
-        self, db_id: str, action: str, where: search.Where, queue: str | None, priority: int | None
+        self, db_id: str, action: str, where: job_search.Where, queue: str | None, priority: int | None
     ) -> int:
-        return await self._run(db_id, lambda tx: search.bulk(tx, action, where, queue, priority))
+        return await self._run(db_id, lambda tx: job_search.bulk(tx, action, where, queue, priority))
 
     async def workers(self, db_id: str, window_seconds: float) -> list[dict[str, Any]]:
         return await self._run(db_id, lambda tx: ops.workers(tx, int(window_seconds * 1000)))
@@ -294,7 +295,7 @@ class JobService:
                 changed = signal.changed
                 after = last
 
-                def page(conn: DocConnection) -> list[tuple[Any, ...]]:
+                def page(conn: DocConnection, after: int = after) -> list[tuple[Any, ...]]:
                     return conn.execute(
                         "SELECT id, job_id, queue, state, attempt, at_ms FROM _skald_job_events WHERE id > ?"
                         " ORDER BY id LIMIT ?", (after, EVENTS_PAGE),

@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 import trio
+import trio.lowlevel
 import trio.testing
 from support.live import LiveServer
 from support.sse import Event, follow
@@ -199,7 +200,7 @@ async def test_concurrency_limit_with_many_workers(server: LiveServer, clock: Ma
                 queues = (await client.get(J + "/queues")).json()["queues"]
                 counted = next(q for q in queues if q["name"] == "limited")["counts"]["running"]
                 most = max(most, counted, len(running))
-                await trio.sleep(0)
+                await trio.lowlevel.checkpoint()
                 running.discard(job["id"])
                 r = await client.post(f"{J}/{job['id']}/ack", json={"lease": job["lease"]["token"]})
                 assert r.status_code == 200, r.text
@@ -300,7 +301,8 @@ async def test_move_delete_and_queue_admin(server: LiveServer, clock: ManualJobC
 async def test_search_filters_pagination_and_bulk(server: LiveServer, clock: ManualJobClock) -> None:
     async with _client(server) as client:
         jobs = [{"queue": "s", "payload": {"n": i, "kind": "even" if i % 2 == 0 else "odd"},
-                 "tags": ["t"] if i < 5 else [], "priority": "high" if i == 3 else "normal", "max_attempts": 1 if i == 3 else 5} for i in range(12)]
+                 "tags": ["t"] if i < 5 else [], "priority": "high" if i == 3 else "normal",
+                 "max_attempts": 1 if i == 3 else 5} for i in range(12)]
         created = (await client.post(J + "/batch", json={"jobs": jobs})).json()["jobs"]
         failing = await fetch(client, "s")
         assert failing is not None and failing["id"] == created[3]["id"]  # the high one
