@@ -19,6 +19,7 @@ from skald.http.params import float_param, heartbeat_param, int_param
 from skald.http.sse import sse_response
 from skald.http.state import AppState, get_state
 from skald.jobs import model, search
+from skald.jobs.errors import JobNotFound
 from skald.jobs.ops import Beat
 from skald.jobs.service import JobService
 
@@ -34,13 +35,13 @@ def install(app: QuartTrio, state: AppState) -> None:
         ("/batch", batch_view, "POST"),
         ("/fetch", fetch_view, "POST"),
         ("/heartbeat", heartbeat_view, "POST"),
-        ("/<int:job_id>/ack", ack_view, "POST"),
-        ("/<int:job_id>/fail", fail_view, "POST"),
-        ("/<int:job_id>", get_view, "GET"),
-        ("/<int:job_id>", delete_view, "DELETE"),
-        ("/<int:job_id>/retry", retry_view, "POST"),
-        ("/<int:job_id>/cancel", cancel_view, "POST"),
-        ("/<int:job_id>/move", move_view, "POST"),
+        ("/<job_id>/ack", ack_view, "POST"),
+        ("/<job_id>/fail", fail_view, "POST"),
+        ("/<job_id>", get_view, "GET"),
+        ("/<job_id>", delete_view, "DELETE"),
+        ("/<job_id>/retry", retry_view, "POST"),
+        ("/<job_id>/cancel", cancel_view, "POST"),
+        ("/<job_id>/move", move_view, "POST"),
         ("/queues", queues_view, "GET"),
         ("/queues/<queue>", put_queue_view, "PUT"),
         ("/queues/<queue>", delete_queue_view, "DELETE"),
@@ -71,6 +72,13 @@ async def _body(limit: int | None = None) -> dict[str, Any]:
 
 def _job(job: model.Job, status: int = 200, **extra: Any) -> tuple[Response, int]:
     return jsonify({**job.to_json(), **extra}), status
+
+
+def _job_id(raw: str) -> int:
+    """A job id from the path; anything but a positive int64 names no job (404, as the router would)."""
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 19 or not 0 < int(raw) < 2**63:
+        raise JobNotFound(f"job {raw} does not exist")
+    return int(raw)
 
 
 def _queue_resource(kwargs: dict[str, Any]) -> str:
@@ -177,20 +185,20 @@ async def heartbeat_view(db_id: str) -> dict[str, Any]:
 
 
 @requires("jobs.work")
-async def ack_view(db_id: str, job_id: int) -> tuple[Response, int]:
+async def ack_view(db_id: str, job_id: str) -> tuple[Response, int]:
     """``{"lease", "result"?}`` -> the completed job; 409 ``job_lease_mismatch`` for a stale or foreign lease."""
     body = await _body()
-    return _job(await _service().ack(db_id, job_id, _lease(body), _json_field(body, "result")))
+    return _job(await _service().ack(db_id, _job_id(job_id), _lease(body), _json_field(body, "result")))
 
 
 @requires("jobs.work")
-async def fail_view(db_id: str, job_id: int) -> tuple[Response, int]:
+async def fail_view(db_id: str, job_id: str) -> tuple[Response, int]:
     """``{"lease", "error", "backtrace"?, "checkpoint"?}`` -> the job, retrying (after backoff) or dead."""
     body = await _body()
     error = model.text(body.get("error"), "error", optional=False, limit=model.MAX_ERROR_BYTES)
     backtrace = model.text(body.get("backtrace"), "backtrace", limit=model.MAX_ERROR_BYTES)
     assert error is not None
-    job = await _service().fail(db_id, job_id, _lease(body), error, backtrace, _json_field(body, "checkpoint"))
+    job = await _service().fail(db_id, _job_id(job_id), _lease(body), error, backtrace, _json_field(body, "checkpoint"))
     return _job(job)
 
 
@@ -198,30 +206,30 @@ async def fail_view(db_id: str, job_id: int) -> tuple[Response, int]:
 
 
 @requires("jobs.enqueue")
-async def get_view(db_id: str, job_id: int) -> dict[str, Any]:
-    return await _service().get(db_id, job_id)
+async def get_view(db_id: str, job_id: str) -> dict[str, Any]:
+    return await _service().get(db_id, _job_id(job_id))
 
 
 @requires("jobs.admin")
-async def delete_view(db_id: str, job_id: int) -> Response:
-    await _service().delete(db_id, job_id)
+async def delete_view(db_id: str, job_id: str) -> Response:
+    await _service().delete(db_id, _job_id(job_id))
     return Response("", status=204)
 
 
 @requires("jobs.admin")
-async def retry_view(db_id: str, job_id: int) -> tuple[Response, int]:
-    return _job(await _service().retry(db_id, job_id))
+async def retry_view(db_id: str, job_id: str) -> tuple[Response, int]:
+    return _job(await _service().retry(db_id, _job_id(job_id)))
 
 
 @requires("jobs.admin")
-async def cancel_view(db_id: str, job_id: int) -> tuple[Response, int]:
-    return _job(await _service().cancel(db_id, job_id))
+async def cancel_view(db_id: str, job_id: str) -> tuple[Response, int]:
+    return _job(await _service().cancel(db_id, _job_id(job_id)))
 
 
 @requires("jobs.admin")
-async def move_view(db_id: str, job_id: int) -> tuple[Response, int]:
+async def move_view(db_id: str, job_id: str) -> tuple[Response, int]:
     queue = model.queue_name((await _body()).get("queue"))
-    return _job(await _service().move(db_id, job_id, queue))
+    return _job(await _service().move(db_id, _job_id(job_id), queue))
 
 
 # ---- queues ---------------------------------------------------------------------------------------
