@@ -20,6 +20,7 @@ COMMAND_MODULES = (
     "skald.commands.client",
     "skald.commands.sync",
     "skald.commands.backup",
+    "skald.commands.jobs",
 )
 
 
