@@ -377,12 +377,19 @@ def _job_operations() -> dict[tuple[str, str], Op]:
             _DB_JSON, body=json_body(obj({"jobs": {"type": "array", "minItems": 1, "maxItems": 1000,
                                                    "items": _JOB_IN}}))),
         ("POST", j + "/fetch"): Op(
-            {**ok(_FETCHED, "a job, now running under `lease`"), **no_content("nothing came within wait_seconds")},
+            {**ok({"anyOf": [_FETCHED, obj({"jobs": array(_FETCHED)})]},
+                  "a job, now running under `lease` (with `max_jobs`: `{\"jobs\": [...]}`)"),
+             **no_content("nothing came within wait_seconds")},
             _DB_JSON, body=json_body(obj(
                 {"queues": {"type": "array", "minItems": 1, "maxItems": 100, "items": _QUEUE_NAME},
                  "worker_id": {"type": "string", "minLength": 1, "maxLength": 256}},
                 {"lease_seconds": {"type": "number", "minimum": 1, "maximum": 3600},
-                 "wait_seconds": {"type": "number", "minimum": 0, "maximum": 60}}))),
+                 "wait_seconds": {"type": "number", "minimum": 0, "maximum": 60},
+                 "max_jobs": {"type": "integer", "minimum": 1, "maximum": 100}}))),
+        ("POST", j + "/ack"): Op(
+            ok(obj({"jobs": array(obj({"id": INT, "ok": BOOL}, {"state": STR, "code": STR, "detail": STR}))})),
+            _DB_JSON, body=json_body(obj({"jobs": {"type": "array", "minItems": 1, "maxItems": 1000, "items": obj(
+                {"id": {"type": "integer", "minimum": 1}, **_LEASE_IN}, {"result": ANY})}}))),
         ("POST", j + "/heartbeat"): Op(
             ok(obj({"jobs": array(obj({"id": INT, "ok": BOOL}, {
                 "lease_expires_at": STR, "cancel": BOOL, "code": STR, "detail": STR}))})),

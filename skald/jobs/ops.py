@@ -258,6 +258,22 @@ def fetch(tx: Tx, queues: list[str], worker_id: str, lease_seconds: float) -> Cl
     return Claimed(claimed, lease)
 
 
+def fetch_many(
+    tx: Tx, queues: list[str], worker_id: str, lease_seconds: float, limit: int
+) -> list[Claimed] | int | None:
+    """Up to ``limit`` jobs, each claimed as :func:`fetch` would (limits re-checked per claim).
+
+    When none was ready: what :func:`fetch` answers (the next due time, or None).
+    """
+    claimed: list[Claimed] = []
+    while len(claimed) < limit:
+        outcome = fetch(tx, queues, worker_id, lease_seconds)
+        if not isinstance(outcome, Claimed):
+            return claimed or outcome
+        claimed.append(outcome)
+    return claimed
+
+
 # ---- the worker's answers -------------------------------------------------------------------------
 
 
@@ -294,6 +310,20 @@ def ack(tx: Tx, job_id: int, lease: str, result: str | None) -> Job:
     tx.change(job_id, job.queue, "running", "completed", job.attempts)
     tx.finished.append((job.queue, "completed", (tx.now - (job.started_at_ms or tx.now)) / 1000))
     return Job.from_row(row)
+
+
+def ack_many(tx: Tx, acks: list[tuple[int, str, str | None]]) -> list[dict[str, Any]]:
+    """Ack each ``(id, lease, result)``; a bad lease answers that job alone and changes nothing of it."""
+    answers: list[dict[str, Any]] = []
+    reclaim_expired(tx)
+    for job_id, lease, result in acks:
+        try:
+            job = ack(tx, job_id, lease, result)
+        except (JobLeaseMismatch, JobNotFound) as exc:
+            answers.append({"id": job_id, "ok": False, "code": exc.code, "detail": exc.detail})
+        else:
+            answers.append({"id": job_id, "ok": True, "state": job.state})
+    return answers
 
 
 def fail(tx: Tx, job_id: int, lease: str, error: str, backtrace: str | None, checkpoint: str | None) -> Job:

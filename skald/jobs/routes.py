@@ -21,7 +21,7 @@ from skald.http.state import AppState, get_state
 from skald.jobs import model, search
 from skald.jobs.errors import JobNotFound
 from skald.jobs.ops import Beat
-from skald.jobs.service import JobService
+from skald.jobs.service import Fetched, JobService
 
 BASE = "/api/v1/db/<db_id>/jobs"
 BATCH_BODY_BYTES = 32 * 1024 * 1024
@@ -35,6 +35,7 @@ def install(app: QuartTrio, state: AppState) -> None:
         ("/batch", batch_view, "POST"),
         ("/fetch", fetch_view, "POST"),
         ("/heartbeat", heartbeat_view, "POST"),
+        ("/ack", ack_many_view, "POST"),
         ("/<job_id>/ack", ack_view, "POST"),
         ("/<job_id>/fail", fail_view, "POST"),
         ("/<job_id>", get_view, "GET"),
@@ -131,7 +132,8 @@ def _lease_seconds(value: Any) -> float:
 
 @requires("jobs.work")
 async def fetch_view(db_id: str) -> Response | tuple[Response, int]:
-    """``{"queues", "worker_id", "lease_seconds"?, "wait_seconds"?}`` -> 200 with a job and its lease, or 204."""
+    """``{"queues", "worker_id", "lease_seconds"?, "wait_seconds"?, "max_jobs"?}`` -> 200 with a job and its
+    lease (with ``max_jobs``: ``{"jobs": [...]}`` of up to that many), or 204."""
     body = await _body()
     queues = body.get("queues")
     if not isinstance(queues, list) or not 1 <= len(queues) <= 100:
@@ -143,14 +145,20 @@ async def fetch_view(db_id: str) -> Response | tuple[Response, int]:
     wait = model.number(body.get("wait_seconds"), "wait_seconds", minimum=0, maximum=model.MAX_WAIT_SECONDS,
                         default=0.0)
     assert wait is not None
+    max_jobs = model.integer(body.get("max_jobs"), "max_jobs", minimum=1, maximum=model.MAX_FETCH)
     for queue in names:
         await authorize(current_principal(), db_id, "jobs.work", queue)
-    fetched = await _service().fetch(db_id, names, worker_id, lease_seconds, wait)
-    if fetched is None:
+    fetched = await _service().fetch(db_id, names, worker_id, lease_seconds, wait, max_jobs or 1)
+    if not fetched:
         return Response("", status=204)
+    jobs = [_fetched(one) for one in fetched]
+    return jsonify({"jobs": jobs} if max_jobs is not None else jobs[0]), 200
+
+
+def _fetched(fetched: Fetched) -> dict[str, Any]:
     job = fetched.job
     lease = {"token": fetched.lease, "fence": job.fence, "expires_at": model.iso(job.lease_expires_ms)}
-    return jsonify({**job.to_json(), "attempt": job.attempts, "lease": lease}), 200
+    return {**job.to_json(), "attempt": job.attempts, "lease": lease}
 
 
 def _json_field(body: dict[str, Any], name: str) -> str | None:
@@ -189,6 +197,23 @@ async def ack_view(db_id: str, job_id: str) -> tuple[Response, int]:
     """``{"lease", "result"?}`` -> the completed job; 409 ``job_lease_mismatch`` for a stale or foreign lease."""
     body = await _body()
     return _job(await _service().ack(db_id, _job_id(job_id), _lease(body), _json_field(body, "result")))
+
+
+@requires("jobs.work")
+async def ack_many_view(db_id: str) -> dict[str, Any]:
+    """``{"jobs": [{"id", "lease", "result"?}]}`` -> per job ``{"id", "ok", "state"}`` or ``{"id", "ok": false,
+    "code", "detail"}``: one commit for all of them; a bad lease fails only its own entry."""
+    body = await _body(BATCH_BODY_BYTES)
+    items = body.get("jobs")
+    if not isinstance(items, list) or not 1 <= len(items) <= model.MAX_BATCH:
+        raise ValidationFailed(f"jobs must be a list of 1-{model.MAX_BATCH} entries")
+    acks = []
+    for item in items:
+        entry = model.obj(item, "jobs[]")
+        job_id = model.integer(entry.get("id"), "jobs[].id", minimum=1, maximum=2**63 - 1)
+        assert job_id is not None
+        acks.append((job_id, _lease(entry), _json_field(entry, "result")))
+    return {"jobs": await _service().ack_many(db_id, acks)}
 
 
 @requires("jobs.work")

@@ -168,9 +168,10 @@ class JobService:
     # ---- workers ----------------------------------------------------------------------------------
 
     async def fetch(
-        self, db_id: str, queues: list[str], worker_id: str, lease_seconds: float, wait_seconds: float
-    ) -> Fetched | None:
-        """Claim the next ready job, waiting up to ``wait_seconds`` for one; None if none came.
+        self, db_id: str, queues: list[str], worker_id: str, lease_seconds: float, wait_seconds: float,
+        max_jobs: int = 1,
+    ) -> list[Fetched]:
+        """Claim the next ready jobs (up to ``max_jobs``), waiting up to ``wait_seconds`` for one; [] if none came.
 
         Cancelling the caller while it waits claims nothing; once the claim's op is queued it
         commits (the lease then expires unused and the job returns to its queue as a failed attempt).
@@ -180,18 +181,20 @@ class JobService:
             signal = self._signal(actor)
             while True:
                 changed = signal.changed  # taken before the op: a commit after it still wakes us
-                outcome = await self._write(actor, lambda tx: ops.fetch(tx, queues, worker_id, lease_seconds))
-                if isinstance(outcome, ops.Claimed):
-                    return Fetched(outcome.job, outcome.lease)
+                outcome = await self._write(
+                    actor, lambda tx: ops.fetch_many(tx, queues, worker_id, lease_seconds, max_jobs)
+                )
+                if isinstance(outcome, list):
+                    return [Fetched(claimed.job, claimed.lease) for claimed in outcome]
                 if trio.current_time() >= deadline:
-                    return None
+                    return []
                 with trio.move_on_at(deadline):
                     async with trio.open_nursery() as nursery:
                         if outcome is not None:
                             nursery.start_soon(self._sleep_then_cancel, outcome, nursery.cancel_scope)
                         nursery.start_soon(self._wait_then_cancel, changed, actor.closing, nursery.cancel_scope)
                 if actor.closing.is_set():
-                    return None
+                    return []
 
     async def _sleep_then_cancel(self, ms: int, scope: trio.CancelScope) -> None:
         await self.clock.sleep_until(ms)
@@ -209,6 +212,9 @@ class JobService:
 
     async def ack(self, db_id: str, job_id: int, lease: str, result: str | None) -> Job:
         return await self._run(db_id, lambda tx: ops.ack(tx, job_id, lease, result))
+
+    async def ack_many(self, db_id: str, acks: list[tuple[int, str, str | None]]) -> list[dict[str, Any]]:
+        return await self._run(db_id, lambda tx: ops.ack_many(tx, acks))
 
     async def fail(
         self, db_id: str, job_id: int, lease: str, error: str, backtrace: str | None, checkpoint: str | None

@@ -382,3 +382,19 @@ async def test_metrics_count_jobs_by_queue_and_state(server: LiveServer, clock: 
         assert 'skald_queue_enqueued_total{queue="m"} 2.0' in text
         assert 'skald_queue_finished_total{outcome="completed",queue="m"} 1.0' in text
         assert "skald_queue_wait_seconds_count 1.0" in text
+
+
+async def test_fetch_several_and_ack_them_in_one_request(server: LiveServer, clock: ManualJobClock) -> None:
+    async with _client(server) as client:
+        assert (await client.put(J + "/queues/few", json={"concurrency": 3})).status_code == 200
+        await client.post(J + "/batch", json={"jobs": [{"queue": "few", "payload": i} for i in range(5)]})
+        r = await client.post(J + "/fetch", json={"queues": ["few"], "worker_id": "w", "max_jobs": 10})
+        jobs = r.json()["jobs"]
+        assert r.status_code == 200 and [j["payload"] for j in jobs] == [0, 1, 2]  # the concurrency limit holds
+        acks = [{"id": j["id"], "lease": j["lease"]["token"], "result": j["payload"]} for j in jobs]
+        acks[1]["lease"] = jobs[0]["lease"]["token"]  # a foreign lease fails alone
+        answer = (await client.post(J + "/ack", json={"jobs": acks})).json()["jobs"]
+        assert [a["ok"] for a in answer] == [True, False, True] and answer[1]["code"] == "job_lease_mismatch"
+        assert (await client.get(f"{J}/{jobs[1]['id']}")).json()["state"] == "running"
+        r = await client.post(J + "/fetch", json={"queues": ["few"], "worker_id": "w", "max_jobs": 10})
+        assert [j["payload"] for j in r.json()["jobs"]] == [3, 4]
