@@ -41,22 +41,54 @@ def iso(ms: int | None) -> str | None:
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+_RFC3339 = re.compile(
+    r"(\d{4})-(\d{2})-(\d{2})[Tt ](\d{2}):(\d{2}):(\d{2})(\.\d+)?(?:([Zz])|([+-])(\d{2}):(\d{2}))"
+)
+_DAYS_IN_MONTH = (31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+
+
+def _days_from_civil(year: int, month: int, day: int) -> int:
+    """Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm): any year 0-9999."""
+    year -= month <= 2
+    era = year // 400
+    yoe = year - era * 400
+    doy = (153 * (month + (-3 if month > 2 else 9)) + 2) // 5 + day - 1
+    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+    return era * 146097 + doe - 719468
+
+
 def parse_time(name: str, value: Any) -> int | None:
-    """An ISO 8601 time (a missing zone means UTC) as Unix milliseconds; None stays None."""
+    """An RFC 3339 date-time (``2026-12-24T18:00:00Z``, an offset, optional fraction) as Unix milliseconds.
+
+    Exactly RFC 3339 (what OpenAPI's ``date-time`` means), parsed by hand so every year 0000-9999
+    and a leap second (``:60``, read as ``:59.999``) work; None stays None; anything else is a 400.
+    """
     if value is None:
         return None
-    if not isinstance(value, str) or len(value) > 64:
-        raise ValidationFailed(f"{name} must be an ISO 8601 time like 2026-01-01T00:00:00Z")
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        raise ValidationFailed(f"{name} must be an ISO 8601 time like 2026-01-01T00:00:00Z") from None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    try:
-        return int(parsed.timestamp() * 1000)
-    except (OverflowError, ValueError):
-        raise ValidationFailed(f"{name} is out of range") from None
+    match = _RFC3339.fullmatch(value) if isinstance(value, str) else None
+    if match is None:
+        raise ValidationFailed(f"{name} must be an RFC 3339 date-time like 2026-01-01T00:00:00Z")
+    year, month, day, hour, minute, second = (int(match[i]) for i in range(1, 7))
+    leap = month == 2 and year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
+    days_in_month = 29 if leap else _DAYS_IN_MONTH[month - 1] if 1 <= month <= 12 else 0
+    offset_hours, offset_minutes = (int(match[10]), int(match[11])) if match[9] else (0, 0)
+    if not (1 <= day <= days_in_month and hour <= 23 and minute <= 59 and second <= 60
+            and offset_hours <= 23 and offset_minutes <= 59):
+        raise ValidationFailed(f"{name} is not a valid date-time")
+    fraction_ms = int((match[7] or ".0")[1:4].ljust(3, "0"))
+    if second == 60:
+        second, fraction_ms = 59, 999
+    offset = (offset_hours * 60 + offset_minutes) * (-1 if match[9] == "-" else 1)
+    minutes = (_days_from_civil(year, month, day) * 24 + hour) * 60 + minute - offset
+    return (minutes * 60 + second) * 1000 + fraction_ms
+
+
+LATEST_MS = 253402300799999  # 9999-12-31T23:59:59.999Z
+
+
+def _clamp_run_at(ms: int | None) -> int | None:
+    """A run_at before 1970 is due at once like any past time; one after 9999 is stored as 9999-12-31."""
+    return None if ms is None else min(max(ms, 0), LATEST_MS)
 
 
 def queue_name(value: Any, name: str = "queue") -> str:
@@ -84,6 +116,8 @@ def number(value: Any, name: str, *, minimum: float, maximum: float, default: fl
 def integer(value: Any, name: str, *, minimum: int, maximum: int, default: int | None = None) -> int | None:
     if value is None:
         return default
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)  # JSON has one number type: 28.0 is the integer 28 (as JSON Schema says)
     if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= maximum:
         raise ValidationFailed(f"{name} must be an integer from {minimum} to {maximum}")
     return value
@@ -118,7 +152,8 @@ class Backoff:
 
     @classmethod
     def parse(cls, value: Any) -> Backoff:
-        data = {**DEFAULT_BACKOFF, **obj(value if value is not None else {}, "backoff")}
+        given = {k: v for k, v in obj(value if value is not None else {}, "backoff").items() if v is not None}
+        data = {**DEFAULT_BACKOFF, **given}
         if data["strategy"] not in STRATEGIES:
             raise ValidationFailed(f"backoff.strategy must be one of {', '.join(STRATEGIES)}")
         base = number(data["base_seconds"], "backoff.base_seconds", minimum=0, maximum=MAX_SECONDS)
@@ -160,7 +195,8 @@ class JobSpec:
     @classmethod
     def parse(cls, body: Any, max_payload_bytes: int) -> JobSpec:
         data = obj(body, "job")
-        tags = data.get("tags") or []
+        tags = data.get("tags")
+        tags = [] if tags is None else tags
         if not isinstance(tags, list) or len(tags) > MAX_TAGS:
             raise ValidationFailed(f"tags must be a list of at most {MAX_TAGS} strings")
         checked = tuple(text(tag, "tags[]", optional=False) or "" for tag in tags)
@@ -171,7 +207,7 @@ class JobSpec:
             queue=queue_name(data.get("queue")),
             payload=to_json_text(data.get("payload"), "payload", max_payload_bytes),
             priority=priority(data.get("priority")),
-            run_at_ms=parse_time("run_at", data.get("run_at")),
+            run_at_ms=_clamp_run_at(parse_time("run_at", data.get("run_at"))),
             max_attempts=max_attempts,
             backoff=Backoff.parse(data.get("backoff")),
             unique_key=text(data.get("unique_key"), "unique_key"),

@@ -23,7 +23,10 @@ from skald.jobs.errors import JobNotFound
 from skald.jobs.ops import Beat
 from skald.jobs.service import Fetched, JobService
 
-BASE = "/api/v1/db/<db_id>/jobs"
+# `<string:db_id>` (the default converter, spelled out): quart-schema's path regex reads a converted
+# variable after a bare one as one variable (`/db/{job_id}`), and `<int:job_id>` keeps `/jobs/batch`
+# from also matching the job routes (their methods would show up in its `Allow`).
+BASE = "/api/v1/db/<string:db_id>/jobs"
 BATCH_BODY_BYTES = 32 * 1024 * 1024
 DEFAULT_WORKER_WINDOW = 60.0
 
@@ -36,13 +39,13 @@ def install(app: QuartTrio, state: AppState) -> None:
         ("/fetch", fetch_view, "POST"),
         ("/heartbeat", heartbeat_view, "POST"),
         ("/ack", ack_many_view, "POST"),
-        ("/<job_id>/ack", ack_view, "POST"),
-        ("/<job_id>/fail", fail_view, "POST"),
-        ("/<job_id>", get_view, "GET"),
-        ("/<job_id>", delete_view, "DELETE"),
-        ("/<job_id>/retry", retry_view, "POST"),
-        ("/<job_id>/cancel", cancel_view, "POST"),
-        ("/<job_id>/move", move_view, "POST"),
+        ("/<int:job_id>/ack", ack_view, "POST"),
+        ("/<int:job_id>/fail", fail_view, "POST"),
+        ("/<int:job_id>", get_view, "GET"),
+        ("/<int:job_id>", delete_view, "DELETE"),
+        ("/<int:job_id>/retry", retry_view, "POST"),
+        ("/<int:job_id>/cancel", cancel_view, "POST"),
+        ("/<int:job_id>/move", move_view, "POST"),
         ("/queues", queues_view, "GET"),
         ("/queues/<queue>", put_queue_view, "PUT"),
         ("/queues/<queue>", delete_queue_view, "DELETE"),
@@ -75,11 +78,11 @@ def _job(job: model.Job, status: int = 200, **extra: Any) -> tuple[Response, int
     return jsonify({**job.to_json(), **extra}), status
 
 
-def _job_id(raw: str) -> int:
-    """A job id from the path; anything but a positive int64 names no job (404, as the router would)."""
-    if not (raw.isascii() and raw.isdigit()) or len(raw) > 19 or not 0 < int(raw) < 2**63:
-        raise JobNotFound(f"job {raw} does not exist")
-    return int(raw)
+def _job_id(value: int) -> int:
+    """A job id from the path; beyond SQLite's integers it names no job (404, not an overflow)."""
+    if not 0 < value < 2**63:
+        raise JobNotFound(f"job {value} does not exist")
+    return value
 
 
 def _queue_resource(kwargs: dict[str, Any]) -> str:
@@ -193,7 +196,7 @@ async def heartbeat_view(db_id: str) -> dict[str, Any]:
 
 
 @requires("jobs.work")
-async def ack_view(db_id: str, job_id: str) -> tuple[Response, int]:
+async def ack_view(db_id: str, job_id: int) -> tuple[Response, int]:
     """``{"lease", "result"?}`` -> the completed job; 409 ``job_lease_mismatch`` for a stale or foreign lease."""
     body = await _body()
     return _job(await _service().ack(db_id, _job_id(job_id), _lease(body), _json_field(body, "result")))
@@ -217,7 +220,7 @@ async def ack_many_view(db_id: str) -> dict[str, Any]:
 
 
 @requires("jobs.work")
-async def fail_view(db_id: str, job_id: str) -> tuple[Response, int]:
+async def fail_view(db_id: str, job_id: int) -> tuple[Response, int]:
     """``{"lease", "error", "backtrace"?, "checkpoint"?}`` -> the job, retrying (after backoff) or dead."""
     body = await _body()
     error = model.text(body.get("error"), "error", optional=False, limit=model.MAX_ERROR_BYTES)
@@ -231,28 +234,28 @@ async def fail_view(db_id: str, job_id: str) -> tuple[Response, int]:
 
 
 @requires("jobs.enqueue")
-async def get_view(db_id: str, job_id: str) -> dict[str, Any]:
+async def get_view(db_id: str, job_id: int) -> dict[str, Any]:
     return await _service().get(db_id, _job_id(job_id))
 
 
 @requires("jobs.admin")
-async def delete_view(db_id: str, job_id: str) -> Response:
+async def delete_view(db_id: str, job_id: int) -> Response:
     await _service().delete(db_id, _job_id(job_id))
     return Response("", status=204)
 
 
 @requires("jobs.admin")
-async def retry_view(db_id: str, job_id: str) -> tuple[Response, int]:
+async def retry_view(db_id: str, job_id: int) -> tuple[Response, int]:
     return _job(await _service().retry(db_id, _job_id(job_id)))
 
 
 @requires("jobs.admin")
-async def cancel_view(db_id: str, job_id: str) -> tuple[Response, int]:
+async def cancel_view(db_id: str, job_id: int) -> tuple[Response, int]:
     return _job(await _service().cancel(db_id, _job_id(job_id)))
 
 
 @requires("jobs.admin")
-async def move_view(db_id: str, job_id: str) -> tuple[Response, int]:
+async def move_view(db_id: str, job_id: int) -> tuple[Response, int]:
     queue = model.queue_name((await _body()).get("queue"))
     return _job(await _service().move(db_id, _job_id(job_id), queue))
 
@@ -347,6 +350,10 @@ async def bulk_view(db_id: str) -> dict[str, Any]:
         raise ValidationFailed(f"action must be one of {', '.join(search.BULK_ACTIONS)}")
     if ("ids" in body) == ("filter" in body):
         raise ValidationFailed("give exactly one of ids and filter")
+    if "ids" in body and not isinstance(body["ids"], list):
+        raise ValidationFailed("ids must be a list of job ids")
+    if "filter" in body and not isinstance(body["filter"], dict):
+        raise ValidationFailed("filter must be an object ({} matches every job)")
     where = search.parse_filter({"ids": body["ids"]} if "ids" in body else body["filter"])
     queue = model.queue_name(body.get("queue")) if action == "move" else None
     new_priority = model.priority(body.get("priority"), None) if action == "priority" else None

@@ -75,11 +75,10 @@ def parse_filter(value: Any) -> Where:
         params.extend(values)
 
     if data.get("ids") is not None:
-        ids = data["ids"]
-        if not isinstance(ids, list) or len(ids) > MAX_IDS or not all(
-            isinstance(i, int) and not isinstance(i, bool) and 0 < i < 2**63 for i in ids
-        ):
+        raw = data["ids"]
+        if not isinstance(raw, list) or len(raw) > MAX_IDS:
             raise ValidationFailed(f"ids must be a list of at most {MAX_IDS} job ids")
+        ids = [integer(i, "ids[]", minimum=1, maximum=2**63 - 1) for i in raw]
         clauses.append("id IN (SELECT value FROM json_each(?))")
         params.append(json.dumps(ids))
     if data.get("queue") is not None:
