@@ -123,10 +123,17 @@ def integer(value: Any, name: str, *, minimum: int, maximum: int, default: int |
     return value
 
 
+def required_integer(value: Any, name: str, *, minimum: int, maximum: int) -> int:
+    checked = integer(value, name, minimum=minimum, maximum=maximum)
+    if checked is None:
+        raise ValidationFailed(f"{name} is required")
+    return checked
+
+
 def priority(value: Any, default: int | None = PRIORITIES["normal"]) -> int:
     if value is None and default is not None:
         return default
-    if value not in PRIORITIES:
+    if not isinstance(value, str) or value not in PRIORITIES:
         raise ValidationFailed(f"priority must be one of {', '.join(PRIORITIES)}")
     return PRIORITIES[value]
 

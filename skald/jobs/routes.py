@@ -188,8 +188,7 @@ async def heartbeat_view(db_id: str) -> dict[str, Any]:
     beats = []
     for item in items:
         entry = model.obj(item, "jobs[]")
-        job_id = model.integer(entry.get("id"), "jobs[].id", minimum=1, maximum=2**63 - 1)
-        assert job_id is not None
+        job_id = model.required_integer(entry.get("id"), "jobs[].id", minimum=1, maximum=2**63 - 1)
         beats.append(Beat(job_id, _lease(entry), _json_field(entry, "progress"), _json_field(entry, "checkpoint")))
     answers = await _service().heartbeat(db_id, worker_id, beats, _lease_seconds(body.get("lease_seconds")))
     return {"jobs": answers}
@@ -213,8 +212,7 @@ async def ack_many_view(db_id: str) -> dict[str, Any]:
     acks = []
     for item in items:
         entry = model.obj(item, "jobs[]")
-        job_id = model.integer(entry.get("id"), "jobs[].id", minimum=1, maximum=2**63 - 1)
-        assert job_id is not None
+        job_id = model.required_integer(entry.get("id"), "jobs[].id", minimum=1, maximum=2**63 - 1)
         acks.append((job_id, _lease(entry), _json_field(entry, "result")))
     return {"jobs": await _service().ack_many(db_id, acks)}
 

@@ -48,7 +48,7 @@ def _names(value: Any, name: str, allowed: Any = None) -> list[str]:
     if not values or len(values) > 100:
         raise ValidationFailed(f"{name} must be a value or a list of 1-100 values")
     for item in values:
-        if allowed is not None and item not in allowed:
+        if allowed is not None and (not isinstance(item, str) or item not in allowed):
             raise ValidationFailed(f"{name} must be among {', '.join(allowed)}")
         if allowed is None:
             queue_name(item, name)
@@ -99,8 +99,9 @@ def parse_filter(value: Any) -> Where:
         if isinstance(needle, dict):
             # Each top-level field must equal the given JSON value.
             for key, expected in needle.items():
-                clauses.append("json_quote(json_extract(payload, ?)) = json(?)")
-                params += ["$." + json.dumps(str(key)), json.dumps(expected)]
+                clauses.append("EXISTS (SELECT 1 FROM json_each(_skald_jobs.payload) WHERE key = ?"
+                               " AND json_quote(value) = json(?))")
+                params += [str(key), json.dumps(expected)]
         else:
             clauses.append("instr(payload, ?) > 0")
             params.append(text(needle, "payload_contains", optional=False, limit=4096))
@@ -146,10 +147,10 @@ class Page:
     @classmethod
     def parse(cls, data: dict[str, Any]) -> Page:
         sort = data.get("sort", "id")
-        if sort not in SORTS:
+        if not isinstance(sort, str) or sort not in SORTS:
             raise ValidationFailed(f"sort must be one of {', '.join(SORTS)}")
         order = data.get("order", "asc")
-        if order not in ("asc", "desc"):
+        if not isinstance(order, str) or order not in ("asc", "desc"):
             raise ValidationFailed("order must be asc or desc")
         limit = integer(data.get("limit"), "limit", minimum=1, maximum=MAX_PAGE, default=100)
         assert limit is not None
