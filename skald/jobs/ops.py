@@ -18,6 +18,7 @@ import secrets
 from typing import Any
 
 from skald.db.connection import DocConnection
+from skald.errors import SkaldError
 from skald.jobs.errors import JobLeaseMismatch, JobNotFound, JobStateConflict, QueueBusy, QueueNotFound
 from skald.jobs.model import JOB_COLUMNS, MAX_ERROR_BYTES, Backoff, Job, JobSpec
 
@@ -36,6 +37,13 @@ class Tx:
     """Set by ops that change many jobs at once: the service recounts the gauges."""
     started: list[float] = dataclasses.field(default_factory=list)  # queue wait of each start, seconds
     finished: list[tuple[str, str, float]] = dataclasses.field(default_factory=list)  # (queue, state, run s)
+
+    def events(self, rows: list[tuple[int, str, str, int]]) -> None:
+        """``(job_id, queue, state, attempt)`` event rows in one prepared statement."""
+        self.conn.executemany(
+            "INSERT INTO _skald_job_events (job_id, queue, state, attempt, at_ms) VALUES (?, ?, ?, ?, ?)",
+            [(*row, self.now) for row in rows],
+        )
 
     def change(
         self, job_id: int, queue: str, old: str | None, new: str | None, attempt: int, *, count: bool = True
@@ -104,8 +112,76 @@ def enqueue(tx: Tx, spec: JobSpec) -> tuple[Job, bool]:
 
 
 def enqueue_many(tx: Tx, specs: list[JobSpec]) -> list[tuple[Job, bool]]:
-    """All of ``specs`` in this op (so in one transaction: all or nothing)."""
-    return [enqueue(tx, spec) for spec in specs]
+    """All of ``specs`` in this op (so in one transaction: all or nothing), each ``(job, duplicate)``.
+
+    A handful of statements for the whole batch (the statement cache is off): one query for the
+    live holders of the batch's unique keys, one prepared INSERT, one query reading the new rows
+    back (ids are consecutive: AUTOINCREMENT under the single writer), one prepared event INSERT.
+    A unique key repeated inside the batch is a duplicate of its first occurrence.
+    """
+    if len(specs) == 1:
+        return [enqueue(tx, specs[0])]
+    conn, now = tx.conn, tx.now
+    keyed = sorted({(s.queue, s.unique_key) for s in specs if s.unique_key is not None})
+    holders: dict[tuple[str, str], Job] = {}
+    if keyed:
+        rows = conn.execute(
+            f"SELECT {JOB_COLUMNS} FROM _skald_jobs WHERE unique_key IS NOT NULL"
+            " AND (queue, unique_key) IN (SELECT value ->> 0, value ->> 1 FROM json_each(?))"
+            f" AND (state IN {LIVE} OR unique_until_ms > ?) ORDER BY id",
+            (json.dumps(keyed), now),
+        ).fetchall()
+        for row in rows:  # the newest holder wins (ordered by id)
+            job = Job.from_row(row)
+            holders[(job.queue, job.unique_key or "")] = job
+    plan: list[tuple[str, Any]] = []  # ("old", job) | ("new", index into inserts) | ("same", index)
+    inserts: list[tuple[Any, ...]] = []
+    first_of: dict[tuple[str, str], int] = {}
+    for spec in specs:
+        key = (spec.queue, spec.unique_key) if spec.unique_key is not None else None
+        if key is not None and key in holders:
+            plan.append(("old", holders[key]))
+            continue
+        if key is not None and key in first_of:
+            plan.append(("same", first_of[key]))
+            continue
+        unique_until = None
+        if spec.unique_key is not None and spec.unique_for_seconds is not None:
+            unique_until = now + int(spec.unique_for_seconds * 1000)
+        if key is not None:
+            first_of[key] = len(inserts)
+        plan.append(("new", len(inserts)))
+        inserts.append((
+            spec.queue, spec.payload, spec.priority, spec.run_at_ms if spec.run_at_ms is not None else now, now,
+            spec.max_attempts, json.dumps(spec.backoff.to_json()), spec.unique_key, unique_until,
+            json.dumps(list(spec.tags)), spec.timeout_seconds,
+        ))
+    created: list[Job] = []
+    if inserts:
+        conn.executemany(
+            "INSERT INTO _skald_jobs (queue, payload, priority, state, run_at_ms, created_at_ms, max_attempts,"
+            " backoff, unique_key, unique_until_ms, tags, timeout_seconds) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?,"
+            " ?, ?, ?, ?)",
+            inserts,
+        )
+        last = int(conn.execute("SELECT last_insert_rowid()").fetchone()[0])
+        rows = conn.execute(
+            f"SELECT {JOB_COLUMNS} FROM _skald_jobs WHERE id BETWEEN ? AND ? ORDER BY id",
+            (last - len(inserts) + 1, last),
+        ).fetchall()
+        created = [Job.from_row(row) for row in rows]
+        assert len(created) == len(inserts), "AUTOINCREMENT ids were not consecutive"
+        tx.transitions += [(job.queue, None, "queued") for job in created]
+        tx.events([(job.id, job.queue, "queued", 0) for job in created])
+    answer: list[tuple[Job, bool]] = []
+    for kind, value in plan:
+        if kind == "old":
+            answer.append((value, True))
+        elif kind == "same":
+            answer.append((created[value], True))
+        else:
+            answer.append((created[value], False))
+    return answer
 
 
 # ---- attempts ending ------------------------------------------------------------------------------
@@ -177,22 +253,29 @@ def _lease_expiry(job: Job, now: int, lease_seconds: float) -> int:
     return expires
 
 
-def fetch(tx: Tx, queues: list[str], worker_id: str, lease_seconds: float) -> Claimed | int | None:
-    """Claim the next ready job of ``queues`` for ``worker_id``.
+def fetch(
+    tx: Tx, queues: list[str], worker_id: str, lease_seconds: float, limit: int = 1, *, touch_worker: bool = True
+) -> list[Claimed] | int | None:
+    """Claim up to ``limit`` ready jobs of ``queues`` for ``worker_id``, best first.
 
-    Returns the claimed job, or when nothing is ready the earliest time (ms) something
+    Returns the claimed jobs, or when nothing is ready the earliest time (ms) something
     could become ready without a commit (a ``run_at``, a lease expiring, a throttle
     window ending), or None. Paused queues, concurrency limits and throttles are
-    respected. Only a claim (or a reclaim) writes ``_skald_jobs``: an empty fetch must
-    not wake the other waiters.
+    respected (each claim counts against them). Only a claim (or a reclaim) writes job
+    state: an empty fetch must not wake the other waiters. ``touch_worker`` records the
+    worker as seen (the service does it about once a second per worker, not per fetch).
+
+    Statements are few on purpose (the statement cache is off, see skald.db.connection):
+    one candidate query per queue, one prepared UPDATE and one prepared INSERT for all claims.
     """
     conn, now = tx.conn, tx.now
     reclaim_expired(tx)
-    conn.execute(
-        "INSERT INTO _skald_job_workers (worker_id, queues, last_seen_ms) VALUES (?, ?, ?)"
-        " ON CONFLICT(worker_id) DO UPDATE SET queues = excluded.queues, last_seen_ms = excluded.last_seen_ms",
-        (worker_id, json.dumps(queues), now),
-    )
+    if touch_worker:
+        conn.execute(
+            "INSERT INTO _skald_job_workers (worker_id, queues, last_seen_ms) VALUES (?, ?, ?)"
+            " ON CONFLICT(worker_id) DO UPDATE SET queues = excluded.queues, last_seen_ms = excluded.last_seen_ms",
+            (worker_id, json.dumps(queues), now),
+        )
     marks = ",".join("?" * len(queues))
     configs = {
         row[0]: row[1:]
@@ -202,17 +285,17 @@ def fetch(tx: Tx, queues: list[str], worker_id: str, lease_seconds: float) -> Cl
         )
     }
     wake: list[int] = []
-    best: tuple[int, int, int] | None = None
+    candidates: list[Job] = []
     for queue in queues:
         paused, concurrency, rate, window = configs.get(queue, (0, None, None, None))
         if paused:
             continue
+        room = limit
         if concurrency is not None:
             running = conn.execute(
                 "SELECT count(*) FROM _skald_jobs WHERE queue = ? AND state = 'running'", (queue,)
             ).fetchone()[0]
-            if running >= concurrency:
-                continue
+            room = min(room, concurrency - running)
         if rate is not None and window is not None:
             since = now - int(window * 1000)
             recent = conn.execute(
@@ -221,109 +304,123 @@ def fetch(tx: Tx, queues: list[str], worker_id: str, lease_seconds: float) -> Cl
             ).fetchone()
             if recent[0] >= rate:
                 wake.append(int(recent[1]) + int(window * 1000) + 1)
-                continue
-        row = conn.execute(
-            f"SELECT priority, run_at_ms, id FROM _skald_jobs WHERE queue = ? AND state IN {READY}"
-            " AND run_at_ms <= ? ORDER BY priority, run_at_ms, id LIMIT 1",
-            (queue, now),
-        ).fetchone()
-        if row is not None:
-            candidate = (int(row[0]), int(row[1]), int(row[2]))
-            best = candidate if best is None or candidate < best else best
+            room = min(room, rate - recent[0])
+        if room <= 0:
+            continue
+        rows = conn.execute(
+            f"SELECT {JOB_COLUMNS} FROM _skald_jobs WHERE queue = ? AND state IN {READY}"
+            " AND run_at_ms <= ? ORDER BY priority, run_at_ms, id LIMIT ?",
+            (queue, now, room),
+        ).fetchall()
+        if rows:
+            candidates += [Job.from_row(row) for row in rows]
         else:
             due = conn.execute(
                 f"SELECT min(run_at_ms) FROM _skald_jobs WHERE queue = ? AND state IN {READY}", (queue,)
             ).fetchone()[0]
             if due is not None:
                 wake.append(int(due))
-    if best is None:
+    if not candidates:
         expiry = next_lease_expiry(tx)
         if expiry is not None:
             wake.append(expiry)
         return min(wake) if wake else None
-    job = get_job(tx, best[2])
-    fence = job.fence + 1
-    lease = f"{job.id}.{fence}.{secrets.token_urlsafe(18)}"
-    started = dataclasses.replace(job, started_at_ms=now)
-    expires = _lease_expiry(started, now, lease_seconds)
-    row = conn.execute(
-        "UPDATE _skald_jobs SET state = 'running', attempts = attempts + 1, fence = ?, lease_hash = ?,"
-        " lease_expires_ms = ?, worker_id = ?, started_at_ms = ?, progress = NULL"
-        f" WHERE id = ? RETURNING {JOB_COLUMNS}",
-        (fence, _hash(lease), expires, worker_id, now, job.id),
-    ).fetchone()
-    claimed = Job.from_row(row)
-    tx.change(job.id, job.queue, job.state, "running", claimed.attempts)
-    tx.started.append(max(0, now - max(job.run_at_ms, job.created_at_ms)) / 1000)
-    return Claimed(claimed, lease)
-
-
-def fetch_many(
-    tx: Tx, queues: list[str], worker_id: str, lease_seconds: float, limit: int
-) -> list[Claimed] | int | None:
-    """Up to ``limit`` jobs, each claimed as :func:`fetch` would (limits re-checked per claim).
-
-    When none was ready: what :func:`fetch` answers (the next due time, or None).
-    """
+    candidates.sort(key=lambda job: (job.priority, job.run_at_ms, job.id))
     claimed: list[Claimed] = []
-    while len(claimed) < limit:
-        outcome = fetch(tx, queues, worker_id, lease_seconds)
-        if not isinstance(outcome, Claimed):
-            return claimed or outcome
-        claimed.append(outcome)
+    updates = []
+    for job in candidates[:limit]:
+        fence = job.fence + 1
+        lease = f"{job.id}.{fence}.{secrets.token_urlsafe(18)}"
+        started = dataclasses.replace(job, state="running", attempts=job.attempts + 1, fence=fence,
+                                      worker_id=worker_id, started_at_ms=now, progress=None)
+        started = dataclasses.replace(started, lease_expires_ms=_lease_expiry(started, now, lease_seconds))
+        updates.append((fence, _hash(lease), started.lease_expires_ms, worker_id, now, job.id))
+        claimed.append(Claimed(started, lease))
+        tx.transitions.append((job.queue, job.state, "running"))
+        tx.started.append(max(0, now - max(job.run_at_ms, job.created_at_ms)) / 1000)
+    conn.executemany(
+        "UPDATE _skald_jobs SET state = 'running', attempts = attempts + 1, fence = ?, lease_hash = ?,"
+        " lease_expires_ms = ?, worker_id = ?, started_at_ms = ?, progress = NULL WHERE id = ?",
+        updates,
+    )
+    tx.events([(c.job.id, c.job.queue, "running", c.job.attempts) for c in claimed])
     return claimed
 
 
 # ---- the worker's answers -------------------------------------------------------------------------
 
 
-def _check_lease(tx: Tx, job_id: int, lease: str) -> Job:
-    """The job if ``lease`` is its current, unexpired lease; else :class:`JobLeaseMismatch` (409)."""
-    job = get_job(tx, job_id)
+def _lease_problem(job_id: int, job: Job | None, lease_hash: str | None, lease: str) -> SkaldError | None:
+    """Why ``lease`` is not ``job``'s current lease (None if it is)."""
+    if job is None:
+        return JobNotFound(f"job {job_id} does not exist", job_id=job_id)
     parts = lease.split(".")
     fence = int(parts[1]) if len(parts) == 3 and parts[1].isascii() and parts[1].isdigit() else None
     if parts[0] != str(job_id) or fence is None:
-        raise JobLeaseMismatch(f"lease is not a lease of job {job_id}", job_id=job_id, reason="foreign")
-    current = job.state == "running" and fence == job.fence
-    if current:
-        row = tx.conn.execute("SELECT lease_hash FROM _skald_jobs WHERE id = ?", (job_id,)).fetchone()
-        current = row[0] is not None and hmac.compare_digest(str(row[0]), _hash(lease))
-        if not current:
-            raise JobLeaseMismatch(f"lease is not a lease of job {job_id}", job_id=job_id, reason="foreign")
-    if not current:
-        reason = "stale" if fence < job.fence else "ended"
-        raise JobLeaseMismatch(
-            f"lease {fence} of job {job_id} is no longer current (the job is {job.state}, fence {job.fence})",
-            job_id=job_id, reason=reason, state=job.state,
-        )
+        return JobLeaseMismatch(f"lease is not a lease of job {job_id}", job_id=job_id, reason="foreign")
+    if job.state == "running" and fence == job.fence:
+        if lease_hash is not None and hmac.compare_digest(lease_hash, _hash(lease)):
+            return None
+        return JobLeaseMismatch(f"lease is not a lease of job {job_id}", job_id=job_id, reason="foreign")
+    return JobLeaseMismatch(
+        f"lease {fence} of job {job_id} is no longer current (the job is {job.state}, fence {job.fence})",
+        job_id=job_id, reason="stale" if fence < job.fence else "ended", state=job.state,
+    )
+
+
+def _check_lease(tx: Tx, job_id: int, lease: str) -> Job:
+    """The job if ``lease`` is its current, unexpired lease; else :class:`JobLeaseMismatch` (409)."""
+    row = tx.conn.execute(f"SELECT {JOB_COLUMNS}, lease_hash FROM _skald_jobs WHERE id = ?", (job_id,)).fetchone()
+    job = Job.from_row(row[:-1]) if row is not None else None
+    problem = _lease_problem(job_id, job, row[-1] if row is not None else None, lease)
+    if problem is not None:
+        raise problem
+    assert job is not None
     return job
 
 
-def ack(tx: Tx, job_id: int, lease: str, result: str | None) -> Job:
-    reclaim_expired(tx)
-    job = _check_lease(tx, job_id, lease)
-    row = tx.conn.execute(
-        "UPDATE _skald_jobs SET state = 'completed', completed_at_ms = ?, result = ?, lease_hash = NULL,"
-        f" lease_expires_ms = NULL WHERE id = ? RETURNING {JOB_COLUMNS}",
-        (tx.now, result, job_id),
-    ).fetchone()
-    tx.change(job_id, job.queue, "running", "completed", job.attempts)
-    tx.finished.append((job.queue, "completed", (tx.now - (job.started_at_ms or tx.now)) / 1000))
-    return Job.from_row(row)
+def ack_many(tx: Tx, acks: list[tuple[int, str, str | None]]) -> list[Job | SkaldError]:
+    """Ack each ``(id, lease, result)``: the completed job, or the error of that entry alone (nothing changed).
 
-
-def ack_many(tx: Tx, acks: list[tuple[int, str, str | None]]) -> list[dict[str, Any]]:
-    """Ack each ``(id, lease, result)``; a bad lease answers that job alone and changes nothing of it."""
-    answers: list[dict[str, Any]] = []
+    One query reads every job, one prepared UPDATE and one prepared INSERT write them.
+    """
     reclaim_expired(tx)
+    rows = tx.conn.execute(
+        f"SELECT {JOB_COLUMNS}, lease_hash FROM _skald_jobs WHERE id IN (SELECT value FROM json_each(?))",
+        (json.dumps([a[0] for a in acks]),),
+    ).fetchall()
+    found = {int(row[0]): (Job.from_row(row[:-1]), row[-1]) for row in rows}
+    answers: list[Job | SkaldError] = []
+    updates = []
+    done: set[int] = set()
     for job_id, lease, result in acks:
-        try:
-            job = ack(tx, job_id, lease, result)
-        except (JobLeaseMismatch, JobNotFound) as exc:
-            answers.append({"id": job_id, "ok": False, "code": exc.code, "detail": exc.detail})
-        else:
-            answers.append({"id": job_id, "ok": True, "state": job.state})
+        job, lease_hash = found.get(job_id, (None, None))
+        problem = _lease_problem(job_id, job, lease_hash, lease) if job_id not in done else JobLeaseMismatch(
+            f"job {job_id} was acknowledged earlier in this request", job_id=job_id, reason="ended")
+        if problem is not None:
+            answers.append(problem)
+            continue
+        assert job is not None
+        done.add(job_id)
+        updates.append((tx.now, result, job_id))
+        answers.append(dataclasses.replace(job, state="completed", completed_at_ms=tx.now, result=result,
+                                           lease_expires_ms=None))
+        tx.transitions.append((job.queue, "running", "completed"))
+        tx.finished.append((job.queue, "completed", (tx.now - (job.started_at_ms or tx.now)) / 1000))
+    if updates:
+        tx.conn.executemany(
+            "UPDATE _skald_jobs SET state = 'completed', completed_at_ms = ?, result = ?, lease_hash = NULL,"
+            " lease_expires_ms = NULL WHERE id = ?", updates,
+        )
+        tx.events([(a.id, a.queue, "completed", a.attempts) for a in answers if isinstance(a, Job)])
     return answers
+
+
+def ack(tx: Tx, job_id: int, lease: str, result: str | None) -> Job:
+    answer = ack_many(tx, [(job_id, lease, result)])[0]
+    if isinstance(answer, SkaldError):
+        raise answer
+    return answer
 
 
 def fail(tx: Tx, job_id: int, lease: str, error: str, backtrace: str | None, checkpoint: str | None) -> Job:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
@@ -24,6 +25,7 @@ from prometheus_client import Counter, Gauge, Histogram
 from skald.db.actor import CommitInfo, DocumentActor
 from skald.db.connection import DocConnection
 from skald.db.supervisor import Supervisor
+from skald.errors import SkaldError
 from skald.http.sse import json_event, wait_first
 from skald.jobs import ops
 from skald.jobs import search as job_search
@@ -40,6 +42,7 @@ EVENTS_PAGE = 500
 EVENTS_KEPT = 100_000
 """Job events kept per document; older ones are pruned (a stream resuming before them gets ``reset``)."""
 PRUNE_EVERY = 1000
+WORKER_TOUCH_SECONDS = 1.0
 
 
 class _Signal:
@@ -67,6 +70,7 @@ class JobService:
         self._signals: dict[int, tuple[DocumentActor, _Signal]] = {}
         self._counts: dict[str, dict[tuple[str, str], int]] = {}
         self._event_writes: dict[str, int] = {}
+        self._seen: dict[tuple[str, str], float] = {}
         r = metrics.registry
         self.jobs_gauge = Gauge("skald_queue_jobs", "Jobs by document, queue and state", ["db", "queue", "state"],
                                 registry=r)
@@ -82,6 +86,18 @@ class JobService:
             buckets=(0.001, 0.01, 0.1, 1, 10, 60, 600, 3600), registry=r)
 
     # ---- plumbing ---------------------------------------------------------------------------------
+
+    def _touch_worker(self, db_id: str, worker_id: str) -> bool:
+        """Whether this fetch should record the worker as seen: at most once a second per worker
+        (``GET …/workers`` has a window of seconds; a write per fetch would be wasted work)."""
+        now = trio.current_time()
+        key = (db_id, worker_id)
+        if now - self._seen.get(key, -math.inf) < WORKER_TOUCH_SECONDS:
+            return False
+        if len(self._seen) > 10_000:
+            self._seen.clear()  # bounded: forgetting only costs one extra write per worker
+        self._seen[key] = now
+        return True
 
     def _signal(self, actor: DocumentActor) -> _Signal:
         entry = self._signals.get(id(actor))
@@ -181,9 +197,12 @@ class JobService:
             signal = self._signal(actor)
             while True:
                 changed = signal.changed  # taken before the op: a commit after it still wakes us
-                outcome = await self._write(
-                    actor, lambda tx: ops.fetch_many(tx, queues, worker_id, lease_seconds, max_jobs)
-                )
+                touch = self._touch_worker(db_id, worker_id)
+
+                def claim(tx: ops.Tx, touch: bool = touch) -> list[ops.Claimed] | int | None:
+                    return ops.fetch(tx, queues, worker_id, lease_seconds, max_jobs, touch_worker=touch)
+
+                outcome = await self._write(actor, claim)
                 if isinstance(outcome, list):
                     return [Fetched(claimed.job, claimed.lease) for claimed in outcome]
                 if trio.current_time() >= deadline:
@@ -214,7 +233,13 @@ class JobService:
         return await self._run(db_id, lambda tx: ops.ack(tx, job_id, lease, result))
 
     async def ack_many(self, db_id: str, acks: list[tuple[int, str, str | None]]) -> list[dict[str, Any]]:
-        return await self._run(db_id, lambda tx: ops.ack_many(tx, acks))
+        """Each ack's answer: ``{"id", "ok": true, "state"}`` or ``{"id", "ok": false, "code", "detail"}``."""
+        answers = await self._run(db_id, lambda tx: ops.ack_many(tx, acks))
+        return [
+            {"id": job_id, "ok": False, "code": a.code, "detail": a.detail} if isinstance(a, SkaldError)
+            else {"id": job_id, "ok": True, "state": a.state}
+            for (job_id, _, _), a in zip(acks, answers, strict=True)
+        ]
 
     async def fail(
         self, db_id: str, job_id: int, lease: str, error: str, backtrace: str | None, checkpoint: str | None
