@@ -353,8 +353,13 @@ async def bulk_view(db_id: str) -> dict[str, Any]:
     if "filter" in body and not isinstance(body["filter"], dict):
         raise ValidationFailed("filter must be an object ({} matches every job)")
     where = search.parse_filter({"ids": body["ids"]} if "ids" in body else body["filter"])
-    queue = model.queue_name(body.get("queue")) if action == "move" else None
-    new_priority = model.priority(body.get("priority"), None) if action == "priority" else None
+    # Checked whenever given (an action that does not use one still refuses a malformed one).
+    queue = model.queue_name(body["queue"]) if "queue" in body or action == "move" else None
+    new_priority = model.priority(body.get("priority"), None) if "priority" in body or action == "priority" else None
+    if action != "move":
+        queue = None
+    if action != "priority":
+        new_priority = None
     affected = await _service().bulk(db_id, str(action), where, queue, new_priority)
     return {"action": action, "affected": affected}
 
