@@ -354,7 +354,7 @@ async def bulk_view(db_id: str) -> dict[str, Any]:
         raise ValidationFailed("filter must be an object ({} matches every job)")
     where = search.parse_filter({"ids": body["ids"]} if "ids" in body else body["filter"])
     # Checked whenever given (an action that does not use one still refuses a malformed one).
-    queue = model.queue_name(body["queue"]) if "queue" in body or action == "move" else None
+    queue = model.queue_name(body.get("queue")) if "queue" in body or action == "move" else None
     new_priority = model.priority(body.get("priority"), None) if "priority" in body or action == "priority" else None
     if action != "move":
         queue = None
