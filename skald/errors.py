@@ -200,3 +200,23 @@ class MigrationError(SkaldError):
     status = 500
     code = "migration_error"
     title = "Schema migration failed"
+
+
+class LengthRequired(SkaldError):
+    status = 411
+    code = "length_required"
+    title = "Length required"
+
+
+class RequestTimeout(SkaldError):
+    status = 408
+    code = "request_timeout"
+    title = "Request timeout"
+
+
+BY_STATUS: dict[int, type[SkaldError]] = {
+    cls.status: cls
+    for cls in (BadRequest, Unauthenticated, Forbidden, NotFound, MethodNotAllowed, RequestTimeout, Conflict,
+                LengthRequired, PayloadTooLarge, UnsupportedMediaType, ServiceUnavailable)
+}
+"""The one code table: the error class an HTTP status stands for where a framework names only the status."""

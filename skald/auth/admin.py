@@ -28,7 +28,7 @@ from skald.auth.token_admin import (
 )
 from skald.auth.tokens import parse_duration
 from skald.errors import ValidationFailed
-from skald.http import throttle
+from skald.http.context import request_ip
 from skald.http.params import int_param
 from skald.http.state import AppState, get_state
 
@@ -91,7 +91,7 @@ async def create_view(data: CreateTokenRequest) -> tuple[Response, int]:
         owner=data.owner if data.owner is not None else principal.owner,
         expires_in=parse_duration(data.expires_in) if data.expires_in else None,
     )
-    secret, record = await mint_token(get_state(), principal, mint, ip=throttle.request_ip())
+    secret, record = await mint_token(get_state(), principal, mint, ip=request_ip())
     response = jsonify({**record.to_public(), "token": secret})
     response.headers["Cache-Control"] = "no-store"
     return response, 201
@@ -111,7 +111,7 @@ async def get_view(token_id: str) -> dict[str, Any]:
 
 @requires("admin.token")
 async def delete_view(token_id: str) -> tuple[str, int]:
-    await revoke(get_state(), current_principal(), token_id, ip=throttle.request_ip())
+    await revoke(get_state(), current_principal(), token_id, ip=request_ip())
     return "", 204
 
 

@@ -13,8 +13,8 @@ from quart import Response, current_app, g, request
 from quart_trio import QuartTrio
 
 from skald.auth.token_admin import record_event
+from skald.http.context import request_ip
 from skald.http.state import AppState
-from skald.http.throttle import request_ip
 
 AUDITED_ACTIONS = frozenset({"db.admin"})
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})

@@ -20,7 +20,7 @@ from skald.auth.scopes import GLOBAL, Principal, decide
 from skald.auth.tokens import TOKEN_PREFIX, TokenRecord, audit, find_by_secret, touch_token
 from skald.db.connection import DocConnection
 from skald.errors import ScopeDenied, TokenInvalid, Unauthenticated
-from skald.http.client_ip import client_ip
+from skald.http.context import request_ip
 from skald.http.state import AppState, get_state
 
 F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
@@ -91,7 +91,7 @@ async def authenticate(*, allow_query_token: bool = False, required: bool = True
         if not required:
             return None
         raise Unauthenticated("send Authorization: Bearer <token>")
-    return await check_token(state, secret, path=request.path, ip=_request_ip(state))
+    return await check_token(state, secret, path=request.path, ip=request_ip())
 
 
 async def check_token(state: AppState, secret: str, *, path: str, ip: str) -> Principal:
@@ -136,7 +136,7 @@ async def audit_denied(state: AppState, subject: str, reason: str, *, path: str,
 async def authorize(principal: Principal, db_id: str, action: str, resource: str | None = None) -> None:
     """Raise :class:`ScopeDenied` (403) unless ``principal`` may do ``action``; audit denials."""
     state = get_state()
-    await check_scope(state, principal, db_id, action, resource, path=request.path, ip=_request_ip(state))
+    await check_scope(state, principal, db_id, action, resource, path=request.path, ip=request_ip())
 
 
 async def check_scope(
@@ -147,12 +147,6 @@ async def check_scope(
     if not decision.allowed:
         await audit_denied(state, principal.id, decision.reason, path=path, ip=ip)
         raise ScopeDenied(decision.reason, action=action)
-
-
-def _request_ip(state: AppState) -> str:
-    headers = request.headers
-    return client_ip(request.remote_addr, headers.get("X-Forwarded-For"), headers.get("X-Real-IP"),
-                     state.settings.trusted_proxies)
 
 
 def requires(

@@ -36,8 +36,8 @@ from skald.auth.token_admin import MintRequest, fetch_tokens, mint_token, record
 from skald.auth.tokens import parse_duration
 from skald.db.connection import DocConnection
 from skald.errors import Forbidden
+from skald.http.context import request_ip
 from skald.http.state import AppState, get_state
-from skald.http.throttle import request_ip
 
 COOKIE = "skald_session"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})

@@ -9,8 +9,6 @@ before the process exits).
 from __future__ import annotations
 
 import sys
-import time
-import uuid
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -30,7 +28,9 @@ from skald.db.supervisor import Supervisor
 from skald.documents import routes as documents
 from skald.errors import InvalidJSON
 from skald.http import openapi, operations, throttle
+from skald.http.context import UNMATCHED, name_route
 from skald.http.json_body import decode_json_body
+from skald.http.pipeline import RequestPipeline
 from skald.http.problem import install_error_handlers
 from skald.http.state import AppState, get_state
 from skald.jobs import routes as jobs
@@ -143,10 +143,10 @@ def create_app(settings: Settings, *, print_admin_token: bool = True) -> QuartTr
     _install_request_context(app, state)
     for install in INSTALLERS:
         install(app, state)
-    # Legacy relay paths stream at the ASGI layer, ahead of Quart (see skald.relay.legacy), behind the
-    # same rate limiter as Quart's routes (Quart's hooks never see them).
+    # Relay paths stream at the ASGI layer, ahead of Quart (see skald.relay.legacy); the one request pipeline
+    # runs ahead of both, so every request passes the same steps.
     relay = LegacyRelay(cast(ASGIApp, app.asgi_app), state)
-    app.asgi_app = throttle.gate(relay, state, legacy_relay.serves)  # type: ignore[method-assign,assignment]
+    app.asgi_app = RequestPipeline(relay, state, legacy_relay.is_legacy_path)  # type: ignore[method-assign,assignment]
     return app
 
 
@@ -178,35 +178,19 @@ def _install_lifespan(app: QuartTrio, state: AppState, print_admin_token: bool) 
 
 
 def _install_request_context(app: QuartTrio, state: AppState) -> None:
+    # Request id, shutdown refusal, rate limit, metrics and the access log are the pipeline's (RequestPipeline,
+    # ahead of Quart); Quart only names the route that answered and shapes its response.
     @app.before_request
-    async def refuse_while_stopping() -> None:
-        # hypercorn keeps serving requests on open keep-alive connections during its grace
-        # period; new work is refused so shutdown is prompt and clients retry elsewhere.
-        state.shutdown.refuse_if_stopping()
-
-    @app.before_request
-    async def bind_request() -> None:
-        request_id = request.headers.get("X-Request-Id") or uuid.uuid4().hex
-        request_id = request_id[:128]
-        structlog.contextvars.clear_contextvars()
-        view_args = request.view_args or {}
-        structlog.contextvars.bind_contextvars(request_id=request_id, db_id=view_args.get("db_id"))
-        request.skald_started = time.perf_counter()  # type: ignore[attr-defined]
-        request.skald_request_id = request_id  # type: ignore[attr-defined]
+    async def name_the_route() -> None:
+        rule = request.url_rule.rule if request.url_rule is not None else UNMATCHED
+        name_route(request.scope, rule,  # type: ignore[arg-type]  # quart types its scope as a TypedDict
+                   (request.view_args or {}).get("db_id"))
 
     @app.after_request
-    async def record_request(response: Response) -> Response:
+    async def no_type_without_body(response: Response) -> Response:
         if response.status_code in (204, 304):
             # No body, so no type: Quart labels an empty body text/html, which a 204 must not claim.
             response.headers.pop("Content-Type", None)
-        rule = request.url_rule.rule if request.url_rule is not None else "unmatched"
-        started = getattr(request, "skald_started", None)
-        state.metrics.requests.labels(rule, request.method, str(response.status_code)).inc()
-        if started is not None:
-            state.metrics.request_duration.labels(rule, request.method).observe(time.perf_counter() - started)
-        response.headers["X-Request-Id"] = getattr(request, "skald_request_id", "")
-        if state.shutdown.stopping:
-            response.headers["Connection"] = "close"  # do not invite another request on this connection
         return response
 
 

@@ -16,23 +16,11 @@ from quart import Quart, Response, request
 from quart_schema import RequestSchemaValidationError
 from werkzeug.exceptions import HTTPException
 
-from skald.errors import PROBLEM_CONTENT_TYPE, PROBLEM_TYPE_BASE, ShuttingDown, SkaldError
+from skald.errors import BY_STATUS, PROBLEM_CONTENT_TYPE, PROBLEM_TYPE_BASE, ShuttingDown, SkaldError
+from skald.metrics import Metrics
+from skald.relay.io import Send, text_response, whole_response
 
 log = structlog.get_logger("skald.http")
-
-_HTTP_CODES = {
-    400: "bad_request",
-    401: "unauthenticated",
-    403: "forbidden",
-    404: "not_found",
-    405: "method_not_allowed",
-    408: "request_timeout",
-    411: "length_required",
-    413: "payload_too_large",
-    415: "unsupported_media_type",
-    429: "rate_limited",
-}
-
 
 def problem_response(body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
     response = Response(
@@ -44,6 +32,21 @@ def problem_response(body: dict[str, Any], headers: dict[str, str] | None = None
 
 def render_error(error: SkaldError) -> Response:
     return problem_response(error.problem(instance=request.path), error.headers)
+
+
+async def send_error(send: Send, error: SkaldError, path: str, *, legacy: bool, metrics: Metrics | None = None) -> None:
+    """The same rendering at the ASGI layer, for what answers ahead of Quart (the pipeline, the relay).
+
+    ``legacy``: the short ``text/plain`` body legacy scripts grep (the error's detail), else problem+json.
+    """
+    headers = [(name.lower().encode(), value.encode()) for name, value in error.headers.items()]
+    if metrics is not None:
+        metrics.rejected.labels(error.code).inc()
+    if legacy:
+        await text_response(send, error.status, error.detail, headers)
+    else:
+        body = json.dumps(error.problem(instance=path)).encode()
+        await whole_response(send, error.status, PROBLEM_CONTENT_TYPE.encode(), body, headers)
 
 
 def _count(code: str) -> None:
@@ -87,7 +90,7 @@ def install_error_handlers(app: Quart) -> None:
     @app.errorhandler(HTTPException)
     async def http_error(error: HTTPException) -> Response:
         status = error.code or 500
-        code = _HTTP_CODES.get(status, "http_error")
+        code = BY_STATUS[status].code if status in BY_STATUS else "http_error"
         headers: dict[str, str] = {}
         valid_methods = getattr(error, "valid_methods", None)
         if status == 405 and valid_methods:

@@ -27,8 +27,10 @@ if TYPE_CHECKING:
     from skald.jobs.service import JobService
     from skald.pubsub.service import PubSub
     from skald.query.metrics import QueryMetrics
+    from skald.query.service import QueryService
     from skald.query.watch import WatchHub
     from skald.sync.service import SyncService
+    from skald.webhooks.service import WebhookInbox
 
 
 @dataclasses.dataclass
@@ -47,7 +49,7 @@ class AppState:
     started_at: float = dataclasses.field(default_factory=time.time)
     shutdown: Shutdown = dataclasses.field(default_factory=Shutdown)
     # Leases: the service (tests swap in one with a manual clock) and its operation counter.
-    leases: LeaseService = dataclasses.field(default_factory=LeaseService)
+    leases: LeaseService = dataclasses.field(init=False)
     lease_operations: Counter = dataclasses.field(init=False)
     # The legacy relay's rendezvous points, served ahead of Quart (skald.relay.legacy); built from shutdown.
     relay: RelayHub = dataclasses.field(init=False)
@@ -62,8 +64,10 @@ class AppState:
     throttle: Throttle | None = None
     pubsub: PubSub = dataclasses.field(init=False)
     sync: SyncService = dataclasses.field(init=False)
+    query: QueryService = dataclasses.field(init=False)
     query_watch_hub: WatchHub = dataclasses.field(init=False)
     query_metrics: QueryMetrics = dataclasses.field(init=False)
+    webhooks: WebhookInbox = dataclasses.field(init=False)
     webhook_deliveries: Counter = dataclasses.field(init=False)
     blobs: BlobService = dataclasses.field(init=False)
     jobs: JobQueue = dataclasses.field(init=False)
@@ -74,6 +78,7 @@ class AppState:
     blob_gc: GarbageCollector | None = None
 
     def __post_init__(self) -> None:
+        self.leases = LeaseService(self.supervisor)
         self.relay = RelayHub(self.shutdown)
         self.relay_requests = RequestChannels(self.shutdown)
 

@@ -1,4 +1,4 @@
-"""Rate limiting middleware: a token bucket per machine token and per client IP.
+"""Rate limiting: a token bucket per machine token and per client IP.
 
 - A request carrying ``Authorization: Bearer`` spends from its token's bucket
   (keyed by the token's SHA-256, which names a token as uniquely as its id and
@@ -13,8 +13,8 @@
   try tokens not yet seen authenticating: guessing random tokens has a per-IP
   limit. A token seen authenticating spends only its own bucket, whatever
   anonymous callers or guessers at its address do (see :class:`Throttle`).
-- The stream API and the relay, served ahead of Quart, pass the same limiter
-  through :class:`RateLimitGate`.
+- Every request passes it in the one request pipeline (:mod:`skald.http.pipeline`), the stream API and
+  the relay (served ahead of Quart) included.
 
 Anonymous requests outside ``/api/``, ``/auth/`` and ``/ui/`` (the legacy
 public routes) are left to that namespace's own limiter.
@@ -27,23 +27,15 @@ scrapers (``/healthz``, ``/readyz``, ``/metrics``) are exempt. Refusals are
 
 from __future__ import annotations
 
-import json
-from collections.abc import Awaitable, Callable, MutableMapping
-from typing import Any
-from urllib.parse import parse_qsl
-
 from prometheus_client import Counter
-from quart import Response, request
 from quart_trio import QuartTrio
 
-from skald.auth.guard import TokenCache, bearer_secret, secret_from
+from skald.auth.guard import TokenCache
 from skald.auth.scopes import GLOBAL
 from skald.auth.tokens import hash_token
-from skald.errors import PROBLEM_CONTENT_TYPE, RateLimited
-from skald.http.client_ip import client_ip
+from skald.errors import RateLimited
 from skald.http.ratelimit import Clock, RateLimiter
-from skald.http.state import AppState, get_state
-from skald.relay.io import Message, Receive, Send, text_response, whole_response
+from skald.http.state import AppState
 
 EXEMPT_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 ANONYMOUS_LIMITED_PREFIXES = ("/api/", "/auth/", "/ui/", "/openapi.json")
@@ -148,102 +140,8 @@ class Throttle:
             raise RateLimited(wait, detail, scope=scope)
 
 
-def request_ip() -> str:
-    """The client IP of the current request, trusted-proxy aware."""
-    settings = get_state().settings
-    return client_ip(
-        request.remote_addr,
-        request.headers.get("X-Forwarded-For"),
-        request.headers.get("X-Real-IP"),
-        settings.trusted_proxies,
-    )
-
-
 def install(app: QuartTrio, state: AppState) -> None:
-    """Install the limiter; ``rate_limit_per_second <= 0`` turns it off (e.g. for load benchmarks)."""
+    """Create the limiter the request pipeline spends from; ``rate_limit_per_second <= 0`` turns it off."""
     if state.settings.rate_limit_per_second <= 0:
         return
-    throttle = Throttle(state)
-    state.throttle = throttle
-
-    @app.before_request
-    async def limit_rate() -> None:
-        path = request.path
-        if path in EXEMPT_PATHS:
-            return
-        secret = bearer_secret(allow_query_token=True)
-        if secret is None and not path.startswith(ANONYMOUS_LIMITED_PREFIXES):
-            return  # anonymous legacy routes (/p, /public, /h, /r, ...) have the public limiter
-        throttle.check(secret, request_ip())
-
-    @app.after_request
-    async def settle(response: Response) -> Response:
-        throttle.settle(bearer_secret(allow_query_token=True), request_ip(), response.status_code)
-        return response
-
-
-Scope = MutableMapping[str, Any]
-ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
-
-
-class RateLimitGate:
-    """ASGI middleware: the limiter of :func:`install` for routes served ahead of Quart.
-
-    The document stream API and the legacy relay (:mod:`skald.relay.legacy`) never reach Quart's
-    ``before_request``; this puts them under the same :class:`Throttle` by the same rules: the token's
-    bucket, the IP's, the IP's budget for failed tokens (a 401 answer spends it). ``serves(path)`` picks
-    the paths it guards; all others pass through untouched (Quart's hooks guard them). Refusals are 429
-    problem+json on ``/api/`` paths and a short text elsewhere, as the relay answers its errors.
-    """
-
-    def __init__(self, app: ASGIApp, throttle: Throttle, serves: Callable[[str], bool]) -> None:
-        self.app = app
-        self.throttle = throttle
-        self.serves = serves
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        path: str = scope.get("path", "")
-        if scope["type"] != "http" or not self.serves(path) or path in EXEMPT_PATHS:
-            await self.app(scope, receive, send)
-            return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
-        query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True))
-        # The relay also takes a bare ``Authorization: <token>``: any credential presented is an attempt.
-        secret = (secret_from(headers.get("authorization", ""), query.get("token"), allow_query_token=True)
-                  or headers.get("authorization", "").strip() or None)
-        if secret is None and not path.startswith(ANONYMOUS_LIMITED_PREFIXES):
-            await self.app(scope, receive, send)  # public relay namespaces have their own limiter
-            return
-        peer = scope.get("client")
-        ip = client_ip(peer[0] if peer else None, headers.get("x-forwarded-for"), headers.get("x-real-ip"),
-                       self.throttle.settings.trusted_proxies)
-        try:
-            self.throttle.check(secret, ip)
-        except RateLimited as refused:
-            await _refuse(send, path, refused)
-            return
-        if secret is None:
-            await self.app(scope, receive, send)
-            return
-
-        async def settling_send(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                self.throttle.settle(secret, ip, int(message["status"]))
-            await send(message)
-
-        await self.app(scope, receive, settling_send)
-
-
-async def _refuse(send: Send, path: str, refused: RateLimited) -> None:
-    headers = [(k.lower().encode(), v.encode()) for k, v in refused.headers.items()]
-    if path.startswith("/api/"):
-        body = json.dumps(refused.problem(instance=path)).encode()
-        await whole_response(send, refused.status, PROBLEM_CONTENT_TYPE.encode(), body, headers)
-    else:
-        await text_response(send, refused.status, "too many requests", headers)
-
-
-def gate(app: ASGIApp, state: AppState, serves: Callable[[str], bool]) -> ASGIApp:
-    """``app`` behind a :class:`RateLimitGate` for ``serves`` paths; ``app`` itself when the limiter is off."""
-    throttle: Throttle | None = state.throttle
-    return app if throttle is None else RateLimitGate(app, throttle, serves)
+    state.throttle = Throttle(state)

@@ -72,8 +72,7 @@ async def acquire_view(db_id: str) -> tuple[Response, int]:
     resource, owner, ttl = validate_request(data.get("resource"), data.get("owner"), data.get("ttl_seconds"))
     state = get_state()
     service: LeaseService = state.leases
-    async with state.supervisor.open_document(db_id) as actor:
-        lease = await service.acquire(actor, resource, owner, ttl)
+    lease = await service.acquire(db_id, resource, owner, ttl)
     state.lease_operations.labels("acquire").inc()
     return jsonify(lease.to_json()), 201
 
@@ -86,8 +85,7 @@ async def renew_view(db_id: str) -> dict[str, Any]:
     ttl = None if data.get("ttl_seconds") is None else validate_ttl(data["ttl_seconds"])
     state = get_state()
     service: LeaseService = state.leases
-    async with state.supervisor.open_document(db_id) as actor:
-        lease = await service.renew(actor, data["resource"], token, ttl)
+    lease = await service.renew(db_id, data["resource"], token, ttl)
     state.lease_operations.labels("renew").inc()
     return lease.to_json()
 
@@ -99,7 +97,6 @@ async def release_view(db_id: str) -> dict[str, Any]:
     token = _token(data)
     state = get_state()
     service: LeaseService = state.leases
-    async with state.supervisor.open_document(db_id) as actor:
-        lease = await service.release(actor, data["resource"], token)
+    lease = await service.release(db_id, data["resource"], token)
     state.lease_operations.labels("release").inc()
     return {**lease.to_json(), "released": True}

@@ -36,6 +36,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import trio
 
 from skald.db.connection import DocConnection
+from skald.db.supervisor import Supervisor
 from skald.errors import Conflict, Forbidden, ValidationFailed
 
 if TYPE_CHECKING:
@@ -301,11 +302,12 @@ DEFAULT_CLOCK: Clock = LeaseClock()
 class LeaseService:
     """The app's lease operations on documents (``state.leases``).
 
-    Each call is one actor write op; unexpired leases keep the document open
+    Each call opens its document and is one actor write op; unexpired leases keep the document open
     (:meth:`DocumentActor.keep_alive_until`) so idle reaping never drops them.
     """
 
-    def __init__(self, clock: Clock | None = None) -> None:
+    def __init__(self, supervisor: Supervisor, clock: Clock | None = None) -> None:
+        self.supervisor = supervisor
         self.clock: Clock = clock or DEFAULT_CLOCK
 
     def _prepare(self, conn: DocConnection) -> None:
@@ -316,30 +318,33 @@ class LeaseService:
         remaining = max(0.0, (lease.expires_at_ms - self.clock.now_ms()) / 1000)
         actor.keep_alive_until(trio.current_time() + remaining)
 
-    async def acquire(self, actor: DocumentActor, resource: str, owner: str, ttl: float) -> Lease:
+    async def acquire(self, db_id: str, resource: str, owner: str, ttl: float) -> Lease:
         def op(conn: DocConnection) -> Lease:
             self._prepare(conn)
             return acquire(conn, self.clock, resource, owner, ttl)
 
-        lease = await actor.write(op)
-        self._keep_alive(actor, lease)
+        async with self.supervisor.open_document(db_id) as actor:
+            lease = await actor.write(op)
+            self._keep_alive(actor, lease)
         return lease
 
-    async def renew(self, actor: DocumentActor, resource: str, token: str, ttl: float | None) -> Lease:
+    async def renew(self, db_id: str, resource: str, token: str, ttl: float | None) -> Lease:
         def op(conn: DocConnection) -> Lease:
             self._prepare(conn)
             return renew(conn, self.clock, resource, token, ttl)
 
-        lease = await actor.write(op)
-        self._keep_alive(actor, lease)
+        async with self.supervisor.open_document(db_id) as actor:
+            lease = await actor.write(op)
+            self._keep_alive(actor, lease)
         return lease
 
-    async def release(self, actor: DocumentActor, resource: str, token: str) -> Lease:
+    async def release(self, db_id: str, resource: str, token: str) -> Lease:
         def op(conn: DocConnection) -> Lease:
             self._prepare(conn)
             return release(conn, self.clock, resource, token)
 
-        return await actor.write(op)
+        async with self.supervisor.open_document(db_id) as actor:
+            return await actor.write(op)
 
     def check_fence(self, conn: DocConnection, resource: str, token: int | str) -> None:
         """:func:`check_fence` with this service's clock (use inside the guarded write op)."""

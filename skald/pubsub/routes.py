@@ -71,8 +71,7 @@ async def publish_view(db_id: str) -> tuple[Response, int]:
     body = await request.get_json(force=True, silent=False)
     topic, form, payload, content_type, dedupe_key = parse_publish(body, settings.message_max_bytes)
     await authorize(current_principal(), db_id, "pub.publish", topic)
-    async with get_state().supervisor.open_document(db_id) as actor:
-        result = await _pubsub().publish(actor, topic, form, payload, content_type, dedupe_key)
+    result = await _pubsub().publish(db_id, topic, form, payload, content_type, dedupe_key)
     message = result.message
     reply = {"id": message.id, "topic": message.topic, "created_at": message.created_at}
     if not result.created:
@@ -112,14 +111,12 @@ async def poll_view(db_id: str) -> dict[str, Any]:
     if limit > MAX_POLL_LIMIT:
         raise ValidationFailed(f"limit must be at most {MAX_POLL_LIMIT}")
     filters, prefixes = await _visible_filters(db_id)
-    pubsub = _pubsub()
-    async with get_state().supervisor.open_document(db_id) as actor:
-        pruned = await pubsub.pruned_through(actor)
-        messages, scanned = await pubsub.read_after(actor, max(since_id, pruned), filters, prefixes, limit)
-    next_since = messages[-1].id if len(messages) >= limit else max(scanned, since_id)
+    page = await _pubsub().poll(db_id, since_id, filters, prefixes, limit)
+    messages = page.messages
+    next_since = messages[-1].id if len(messages) >= limit else max(page.scanned, since_id)
     body: dict[str, Any] = {"messages": [m.to_json() for m in messages], "next_since_id": next_since}
-    if since_id < pruned:
-        body["reset"] = {"requested_since_id": since_id, "oldest_id": pruned + 1}
+    if since_id < page.pruned:
+        body["reset"] = {"requested_since_id": since_id, "oldest_id": page.pruned + 1}
     return body
 
 
@@ -157,17 +154,13 @@ async def put_retention_view(db_id: str) -> dict[str, Any]:
         _policy_value(body, "max_count", int),
         _policy_value(body, "max_bytes", int),
     )
-    async with get_state().supervisor.open_document(db_id) as actor:
-        removed = await _pubsub().retention.set_policy(actor, policy)
+    removed = await _pubsub().set_retention(db_id, policy)
     return {**policy.to_json(), "removed": removed}
 
 
 @requires("db.admin")
 async def get_retention_view(db_id: str) -> dict[str, Any]:
-    pubsub = _pubsub()
-    async with get_state().supervisor.open_document(db_id) as actor:
-        policy = await pubsub.retention.get_policy(actor)
-        pruned = await pubsub.pruned_through(actor)
+    policy, pruned = await _pubsub().retention_status(db_id)
     return {**policy.to_json(), "pruned_through": pruned}
 
 

@@ -31,7 +31,7 @@ from skald.db.supervisor import Supervisor
 from skald.errors import PayloadTooLarge, ValidationFailed
 from skald.http.sse import json_event
 from skald.metrics import Metrics
-from skald.pubsub.retention import Retention, iso_timestamp
+from skald.pubsub.retention import Retention, RetentionPolicy, iso_timestamp
 from skald.pubsub.topics import TopicFilter, topic_visible, validate_topic
 
 log = structlog.get_logger("skald.pubsub.service")
@@ -86,6 +86,13 @@ class Message:
 
 
 _COLUMNS = "id, topic, payload_form, payload, content_type, created_at"
+
+
+@dataclasses.dataclass(frozen=True)
+class Poll:
+    messages: list[Message]
+    scanned: int  # the last id looked at (a page cut short by its limit ends at its last message)
+    pruned: int  # the highest id retention removed: a since_id below it missed messages
 
 
 @dataclasses.dataclass(frozen=True)
@@ -279,10 +286,17 @@ class PubSub:
     # ---- publish ---------------------------------------------------------------------------------
 
     async def publish(
+        self, db_id: str, topic: str, form: str, payload: bytes,
+        content_type: str | None, dedupe_key: str | None,
+    ) -> PublishResult:
+        """Commit one message on ``db_id``; returns after COMMIT. Dedupe hits return the original (created=False)."""
+        async with self.supervisor.open_document(db_id) as actor:
+            return await self._publish(actor, topic, form, payload, content_type, dedupe_key)
+
+    async def _publish(
         self, actor: DocumentActor, topic: str, form: str, payload: bytes,
         content_type: str | None, dedupe_key: str | None,
     ) -> PublishResult:
-        """Commit one message; returns after COMMIT. Dedupe hits return the original (created=False)."""
         created_at = iso_timestamp()
         hub = self.hub(actor)
 
@@ -313,6 +327,25 @@ class PubSub:
         return await actor.write(insert, after_commit=committed)
 
     # ---- reading ---------------------------------------------------------------------------------
+
+    async def poll(
+        self, db_id: str, since_id: int, filters: list[TopicFilter], prefixes: list[str] | None, limit: int
+    ) -> Poll:
+        """One page of visible messages after ``since_id``, starting past what retention has pruned."""
+        async with self.supervisor.open_document(db_id) as actor:
+            pruned = await self.pruned_through(actor)
+            messages, scanned = await self.read_after(actor, max(since_id, pruned), filters, prefixes, limit)
+        return Poll(messages, scanned, pruned)
+
+    async def set_retention(self, db_id: str, policy: RetentionPolicy) -> int:
+        """Store ``db_id``'s retention policy and sweep at once; returns how many messages it removed."""
+        async with self.supervisor.open_document(db_id) as actor:
+            return await self.retention.set_policy(actor, policy)
+
+    async def retention_status(self, db_id: str) -> tuple[RetentionPolicy, int]:
+        """``db_id``'s retention policy and the highest message id it has pruned."""
+        async with self.supervisor.open_document(db_id) as actor:
+            return await self.retention.get_policy(actor), await self.pruned_through(actor)
 
     async def read_after(
         self, actor: DocumentActor, since_id: int, filters: list[TopicFilter], prefixes: list[str] | None,

@@ -23,16 +23,7 @@ from skald.http.params import HEARTBEAT_MAX_SECONDS, HEARTBEAT_MIN_SECONDS
 from skald.http.sse import sse_response
 from skald.http.state import AppState, get_state
 from skald.query.metrics import QueryMetrics
-from skald.query.service import (
-    Guard,
-    Limits,
-    NotReadOnly,
-    Statement,
-    classify,
-    classify_all,
-    execute,
-    execute_batch,
-)
+from skald.query.service import Authorize, Guard, Limits, NotReadOnly, QueryService, Statement
 from skald.query.values import decode_args
 from skald.query.watch import QueryWatch, WatchHub
 
@@ -79,6 +70,7 @@ class WatchBody(BaseModel):
 
 
 def install(app: QuartTrio, state: AppState) -> None:
+    state.query = QueryService(state.supervisor)
     state.query_watch_hub = WatchHub()
     state.query_metrics = QueryMetrics(state.metrics.registry)
     app.add_url_rule("/api/v1/db/<db_id>/query", view_func=query_view, methods=["POST"])
@@ -90,10 +82,20 @@ def _limits(options: QueryOptions | None) -> Limits:
     return Limits.from_request(get_state().settings, options.model_dump() if options else None)
 
 
-async def _authorize_class(db_id: str, cls: StatementClass) -> None:
+def _authorizer(db_id: str) -> Authorize:
     """Require the action the statement's class needs (``query.read`` was checked by the route)."""
-    if cls > StatementClass.READ:
-        await authorize(current_principal(), db_id, cls.action)
+    principal = current_principal()
+
+    async def check(cls: StatementClass) -> None:
+        if cls > StatementClass.READ:
+            await authorize(principal, db_id, cls.action)
+
+    return check
+
+
+def _service() -> QueryService:
+    service: QueryService = get_state().query
+    return service
 
 
 def _fence_guard(fence: FenceBody | None) -> Guard | None:
@@ -125,10 +127,7 @@ async def query_view(db_id: str, data: QueryBody) -> dict[str, Any]:
     started = time.perf_counter()
     stmt = Statement(data.sql, decode_args(data.args))
     limits = _limits(data.options)
-    async with get_state().supervisor.open_document(db_id) as actor:
-        cls = await classify(actor, stmt)
-        await _authorize_class(db_id, cls)
-        result = await execute(actor, stmt, cls, limits, _fence_guard(data.fence))
+    cls, result = await _service().run(db_id, stmt, limits, _authorizer(db_id), _fence_guard(data.fence))
     body = result.to_json()
     body["duration_ms"] = _ms(started)
     _metrics().duration.labels(cls.name.lower()).observe(body["duration_ms"] / 1000)
@@ -142,10 +141,7 @@ async def batch_view(db_id: str, data: BatchBody) -> dict[str, Any]:
     started = time.perf_counter()
     stmts = [Statement(s.sql, decode_args(s.args)) for s in data.statements]
     limits = _limits(data.options)
-    async with get_state().supervisor.open_document(db_id) as actor:
-        cls = await classify_all(actor, stmts)
-        await _authorize_class(db_id, cls)
-        results = await execute_batch(actor, stmts, cls, limits, _fence_guard(data.fence))
+    cls, results = await _service().run_batch(db_id, stmts, limits, _authorizer(db_id), _fence_guard(data.fence))
     duration_ms = _ms(started)
     _metrics().duration.labels(cls.name.lower()).observe(duration_ms / 1000)
     return {"results": [r.to_json() for r in results], "duration_ms": duration_ms}
@@ -159,8 +155,7 @@ async def watch_view(db_id: str, data: WatchBody) -> Response:
     stmt = Statement(data.sql, decode_args(data.args))
     options = data.options or WatchOptions()
     limits = _limits(options)
-    async with state.supervisor.open_document(db_id) as actor:
-        cls = await classify(actor, stmt)
+    cls = await state.query.classify(db_id, stmt)
     if cls != StatementClass.READ:
         raise NotReadOnly(f"this statement needs {cls.action}; watches run read-only statements")
     watch = QueryWatch(

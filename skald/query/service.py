@@ -29,13 +29,14 @@ import functools
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from skald.config import Settings
 from skald.db.actor import DocumentActor
 from skald.db.connection import DocConnection
 from skald.db.sqlscope import ClassRecorder, StatementClass
+from skald.db.supervisor import Supervisor
 from skald.errors import BadRequest, Conflict, Forbidden, ScopeDenied
 from skald.query.values import (
     InvalidArgument,
@@ -415,3 +416,34 @@ async def execute_batch(
         return run_batch(conn, stmts, cls, limits)
 
     return await actor.write(op)
+
+
+Authorize = Callable[[StatementClass], Awaitable[None]]
+"""Called with the class SQLite's authorizer gave the statement (or batch), before it runs: raising refuses it."""
+
+
+class QueryService:
+    """The query API on documents by id (``state.query``): classify, authorize, run, in one hold of the document."""
+
+    def __init__(self, supervisor: Supervisor) -> None:
+        self.supervisor = supervisor
+
+    async def classify(self, db_id: str, stmt: Statement) -> StatementClass:
+        async with self.supervisor.open_document(db_id) as actor:
+            return await classify(actor, stmt)
+
+    async def run(
+        self, db_id: str, stmt: Statement, limits: Limits, authorize: Authorize, guard: Guard | None = None
+    ) -> tuple[StatementClass, StatementResult]:
+        async with self.supervisor.open_document(db_id) as actor:
+            cls = await classify(actor, stmt)
+            await authorize(cls)
+            return cls, await execute(actor, stmt, cls, limits, guard)
+
+    async def run_batch(
+        self, db_id: str, stmts: Sequence[Statement], limits: Limits, authorize: Authorize, guard: Guard | None = None
+    ) -> tuple[StatementClass, list[StatementResult]]:
+        async with self.supervisor.open_document(db_id) as actor:
+            cls = await classify_all(actor, stmts)
+            await authorize(cls)
+            return cls, await execute_batch(actor, stmts, cls, limits, guard)

@@ -4,11 +4,12 @@ Why not Quart views: Quart's request ``Body`` collects whatever the server
 delivers into one buffer with no backpressure (and its size cap then cuts a
 slow transfer). Here ``receive()`` is called only as each chunk is handed on
 (:mod:`skald.relay.io`), so a body of any size streams in bounded memory.
-Errors are short ``text/plain`` bodies, as legacy scripts grep them.
+Errors are skald's errors, rendered by :func:`skald.http.problem.send_error`: problem+json on the JSON
+API's stream routes, the short ``text/plain`` body legacy scripts grep elsewhere.
 
-Shutdown: these routes pass by Quart's request pipeline, so they refuse new
-requests here (503, ``Connection: close``); a waiter not yet paired is woken
-with the same 503 by the channels themselves (:mod:`skald.relay.channels`).
+Request id, shutdown refusal, rate limit, metrics and the access log are the one request pipeline's
+(:mod:`skald.http.pipeline`), which runs ahead of this middleware; a waiter not yet paired when the server
+stops is woken with a 503 by the channels themselves (:mod:`skald.relay.channels`).
 """
 
 from __future__ import annotations
@@ -28,17 +29,19 @@ import structlog
 import trio
 from prometheus_client import Counter, Gauge
 
-from skald.auth.guard import check_scope, check_token, secret_from
+from skald.auth.guard import audit_denied, check_scope, check_token, secret_from
 from skald.db.ids import DB_ID_PATTERN, validate_db_id
 from skald.errors import (
-    PROBLEM_CONTENT_TYPE,
-    PROBLEM_TYPE_BASE,
+    BadRequest,
     DocumentNotFound,
-    ScopeDenied,
+    MethodNotAllowed,
+    NotFound,
+    RateLimited,
     SkaldError,
     Unauthenticated,
 )
-from skald.http.client_ip import client_ip
+from skald.http.context import name_route, request_info
+from skald.http.problem import send_error
 from skald.http.ratelimit import RateLimiter
 from skald.http.state import AppState
 from skald.relay import stream_routes
@@ -65,12 +68,25 @@ PUBLIC_DOCUMENT = "public"
 MAX_SWITCH_ID = 256
 
 
-class Refused(Exception):
-    """A legacy request answered with a short text error."""
+class ConsumerGone(SkaldError):
+    status = 502
+    code = "consumer_gone"
+    title = "The consumer disconnected before it received the whole message"
 
-    def __init__(self, status: int, text: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:
-        super().__init__(text)
-        self.status, self.text, self.headers = status, text, headers or []
+
+class SwitchTimeout(SkaldError):
+    status = 504
+    code = "switch_timeout"
+    title = "Nobody answered the switched request in time"
+
+
+def _with_allow(error: SkaldError, methods: str) -> SkaldError:
+    error.headers["Allow"] = methods
+    return error
+
+
+def _method_not_allowed(methods: str, detail: str = "method not allowed") -> SkaldError:
+    return _with_allow(MethodNotAllowed(detail), methods)
 
 
 def is_legacy_path(path: str) -> bool:
@@ -110,8 +126,9 @@ class _Request:
         self.query = parse_qsl(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True)
         self.args = dict(self.query)
         self.headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        info = request_info(scope)  # the pipeline worked out the client's IP (trusted-proxy aware) once
         peer = scope.get("client")
-        self.peer: str | None = peer[0] if peer else None
+        self.ip: str = info.ip if info is not None else (peer[0] if peer else "")
         # ``?body=`` makes a legacy GET a producer; the JSON API keeps GET a read (its scope says so).
         self.body_param = self.args.get("body", "") if legacy else ""
 
@@ -150,52 +167,40 @@ class LegacyRelay:
         self._hook_key: bytes | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and (match := _API_STREAMS.match(scope["path"])):
-            await self._serve_api_call(_Request(scope, legacy=False), match, receive, send)
-            return
-        if scope["type"] != "http" or not is_legacy_path(scope["path"]):
+        path = scope.get("path", "")
+        api = scope["type"] == "http" and _API_STREAMS.match(path)
+        if not api and (scope["type"] != "http" or not is_legacy_path(path)):
             await self.app(scope, receive, send)
             return
         try:
-            await self._serve(_Request(scope), receive, send)
-        except Refused as refused:
-            await text_response(send, refused.status, refused.text, refused.headers)
+            if api:
+                await self._serve_api(scope, _Request(scope, legacy=False), api, receive, send)
+            else:
+                await self._serve(scope, _Request(scope), receive, send)
         except ProducerGone:
             pass  # nobody left to answer
         except SkaldError as error:
-            headers = [(k.lower().encode(), v.encode()) for k, v in error.headers.items()]
-            await text_response(send, error.status, error.detail, headers)
+            # The JSON API's stream routes answer problem+json; the legacy routes the short text scripts grep.
+            await send_error(send, error, path, legacy=not api, metrics=self.state.metrics)
 
-    async def _serve_api_call(self, req: _Request, match: re.Match[str], receive: Receive, send: Send) -> None:
-        """The document-scoped relay routes of the JSON API: same channels, problem+json errors."""
-        try:
-            await self._serve_api(req, match, receive, send)
-        except ProducerGone:
-            pass
-        except Refused as refused:
-            code = _API_CODES.get(refused.status, "bad_request")
-            body = {**SkaldError(refused.text).problem(instance=req.path), "status": refused.status,
-                    "type": PROBLEM_TYPE_BASE + code, "code": code, "title": refused.text}
-            await problem_response(send, body, refused.headers)
-        except SkaldError as error:
-            headers = [(k.lower().encode(), v.encode()) for k, v in error.headers.items()]
-            await problem_response(send, error.problem(instance=req.path), headers)
-
-    async def _serve_api(self, req: _Request, match: re.Match[str], receive: Receive, send: Send) -> None:
-        self.state.shutdown.refuse_if_stopping()
+    async def _serve_api(
+        self, scope: Scope, req: _Request, match: re.Match[str], receive: Receive, send: Send
+    ) -> None:
         db_id, kind, path = validate_db_id(match["db"]), match["kind"], match["path"]
-        allow = [(b"allow", ", ".join(stream_routes.allowed_methods(kind, path)).encode())]
+        name_route(scope, f"/api/v1/db/<db_id>/streams/{kind}/<path>", db_id)
+        allow = ", ".join(stream_routes.allowed_methods(kind, path))
         if req.method == "OPTIONS":  # as Quart answers its own routes: no token needed to ask
             with contextlib.suppress(OSError):
-                await send({"type": "http.response.start", "status": 204, "headers": allow})
+                await send({"type": "http.response.start", "status": 204, "headers": [(b"allow", allow.encode())]})
                 await send({"type": "http.response.body", "body": b"", "more_body": False})
             return
         route = stream_routes.route_for(kind, req.method)
         if route is None:
-            raise Refused(405, "method not allowed", allow)
+            raise _method_not_allowed(allow)
+        name_route(scope, route.template.replace("{", "<").replace("}", ">"), db_id)
         if kind == "queue" and req.method == "GET":
             if not path.endswith("/next"):
-                raise Refused(404, "consumers take the next message from .../queue/{topic}/next")
+                raise _with_allow(NotFound("consumers take the next message from .../queue/{topic}/next"), allow)
             path = path.removesuffix("/next")
         await self._authorize(req, db_id, route.action, path, allow_query_token=False)
         if not self.state.supervisor.exists(db_id):
@@ -214,21 +219,23 @@ class LegacyRelay:
 
     # ---- routing ------------------------------------------------------------------------------------
 
-    async def _serve(self, req: _Request, receive: Receive, send: Send) -> None:
-        self.state.shutdown.refuse_if_stopping()
+    async def _serve(self, scope: Scope, req: _Request, receive: Receive, send: Send) -> None:
         if req.path in ("/h", "/r"):
+            name_route(scope, req.path)
             if req.method != "GET":  # as legacy: only GET mints a hook
-                raise Refused(405, "method not allowed", [(b"allow", b"GET")])
+                raise _method_not_allowed("GET")
             await self._mint_hook(req.path[1], send)
             return
         db_id, namespace, sub = self._locate(req)
+        name_route(scope, "/u/<user>/<path>" if namespace == "u" else f"/{namespace}/<path>",
+                   db_id if namespace == "u" else None)
         if not sub:
-            raise Refused(400, "missing channel path")
+            raise BadRequest("missing channel path")
         first, _, rest = sub.partition("/")
         # A requester may use any method (spec and legacy); everyone else is a consumer or a producer.
         requester = first == "req"
         if not requester and req.method not in ("GET", "POST", "PUT"):
-            raise Refused(405, "method not allowed", [(b"allow", b"GET, POST, PUT")])
+            raise _method_not_allowed("GET, POST, PUT")
         if namespace in ("h", "r"):
             await self._check_hook_secret(req, namespace, sub, writes=req.produces or requester)
         action = "stream.write" if req.produces or requester else "stream.read"
@@ -250,12 +257,12 @@ class LegacyRelay:
         if req.path.startswith("/u/"):
             user, _, sub = req.path[3:].partition("/")
             if not DB_ID_PATTERN.match(user) or ".." in user:
-                raise Refused(400, "invalid user")
+                raise BadRequest("invalid user")
             return user, "u", sub
         namespace = req.path[1:].split("/", 1)[0]
-        wait = self.public_limit.try_acquire(self._client_ip(req))
+        wait = self.public_limit.try_acquire(req.ip)
         if wait > 0:
-            raise Refused(429, "too many requests", [(b"retry-after", str(max(1, round(wait + 0.5))).encode())])
+            raise RateLimited(wait, "too many requests")
         return PUBLIC_DOCUMENT, namespace, req.path[len(namespace) + 2 :]
 
     # ---- queues and broadcast -----------------------------------------------------------------------
@@ -286,7 +293,7 @@ class LegacyRelay:
         for transfer in transfers:
             await transfer.finished.wait()
         if not all(t.delivered for t in transfers):
-            raise Refused(502, "the consumer disconnected before it received the whole message")
+            raise ConsumerGone("the consumer disconnected before it received the whole message")
         await text_response(send, 200, "")
 
     # ---- request / responder ------------------------------------------------------------------------
@@ -320,7 +327,7 @@ class LegacyRelay:
         if timed_out.is_set() and responder.switch_to is not None:
             self.requests.unpark_switched(answers + responder.switch_to, requester)
             self.metrics.switch_timeouts.inc()
-            raise Refused(504, f"no answer on channel {responder.switch_to} within {timeout:g}s")
+            raise SwitchTimeout(f"no answer on channel {responder.switch_to} within {timeout:g}s")
 
     async def _respond(
         self, req: _Request, prefix: str, channel: str, receive: Receive, send: Send, answers: str
@@ -328,7 +335,7 @@ class LegacyRelay:
         key = prefix + "res/" + channel
         if "switch" in req.args:
             if not req.produces:
-                raise Refused(405, "switch needs POST or PUT", [(b"allow", b"POST, PUT")])
+                raise _method_not_allowed("POST, PUT", "switch needs POST or PUT")
             new_id = await _read_switch_id(req, receive)
             responder = Responder(answer=None, switch_to=new_id)
 
@@ -361,22 +368,12 @@ class LegacyRelay:
         # The JSON API's parser: the relay reads a token from the same places in the same order.
         secret = secret_from(req.headers.get("authorization", ""), req.args.get("token"),
                              allow_query_token=allow_query_token)
-        challenge = [(b"www-authenticate", b'Bearer realm="skald"')]
         if not secret:
-            raise Refused(401, "unauthorized", challenge)
+            raise Unauthenticated("unauthorized")
         # The JSON API's checks, audit of denials included (the request never reaches Quart's guard).
-        where = {"path": req.path, "ip": self._client_ip(req)}
-        try:
-            principal = await check_token(self.state, secret, **where)
-            await check_scope(self.state, principal, db_id, action, resource, **where)
-        except ScopeDenied:
-            raise Refused(403, "forbidden") from None
-        except Unauthenticated:
-            raise Refused(401, "unauthorized", challenge) from None
-
-    def _client_ip(self, req: _Request) -> str:
-        return client_ip(req.peer, req.headers.get("x-forwarded-for"), req.headers.get("x-real-ip"),
-                         self.state.settings.trusted_proxies)
+        where = {"path": req.path, "ip": req.ip}
+        principal = await check_token(self.state, secret, **where)
+        await check_scope(self.state, principal, db_id, action, resource, **where)
 
     def _hook_secret(self, kind: str, channel: str) -> str:
         if self._hook_key is None:
@@ -392,21 +389,16 @@ class LegacyRelay:
     async def _check_hook_secret(self, req: _Request, kind: str, channel: str, *, writes: bool) -> None:
         guarded = writes if kind == "h" else not writes  # /h guards producers (and requesters), /r consumers
         if guarded and not hmac.compare_digest(req.args.get("secret", ""), self._hook_secret(kind, channel)):
-            raise Refused(401, "unauthorized: wrong or missing secret")
+            await audit_denied(self.state, "", "wrong or missing hook secret", path=req.path, ip=req.ip)
+            raise Unauthenticated("unauthorized: wrong or missing secret")
 
 
 _API_STREAMS = re.compile(r"^/api/v1/db/(?P<db>[^/]+)/streams/(?P<kind>queue|req|res)/(?P<path>.+)$")
-_API_CODES = {400: "bad_request", 401: "unauthenticated", 403: "scope_denied", 404: "not_found",
-              405: "method_not_allowed", 429: "rate_limited", 502: "consumer_gone", 504: "switch_timeout"}
-
-
-async def problem_response(send: Send, body: dict[str, Any], headers: list[tuple[bytes, bytes]]) -> None:
-    await whole_response(send, int(body["status"]), PROBLEM_CONTENT_TYPE.encode(), json.dumps(body).encode(), headers)
 
 
 def _channel_id(rest: str) -> str:
     if not rest:
-        raise Refused(400, "empty request/responder id")
+        raise BadRequest("empty request/responder id")
     return rest
 
 
@@ -417,10 +409,10 @@ async def _read_switch_id(req: _Request, receive: Receive) -> str:
         async for chunk in chunks:
             data += chunk
             if len(data) > MAX_SWITCH_ID:
-                raise Refused(400, f"switch channel id longer than {MAX_SWITCH_ID} bytes")
+                raise BadRequest(f"switch channel id longer than {MAX_SWITCH_ID} bytes")
     new_id = data.decode("utf-8", "replace").strip()
     if not new_id or "/" in new_id or "?" in new_id:
-        raise Refused(400, "switch needs a channel id without '/' or '?' as its body")
+        raise BadRequest("switch needs a channel id without '/' or '?' as its body")
     return new_id
 
 

@@ -24,9 +24,13 @@ import trio
 from skald.db.actor import CommitInfo, DocumentActor
 from skald.db.connection import DocConnection
 from skald.db.supervisor import Supervisor
+from skald.errors import SkaldError
+from skald.http.sse import json_event, wait_first
+from skald.server.shutdown import final_event
 from skald.sync.changefeed import DEFAULT_RETENTION, last_seq, read_changes, sync_triggers
 
 SNAPSHOT_CHUNK = 256 * 1024
+STREAM_PAGE = 500  # changes read per step of a change stream
 
 
 class SyncService:
@@ -57,34 +61,73 @@ class SyncService:
             event = self._wakeups[db_id] = trio.Event()
         return event
 
-    async def prepare(self, actor: DocumentActor) -> None:
+    async def _prepare(self, actor: DocumentActor) -> None:
         """Make sure the triggers exist (an empty write runs the hook once per actor)."""
         if actor in self._prepared:
             return
         await actor.write(lambda conn: None)
         self._prepared.add(actor)
 
-    async def changes(self, actor: DocumentActor, since: int, limit: int) -> dict[str, Any]:
-        await self.prepare(actor)
-        return await actor.read(lambda conn: read_changes(conn, since, limit))
+    async def prepare(self, db_id: str) -> None:
+        """Make sure ``db_id`` exists and records its changes (raises ``DocumentNotFound`` before a stream starts)."""
+        async with self.supervisor.open_document(db_id) as actor:
+            await self._prepare(actor)
 
-    async def snapshot_file(self, actor: DocumentActor) -> tuple[Path, int]:
+    async def changes(self, db_id: str, since: int, limit: int) -> dict[str, Any]:
+        async with self.supervisor.open_document(db_id) as actor:
+            await self._prepare(actor)
+            return await actor.read(lambda conn: read_changes(conn, since, limit))
+
+    async def snapshot_file(self, db_id: str) -> tuple[Path, int]:
         """Copy the document into a temporary file; return (path, change sequence it includes).
 
         The caller deletes the file. On cancellation the backup is interrupted
         and the file removed.
         """
-        await self.prepare(actor)
-        fd, name = tempfile.mkstemp(prefix=f"skald-snapshot-{actor.db_id}-", suffix=".sqlite")
-        os.close(fd)
-        path = Path(name)
-        try:
-            seq = await actor.read(lambda conn: _backup_into(conn, path))
-        except BaseException:
-            with trio.CancelScope(shield=True):
-                await trio.Path(path).unlink(missing_ok=True)
-            raise
+        async with self.supervisor.open_document(db_id) as actor:
+            await self._prepare(actor)
+            fd, name = tempfile.mkstemp(prefix=f"skald-snapshot-{db_id}-", suffix=".sqlite")
+            os.close(fd)
+            path = Path(name)
+            try:
+                seq = await actor.read(lambda conn: _backup_into(conn, path))
+            except BaseException:
+                with trio.CancelScope(shield=True):
+                    await trio.Path(path).unlink(missing_ok=True)
+                raise
         return path, seq
+
+    async def change_events(
+        self, db_id: str, since: int, heartbeat: float, shutdown: trio.Event | None
+    ) -> AsyncIterator[bytes]:
+        """SSE frames of ``db_id``'s changes after ``since``: ``change``, ``heartbeat``, ``reset``, ``shutdown``.
+
+        The document is held open for as long as the stream runs; it ends when the document closes.
+        """
+        cursor = since
+        try:
+            async with self.supervisor.open_document(db_id) as actor:
+                await self._prepare(actor)
+                while not actor.closing.is_set() and not (shutdown is not None and shutdown.is_set()):
+                    wake = self.wakeup(db_id)
+                    page = await actor.read(functools.partial(read_changes, since=cursor, limit=STREAM_PAGE))
+                    if page["reset"]:
+                        yield json_event("reset", {"since": cursor, "last_seq": page["last_seq"]})
+                        return
+                    for change in page["changes"]:
+                        cursor = change["seq"]
+                        yield json_event("change", change, cursor)
+                    if len(page["changes"]) >= STREAM_PAGE:
+                        continue
+                    with trio.move_on_after(heartbeat) as scope:
+                        await wait_first(wake, actor.closing, shutdown)
+                    if scope.cancelled_caught:
+                        yield json_event("heartbeat", {"last_seq": page["last_seq"]})
+        except SkaldError as exc:  # the document went away between the route's check and the stream's start
+            yield json_event("error", {"code": exc.code, "detail": exc.detail})
+            return
+        if shutdown is not None and shutdown.is_set():
+            yield final_event(resume_from=cursor)
 
 
 def _backup_into(conn: DocConnection, path: Path) -> int:

@@ -9,29 +9,22 @@ from quart import Response, jsonify, request
 from quart_trio import QuartTrio
 
 from skald.auth.guard import requires
-from skald.db.connection import DocConnection
 from skald.errors import NotFound, PayloadTooLarge
 from skald.http.state import AppState, get_state
 from skald.webhooks.service import (
-    Delivery,
+    Arrival,
     EndpointConfig,
-    Stored,
-    delete_endpoint_config,
-    delivery_id_from,
-    load_endpoint_config,
+    WebhookInbox,
     parse_endpoint_config,
-    redact_headers,
-    save_endpoint_config,
-    store_delivery,
     utc_now,
     validate_endpoint,
-    verify_signature,
 )
 
 _BASE = "/api/v1/db/<db_id>/webhooks/<endpoint>"
 
 
 def install(app: QuartTrio, state: AppState) -> None:
+    state.webhooks = WebhookInbox(state.supervisor)
     state.webhook_deliveries = Counter(
         "skald_webhook_deliveries_total",
         "Webhook deliveries acknowledged, by result (stored or duplicate)",
@@ -69,32 +62,16 @@ async def ingest_view(db_id: str, endpoint: str) -> tuple[Response, int]:
     for name, value in raw_headers:
         key = name.lower()
         header_map[key] = f"{header_map[key]}, {value}" if key in header_map else value
-    delivery_id = delivery_id_from(header_map, body)
-    method = request.method
-    query_string = request.query_string.decode("utf-8", "replace")
-    content_type = request.headers.get("Content-Type")
-    received_at = utc_now()
-
-    def ingest(conn: DocConnection) -> Stored:
-        # Config, verification and insert in one op: a mismatch raises and nothing is stored.
-        config = load_endpoint_config(conn, endpoint)
-        if config.verify is not None:
-            verify_signature(config.verify, header_map, body)
-        delivery = Delivery(
-            endpoint=endpoint,
-            method=method,
-            headers=redact_headers(header_map, config.redact_headers),
-            query_string=query_string,
-            content_type=content_type,
-            body=body,
-            delivery_id=delivery_id,
-            received_at=received_at,
-            verified=config.verify.style if config.verify else None,
-        )
-        return store_delivery(conn, delivery)
-
-    async with state.supervisor.open_document(db_id) as actor:
-        stored = await actor.write(ingest)
+    arrival = Arrival(
+        endpoint=endpoint,
+        method=request.method,
+        headers=header_map,
+        query_string=request.query_string.decode("utf-8", "replace"),
+        content_type=request.headers.get("Content-Type"),
+        body=body,
+        received_at=utc_now(),
+    )
+    stored = await state.webhooks.ingest(db_id, arrival)
     state.webhook_deliveries.labels("duplicate" if stored.duplicate else "stored").inc()
     payload = {
         "id": stored.id,
@@ -109,8 +86,7 @@ async def ingest_view(db_id: str, endpoint: str) -> tuple[Response, int]:
 @requires("db.admin")
 async def get_config_view(db_id: str, endpoint: str) -> dict[str, Any]:
     validate_endpoint(endpoint)
-    async with get_state().supervisor.open_document(db_id) as actor:
-        config = await actor.read(lambda conn: load_endpoint_config(conn, endpoint))
+    config = await get_state().webhooks.config(db_id, endpoint)
     return {"endpoint": endpoint, **config.public()}
 
 
@@ -119,16 +95,14 @@ async def put_config_view(db_id: str, endpoint: str) -> dict[str, Any]:
     """Replace the endpoint's settings: ``{"verify": {...} | null, "redact_headers": [...]}``."""
     validate_endpoint(endpoint)
     config: EndpointConfig = parse_endpoint_config(await request.get_json(force=True))
-    async with get_state().supervisor.open_document(db_id) as actor:
-        await actor.write(lambda conn: save_endpoint_config(conn, endpoint, config))
+    await get_state().webhooks.set_config(db_id, endpoint, config)
     return {"endpoint": endpoint, **config.public()}
 
 
 @requires("db.admin")
 async def delete_config_view(db_id: str, endpoint: str) -> tuple[str, int]:
     validate_endpoint(endpoint)
-    async with get_state().supervisor.open_document(db_id) as actor:
-        deleted = await actor.write(lambda conn: delete_endpoint_config(conn, endpoint))
+    deleted = await get_state().webhooks.delete_config(db_id, endpoint)
     if not deleted:
         raise NotFound(f"endpoint {endpoint} has no settings")
     return "", 204

@@ -25,6 +25,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from skald.db.connection import DocConnection
+from skald.db.supervisor import Supervisor
 from skald.errors import BadRequest, InvalidJSON, StorageError, Unauthenticated, ValidationFailed
 from skald.http.json_body import decode_json_body
 
@@ -368,3 +369,61 @@ def _standard_key(secret: str) -> bytes:
         return base64.b64decode(raw, validate=True)
     except ValueError:
         raise ValidationFailed("a Standard Webhooks secret is whsec_ followed by base64") from None
+
+
+@dataclasses.dataclass(frozen=True)
+class Arrival:
+    """A delivery as it reached the route, before the endpoint's config (verification, redaction) applies."""
+
+    endpoint: str
+    method: str
+    headers: dict[str, str]  # lower-case names, repeated headers joined with ", "
+    query_string: str
+    content_type: str | None
+    body: bytes
+    received_at: str
+
+
+class WebhookInbox:
+    """The webhook inbox of every document (``state.webhooks``): it opens the document for each call."""
+
+    def __init__(self, supervisor: Supervisor) -> None:
+        self.supervisor = supervisor
+
+    async def ingest(self, db_id: str, arrival: Arrival) -> Stored:
+        """Verify and store ``arrival``; returns after COMMIT (a duplicate delivery id returns the original)."""
+        delivery_id = delivery_id_from(arrival.headers, arrival.body)
+
+        def ingest(conn: DocConnection) -> Stored:
+            # Config, verification and insert in one op: a mismatch raises and nothing is stored.
+            config = load_endpoint_config(conn, arrival.endpoint)
+            if config.verify is not None:
+                verify_signature(config.verify, arrival.headers, arrival.body)
+            delivery = Delivery(
+                endpoint=arrival.endpoint,
+                method=arrival.method,
+                headers=redact_headers(arrival.headers, config.redact_headers),
+                query_string=arrival.query_string,
+                content_type=arrival.content_type,
+                body=arrival.body,
+                delivery_id=delivery_id,
+                received_at=arrival.received_at,
+                verified=config.verify.style if config.verify else None,
+            )
+            return store_delivery(conn, delivery)
+
+        async with self.supervisor.open_document(db_id) as actor:
+            return await actor.write(ingest)
+
+    async def config(self, db_id: str, endpoint: str) -> EndpointConfig:
+        async with self.supervisor.open_document(db_id) as actor:
+            return await actor.read(lambda conn: load_endpoint_config(conn, endpoint))
+
+    async def set_config(self, db_id: str, endpoint: str, config: EndpointConfig) -> None:
+        async with self.supervisor.open_document(db_id) as actor:
+            await actor.write(lambda conn: save_endpoint_config(conn, endpoint, config))
+
+    async def delete_config(self, db_id: str, endpoint: str) -> bool:
+        """Remove the endpoint's settings; False if it had none."""
+        async with self.supervisor.open_document(db_id) as actor:
+            return await actor.write(lambda conn: delete_endpoint_config(conn, endpoint))

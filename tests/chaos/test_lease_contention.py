@@ -27,7 +27,7 @@ TTL = 2.0
 @pytest.fixture
 def clock(server: LiveServer) -> ManualClock:
     manual = ManualClock()
-    server.state.leases = LeaseService(manual)
+    server.state.leases = LeaseService(server.state.supervisor, manual)
     return manual
 
 

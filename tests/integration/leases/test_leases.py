@@ -20,7 +20,7 @@ RELEASE = "/api/v1/db/locks/leases/release"
 @pytest.fixture
 def clock(server: LiveServer) -> ManualClock:
     manual = ManualClock()
-    server.state.leases = LeaseService(manual)
+    server.state.leases = LeaseService(server.state.supervisor, manual)
     return manual
 
 

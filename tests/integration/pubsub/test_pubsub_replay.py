@@ -28,12 +28,12 @@ async def test_more_than_ten_thousand_messages(server: LiveServer) -> None:
         assert (await client.put(DB)).status_code == 201
     pubsub = server.state.pubsub
     ids: dict[str, list[int]] = {"even": [], "odd": []}
-    async with server.state.supervisor.open_document("pub") as actor:
+    async with server.state.supervisor.open_document("pub"):  # held open across the publishes
 
         async def publisher(start: int) -> None:
             for i in range(start, 10_400, 40):
                 topic = "n/even" if i % 2 == 0 else "n/odd"
-                result = await pubsub.publish(actor, topic, "json", str(i).encode(), None, None)
+                result = await pubsub.publish("pub", topic, "json", str(i).encode(), None, None)
                 ids[topic[2:]].append(result.message.id)
 
         async with trio.open_nursery() as nursery:

@@ -18,9 +18,9 @@ DB = "/api/v1/db/pub"
 async def _publish(server: LiveServer, count: int, size: int = 10) -> list[int]:
     pubsub = server.state.pubsub
     ids: list[int] = []
-    async with server.state.supervisor.open_document("pub") as actor:
+    async with server.state.supervisor.open_document("pub"):  # held open across the publishes
         for i in range(count):
-            result = await pubsub.publish(actor, f"t/{i % 2}", "text", b"x" * size, None, None)
+            result = await pubsub.publish("pub", f"t/{i % 2}", "text", b"x" * size, None, None)
             ids.append(result.message.id)
     return ids
 
@@ -65,8 +65,7 @@ async def test_bytes_and_age_policies(server: LiveServer) -> None:
         remaining = (await client.get(f"{DB}/messages")).json()["messages"]
         assert [m["id"] for m in remaining] == ids[8:]
         policy = (await client.get(f"{DB}/messages/retention")).json()
-        assert policy == {"max_age_seconds": 3600.0, "max_count": None, "max_bytes": None,
-                          "pruned_through": ids[7]}
+        assert policy == {"max_age_seconds": 3600.0, "max_count": None, "max_bytes": None, "pruned_through": ids[7]}
         for bad in [{"max_count": 1.5}, {"max_bytes": "x"}, {"max_age_seconds": 0}, {"other": 1}, [1]]:
             assert (await client.put(f"{DB}/messages/retention", json=bad)).status_code == 400
 
@@ -143,8 +142,7 @@ async def test_background_sweep_enforces_the_policy(
             policy = await client.put(f"{DB}/messages/retention", json={"max_count": 2})
             assert policy.json()["removed"] == 0
             ids = [
-                (await client.post(f"{DB}/messages", json={"topic": "t", "payload": i})).json()["id"]
-                for i in range(6)
+                (await client.post(f"{DB}/messages", json={"topic": "t", "payload": i})).json()["id"] for i in range(6)
             ]
             with trio.fail_after(20):
                 while True:  # polling with a bound: the sweep runs in the background

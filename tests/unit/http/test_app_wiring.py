@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import inspect
 import pkgutil
 from pathlib import Path
 
@@ -11,6 +12,7 @@ from support.live import make_settings
 
 import skald
 from skald.http import app as app_module
+from skald.http.pipeline import RequestPipeline
 from skald.http.state import AppState
 
 
@@ -24,18 +26,17 @@ def test_rate_limiter_and_admin_audit_are_installed(tmp_path: Path) -> None:
     # admin.py used to install both as a side effect: dropping it (or them) must not go unnoticed.
     app = app_module.create_app(make_settings(tmp_path, rate_limit_per_second=1.0, rate_limit_burst=2))
     state: AppState = app.extensions["skald"]
-    before, after = _hooks(app)
+    _before, after = _hooks(app)
     assert state.throttle is not None
-    assert "limit_rate" in before
+    assert isinstance(app.asgi_app, RequestPipeline)  # every request, the relay's too, passes the limiter there
     assert "audit_admin_action" in after
 
 
 def test_rate_zero_installs_no_limiter_but_still_the_audit(tmp_path: Path) -> None:
     app = app_module.create_app(make_settings(tmp_path, rate_limit_per_second=0.0))
     state: AppState = app.extensions["skald"]
-    before, after = _hooks(app)
+    _before, after = _hooks(app)
     assert state.throttle is None
-    assert "limit_rate" not in before
     assert "audit_admin_action" in after
 
 
@@ -53,3 +54,14 @@ def test_every_install_in_the_package_is_in_the_installer_list() -> None:
     assert modules, "no installers found: the walk is broken"
     assert modules <= listed, sorted(modules - listed)
     assert len(app_module.INSTALLERS) == len(set(app_module.INSTALLERS))
+
+
+def test_routes_never_open_documents() -> None:
+    # Services own their documents (they take a db_id); a route holding an actor is how the sync route
+    # once needed keep_alive_until to bridge into its stream.
+    offenders = [
+        install.__module__
+        for install in app_module.INSTALLERS
+        if "open_document(" in inspect.getsource(importlib.import_module(install.__module__))
+    ]
+    assert offenders == []
