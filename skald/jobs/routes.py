@@ -32,7 +32,7 @@ DEFAULT_WORKER_WINDOW = 60.0
 
 
 def install(app: QuartTrio, state: AppState) -> None:
-    state.job_queues = JobService(state.supervisor, state.metrics)
+    state.job_queues = JobService(state.supervisor, state.metrics, shutdown=state.shutdown.event)
     rules: list[tuple[str, Any, str]] = [
         ("", enqueue_view, "POST"),
         ("/batch", batch_view, "POST"),

@@ -64,8 +64,13 @@ class Fetched:
 
 
 class JobService:
-    def __init__(self, supervisor: Supervisor, metrics: Metrics, clock: JobClock | None = None) -> None:
+    def __init__(
+        self, supervisor: Supervisor, metrics: Metrics, clock: JobClock | None = None,
+        shutdown: trio.Event | None = None,
+    ) -> None:
         self.supervisor = supervisor
+        self.shutdown = shutdown if shutdown is not None else trio.Event()
+        """Set when the server stops: waiting fetches answer 204 at once instead of holding the grace period."""
         self.clock: JobClock = clock or SystemJobClock()
         self._signals: dict[int, tuple[DocumentActor, _Signal]] = {}
         self._counts: dict[str, dict[tuple[str, str], int]] = {}
@@ -211,8 +216,9 @@ class JobService:
                     async with trio.open_nursery() as nursery:
                         if outcome is not None:
                             nursery.start_soon(self._sleep_then_cancel, outcome, nursery.cancel_scope)
-                        nursery.start_soon(self._wait_then_cancel, changed, actor.closing, nursery.cancel_scope)
-                if actor.closing.is_set():
+                        nursery.start_soon(self._wait_then_cancel, changed, actor.closing, self.shutdown,
+                                           nursery.cancel_scope)
+                if actor.closing.is_set() or self.shutdown.is_set():
                     return []
 
     async def _sleep_then_cancel(self, ms: int, scope: trio.CancelScope) -> None:
@@ -220,8 +226,10 @@ class JobService:
         scope.cancel(reason="a job became due")
 
     @staticmethod
-    async def _wait_then_cancel(changed: trio.Event, closing: trio.Event, scope: trio.CancelScope) -> None:
-        await wait_first(changed, closing)
+    async def _wait_then_cancel(
+        changed: trio.Event, closing: trio.Event, shutdown: trio.Event, scope: trio.CancelScope
+    ) -> None:
+        await wait_first(changed, closing, shutdown)
         scope.cancel(reason="jobs changed")
 
     async def heartbeat(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -15,7 +16,7 @@ import pytest
 import trio
 import trio.lowlevel
 import trio.testing
-from support.live import LiveServer
+from support.live import LiveServer, make_settings, start_live_server
 from support.sse import Event, follow
 
 from skald.jobs.clock import ManualJobClock
@@ -398,3 +399,19 @@ async def test_fetch_several_and_ack_them_in_one_request(server: LiveServer, clo
         assert (await client.get(f"{J}/{jobs[1]['id']}")).json()["state"] == "running"
         r = await client.post(J + "/fetch", json={"queues": ["few"], "worker_id": "w", "max_jobs": 10})
         assert [j["payload"] for j in r.json()["jobs"]] == [3, 4]
+
+
+async def test_a_waiting_fetch_answers_204_when_the_server_stops(nursery: trio.Nursery, tmp_path: Path) -> None:
+    live = await start_live_server(nursery, make_settings(tmp_path / "data"), graceful_timeout=30)
+    async with _client(live) as client:
+        got: list[int] = []
+        async with trio.open_nursery() as inner:
+
+            async def waiting() -> None:
+                r = await client.post(J + "/fetch", json={"queues": ["q"], "worker_id": "w", "wait_seconds": 60})
+                got.append(r.status_code)
+
+            inner.start_soon(waiting)
+            await trio.testing.wait_all_tasks_blocked()
+            inner.start_soon(live.stop)
+        assert got == [204]  # answered, not cut off at the end of the grace period
