@@ -356,7 +356,7 @@ _JOB_STATE: Schema = {"enum": list(JOB_STATES)}
 _TIME: Schema = {"type": "string", "format": "date-time", "description": "RFC 3339"}
 _BACKOFF: Schema = obj({}, {"strategy": {"enum": ["none", "fixed", "linear", "exponential"]},
                             "base_seconds": NUM, "max_seconds": NUM})
-_BACKOFF_IN: Schema = _opt(obj({}, {"strategy": {"enum": ["none", "fixed", "linear", "exponential"]},
+_BACKOFF_IN: Schema = _opt(obj({}, {"strategy": _opt({"enum": ["none", "fixed", "linear", "exponential"]}),
                                     "base_seconds": _opt(_num(0, _SECONDS)),
                                     "max_seconds": _opt(_num(0, _SECONDS))}))
 JOB = obj({

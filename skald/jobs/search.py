@@ -24,6 +24,7 @@ from skald.jobs.model import (
     parse_time,
     priority,
     queue_name,
+    required_integer,
     text,
 )
 from skald.jobs.ops import Tx, _forget_errors
@@ -78,7 +79,7 @@ def parse_filter(value: Any) -> Where:
         raw = data["ids"]
         if not isinstance(raw, list) or len(raw) > MAX_IDS:
             raise ValidationFailed(f"ids must be a list of at most {MAX_IDS} job ids")
-        ids = [integer(i, "ids[]", minimum=1, maximum=2**63 - 1) for i in raw]
+        ids = [required_integer(i, "ids[]", minimum=1, maximum=2**63 - 1) for i in raw]
         clauses.append("id IN (SELECT value FROM json_each(?))")
         params.append(json.dumps(ids))
     if data.get("queue") is not None:
