@@ -35,6 +35,8 @@ class Tx:
     """(queue, old state, new state); None for a job that appeared or was deleted."""
     recount: bool = False
     """Set by ops that change many jobs at once: the service recounts the gauges."""
+    wake_all: bool = False
+    """Set by ops that change what may be fetched without a job changing state (queue settings)."""
     started: list[float] = dataclasses.field(default_factory=list)  # queue wait of each start, seconds
     finished: list[tuple[str, str, float]] = dataclasses.field(default_factory=list)  # (queue, state, run s)
 
@@ -567,6 +569,7 @@ def queue_info(tx: Tx, name: str) -> dict[str, Any]:
 
 def configure_queue(tx: Tx, name: str, fields: dict[str, Any]) -> dict[str, Any]:
     """Upsert a queue's settings; only the given fields change."""
+    tx.wake_all = True
     tx.conn.execute(
         "INSERT INTO _skald_job_queues (name, updated_at_ms) VALUES (?, ?) ON CONFLICT(name) DO NOTHING",
         (name, tx.now),

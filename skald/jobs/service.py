@@ -46,15 +46,43 @@ WORKER_TOUCH_SECONDS = 1.0
 
 
 class _Signal:
-    """Set (and replaced) after every commit that changed a job's state or a queue's settings."""
+    """Wakes waiters after commits that changed a job's state or a queue's settings.
+
+    ``changed`` is set (and replaced) after every such commit: the events streams wait on it.
+    Waiting fetches queue up in ``waiters`` and are woken only as many as the commit made jobs
+    ready (or freed running slots): waking all of them for every enqueue would have each run
+    an empty fetch op (a thundering herd on the document's writer). ``pending`` is what this
+    service's ops in the commit reported (None: something else wrote, wake everyone).
+    """
 
     def __init__(self) -> None:
         self.changed = trio.Event()
+        self.waiters: list[trio.Event] = []
+        self._reported = False  # did an op of this service report on the commit being made?
+        self._wake_all = False
+        self._ready = 0
+
+    def report(self, ready: int | None) -> None:
+        """An op of the coming commit made ``ready`` jobs fetchable (None: wake every waiter)."""
+        self._reported = True
+        if ready is None:
+            self._wake_all = True
+        else:
+            self._ready += ready
 
     def on_commit(self, info: CommitInfo) -> None:
-        if info.tables & WAKE_TABLES:
-            self.changed.set()
-            self.changed = trio.Event()
+        reported, wake_all, ready = self._reported, self._wake_all, self._ready
+        self._reported, self._wake_all, self._ready = False, False, 0
+        if not info.tables & WAKE_TABLES:
+            return
+        self.changed.set()
+        self.changed = trio.Event()
+        self.wake(len(self.waiters) if wake_all or not reported else ready)
+
+    def wake(self, count: int) -> None:
+        woken, self.waiters = self.waiters[:count], self.waiters[count:]
+        for event in woken:
+            event.set()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,7 +147,7 @@ class JobService:
     async def _write(self, actor: DocumentActor, fn: Callable[[ops.Tx], T]) -> T:
         """Run ``fn`` as one write op with a fresh :class:`ops.Tx`; metrics after the commit."""
         db_id = actor.db_id
-        self._signal(actor)
+        signal = self._signal(actor)
         first = db_id not in self._counts
 
         def op(conn: DocConnection) -> tuple[T, ops.Tx, dict[str, dict[str, int]] | None]:
@@ -136,6 +164,8 @@ class JobService:
         def committed(result: tuple[T, ops.Tx, dict[str, dict[str, int]] | None]) -> None:
             _, tx, counts = result
             self._record(db_id, tx, counts)
+            signal.report(None if tx.recount or tx.wake_all else sum(
+                1 for _, old, new in tx.transitions if new in ("queued", "retrying") or old == "running"))
 
         value, _tx, _counts = await actor.write(op, after_commit=committed)
         return value
@@ -201,25 +231,34 @@ class JobService:
         async with self._document(db_id) as actor:
             signal = self._signal(actor)
             while True:
-                changed = signal.changed  # taken before the op: a commit after it still wakes us
+                woken = trio.Event()
+                signal.waiters.append(woken)  # before the op: a commit after it still wakes us
                 touch = self._touch_worker(db_id, worker_id)
 
                 def claim(tx: ops.Tx, touch: bool = touch) -> list[ops.Claimed] | int | None:
                     return ops.fetch(tx, queues, worker_id, lease_seconds, max_jobs, touch_worker=touch)
 
-                outcome = await self._write(actor, claim)
-                if isinstance(outcome, list):
-                    return [Fetched(claimed.job, claimed.lease) for claimed in outcome]
-                if trio.current_time() >= deadline:
-                    return []
-                with trio.move_on_at(deadline):
-                    async with trio.open_nursery() as nursery:
-                        if outcome is not None:
-                            nursery.start_soon(self._sleep_then_cancel, outcome, nursery.cancel_scope)
-                        nursery.start_soon(self._wait_then_cancel, changed, actor.closing, self.shutdown,
-                                           nursery.cancel_scope)
-                if actor.closing.is_set() or self.shutdown.is_set():
-                    return []
+                try:
+                    outcome = await self._write(actor, claim)
+                    if isinstance(outcome, list):
+                        return [Fetched(claimed.job, claimed.lease) for claimed in outcome]
+                    if trio.current_time() >= deadline:
+                        return []
+                    with trio.move_on_at(deadline):
+                        async with trio.open_nursery() as nursery:
+                            if outcome is not None:
+                                nursery.start_soon(self._sleep_then_cancel, outcome, nursery.cancel_scope)
+                            nursery.start_soon(self._wait_then_cancel, woken, actor.closing, self.shutdown,
+                                               nursery.cancel_scope)
+                    if actor.closing.is_set() or self.shutdown.is_set():
+                        return []
+                finally:
+                    if woken in signal.waiters:
+                        signal.waiters.remove(woken)
+                    elif woken.is_set() and not (actor.closing.is_set() or self.shutdown.is_set()):
+                        # A wake-up meant for a job this fetch did not take (it claimed another, or is
+                        # leaving): hand it to the next waiter so no ready job waits for a timeout.
+                        signal.wake(1)
 
     async def _sleep_then_cancel(self, ms: int, scope: trio.CancelScope) -> None:
         await self.clock.sleep_until(ms)
