@@ -79,6 +79,15 @@ class Settings:
     s3_access_key_id: str | None = None
     s3_secret_access_key: str | None = None
     blob_gc_grace_seconds: float = 86400.0
+    # cluster (docs/cluster.md): all unset = the single-process default, no etcd, no S3, no proxy
+    cluster_node_id: str | None = None  # setting it (with etcd endpoints) joins a cluster
+    cluster_advertise_url: str | None = None  # how other nodes reach this one (default: the bound address)
+    cluster_etcd_endpoints: str = ""  # comma-separated etcd client URLs (its JSON gateway)
+    cluster_lease_seconds: float = 2.0  # ownership lease TTL in etcd
+    cluster_fence_margin_seconds: float = 0.5  # stop serving this long before the lease could expire
+    cluster_s3_prefix: str = "skald"  # documents replicate to s3://{s3_bucket}/{prefix}/{db_id}/{fence}
+    litestream_bin: str = "litestream"
+    durability: str = "local"  # local | replicated (ack after Litestream confirms the commit is in S3)
 
     @property
     def service_db_path(self) -> Path:
@@ -90,6 +99,10 @@ class Settings:
 
     def document_path(self, db_id: str) -> Path:
         return self.documents_dir / f"{db_id}.sqlite3"
+
+    @property
+    def clustered(self) -> bool:
+        return self.cluster_node_id is not None
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
@@ -179,4 +192,13 @@ def load_settings(
         raise ConfigError("mailbox_size, max_batch and read_pool_size must be at least 1")
     if settings.max_connections < 1 or settings.listen_backlog < 1 or settings.request_head_timeout < 0:
         raise ConfigError("max_connections and listen_backlog must be at least 1, request_head_timeout at least 0")
+    if settings.durability not in {"local", "replicated"}:
+        raise ConfigError("durability must be 'local' or 'replicated'")
+    if settings.clustered:
+        if not settings.cluster_etcd_endpoints or not settings.s3_endpoint_url:
+            raise ConfigError("cluster_node_id needs cluster_etcd_endpoints and s3_endpoint_url")
+        if not 0 < settings.cluster_fence_margin_seconds < settings.cluster_lease_seconds:
+            raise ConfigError("cluster_fence_margin_seconds must be between 0 and cluster_lease_seconds")
+    elif settings.durability == "replicated":
+        raise ConfigError("durability = 'replicated' needs a cluster (cluster_node_id and its settings)")
     return settings

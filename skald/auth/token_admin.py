@@ -57,6 +57,8 @@ async def mint_token(
         return secret, record
 
     result: tuple[str, TokenRecord] = await state.supervisor.service.write(op)
+    if state.cluster is not None:  # every node accepts it once the copy arrives (skald.cluster.tokens)
+        await state.cluster.share_token(result[1].id)
     return result
 
 
@@ -100,6 +102,8 @@ async def revoke(
     cache.clear()
     if not found:
         raise TokenNotFound(f"no token {token_id}")
+    if state.cluster is not None:  # every node refuses it once the copy arrives (skald.cluster.tokens)
+        await state.cluster.share_token(token_id)
 
 
 async def record_event(

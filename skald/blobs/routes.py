@@ -50,7 +50,7 @@ def install(app: QuartTrio, state: AppState) -> None:
 
     async def run_worker() -> None:
         with scope:
-            await worker.run()
+            await worker.serve()
 
     @app.before_serving
     async def start_worker() -> None:

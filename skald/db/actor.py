@@ -26,7 +26,7 @@ import enum
 import math
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -115,6 +115,11 @@ class DocumentActor:
         """Run in the writer thread after every successful write op, inside its savepoint
         (e.g. the change feed keeps its triggers in step with the schema). A hook that
         raises fails that op alone."""
+        self.commit_gate: Callable[[DocumentActor], Awaitable[None]] | None = None
+        """Awaited after each group commit, before its writes are acknowledged (a cluster node checks it
+        still owns the document and, with ``durability = "replicated"``, waits for Litestream to confirm
+        the transaction is in S3: one wait per group commit). If it raises, every write of the batch is
+        answered with that error instead of its result: committed locally, but not acknowledged."""
         self.holds = 0
         self.inflight = 1  # opening counts as work: a starting actor is never reaped
         self.last_active = trio.current_time()
@@ -359,6 +364,13 @@ class DocumentActor:
             if self._metrics:
                 self._metrics.commit_batch.observe(len(ops))
                 self._metrics.commit_duration.observe(time.perf_counter() - started)
+            if self.commit_gate is not None:
+                try:
+                    await self.commit_gate(self)
+                except Exception as exc:
+                    batch.results = [
+                        outcome.Error(exc) if isinstance(r, outcome.Value) else r for r in batch.results
+                    ]
         for op, result in zip(ops, batch.results, strict=True):
             if isinstance(result, outcome.Value) and op.after_commit is not None:
                 try:

@@ -267,7 +267,7 @@ class JobWorker:
             self.runs.labels(job.type, "completed").inc()
         return True
 
-    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
         next_periodic = {job_type: 0.0 for job_type, _ in self.periodic}
         try:

@@ -1,6 +1,6 @@
 """Supervisor: starts document actors on demand and reaps idle ones.
 
-It owns a nursery (entered by :meth:`Supervisor.run`) holding the service
+It owns a nursery (entered by :meth:`Supervisor.serve`) holding the service
 database's actor, every document actor and the reaper. Callers use
 :meth:`Supervisor.open_document`, an async context manager that yields a
 started actor and holds it open for the duration of the block.
@@ -18,7 +18,7 @@ import math
 import shutil
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
 import trio
@@ -37,6 +37,19 @@ SERVICE_DB_ID = "_skald"
 ActorHook = Callable[[DocumentActor], None]
 
 
+class Placement(Protocol):
+    """Where documents live when several nodes share them (:class:`skald.cluster.service.Cluster`)."""
+
+    async def activate(self, actor: DocumentActor) -> None:
+        """An actor started (before any op runs): replicate it, gate its acknowledgements."""
+
+    async def registered(self, db_id: str) -> None:
+        """A document was created on this node."""
+
+    async def deleted(self, db_id: str) -> None:
+        """A document was deleted on this node."""
+
+
 class Supervisor:
     def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
         self.settings = settings
@@ -49,12 +62,14 @@ class Supervisor:
         self._closed = False
         self._actor_hooks: list[ActorHook] = []
         self._reaper_wakeup = trio.Event()
+        self.placement: Placement | None = None
+        """Set on a cluster node; ``None`` (the single-process default) changes nothing."""
         self.started_at = time.time()
         self.metrics.mailbox_capacity.set(settings.mailbox_size)
 
     # ---- lifecycle --------------------------------------------------------------------------------
 
-    async def run(self, *, task_status: trio.TaskStatus[Supervisor] = trio.TASK_STATUS_IGNORED) -> None:
+    async def serve(self, *, task_status: trio.TaskStatus[Supervisor] = trio.TASK_STATUS_IGNORED) -> None:
         """Open the service database, load the registry and serve until :meth:`aclose`.
 
         Reports itself through ``task_status`` once the service database is ready.
@@ -129,8 +144,24 @@ class Supervisor:
         created = await self.service.write(insert)
         self._known.add(db_id)
         self.metrics.documents.set(len(self._known))
+        if self.placement is not None:
+            await self.placement.registered(db_id)
         await self._get(db_id)  # creates and migrates the file now, so errors surface here
         return bool(created)
+
+    async def adopt(self, db_id: str) -> None:
+        """Register a document that exists elsewhere in the cluster (this node just took it)."""
+        validate_db_id(db_id)
+        if db_id in self._known:
+            return
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        await self.service.write(
+            lambda conn: conn.execute(
+                "INSERT OR IGNORE INTO documents (db_id, created_at) VALUES (?, ?)", (db_id, now)
+            )
+        )
+        self._known.add(db_id)
+        self.metrics.documents.set(len(self._known))
 
     async def delete_document(self, db_id: str) -> None:
         """Stop the actor (ending its holders), remove its files and its registry row."""
@@ -151,6 +182,8 @@ class Supervisor:
             shutil.rmtree(extra, ignore_errors=True)
         await self.service.write(lambda conn: conn.execute("DELETE FROM documents WHERE db_id = ?", (db_id,)))
         self.metrics.documents.set(len(self._known))
+        if self.placement is not None:
+            await self.placement.deleted(db_id)
 
     @contextlib.asynccontextmanager
     async def open_document(self, db_id: str, *, create: bool = False) -> AsyncIterator[DocumentActor]:
@@ -200,6 +233,12 @@ class Supervisor:
         try:
             actor = self._new_actor(db_id)
             await self._nursery.start(self._run_actor, actor)
+            if self.placement is not None:
+                try:
+                    await self.placement.activate(actor)
+                except BaseException:
+                    actor.stop("failed")
+                    raise
             for hook in self._actor_hooks:
                 hook(actor)
             return actor

@@ -25,7 +25,11 @@ async def list_view() -> dict[str, Any]:
     """Documents the caller holds any scope on."""
     principal = await authenticate()
     assert principal is not None
-    docs = list_documents(get_state().supervisor)
+    state = get_state()
+    docs = list_documents(state.supervisor)
+    if state.cluster is not None:  # every document of the cluster, wherever it is served
+        here = {d["db_id"]: d for d in docs}
+        docs = [here.get(db_id, {"db_id": db_id, "open": False}) for db_id in state.cluster.list_documents()]
     if not principal.is_admin:
         docs = [d for d in docs if any(fnmatchcase(d["db_id"], s.db) for s in principal.scopes)]
     return {"documents": docs}

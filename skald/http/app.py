@@ -22,6 +22,7 @@ from skald import __version__
 from skald.auth import admin, audit_hooks, identity
 from skald.auth.tokens import bootstrap_admin
 from skald.blobs import routes as blobs
+from skald.cluster import routes as cluster
 from skald.config import Settings
 from skald.db.connection import DocConnection
 from skald.db.supervisor import Supervisor
@@ -50,8 +51,8 @@ Installer = Callable[[QuartTrio, AppState], None]
 
 # Every capability, installed once per app in this order with (app, state). Imported normally, so a missing
 # module fails the start with an ImportError instead of serving without its routes. Order matters where
-# hooks stack: the rate limiter's before_request runs ahead of every route's, and the admin audit's
-# after_request sees each response the routes made.
+# hooks stack: the admin audit's after_request sees each response the routes made. (The rate limiter's
+# entry only builds it: the request pipeline, ahead of Quart and the relay, spends from it.)
 INSTALLERS: tuple[Installer, ...] = (
     operations.install,
     documents.install,
@@ -66,6 +67,7 @@ INSTALLERS: tuple[Installer, ...] = (
     blobs.install,
     sync.install,
     jobs.install,
+    cluster.install,  # last: its forwarder wraps the app the others built; a no-op without cluster settings
 )
 
 
@@ -146,14 +148,19 @@ def create_app(settings: Settings, *, print_admin_token: bool = True) -> QuartTr
     # Relay paths stream at the ASGI layer, ahead of Quart (see skald.relay.legacy); the one request pipeline
     # runs ahead of both, so every request passes the same steps.
     relay = LegacyRelay(cast(ASGIApp, app.asgi_app), state)
-    app.asgi_app = RequestPipeline(relay, state, legacy_relay.is_legacy_path)  # type: ignore[method-assign,assignment]
+    inner: ASGIApp = relay
+    if state.cluster is not None and state.cluster.forwarder is not None:
+        # On a cluster node, inside the pipeline and ahead of the relay: every document request (the relay's
+        # stream routes included) goes to the node that owns the document.
+        inner = state.cluster.forwarder.wrap(relay)
+    app.asgi_app = RequestPipeline(inner, state, legacy_relay.is_legacy_path)  # type: ignore[method-assign,assignment]
     return app
 
 
 def _install_lifespan(app: QuartTrio, state: AppState, print_admin_token: bool) -> None:
     @app.before_serving
     async def start_runtime() -> None:
-        await app.nursery.start(state.supervisor.run)
+        await app.nursery.start(state.supervisor.serve)
         secret = state.settings.admin_token
 
         def bootstrap(conn: DocConnection) -> str | None:

@@ -60,6 +60,7 @@ async def status() -> dict[str, Any]:
         "pid": os.getpid(),
         "data_dir": str(state.settings.data_dir),
         **state.supervisor.status(),
+        **({"cluster": await state.cluster.status()} if state.cluster is not None else {}),
     }
 
 

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from skald.auth.oidc import OidcClient
     from skald.blobs.gc import GarbageCollector
     from skald.blobs.service import BlobService
+    from skald.cluster.service import Cluster
     from skald.db.background import JobQueue, JobWorker
     from skald.http.throttle import Throttle
     from skald.jobs.service import JobService
@@ -76,6 +77,8 @@ class AppState:
     job_queues: JobService = dataclasses.field(init=False)
     # None unless object storage is configured.
     blob_gc: GarbageCollector | None = None
+    # None unless this node is part of a cluster (cluster_node_id set; skald.cluster).
+    cluster: Cluster | None = None
 
     def __post_init__(self) -> None:
         self.leases = LeaseService(self.supervisor)

@@ -30,6 +30,7 @@ import hmac
 import secrets
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -318,33 +319,27 @@ class LeaseService:
         remaining = max(0.0, (lease.expires_at_ms - self.clock.now_ms()) / 1000)
         actor.keep_alive_until(trio.current_time() + remaining)
 
-    async def acquire(self, db_id: str, resource: str, owner: str, ttl: float) -> Lease:
+    async def _write(self, db_id: str, change: Callable[[DocConnection], Lease], *, keep_alive: bool) -> Lease:
+        """One write op on ``db_id``'s document: the clock brought up to the document's, then ``change``."""
+
         def op(conn: DocConnection) -> Lease:
             self._prepare(conn)
-            return acquire(conn, self.clock, resource, owner, ttl)
+            return change(conn)
 
         async with self.supervisor.open_document(db_id) as actor:
             lease = await actor.write(op)
-            self._keep_alive(actor, lease)
+            if keep_alive:  # an unexpired lease keeps its document open
+                self._keep_alive(actor, lease)
         return lease
+
+    async def acquire(self, db_id: str, resource: str, owner: str, ttl: float) -> Lease:
+        return await self._write(db_id, lambda conn: acquire(conn, self.clock, resource, owner, ttl), keep_alive=True)
 
     async def renew(self, db_id: str, resource: str, token: str, ttl: float | None) -> Lease:
-        def op(conn: DocConnection) -> Lease:
-            self._prepare(conn)
-            return renew(conn, self.clock, resource, token, ttl)
-
-        async with self.supervisor.open_document(db_id) as actor:
-            lease = await actor.write(op)
-            self._keep_alive(actor, lease)
-        return lease
+        return await self._write(db_id, lambda conn: renew(conn, self.clock, resource, token, ttl), keep_alive=True)
 
     async def release(self, db_id: str, resource: str, token: str) -> Lease:
-        def op(conn: DocConnection) -> Lease:
-            self._prepare(conn)
-            return release(conn, self.clock, resource, token)
-
-        async with self.supervisor.open_document(db_id) as actor:
-            return await actor.write(op)
+        return await self._write(db_id, lambda conn: release(conn, self.clock, resource, token), keep_alive=False)
 
     def check_fence(self, conn: DocConnection, resource: str, token: int | str) -> None:
         """:func:`check_fence` with this service's clock (use inside the guarded write op)."""

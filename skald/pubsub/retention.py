@@ -101,7 +101,7 @@ class Retention:
                 return removed
             await trio.lowlevel.checkpoint()  # let queued publishes take the writer between batches
 
-    async def sweep_forever(self) -> None:
+    async def serve_sweeps(self) -> None:
         """Sweep open documents every :data:`SWEEP_INTERVAL_SECONDS`; runs until cancelled.
 
         A document is swept only if it committed since its last sweep or something holds it

@@ -40,7 +40,7 @@ def install(app: QuartTrio, state: AppState) -> None:
 
     @app.before_serving
     async def start_pubsub() -> None:
-        await app.nursery.start(pubsub.run, state.shutdown.event)
+        await app.nursery.start(pubsub.serve, state.shutdown.event)
 
 
 def _pubsub() -> PubSub:

@@ -250,7 +250,7 @@ class PubSub:
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
-    async def run(
+    async def serve(
         self, shutdown: trio.Event | None, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
     ) -> None:
         """Own the watcher tasks and the retention sweeper until cancelled."""
@@ -258,7 +258,7 @@ class PubSub:
             self._nursery = nursery
             if shutdown is not None:
                 nursery.start_soon(self._close_on, shutdown, None)
-            nursery.start_soon(self.retention.sweep_forever)
+            nursery.start_soon(self.retention.serve_sweeps)
             task_status.started()
             await trio.sleep_forever()
 

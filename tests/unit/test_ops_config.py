@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[2]
 EXAMPLE = ROOT / "ops" / "skald.toml"
 UNIT = ROOT / "ops" / "systemd" / "skald.service"
 _SECTION = re.compile(r"^\[([a-z0-9_]+)\]\s*$")
-_ASSIGN = re.compile(r"^(#\s*)?([a-z_]+)\s*=")
+_ASSIGN = re.compile(r"^(#\s*)?([a-z0-9_]+)\s*=")
 
 
 def _documented_settings(text: str) -> tuple[set[str], str]:

@@ -23,7 +23,7 @@ class FakeClock:
 @pytest.fixture
 async def supervisor(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[Supervisor]:
     sup = Supervisor(Settings(data_dir=tmp_path / "data"))
-    await nursery.start(sup.run)
+    await nursery.start(sup.serve)
     yield sup
     await sup.aclose()
 
@@ -99,12 +99,12 @@ async def test_jobs_survive_a_restart(tmp_path: Path, clock: FakeClock) -> None:
     settings = Settings(data_dir=tmp_path / "data")
     async with trio.open_nursery() as nursery:
         sup = Supervisor(settings)
-        await nursery.start(sup.run)
+        await nursery.start(sup.serve)
         job_id = await JobQueue(lambda: sup.service, clock).enqueue("gc", {"k": "v"})
         await sup.aclose()
     async with trio.open_nursery() as nursery:
         sup = Supervisor(settings)
-        await nursery.start(sup.run)
+        await nursery.start(sup.serve)
         job = await JobQueue(lambda: sup.service, clock).claim_next(["gc"])
         assert job is not None and job.id == job_id and job.payload == {"k": "v"}
         await sup.aclose()

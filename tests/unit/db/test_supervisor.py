@@ -16,7 +16,7 @@ from skald.errors import DocumentNotFound, InvalidDocumentId
 
 async def _supervisor(nursery: trio.Nursery, tmp_path: Path, **kwargs: Any) -> Supervisor:  # Settings fields
     sup = Supervisor(Settings(data_dir=tmp_path / "data", **kwargs))
-    await nursery.start(sup.run)
+    await nursery.start(sup.serve)
     return sup
 
 

@@ -1,0 +1,1 @@
+"""Cluster: documents placed across nodes (etcd ownership, Litestream replication, forwarding). See docs/cluster.md."""
