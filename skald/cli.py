@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 
 from skald import __version__
+from skald.commands.grammar import REFUSED, USAGE, UsageError
 from skald.errors import SkaldError
 
 COMMAND_MODULES = (
@@ -26,7 +27,12 @@ COMMAND_MODULES = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="skald", description="Document-centric SQLite service")
+    parser = argparse.ArgumentParser(
+        prog="skald",
+        description="Document-centric SQLite service: the server, its data folder, and a client for it.",
+        epilog="exit codes: 0 ok, 1 the server refused, 2 usage (bad arguments or configuration),"
+        " 3 server unreachable. `skald COMMAND --help` shows each command's options and examples.",
+    )
     parser.add_argument("--version", action="version", version=f"skald {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
@@ -48,9 +54,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         code: int = args.func(args)
+    except UsageError as exc:
+        print(f"skald: {exc}", file=sys.stderr)
+        return USAGE
     except SkaldError as exc:
         print(f"skald: {exc.detail}", file=sys.stderr)
-        return 1
+        return REFUSED
     except KeyboardInterrupt:
         return 130
     return code

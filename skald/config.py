@@ -53,6 +53,11 @@ class Settings:
     webhook_max_bytes: int = 1024 * 1024
     request_max_bytes: int = 2 * 1024 * 1024
     sse_heartbeat_seconds: float = 15.0
+    # libSQL (Hrana) endpoint: an interactive transaction holds the document's writer at most this
+    # long; an HTTP stream nobody uses for this long is closed; open streams at most.
+    libsql_transaction_timeout_seconds: float = 5.0
+    libsql_stream_idle_seconds: float = 10.0
+    libsql_max_streams: int = 1024
     subscriber_buffer: int = 1000
     # identity
     admin_token: str | None = None

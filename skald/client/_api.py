@@ -62,6 +62,10 @@ def decode_value(value: Any) -> Any:
     return value
 
 
+def health() -> Call:
+    return Call("GET", "/healthz")
+
+
 # ---- documents ----------------------------------------------------------------------------------
 def list_documents() -> Call:
     return Call("GET", "/api/v1/db")

@@ -220,6 +220,11 @@ class AsyncClient(AsyncJobsMethods):
             attempt += 1
             await self._backoff(attempt)
 
+    async def health(self) -> dict[str, Any]:
+        """``GET /healthz`` (no token needed): raises :class:`ServerUnreachable` when nothing answers."""
+        body: dict[str, Any] = await self._json(_api.health())
+        return body
+
     # ---- documents ----------------------------------------------------------------------------------
     async def list_documents(self) -> list[dict[str, Any]]:
         body = await self._json(_api.list_documents())

@@ -117,6 +117,11 @@ class Client(JobsMethods):
             _api.backoff_delay(attempt, self.reconnect_delay, self.max_reconnect_delay, self.max_reconnects)
         )
 
+    def health(self) -> dict[str, Any]:
+        """``GET /healthz`` (no token needed): raises :class:`ServerUnreachable` when nothing answers."""
+        body: dict[str, Any] = self._json(_api.health())
+        return body
+
     # ---- documents ----------------------------------------------------------------------------------
     def list_documents(self) -> list[dict[str, Any]]:
         return list(self._json(_api.list_documents())["documents"])

@@ -11,16 +11,47 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import platformdirs
 
 KEYS = ("url", "token")
+PROFILE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
-class NoProfile(Exception):
+class ProfileError(Exception):
+    """A profile setting that cannot work: a bad URL, an unknown or badly named profile."""
+
+
+class NoProfile(ProfileError):
     """No server URL configured (neither profile nor ``SKALD_URL``)."""
+
+
+def check_url(url: str, *, source: str = "url") -> str:
+    """``url`` without a trailing slash if it is an ``http(s)://host[:port][/path]`` URL; else :class:`ProfileError`.
+
+    ``source`` names where the value came from (``SKALD_URL``, ``--url``) for the message.
+    """
+    try:
+        parts = urlsplit(url.strip())
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number or out of range
+    except ValueError as exc:
+        raise ProfileError(f"{source} {url!r} is not a valid URL: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        hint = f": did you mean http://{url.strip()}?" if not parts.scheme or "://" not in url else ""
+        raise ProfileError(f"{source} {url!r} is not an http:// or https:// URL{hint}")
+    if parts.query or parts.fragment:
+        raise ProfileError(f"{source} {url!r} must not have a query or fragment")
+    return url.strip().rstrip("/")
+
+
+def check_name(name: str) -> str:
+    if not PROFILE_NAME.match(name):
+        raise ProfileError(f"{name!r} is not a profile name: 1-64 of [A-Za-z0-9._-], starting with a letter or digit")
+    return name
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,15 +89,32 @@ def active_name(data: dict[str, Any], override: str | None = None) -> str:
     return override or os.environ.get("SKALD_PROFILE") or str(data["current"])
 
 
-def resolve(profile: str | None = None) -> Endpoint:
-    """The endpoint to talk to; raises :class:`NoProfile` when no URL is configured anywhere."""
+def resolve(profile: str | None = None, *, url: str | None = None, token: str | None = None) -> Endpoint:
+    """The endpoint to talk to: ``url``/``token`` (flags) over ``SKALD_URL``/``SKALD_TOKEN`` over the profile.
+
+    Raises :class:`NoProfile` when no URL is configured anywhere, :class:`ProfileError` for a profile
+    named (by ``--profile`` or ``SKALD_PROFILE``) that does not exist or a URL that is not one.
+    """
     data = load()
     name = active_name(data, profile)
-    values = data["profiles"].get(name, {})
-    url = os.environ.get("SKALD_URL") or values.get("url")
-    token = os.environ.get("SKALD_TOKEN") or values.get("token")
-    if not url:
-        raise NoProfile(
-            f"no profile configured (profile {name!r} has no url): run `skald config set url http://HOST:PORT`"
+    named_by = "--profile" if profile else "SKALD_PROFILE" if os.environ.get("SKALD_PROFILE") else None
+    if named_by and name not in data["profiles"] and not (url or os.environ.get("SKALD_URL")):
+        known = ", ".join(sorted(data["profiles"])) or "none yet"
+        raise ProfileError(
+            f"profile {name!r} (from {named_by}) does not exist (profiles: {known});"
+            f" create it with `skald config set url URL --profile {name}`"
         )
-    return Endpoint(name, str(url).rstrip("/"), token)
+    values = data["profiles"].get(name, {})
+    if url:
+        found, source = url, "--url"
+    elif os.environ.get("SKALD_URL"):
+        found, source = os.environ["SKALD_URL"], "SKALD_URL"
+    else:
+        found, source = values.get("url"), f"profile {name!r} url"
+    secret = token or os.environ.get("SKALD_TOKEN") or values.get("token")
+    if not found:
+        raise NoProfile(
+            f"no server configured (profile {name!r} has no url): give --url, set SKALD_URL, or run"
+            " `skald config set url http://HOST:PORT`"
+        )
+    return Endpoint(name, check_url(str(found), source=source), secret)

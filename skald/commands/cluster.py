@@ -6,15 +6,31 @@ import argparse
 import os
 from pathlib import Path
 
+from skald.commands.grammar import Subparsers, command
+from skald.commands.server import port_number
 
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    cluster = subparsers.add_parser("cluster", help="run several nodes behind HAProxy on this machine")
+
+def register(subparsers: Subparsers) -> None:
+    cluster = command(
+        subparsers,
+        "cluster",
+        "run several nodes behind HAProxy on this machine",
+        examples=["skald cluster up --nodes 2 --port 8000"],
+    )
     commands = cluster.add_subparsers(dest="cluster_command", metavar="COMMAND", required=True)
-    up = commands.add_parser("up", help="start etcd, an S3 API, Litestream, N nodes and HAProxy; Ctrl-C stops")
+    up = command(
+        commands,
+        "up",
+        "start etcd, an S3 API, Litestream, N nodes and HAProxy; Ctrl-C stops",
+        description="Every part runs as its own local process; the cluster serves on 127.0.0.1:--port.",
+        examples=["skald cluster up --nodes 2 --port 8000 --dir ./cluster", "skald cluster up --durability replicated"],
+    )
     up.add_argument("--nodes", type=int, default=os.cpu_count() or 2, help="nodes (default: one per core)")
-    up.add_argument("--port", type=int, default=8000, help="HAProxy's port on 127.0.0.1 (default 8000)")
+    up.add_argument("--port", type=port_number, default=8000, help="HAProxy's port on 127.0.0.1 (default 8000)")
     up.add_argument("--dir", default="./cluster", help="where the nodes, etcd and HAProxy keep their files")
-    up.add_argument("--durability", choices=["local", "replicated"], default="local")
+    up.add_argument(
+        "--durability", choices=["local", "replicated"], default="local", help="when a write is acknowledged"
+    )
     up.set_defaults(func=cmd_up)
 
 

@@ -14,26 +14,26 @@ import sys
 from typing import Any
 
 from skald.client import Client
-from skald.commands.client import _common, fail, with_client
+from skald.commands.grammar import Subparsers, connection_options, fail, output_options, run_client
 
 _SEARCH_FIELDS = ("queue", "state", "priority", "worker_id", "unique_key", "payload_contains", "error_contains",
                   "id_prefix")
 _TABLE_COLUMNS = ("id", "queue", "state", "priority", "attempts", "run_at", "last_error")
 
 
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def register(subparsers: Subparsers) -> None:
     jobs = subparsers.add_parser("jobs", help="job queues of a document (enqueue, inspect, search, bulk, …)")
     sub = jobs.add_subparsers(dest="jobs_command", metavar="ACTION")
 
+    parents = [connection_options(), output_options(("table", "json"))]
+
     def command(name: str, help: str, *, job: bool = False, queue: bool = False) -> argparse.ArgumentParser:
-        parser = sub.add_parser(name, help=help)
-        _common(parser)
-        parser.add_argument("db")
+        parser = sub.add_parser(name, help=help, parents=parents)
+        parser.add_argument("db", metavar="DB", help="document id (e.g. shop)")
         if job:
             parser.add_argument("id", type=int)
         if queue:
             parser.add_argument("queue")
-        parser.add_argument("--output", choices=["table", "json"], default="table")
         return parser
 
     enqueue = command("enqueue", "enqueue one job (PAYLOAD is JSON, or - / nothing for stdin)", queue=True)
@@ -109,7 +109,7 @@ def cmd_enqueue(args: argparse.Namespace) -> int:
         _print(client.enqueue_job(args.db, args.queue, payload, **options), args.output)
         return 0
 
-    return with_client(args, run)
+    return run_client(args, run)
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -120,7 +120,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
             _print(None, "table", job["errors"], ("attempt", "at", "error"))
         return 0
 
-    return with_client(args, run)
+    return run_client(args, run)
 
 
 def cmd_job_action(args: argparse.Namespace) -> int:
@@ -132,7 +132,7 @@ def cmd_job_action(args: argparse.Namespace) -> int:
             _print(job, args.output)
         return 0
 
-    return with_client(args, run)
+    return run_client(args, run)
 
 
 def cmd_queues(args: argparse.Namespace) -> int:
@@ -145,7 +145,7 @@ def cmd_queues(args: argparse.Namespace) -> int:
         _print({"queues": queues}, args.output, rows, columns)
         return 0
 
-    return with_client(args, run)
+    return run_client(args, run)
 
 
 def cmd_queue_action(args: argparse.Namespace) -> int:
@@ -154,7 +154,7 @@ def cmd_queue_action(args: argparse.Namespace) -> int:
         _print(answer, args.output, [answer], tuple(answer) or ("name",))
         return 0
 
-    return with_client(args, run)
+    return run_client(args, run)
 
 
 def _filter(args: argparse.Namespace) -> dict[str, Any]:
@@ -184,7 +184,7 @@ def cmd_search(args: argparse.Namespace) -> int:
             _print(None, "table", jobs)
         return 0
 
-    return with_client(args, run)
+    return run_client(args, run)
 
 
 def _stdin_ids() -> list[int]:
@@ -232,7 +232,7 @@ def cmd_bulk(args: argparse.Namespace) -> int:
         _print(answer, args.output, [answer], ("action", "affected"))
         return 0
 
-    return with_client(args, run)
+    return run_client(args, run)
 
 
 def cmd_workers(args: argparse.Namespace) -> int:
@@ -241,4 +241,4 @@ def cmd_workers(args: argparse.Namespace) -> int:
         _print({"workers": workers}, args.output, workers, ("worker_id", "queues", "last_seen", "running"))
         return 0
 
-    return with_client(args, run)
+    return run_client(args, run)

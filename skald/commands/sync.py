@@ -9,33 +9,71 @@ import threading
 from pathlib import Path
 from types import FrameType
 
-from skald.client import Client, profiles
+from skald.client import Client
 from skald.client.errors import SkaldClientError
-from skald.commands.client import describe, fail
+from skald.commands.grammar import (
+    OK,
+    USAGE,
+    Subparsers,
+    UsageError,
+    command,
+    connection_options,
+    document_argument,
+    endpoint,
+    error_line,
+    exit_code,
+    fail,
+)
 from skald.sync.replica import pull, read_state
 
+# Without --follow, a pull gives up after this many failed attempts in a row (about 6 s of backoff):
+# a cron job must end, and say why, rather than hang on a server that is down.
+PULL_ATTEMPTS = 5
 
-def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    sync = subparsers.add_parser("sync", help="replicate a document into a local SQLite file")
+
+def register(subparsers: Subparsers) -> None:
+    sync = command(
+        subparsers,
+        "sync",
+        "replicate a document into a local SQLite file",
+        examples=["skald sync pull notes --to notes.sqlite", "skald sync status --to notes.sqlite"],
+    )
     sub = sync.add_subparsers(dest="sync_command", metavar="ACTION")
-    p = sub.add_parser("pull", help="snapshot if needed, apply changes; --follow keeps following")
-    p.add_argument("--db", required=True)
-    p.add_argument("--to", required=True, help="replica file (.sqlite)")
-    p.add_argument("--follow", action="store_true")
-    p.add_argument("--profile", default=None)
+    p = command(
+        sub,
+        "pull",
+        "bring a local replica up to date (a snapshot first if needed)",
+        description="Without --follow: exits 3 at once if no server answers, and gives up (exit 3) after"
+        f" {PULL_ATTEMPTS} failed attempts in a row if the connection is lost during the pull."
+        " With --follow: keeps applying changes and keeps retrying with backoff (up to --max-delay),"
+        " saying so on stderr, until interrupted (SIGINT/SIGTERM exit 0).",
+        examples=[
+            "skald sync pull notes --to notes.sqlite",
+            "skald sync pull notes --to notes.sqlite --follow --max-delay 10",
+        ],
+        parents=[connection_options()],
+    )
+    document_argument(p)
+    p.add_argument("--to", required=True, metavar="FILE", help="replica file (.sqlite)")
+    p.add_argument("--follow", action="store_true", help="keep following the change feed")
     p.add_argument("--max-delay", type=float, default=30.0, help="longest backoff between retries (s)")
     p.set_defaults(func=cmd_pull)
-    s = sub.add_parser("status", help="profile, endpoint, last sequence, lag, last error")
-    s.add_argument("--to", required=True, help="replica file")
-    s.add_argument("--profile", default=None)
+    s = command(
+        sub,
+        "status",
+        "show a replica's document, sequence, lag and last error",
+        examples=["skald sync status --to notes.sqlite"],
+        parents=[connection_options()],
+    )
+    s.add_argument("--to", required=True, metavar="FILE", help="replica file")
     s.set_defaults(func=cmd_status)
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
     try:
-        endpoint = profiles.resolve(args.profile)
-    except profiles.NoProfile as exc:
-        return fail(str(exc))
+        target = endpoint(args)
+    except UsageError as exc:
+        return fail(str(exc), USAGE)
     stopping = False
 
     def stop(signum: int, frame: FrameType | None) -> None:
@@ -45,23 +83,29 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, stop)
+    if args.follow:
+        print(f"skald: following {args.db} into {args.to} (retrying with backoff up to {args.max_delay:g}s if"
+              " the server is lost; Ctrl-C stops)", file=sys.stderr, flush=True)
     try:
-        with Client(endpoint.url, endpoint.token) as client:
+        with Client(target.url, target.token) as client:
+            if not args.follow:
+                client.health()  # nothing answers at all: one line, exit 3, no retries to watch
             seq = pull(
                 client,
                 args.db,
                 Path(args.to),
                 follow=args.follow,
                 max_delay=args.max_delay,
+                max_attempts=None if args.follow else PULL_ATTEMPTS,
                 report=lambda message: print(f"skald: {message}", file=sys.stderr, flush=True),
                 should_stop=lambda: stopping,
             )
     except SkaldClientError as exc:
-        return fail(describe(exc))
+        return fail(error_line(exc), exit_code(exc))
     except KeyboardInterrupt:
         return 0 if stopping else 130
     print(f"{args.db} at sequence {seq} in {args.to}")
-    return 0
+    return OK
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -75,16 +119,16 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"updated:    {state.get('updated_at', '')}")
     print(f"last error: {state.get('last_error') or '-'}")
     try:
-        endpoint = profiles.resolve(args.profile)
-    except profiles.NoProfile:
+        target = endpoint(args)
+    except UsageError:
         print(f"endpoint:   {state.get('url')} (no profile configured)")
-        return 0
-    print(f"profile:    {endpoint.profile}")
-    print(f"endpoint:   {endpoint.url}")
+        return OK
+    print(f"profile:    {target.profile}")
+    print(f"endpoint:   {target.url}")
     try:
-        with Client(endpoint.url, endpoint.token) as client:
+        with Client(target.url, target.token) as client:
             page = client.changes(state["db_id"], since=seq, limit=1)
         print(f"lag:        {'reset needed' if page['reset'] else page['last_seq'] - seq} change(s)")
     except SkaldClientError as exc:
-        print(f"lag:        unknown ({describe(exc)})")
-    return 0
+        print(f"lag:        unknown ({error_line(exc)})")
+    return OK

@@ -12,6 +12,12 @@ contract). Three kinds:
   alone, outside any transaction (migrations, backups, VACUUM).
 * **read** (:meth:`DocumentActor.read`): runs on a small pool of read-only
   connections beside the writer (WAL), so a slow read never stalls writes.
+* **loan** (:meth:`DocumentActor.lend_writer`): queued like a write; when its
+  turn comes the actor lends its write connection to one holder (an
+  interactive transaction) until the holder ends it or its deadline passes,
+  then rolls back whatever is still open. Other writes queue in the mailbox
+  meanwhile (bounded: a full mailbox answers 503). :meth:`lend_reader` lends a
+  read-only connection of the pool the same way (a read transaction).
 
 After each commit the actor runs the ops' ``after_commit`` callbacks and then
 its commit listeners with the set of tables written; both run on the event
@@ -54,6 +60,7 @@ log = structlog.get_logger("skald.db.actor")
 class OpKind(enum.Enum):
     WRITE = "write"
     EXCLUSIVE = "exclusive"
+    LEND = "lend"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -72,6 +79,9 @@ class _Op(Generic[T]):
     after_commit: Callable[[T], None] | None
     done: trio.Event = dataclasses.field(default_factory=trio.Event)
     result: outcome.Outcome[T] | None = None
+    lend_seconds: float = 0.0
+    abandoned: bool = False
+    """The submitter was cancelled before its turn (a loan nobody would end is not made)."""
 
     def finish(self, result: outcome.Outcome[T]) -> None:
         self.result = result
@@ -132,6 +142,7 @@ class DocumentActor:
         self.stop_reason = "shutdown"
         self.started_at = time.time()
         self.commits = 0
+        self._loan: WriterLoan | None = None
 
     # ---- lifecycle --------------------------------------------------------------------------------
 
@@ -183,6 +194,8 @@ class DocumentActor:
         self.stop_reason = reason
         self.closing.set()
         self._send.close()
+        if self._loan is not None:
+            self._loan.end("closing")  # rolled back by the actor; queued writes then commit
 
     # ---- holds and idleness -------------------------------------------------------------------------
 
@@ -252,6 +265,47 @@ class DocumentActor:
     async def exclusive(self, fn: Callable[[DocConnection], T]) -> T:
         """Run ``fn`` alone on the write connection, outside any transaction."""
         return await self._submit(_Op(fn, OpKind.EXCLUSIVE, None))
+
+    async def lend_writer(self, seconds: float) -> WriterLoan:
+        """Wait for the write connection's turn, then hold it alone for at most ``seconds``.
+
+        Queued like a write (:class:`MailboxFull` when the mailbox is full). The loan ends
+        when the holder commits, rolls back or calls :meth:`WriterLoan.end`, when ``seconds``
+        have passed since it was granted, or when the actor stops; whatever transaction is
+        still open then is rolled back, and queued writes run again in group commits. If the
+        caller is cancelled while waiting, no loan is made (or the one just made is ended).
+        """
+        op: _Op[Any] = _Op(_no_op, OpKind.LEND, None, lend_seconds=seconds)
+        try:
+            loan: WriterLoan = await self._submit(op)
+        except BaseException:
+            op.abandoned = True
+            if op.result is not None and isinstance(op.result, outcome.Value):
+                op.result.value.end("abandoned")
+            raise
+        return loan
+
+    async def lend_reader(self) -> ReaderLoan:
+        """Take a read-only connection out of the pool until :meth:`ReaderLoan.aclose`.
+
+        The document stays open (not reaped) while lent. Waits for a free connection.
+        """
+        if self.closing.is_set():
+            raise DocumentUnavailable(f"document {self.db_id} is closing")
+        self.inflight += 1
+        try:
+            reader = await self._take_reader()
+        except BaseException:
+            self.inflight -= 1
+            raise
+        return ReaderLoan(self, reader)
+
+    async def _return_reader(self, reader: ConnectionWorker) -> None:
+        self._idle_readers.append(reader)
+        self.inflight -= 1
+        async with self._reader_available:
+            self._reader_available.notify()
+        self._touch()
 
     async def _submit(self, op: _Op[T]) -> T:
         if self.closing.is_set():
@@ -333,9 +387,49 @@ class DocumentActor:
                 await self._commit_writes(writes)
                 writes = []
                 await self._run_exclusive(op)
+            elif op.kind is OpKind.LEND:
+                await self._commit_writes(writes)
+                writes = []
+                await self._lend(op)
             else:
                 writes.append(op)
         await self._commit_writes(writes)
+
+    async def _lend(self, op: _Op[Any]) -> None:
+        """Lend the writer to ``op``'s submitter until the loan ends (see :meth:`lend_writer`)."""
+        assert self._writer is not None
+        if op.abandoned:
+            op.finish(outcome.Error(DocumentUnavailable("the loan was abandoned")))
+            return
+        if self.closing.is_set():
+            op.finish(outcome.Error(DocumentUnavailable(f"document {self.db_id} is closing")))
+            return
+        loan = WriterLoan(
+            self._writer, trio.current_time() + op.lend_seconds, tuple(self.write_hooks), self._gate_commit
+        )
+        self._loan = loan
+        op.finish(outcome.Value(loan))
+        try:
+            with trio.move_on_at(loan.deadline):
+                await loan.ended.wait()
+            tables = await loan.finish("timeout")
+        finally:
+            self._loan = None
+        if tables:
+            self.commits += 1
+            self._notify(CommitInfo(self.db_id, frozenset(tables), 1))
+
+    async def _gate_commit(self) -> None:
+        """A lent transaction committed: the same gate as a group commit's before it is acknowledged."""
+        if self.commit_gate is not None:
+            await self.commit_gate(self)
+
+    def _notify(self, info: CommitInfo) -> None:
+        for listener in list(self._listeners):
+            try:
+                listener(info)
+            except Exception:
+                log.exception("commit listener failed")
 
     async def _run_exclusive(self, op: _Op[Any]) -> None:
         assert self._writer is not None
@@ -380,12 +474,7 @@ class DocumentActor:
             elif isinstance(result, outcome.Error) and self._metrics:
                 self._metrics.op_failures.labels("write").inc()
         if batch.tables:
-            info = CommitInfo(self.db_id, frozenset(batch.tables), len(ops))
-            for listener in list(self._listeners):
-                try:
-                    listener(info)
-                except Exception:
-                    log.exception("commit listener failed")
+            self._notify(CommitInfo(self.db_id, frozenset(batch.tables), len(ops)))
         for op, result in zip(ops, batch.results, strict=True):
             if isinstance(result, outcome.Error):
                 result = outcome.Error(_translate(result.error))
@@ -420,6 +509,176 @@ class DocumentActor:
         if self._metrics:
             self._metrics.writer_restarts.inc()
         log.warning("write connection replaced")
+
+
+class LoanEnded(SkaldError):
+    """The lent connection was taken back (deadline, actor stopping); its transaction rolled back."""
+
+    status = 409
+    code = "transaction_timeout"
+    title = "The transaction was rolled back: it held the document's writer too long"
+
+
+class WriterLoan:
+    """The document's write connection, lent to one holder (see :meth:`DocumentActor.lend_writer`).
+
+    The holder runs plain ``fn(conn)`` functions on the writer's thread with :meth:`run`, one
+    at a time, and issues ``BEGIN``/``COMMIT``/``ROLLBACK`` itself. The loan ends when a
+    function leaves the connection outside a transaction after one was opened (commit or
+    rollback), when :meth:`end` is called, or when the actor takes it back at the deadline.
+    """
+
+    def __init__(
+        self,
+        worker: ConnectionWorker,
+        deadline: float,
+        hooks: tuple[Callable[[DocConnection], None], ...],
+        gate: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        self._worker = worker
+        self._gate = gate
+        self.deadline = deadline
+        self._hooks = hooks
+        self._lock = trio.Lock()
+        self.ended = trio.Event()
+        self.end_reason: str | None = None
+        self._began = False
+        self._pending: set[str] = set()  # tables written by the open transaction
+        self._committed: set[str] = set()
+
+    @property
+    def active(self) -> bool:
+        return not self.ended.is_set()
+
+    def end(self, reason: str = "released") -> None:
+        """Give the connection back; the actor rolls back an open transaction."""
+        if not self.ended.is_set():
+            self.end_reason = reason
+            self.ended.set()
+
+    async def run(self, fn: Callable[[DocConnection], T], *, statement: bool = True) -> T:
+        """Run ``fn`` on the lent connection; :class:`LoanEnded` once the loan is over.
+
+        With ``statement=True`` (user SQL) ``fn`` runs in a savepoint with the actor's write
+        hooks after it, so a failing statement or hook undoes that statement alone, as a
+        group-committed write would; the tables it wrote are reported to commit listeners
+        when the transaction commits.
+        """
+        async with self._lock:
+            if self.ended.is_set():
+                raise LoanEnded(f"the transaction ended ({self.end_reason}); it was rolled back")
+            hooks = self._hooks
+
+            def call(conn: DocConnection) -> tuple[T, set[str], bool]:
+                conn.written_tables = set()
+                if not (statement and conn.in_transaction):
+                    value = fn(conn)
+                    return value, set(conn.written_tables), conn.in_transaction
+                conn.execute("SAVEPOINT skald_stmt")
+                try:
+                    value = fn(conn)
+                    for hook in hooks:
+                        hook(conn)
+                except Exception:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK TO skald_stmt")
+                        conn.execute("RELEASE skald_stmt")
+                    raise
+                conn.execute("RELEASE skald_stmt")
+                return value, set(conn.written_tables), True
+
+            try:
+                value, written, in_transaction = await self._worker.run(call)
+            except BaseException:
+                in_transaction = await self._in_transaction()
+                if self._began and not in_transaction:  # the statement ended the transaction
+                    self._pending.clear()
+                    self.end("rolled back")
+                raise
+            if in_transaction:
+                self._began = True
+                self._pending |= written
+            elif self._began:
+                # COMMIT (or ROLLBACK, which the caller runs with statement=False and no tables
+                # pending on our side: it clears them first).
+                self._committed |= self._pending
+                self._pending.clear()
+                self.end("finished")
+            return value
+
+    async def confirm_commit(self) -> None:
+        """After the holder's ``COMMIT``: pass the actor's commit gate (in a cluster: still the owner, and
+        replicated when durability asks for it) before the commit is acknowledged. Raises what the gate
+        raises (the client must not be told its transaction is safe)."""
+        if self._gate is not None:
+            await self._gate()
+
+    def discard_pending(self) -> None:
+        """Forget the open transaction's tables (the holder is about to roll it back)."""
+        self._pending.clear()
+
+    async def _in_transaction(self) -> bool:
+        with trio.CancelScope(shield=True):
+            try:
+                return await self._worker.run(lambda conn: conn.in_transaction)
+            except Exception:
+                pass
+        return False
+
+    async def finish(self, reason: str) -> set[str]:
+        """(Actor side) end the loan, wait for a running function, roll back; the committed tables."""
+        self.end(reason)
+        async with self._lock:
+            with trio.CancelScope(shield=True):
+                try:
+                    await self._worker.run(_rollback_open)
+                except Exception:
+                    log.exception("rolling back a lent transaction failed")
+        return self._committed
+
+
+class ReaderLoan:
+    """A read-only connection of the pool, lent until :meth:`aclose` (see :meth:`DocumentActor.lend_reader`)."""
+
+    def __init__(self, actor: DocumentActor, worker: ConnectionWorker) -> None:
+        self._actor = actor
+        self._worker: ConnectionWorker | None = worker
+        self._lock = trio.Lock()
+
+    async def run(self, fn: Callable[[DocConnection], T]) -> T:
+        async with self._lock:
+            if self._worker is None:
+                raise LoanEnded("the read transaction ended")
+            try:
+                return await self._worker.run(fn)
+            except sqlite3.Error as exc:
+                raise _translate(exc) from None
+            except trio.ClosedResourceError:  # the actor stopped and closed its connections
+                raise DocumentUnavailable(f"document {self._actor.db_id} is closing") from None
+
+    async def aclose(self) -> None:
+        """Roll back an open read transaction and give the connection back to the pool."""
+        async with self._lock:
+            worker, self._worker = self._worker, None
+            if worker is None:
+                return
+            with trio.CancelScope(shield=True):
+                try:
+                    await worker.run(_rollback_open)
+                except trio.ClosedResourceError:
+                    pass  # the actor stopped first: closing the connection ended the transaction
+                except Exception:
+                    log.exception("ending a lent read transaction failed")
+                await self._actor._return_reader(worker)
+
+
+def _rollback_open(conn: DocConnection) -> None:
+    if conn.in_transaction:
+        conn.execute("ROLLBACK")
+
+
+def _no_op(conn: DocConnection) -> None:
+    return None
 
 
 @dataclasses.dataclass

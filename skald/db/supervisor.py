@@ -189,8 +189,7 @@ class Supervisor:
     async def open_document(self, db_id: str, *, create: bool = False) -> AsyncIterator[DocumentActor]:
         """Yield the running actor of ``db_id``, held open for the block.
 
-        ``create=True`` registers a missing document first (legacy stream
-        namespaces do this); otherwise a missing one raises
+        ``create=True`` registers a missing document first; otherwise a missing one raises
         :class:`DocumentNotFound`. Invalid ids raise ``InvalidDocumentId``.
         """
         validate_db_id(db_id)

@@ -11,11 +11,16 @@ not across databases.
 Every copy is written under a temporary name, checked with
 ``PRAGMA quick_check`` and renamed into place, so an interrupted backup never
 leaves a file that looks complete.
+
+Besides the databases, the folder's key files (:data:`KEY_FILES`: ``hook.key``,
+from which every ``/h`` and ``/r`` hook secret is derived) are copied too, so a
+restore from the backup keeps every secret and token working.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import sqlite3
 from pathlib import Path
 
@@ -24,6 +29,8 @@ from skald.errors import StorageError
 SERVICE_DB = "_skald.db"
 DOCUMENTS = "documents"
 _PARTIAL = ".partial"
+# Files besides the databases that a restore needs: without hook.key every hook secret changes.
+KEY_FILES = ("hook.key",)
 
 
 class BackupFailed(StorageError):
@@ -60,7 +67,21 @@ def backup_data_dir(data_dir: Path, target_dir: Path, *, busy_timeout_ms: int = 
         if not source.exists():
             continue  # deleted while we were copying the others
         copied.append(_copy_database(source, target, busy_timeout_ms))
+    for name in KEY_FILES:
+        if (data_dir / name).is_file():
+            copied.append(_copy_key_file(data_dir / name, target_dir / name))
     return copied
+
+
+def _copy_key_file(source: Path, target: Path) -> CopiedDatabase:
+    """Copy a secret key file, readable by its owner only (as the server writes it)."""
+    partial = target.with_name(target.name + _PARTIAL)
+    data = source.read_bytes()
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    partial.rename(target)
+    return CopiedDatabase(source, target, 0, len(data))
 
 
 def _copy_database(source: Path, target: Path, busy_timeout_ms: int) -> CopiedDatabase:

@@ -36,6 +36,7 @@ from skald.http.problem import install_error_handlers
 from skald.http.state import AppState, get_state
 from skald.jobs import routes as jobs
 from skald.leases import routes as leases
+from skald.libsql import routes as libsql
 from skald.metrics import Metrics
 from skald.pubsub import routes as messages
 from skald.query import routes as query
@@ -61,6 +62,7 @@ INSTALLERS: tuple[Installer, ...] = (
     audit_hooks.install,
     identity.install,
     query.install,
+    libsql.install,
     messages.install,
     webhooks.install,
     leases.install,

@@ -710,6 +710,37 @@ OPERATIONS: dict[tuple[str, str], Op] = {
 }
 OPERATIONS.update(_job_operations())
 
+# libSQL's remote protocol (Hrana over HTTP; docs/libsql.md). Statement errors are inside the 200 response
+# (`results[i].error` with a Hrana `code`); these problems refuse the whole request.
+# Inside a step only the shape is checked at the HTTP layer (a malformed statement is a Hrana error in the
+# 200 answer, as the spec has it), so the schema declares no more than that shape.
+_HRANA_STMT: Schema = {"type": "object", "description": "a Hrana `Stmt`: `sql` or `sql_id`, `args`, `named_args`, "
+                                                        "`want_rows` (docs/libsql.md)"}
+_HRANA_BATCH: Schema = obj({"steps": array(obj({"stmt": _HRANA_STMT}, {"condition": ANY}))})
+_HRANA_ERRORS = merge(_AUTH, _DOC, _JSON, {400: ["hrana_protocol_error"], 404: ["hrana_stream_not_found"],
+                                           503: ["hrana_too_many_streams", "shutting_down"]})
+_HRANA_PIPELINE = Op(
+    ok(obj({"baton": NULL_STR, "base_url": NULL_STR,
+            "results": array(obj({"type": {"enum": ["ok", "error"]}}, {"response": ANY, "error": ANY}))}),
+       "one result per request, in order; `baton` names the stream for the next request (null: closed)"),
+    _HRANA_ERRORS,
+    body=json_body(obj({"requests": array(obj({"type": STR}))}, {"baton": NULL_STR})),
+)
+_HRANA_CURSOR = Op(
+    {"200": {"description": "lines of JSON: `{baton, base_url}`, then cursor entries",
+             "content": {"application/x-ndjson": {"schema": STR}}}},
+    _HRANA_ERRORS,
+    body=json_body(obj({"batch": _HRANA_BATCH}, {"baton": NULL_STR})),
+)
+_HRANA_VERSION = Op(ok(obj({"hrana": array(INT), "encoding": STR}), "this server speaks Hrana 2 and 3 (JSON)"),
+                    {400: ["invalid_db_id"]}, auth=False)
+for _base in (D + "/libsql", D):  # the second: where a base URL without a trailing `/` resolves to
+    OPERATIONS[("GET", _base + "/v2")] = _HRANA_VERSION
+    OPERATIONS[("GET", _base + "/v3")] = _HRANA_VERSION
+    OPERATIONS[("POST", _base + "/v2/pipeline")] = _HRANA_PIPELINE
+    OPERATIONS[("POST", _base + "/v3/pipeline")] = _HRANA_PIPELINE
+    OPERATIONS[("POST", _base + "/v3/cursor")] = _HRANA_CURSOR
+
 
 _RULE_VARIABLE = re.compile(r"<(?:[^:<>]+:)?([^<>]+)>")
 

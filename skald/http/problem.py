@@ -76,6 +76,14 @@ def install_error_handlers(app: Quart) -> None:
                 detail = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in errors)
             except (TypeError, AttributeError):
                 errors = []
+        mimetype = request.mimetype
+        if not (mimetype == "application/json" or mimetype.endswith("+json")):
+            # The body was not read as JSON at all, so pydantic's message ("Input should be a valid
+            # dictionary") says nothing useful: name the header instead.
+            detail = (
+                f"the body must be JSON sent with Content-Type: application/json"
+                f" (this request had {('Content-Type: ' + mimetype) if mimetype else 'no Content-Type'})"
+            )
         body = {
             "type": PROBLEM_TYPE_BASE + "validation_failed",
             "title": "Request failed validation",

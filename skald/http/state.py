@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from skald.db.background import JobQueue, JobWorker
     from skald.http.throttle import Throttle
     from skald.jobs.service import JobService
+    from skald.libsql.service import LibsqlService
     from skald.pubsub.service import PubSub
     from skald.query.metrics import QueryMetrics
     from skald.query.service import QueryService
@@ -75,6 +76,7 @@ class AppState:
     job_worker: JobWorker = dataclasses.field(init=False)
     # Durable job queues in documents (skald.jobs.service; tests swap in one with a manual clock).
     job_queues: JobService = dataclasses.field(init=False)
+    libsql: LibsqlService = dataclasses.field(init=False)
     # None unless object storage is configured.
     blob_gc: GarbageCollector | None = None
     # None unless this node is part of a cluster (cluster_node_id set; skald.cluster).

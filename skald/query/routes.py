@@ -33,6 +33,10 @@ Args = list[Any] | dict[str, Any] | None
 class QueryOptions(BaseModel):
     max_rows: int | None = Field(default=None, ge=0, description="lower the server's row cap")
     timeout_ms: int | None = Field(default=None, ge=1, description="lower the server's time limit")
+    read_only: bool = Field(
+        default=False,
+        description="refuse (400 not_read_only) a statement that would write, by the server's classification",
+    )
 
 
 class FenceBody(BaseModel):
@@ -82,11 +86,18 @@ def _limits(options: QueryOptions | None) -> Limits:
     return Limits.from_request(get_state().settings, options.model_dump() if options else None)
 
 
-def _authorizer(db_id: str) -> Authorize:
-    """Require the action the statement's class needs (``query.read`` was checked by the route)."""
+def _authorizer(db_id: str, options: QueryOptions | None = None) -> Authorize:
+    """Require the action the statement's class needs (``query.read`` was checked by the route).
+
+    With ``options.read_only`` a statement that would write is refused before anything runs: clients
+    (the CLI's write guard) ask the server's classification instead of guessing from the SQL text.
+    """
     principal = current_principal()
+    read_only = options is not None and options.read_only
 
     async def check(cls: StatementClass) -> None:
+        if read_only and cls in (StatementClass.WRITE, StatementClass.ADMIN):
+            raise NotReadOnly(f"this statement writes (it needs {cls.action}) and read_only was asked")
         if cls > StatementClass.READ:
             await authorize(principal, db_id, cls.action)
 
@@ -127,7 +138,7 @@ async def query_view(db_id: str, data: QueryBody) -> dict[str, Any]:
     started = time.perf_counter()
     stmt = Statement(data.sql, decode_args(data.args))
     limits = _limits(data.options)
-    cls, result = await _service().run(db_id, stmt, limits, _authorizer(db_id), _fence_guard(data.fence))
+    cls, result = await _service().run(db_id, stmt, limits, _authorizer(db_id, data.options), _fence_guard(data.fence))
     body = result.to_json()
     body["duration_ms"] = _ms(started)
     _metrics().duration.labels(cls.name.lower()).observe(body["duration_ms"] / 1000)
@@ -141,7 +152,9 @@ async def batch_view(db_id: str, data: BatchBody) -> dict[str, Any]:
     started = time.perf_counter()
     stmts = [Statement(s.sql, decode_args(s.args)) for s in data.statements]
     limits = _limits(data.options)
-    cls, results = await _service().run_batch(db_id, stmts, limits, _authorizer(db_id), _fence_guard(data.fence))
+    cls, results = await _service().run_batch(
+        db_id, stmts, limits, _authorizer(db_id, data.options), _fence_guard(data.fence)
+    )
     duration_ms = _ms(started)
     _metrics().duration.labels(cls.name.lower()).observe(duration_ms / 1000)
     return {"results": [r.to_json() for r in results], "duration_ms": duration_ms}

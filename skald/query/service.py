@@ -194,11 +194,13 @@ def run_statement(
     allowed: StatementClass,
     limits: Limits,
     deadline: float | None = None,
+    encode: Callable[[Any], JSONValue] = encode_value,
 ) -> StatementResult:
     """Run one statement under an enforcing policy and the limits; fetch its bounded result.
 
     ``deadline`` (``time.monotonic()``) defaults to now + ``limits.timeout_ms``; a batch
-    passes one deadline for all its statements.
+    passes one deadline for all its statements. ``encode`` turns each SQLite value into
+    its wire form (the query API's JSON by default; :mod:`skald.libsql` passes Hrana's).
     """
     stop_at = time.monotonic() + limits.timeout_ms / 1000 if deadline is None else deadline
     timed_out = False
@@ -229,7 +231,7 @@ def run_statement(
                 finally:
                     conn.set_trace_callback(None)
             columns = [d[0] for d in cursor.description or ()]
-            rows, truncated = _fetch(cursor, limits)
+            rows, truncated = _fetch(cursor, limits, encode)
             cursor.close()
     except sqlite3.Error as exc:
         if isinstance(exc, sqlite3.DataError) and "too big" in str(exc):
@@ -288,7 +290,9 @@ def _capability_objects(conn: DocConnection) -> set[str]:
     return {row[0] for row in rows}
 
 
-def _fetch(cursor: sqlite3.Cursor, limits: Limits) -> tuple[list[list[JSONValue]], bool]:
+def _fetch(
+    cursor: sqlite3.Cursor, limits: Limits, encode: Callable[[Any], JSONValue] = encode_value
+) -> tuple[list[list[JSONValue]], bool]:
     rows: list[list[JSONValue]] = []
     size = 0
     while True:
@@ -298,7 +302,7 @@ def _fetch(cursor: sqlite3.Cursor, limits: Limits) -> tuple[list[list[JSONValue]
         for raw in chunk:
             if len(rows) >= limits.max_rows:
                 return rows, True
-            row = [encode_value(v) for v in raw]
+            row = [encode(v) for v in raw]
             size += sum(approx_size(v) + 1 for v in row) + 2
             if size > limits.max_bytes:
                 return rows, True

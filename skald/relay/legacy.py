@@ -21,7 +21,7 @@ import json
 import re
 import secrets
 import uuid
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from typing import Any
 from urllib.parse import parse_qsl, quote
 
@@ -242,7 +242,7 @@ class LegacyRelay:
         if namespace == "u":
             await self._authorize(req, db_id, action, "/" + sub)
         prefix = f"{db_id}\x00{namespace}\x00"
-        async with self.state.supervisor.open_document(db_id, create=True):
+        async with self._hold_if_exists(db_id):
             if requester:
                 await self._request(req, prefix, _channel_id(rest), receive, send, prefix)
             elif first == "res":
@@ -251,6 +251,20 @@ class LegacyRelay:
                 await self._produce(req, prefix + sub, first == "pubsub" or "pubsub" in req.args, receive, send)
             else:
                 await deliver(lambda: self.hub.consume(prefix + sub), receive, send, method=req.method)
+
+    @contextlib.asynccontextmanager
+    async def _hold_if_exists(self, db_id: str) -> AsyncIterator[None]:
+        """Keep the namespace's document open (not reaped) while a channel is in use, if it has one.
+
+        The relay stores nothing in SQLite: a user namespace (``/u/alice/...``) and the public
+        namespaces exist without a document, and using them must not create one (it would show up in
+        the document list, ``doctor`` and ``backup``).
+        """
+        async with contextlib.AsyncExitStack() as stack:
+            if self.state.supervisor.exists(db_id):
+                with contextlib.suppress(DocumentNotFound):  # deleted meanwhile: nothing to hold
+                    await stack.enter_async_context(self.state.supervisor.open_document(db_id))
+            yield
 
     def _locate(self, req: _Request) -> tuple[str, str, str]:
         """``(db_id, namespace, channel path)``; public namespaces are rate limited per client."""

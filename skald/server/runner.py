@@ -8,13 +8,14 @@ lifespan's ``after_serving`` commits queued writes and closes every actor.
 
 from __future__ import annotations
 
+import errno
 import math
 import signal
 from functools import partial
 
 import structlog
 import trio
-from hypercorn.config import Config
+from hypercorn.config import Config, Sockets
 from hypercorn.trio.run import worker_serve
 from hypercorn.utils import wrap_app
 from quart_trio import QuartTrio
@@ -44,8 +45,32 @@ def hypercorn_config(settings: Settings) -> SkaldConfig:
     return config
 
 
+class CannotListen(Exception):
+    """The configured address cannot be bound (in use, not this machine's, a port out of range)."""
+
+
+def bind_sockets(config: Config) -> Sockets:
+    """Bind (not yet listen on) the configured addresses; :class:`CannotListen` with one clear line if not.
+
+    ``skald serve`` binds before anything else starts, so a busy or bad port stops it before the data
+    folder is touched and before a first start mints (and prints) an admin token.
+    """
+    try:
+        return config.create_sockets()
+    except OverflowError as exc:  # socket.bind's "port must be 0-65535"
+        raise CannotListen(f"cannot listen on {', '.join(config.bind)}: {exc}".replace("bind(): ", "")) from None
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        hint = " (is another server running there? choose another --port)" if exc.errno == errno.EADDRINUSE else ""
+        raise CannotListen(f"cannot listen on {', '.join(config.bind)}: {reason.lower()}{hint}") from None
+
+
 async def serve_app(
-    app: QuartTrio, config: Config, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED
+    app: QuartTrio,
+    config: Config,
+    *,
+    sockets: Sockets | None = None,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Run ``app`` under hypercorn's trio worker until its :class:`~skald.server.shutdown.Shutdown` begins.
 
@@ -55,7 +80,7 @@ async def serve_app(
     connections queued there at the signal are accepted and answered, not reset.
     """
     state: AppState = app.extensions["skald"]
-    sockets = config.create_sockets()
+    sockets = bind_sockets(config) if sockets is None else sockets
     listening = [*sockets.secure_sockets, *sockets.insecure_sockets]
     try:
         for sock in listening:
@@ -74,10 +99,19 @@ async def serve_app(
 
 
 async def serve(settings: Settings, *, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
-    """Serve until SIGINT/SIGTERM; reports the bound addresses through ``task_status``."""
-    app = create_app(settings)
-    state: AppState = app.extensions["skald"]
+    """Serve until SIGINT/SIGTERM; reports the bound addresses through ``task_status``.
+
+    Raises :class:`CannotListen` before starting anything when the address cannot be bound.
+    """
     config = hypercorn_config(settings)
+    sockets = bind_sockets(config)
+    try:
+        app = create_app(settings)
+    except BaseException:
+        for sock in [*sockets.secure_sockets, *sockets.insecure_sockets]:
+            sock.close()
+        raise
+    state: AppState = app.extensions["skald"]
 
     async def watch_signals(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
@@ -89,7 +123,7 @@ async def serve(settings: Settings, *, task_status: trio.TaskStatus[list[str]] =
 
     async with trio.open_nursery() as nursery:
         await nursery.start(watch_signals)
-        binds = await nursery.start(partial(serve_app, app, config))
+        binds = await nursery.start(partial(serve_app, app, config, sockets=sockets))
         for bind in binds:
             print(f"skald listening on {bind}", flush=True)
         task_status.started(binds)

@@ -164,6 +164,7 @@ def pull(
     follow: bool = False,
     base_delay: float = 0.2,
     max_delay: float = 30.0,
+    max_attempts: int | None = None,
     report: Callable[[str], None] = lambda message: None,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> int:
@@ -172,7 +173,9 @@ def pull(
     Network loss and 5xx answers are retried with exponential backoff (from
     ``base_delay`` doubling to ``max_delay``), resuming from the stored
     sequence; a ``reset`` takes a new snapshot. Other errors (bad token,
-    unknown document) are raised. Returns the last applied sequence.
+    unknown document) are raised, and so is the last retryable one once
+    ``max_attempts`` attempts in a row failed (``None``: retry forever).
+    Returns the last applied sequence.
     """
     attempt = 0
     while True:
@@ -187,8 +190,10 @@ def pull(
                 record_error(path, str(exc))
                 raise
             attempt += 1
-            delay = min(max_delay, base_delay * 2 ** (attempt - 1))
             record_error(path, str(exc))
+            if max_attempts is not None and attempt >= max_attempts:
+                raise
+            delay = min(max_delay, base_delay * 2 ** (attempt - 1))
             report(f"{exc}; retrying in {delay:.1f}s")
             time.sleep(delay)
             if should_stop():

@@ -26,7 +26,7 @@ from typing import Any
 
 from skald.db.connection import DocConnection
 from skald.db.supervisor import Supervisor
-from skald.errors import BadRequest, InvalidJSON, StorageError, Unauthenticated, ValidationFailed
+from skald.errors import BadRequest, DocumentNotFound, InvalidJSON, StorageError, Unauthenticated, ValidationFailed
 from skald.http.json_body import decode_json_body
 
 ENDPOINT_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
@@ -252,6 +252,27 @@ def delivery_id_from(headers: Mapping[str, str], body: bytes) -> str:
     return f"gen-{uuid.uuid4().hex}"
 
 
+def delivery_id_for(verify: VerifyConfig | None, headers: Mapping[str, str], body: bytes) -> str:
+    """The delivery id to deduplicate on, taken from what the endpoint's signature covers when it can.
+
+    Replay protection: Stripe and Standard Webhooks sign a timestamp, and a delivery outside the
+    tolerance is refused (:func:`verify_signature`); a replay inside it is a duplicate because its id
+    comes from signed parts: the Standard Webhooks ``webhook-id`` (signed with the body), Stripe's event
+    id from the signed body. An attacker who replays a captured delivery with an extra
+    ``X-GitHub-Delivery`` header therefore does not get it stored twice. GitHub and plain HMAC sign only
+    the body, so their delivery id is the provider's header (:func:`delivery_id_from`).
+    """
+    lower = {k.lower(): v for k, v in headers.items()}
+    if verify is not None and verify.style == "standard":
+        msg_id = (lower.get("webhook-id") or lower.get("svix-id") or "").strip()
+        if msg_id:
+            return msg_id[:200]
+    if verify is not None and verify.style == "stripe":
+        signature = lower.get((verify.header or "stripe-signature").lower(), "")
+        return delivery_id_from({"stripe-signature": signature or "-"}, body)
+    return delivery_id_from(headers, body)
+
+
 def store_delivery(conn: DocConnection, delivery: Delivery) -> Stored:
     """Actor write op: insert ``delivery`` once per (endpoint, delivery_id).
 
@@ -390,15 +411,22 @@ class WebhookInbox:
     def __init__(self, supervisor: Supervisor) -> None:
         self.supervisor = supervisor
 
-    async def ingest(self, db_id: str, arrival: Arrival) -> Stored:
-        """Verify and store ``arrival``; returns after COMMIT (a duplicate delivery id returns the original)."""
-        delivery_id = delivery_id_from(arrival.headers, arrival.body)
+    async def ingest(self, db_id: str, arrival: Arrival, *, signed_only: bool = False) -> Stored:
+        """Verify and store ``arrival``; returns after COMMIT (a duplicate delivery id returns the original).
+
+        ``signed_only``: the delivery came without a token, so only an endpoint with signature
+        verification may accept it (:class:`Unauthenticated` otherwise, also when verification was
+        removed since the caller checked :meth:`verifies_signatures`).
+        """
 
         def ingest(conn: DocConnection) -> Stored:
             # Config, verification and insert in one op: a mismatch raises and nothing is stored.
             config = load_endpoint_config(conn, arrival.endpoint)
             if config.verify is not None:
                 verify_signature(config.verify, arrival.headers, arrival.body)
+            elif signed_only:
+                raise Unauthenticated("send Authorization: Bearer <token>")
+            delivery_id = delivery_id_for(config.verify, arrival.headers, arrival.body)
             delivery = Delivery(
                 endpoint=arrival.endpoint,
                 method=arrival.method,
@@ -414,6 +442,17 @@ class WebhookInbox:
 
         async with self.supervisor.open_document(db_id) as actor:
             return await actor.write(ingest)
+
+    async def verifies_signatures(self, db_id: str, endpoint: str) -> bool:
+        """True if ``endpoint`` of ``db_id`` has signature verification configured; False for a missing
+        document too (never created: an anonymous delivery must not create documents)."""
+        if not self.supervisor.exists(db_id):
+            return False
+        try:
+            config = await self.config(db_id, endpoint)
+        except DocumentNotFound:  # deleted since the check
+            return False
+        return config.verify is not None
 
     async def config(self, db_id: str, endpoint: str) -> EndpointConfig:
         async with self.supervisor.open_document(db_id) as actor:

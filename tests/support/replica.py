@@ -119,7 +119,6 @@ def start_follower(url: str, replica: Path, tmp_path: Path, log: Path, *extra: s
                 "skald",
                 "sync",
                 "pull",
-                "--db",
                 "notes",
                 "--to",
                 str(replica),

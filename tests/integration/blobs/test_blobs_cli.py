@@ -33,9 +33,8 @@ async def test_put_then_get_round_trip(blob_server: LiveServer, tmp_path: Path) 
     put = await skald(
         "blob",
         "put",
-        str(source),
-        "--db",
         "media",
+        str(source),
         "--ref",
         "iso",
         "--url",
@@ -48,12 +47,12 @@ async def test_put_then_get_round_trip(blob_server: LiveServer, tmp_path: Path) 
 
     # Second put of the same file: the server already has it, nothing is uploaded. Env instead of flags.
     env = {"SKALD_URL": blob_server.url, "SKALD_TOKEN": token}
-    again = await skald("blob", "put", str(source), "--db", "media", "--quiet", env=env)
+    again = await skald("blob", "put", "media", str(source), "--quiet", env=env)
     assert again.returncode == 0, again.stderr
     assert json.loads(again.stdout)["uploaded"] is False
 
     target = tmp_path / "copy.iso"
-    got = await skald("blob", "get", digest, "--db", "media", "-o", str(target), env=env)
+    got = await skald("blob", "get", "media", digest, "--to", str(target), env=env)
     assert got.returncode == 0, got.stderr
     assert target.read_bytes() == data
     async with blob_server.client(token) as client:
@@ -65,9 +64,8 @@ async def test_cli_reports_errors(blob_server: LiveServer, tmp_path: Path) -> No
     no_target = await skald(
         "blob",
         "get",
-        "0" * 64,
-        "--db",
         "media",
+        "0" * 64,
         "-o",
         str(tmp_path / "x"),
         env={"SKALD_URL": "", "SKALD_TOKEN": ""},
@@ -76,9 +74,8 @@ async def test_cli_reports_errors(blob_server: LiveServer, tmp_path: Path) -> No
     missing = await skald(
         "blob",
         "get",
-        "0" * 64,
-        "--db",
         "media",
+        "0" * 64,
         "-o",
         str(tmp_path / "x"),
         "--url",
@@ -86,5 +83,6 @@ async def test_cli_reports_errors(blob_server: LiveServer, tmp_path: Path) -> No
         "--token",
         "skd_test_admin_token_0123456789abcdefghijklmnop",
     )
-    assert missing.returncode == 1 and b"blob_not_found" in missing.stderr
+    assert missing.returncode == 1, missing.stderr
+    assert missing.stderr.startswith(b"skald: 404 blob_not_found: ") and missing.stderr.count(b"\n") == 1
     assert not (tmp_path / "x").exists()

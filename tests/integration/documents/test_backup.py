@@ -7,6 +7,7 @@ import shutil
 import sqlite3
 from pathlib import Path
 
+import httpx
 import pytest
 import trio
 from support.live import LiveServer, make_settings, start_live_server
@@ -115,3 +116,44 @@ def test_backup_of_a_stopped_folder_is_self_contained(tmp_path: Path) -> None:
     copies = sorted(str(p.relative_to(target)) for p in target.rglob("*") if p.is_file())
     assert copies == ["_skald.db", "documents/d.sqlite3"]  # no -wal/-shm/.partial left behind
     assert _rows(target / "documents" / "d.sqlite3") == [1]
+
+
+async def test_restore_on_another_folder_keeps_hook_secrets_and_tokens(server: LiveServer, tmp_path: Path) -> None:
+    """A restore from ``skald backup`` serves the same /h secrets and accepts the same tokens."""
+    async with server.client() as client:
+        assert (await client.put("/api/v1/db/notes")).status_code == 201
+        hook = (await client.get("/h")).json()
+    reader = await server.mint_token("notes:query.read", label="reader")
+    target = tmp_path / "backup"
+    code = await trio.to_thread.run_sync(
+        main, ["backup", "--data-dir", str(server.settings.data_dir), "--to", str(target)]
+    )
+    assert code == 0
+    assert (target / "hook.key").read_bytes() == (server.settings.data_dir / "hook.key").read_bytes()
+    assert (target / "hook.key").stat().st_mode & 0o077 == 0  # a secret: owner only, as the server writes it
+
+    restored = tmp_path / "elsewhere" / "data"
+    shutil.copytree(target, restored)
+    async with trio.open_nursery() as inner:
+        live = await start_live_server(inner, make_settings(restored))
+        try:
+            async with live.client(reader) as client:
+                r = await client.post("/api/v1/db/notes/query", json={"sql": "SELECT 1 AS one"})
+                assert r.status_code == 200, r.text
+                assert r.json()["rows"] == [[1]]
+            channel, secret = hook["channel"], hook["secret"]
+            async with httpx.AsyncClient(base_url=live.url, timeout=30) as plain:
+                wrong = await plain.post(f"/h/{channel}?secret={'0' * len(secret)}", content=b"x")
+                assert wrong.status_code == 401
+                got: dict[str, httpx.Response] = {}
+
+                async def produce() -> None:
+                    got["producer"] = await plain.post(f"/h/{channel}?secret={secret}", content=b"kept")
+
+                async with trio.open_nursery() as pair:
+                    pair.start_soon(produce)
+                    got["consumer"] = await plain.get(f"/h/{channel}")
+            assert got["consumer"].content == b"kept"
+            assert got["producer"].status_code == 200
+        finally:
+            await live.stop()

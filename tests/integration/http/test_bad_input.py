@@ -231,3 +231,21 @@ async def test_lease_token_with_non_ascii_digits_is_a_mismatch(client: httpx.Asy
     for token in ("\u00b2.x", "\u0661\u0662.x"):
         response = await client.post(DB + "/leases/renew", json={"resource": "r", "lease_token": token})
         assert_problem(response, 403, "lease_token_mismatch")
+
+
+@pytest.mark.parametrize(
+    ("headers", "named"),
+    [
+        ({}, "no Content-Type"),
+        ({"Content-Type": "application/x-www-form-urlencoded"}, "Content-Type: application/x-www-form-urlencoded"),
+        ({"Content-Type": "text/plain"}, "Content-Type: text/plain"),
+    ],
+)
+async def test_json_body_without_json_content_type_names_the_header(
+    client: httpx.AsyncClient, headers: dict[str, str], named: str
+) -> None:
+    """``curl -d '{...}'`` without ``-H 'Content-Type: application/json'``: the answer says which header."""
+    r = await client.post(f"{DB}/query", content=b'{"sql": "SELECT 1"}', headers=headers)
+    body = assert_problem(r, 400, "validation_failed")
+    want = f"the body must be JSON sent with Content-Type: application/json (this request had {named})"
+    assert body["detail"] == want

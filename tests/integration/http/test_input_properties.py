@@ -38,7 +38,8 @@ def _quart_routes() -> list[tuple[str, str]]:
     return sorted(
         (rule.rule, method)
         for rule in app.url_map.iter_rules()
-        if rule.endpoint != "static"
+        # WebSocket rules (the libSQL endpoint) are not HTTP routes: werkzeug lists them as GET
+        if rule.endpoint != "static" and not rule.websocket
         for method in sorted((rule.methods or set()) - {"HEAD", "OPTIONS"})
     )
 
