@@ -15,64 +15,83 @@ from typing import Any
 
 from skald.client import Client
 from skald.commands.grammar import Subparsers, connection_options, fail, output_options, run_client
+from skald.commands.grammar import command as grammar_command
 
 _SEARCH_FIELDS = ("queue", "state", "priority", "worker_id", "unique_key", "payload_contains", "error_contains",
                   "id_prefix")
 _TABLE_COLUMNS = ("id", "queue", "state", "priority", "attempts", "run_at", "last_error")
 
 
+EXAMPLES: dict[str, list[str]] = {
+    "enqueue": ["skald jobs enqueue shop mail '{\"to\": \"a@example.org\"}' --priority high --unique-key welcome-7"],
+    "inspect": ["skald jobs inspect shop 42 --output json"],
+    "retry": ["skald jobs retry shop 42"], "cancel": ["skald jobs cancel shop 42"],
+    "delete": ["skald jobs delete shop 42"], "move": ["skald jobs move shop 42 urgent"],
+    "queues": ["skald jobs queues shop"], "pause": ["skald jobs pause shop mail"],
+    "resume": ["skald jobs resume shop mail"], "clear": ["skald jobs clear shop mail"],
+    "drain": ["skald jobs drain shop mail"],
+    "search": ["skald jobs search shop --state dead --error-contains timeout --output json"],
+    "bulk": ["skald jobs search shop --state dead --output json | skald jobs bulk shop retry",
+             "skald jobs bulk shop delete --filter '{\"queue\": \"old\"}'"],
+    "workers": ["skald jobs workers shop"],
+}
+
+
 def register(subparsers: Subparsers) -> None:
     jobs = subparsers.add_parser("jobs", help="job queues of a document (enqueue, inspect, search, bulk, …)")
     sub = jobs.add_subparsers(dest="jobs_command", metavar="ACTION")
-
     parents = [connection_options(), output_options(("table", "json"))]
 
-    def command(name: str, help: str, *, job: bool = False, queue: bool = False) -> argparse.ArgumentParser:
-        parser = sub.add_parser(name, help=help, parents=parents)
+    def command(name: str, summary: str, *, job: bool = False, queue: bool = False) -> argparse.ArgumentParser:
+        parser = grammar_command(sub, name, summary, description="See docs/jobs.md.", examples=EXAMPLES[name],
+                                 parents=parents)
         parser.add_argument("db", metavar="DB", help="document id (e.g. shop)")
         if job:
-            parser.add_argument("id", type=int)
+            parser.add_argument("id", type=int, help="job id")
         if queue:
-            parser.add_argument("queue")
+            parser.add_argument("queue", help="queue name")
         return parser
 
     enqueue = command("enqueue", "enqueue one job (PAYLOAD is JSON, or - / nothing for stdin)", queue=True)
-    enqueue.add_argument("payload", nargs="?", default="-")
-    enqueue.add_argument("--priority", choices=["critical", "high", "normal"], default=None)
-    enqueue.add_argument("--run-at", default=None, help="ISO 8601 time (no zone: UTC)")
-    enqueue.add_argument("--max-attempts", type=int, default=None)
-    enqueue.add_argument("--unique-key", default=None)
-    enqueue.add_argument("--unique-for", type=float, default=None, metavar="SECONDS")
-    enqueue.add_argument("--tag", action="append", default=None)
-    enqueue.add_argument("--timeout", type=float, default=None, metavar="SECONDS")
+    enqueue.add_argument("payload", nargs="?", default="-", help="the job's payload (JSON; text otherwise)")
+    enqueue.add_argument("--priority", choices=["critical", "high", "normal"], default=None, help="default normal")
+    enqueue.add_argument("--run-at", default=None, help="RFC 3339 time, e.g. 2026-12-24T18:00:00Z")
+    enqueue.add_argument("--max-attempts", type=int, default=None, help="attempts before dead (default 5)")
+    enqueue.add_argument("--unique-key", default=None, help="refuse a duplicate while a job with it is live")
+    enqueue.add_argument("--unique-for", type=float, default=None, metavar="SECONDS",
+                         help="keep the key unique this long after enqueue, whatever the state")
+    enqueue.add_argument("--tag", action="append", default=None, help="a tag (repeatable)")
+    enqueue.add_argument("--timeout", type=float, default=None, metavar="SECONDS", help="longest run of an attempt")
     enqueue.set_defaults(func=cmd_enqueue)
     command("inspect", "show a job with every attempt's error", job=True).set_defaults(func=cmd_inspect)
     for name in ("retry", "cancel", "delete"):
         command(name, f"{name} a job", job=True).set_defaults(func=cmd_job_action, action=name)
     move = command("move", "move a job to another queue", job=True)
-    move.add_argument("queue")
+    move.add_argument("queue", help="the target queue")
     move.set_defaults(func=cmd_job_action, action="move")
-    command("queues", "queues with live counts per state").set_defaults(func=cmd_queues)
+    command("queues", "list queues with live counts per state").set_defaults(func=cmd_queues)
     for name, text in (("pause", "stop fetching from a queue"), ("resume", "fetch from a paused queue again"),
                        ("clear", "delete every job of a queue that is not running"),
                        ("drain", "delete a queue's waiting (queued, retrying) jobs")):
         command(name, text, queue=True).set_defaults(func=cmd_queue_action, action=name)
     search = command("search", "find jobs (json: one job per line, for `bulk`)")
     for field in _SEARCH_FIELDS:
-        search.add_argument("--" + field.replace("_", "-"), dest=field, default=None)
-    search.add_argument("--tag", action="append", default=None)
-    search.add_argument("--has-errors", action="store_true", default=None)
-    search.add_argument("--sort", default=None)
-    search.add_argument("--order", choices=["asc", "desc"], default=None)
+        search.add_argument("--" + field.replace("_", "-"), dest=field, default=None,
+                            help=f"filter: {field} (docs/jobs.md)")
+    search.add_argument("--tag", action="append", default=None, help="jobs with this tag (repeatable: all of them)")
+    search.add_argument("--has-errors", action="store_true", default=None, help="jobs with a failed attempt")
+    search.add_argument("--sort", default=None, help="id, created_at, run_at, started_at, completed_at, …")
+    search.add_argument("--order", choices=["asc", "desc"], default=None, help="default asc")
     search.add_argument("--limit", type=int, default=None, help="at most this many jobs (default: all)")
     search.set_defaults(func=cmd_search)
     bulk = command("bulk", "retry|requeue|cancel|delete|move|priority the jobs whose ids come on stdin")
-    bulk.add_argument("action", choices=["retry", "requeue", "cancel", "delete", "move", "priority"])
+    bulk.add_argument("action", choices=["retry", "requeue", "cancel", "delete", "move", "priority"],
+                      help="what to do to each job")
     bulk.add_argument("--queue", default=None, help="move: the target queue")
-    bulk.add_argument("--priority", choices=["critical", "high", "normal"], default=None)
+    bulk.add_argument("--priority", choices=["critical", "high", "normal"], default=None, help="priority: the new one")
     bulk.add_argument("--filter", default=None, help="a JSON filter (docs/jobs.md) instead of ids on stdin")
     bulk.set_defaults(func=cmd_bulk)
-    command("workers", "workers seen in the last minute").set_defaults(func=cmd_workers)
+    command("workers", "list workers seen in the last minute").set_defaults(func=cmd_workers)
 
 
 def _print(value: Any, output: str, rows: list[dict[str, Any]] | None = None,
