@@ -9,7 +9,12 @@ GB and per message (steadier than wall-clock figures on a shared machine). It al
 rendezvous ASGI app on stock hypercorn (``bench/bare_rendezvous.py``, no skald code, none of
 skald's hypercorn patches) through the same steps: what the server stack gives on its own.
 
-Usage: python bench/relay.py [--bytes N] [--messages N]   (installs piping-server into bench/ on first use)
+skald runs once per variant of its hypercorn patches (``skald/server/patches.py``): ``all`` (the
+default), ``none`` (``SKALD_HYPERCORN_PATCHES=false``: stock hypercorn) and ``-NAME`` (all but that one,
+``SKALD_HYPERCORN_PATCHES_SKIP``), so each performance patch's gain is the ``all`` row against its row.
+
+Usage: python bench/relay.py [--bytes N] [--messages N] [--variants all,none,-large_reads,...]
+(installs piping-server into bench/ on first use)
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import trio
 
 HERE = Path(__file__).resolve().parent
 ROUNDS = 3  # big transfers per server and kind; the median is printed
+SMALL_ROUNDS = 5  # turns the servers take at the small messages
 
 
 def _free_port() -> int:
@@ -50,9 +56,27 @@ def _wait_listening(port: int, limit: float = 20) -> None:
     raise RuntimeError(f"nothing listens on {port}")
 
 
-def start_skald(data_dir: Path) -> tuple[subprocess.Popen[bytes], str]:
+# The patches that exist for speed (the others fix behaviour: their tests are their receipt).
+# keep_alive_timer goes with connection_limits, which needs it.
+SPEED_VARIANTS = ("all", "none", "-large_reads", "-joined_chunks", "-keep_alive_timer")
+
+
+def variant_env(variant: str) -> dict[str, str]:
+    """``SKALD_*`` settings for a patch variant: ``all``, ``none`` or ``-NAME`` (all but NAME)."""
+    if variant == "all":
+        return {"SKALD_HYPERCORN_PATCHES": "true", "SKALD_HYPERCORN_PATCHES_SKIP": ""}
+    if variant == "none":
+        return {"SKALD_HYPERCORN_PATCHES": "false"}
+    skip = variant.removeprefix("-")
+    if skip == "keep_alive_timer":
+        skip += ",connection_limits"
+    return {"SKALD_HYPERCORN_PATCHES": "true", "SKALD_HYPERCORN_PATCHES_SKIP": skip}
+
+
+def start_skald(data_dir: Path, variant: str = "all") -> tuple[subprocess.Popen[bytes], str]:
     env = {**os.environ, "SKALD_LOG_LEVEL": "warning", "SKALD_PUBLIC_RATE_PER_SECOND": "1000000",
-           "SKALD_PUBLIC_RATE_BURST": "1000000", "SKALD_ADMIN_TOKEN": "skd_bench_admin_token_0123456789"}
+           "SKALD_PUBLIC_RATE_BURST": "1000000", "SKALD_ADMIN_TOKEN": "skd_bench_admin_token_0123456789",
+           **variant_env(variant)}
     proc = subprocess.Popen(
         [sys.executable, "-m", "skald", "serve", "--port", "0", "--data-dir", str(data_dir)],
         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env,
@@ -116,13 +140,13 @@ def big_transfer(url: str, size: int, source: Path | None) -> float:
     return size / elapsed / 1e6
 
 
-async def small_messages(base: str, count: int) -> float:
+async def small_messages(base: str, count: int, turn: int = 0) -> float:
     """Messages per second, 1 KiB each, sent one after another (each with its own consumer)."""
     payload = b"m" * 1024
     async with httpx.AsyncClient(timeout=30) as producer, httpx.AsyncClient(timeout=30) as consumer:
         started = time.perf_counter()
         for i in range(count):
-            url = f"{base}/p/bench-small-{i}"
+            url = f"{base}/p/bench-small-{turn}-{i}"
             async with trio.open_nursery() as nursery:
                 got: list[bytes] = []
 
@@ -142,7 +166,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bytes", type=int, default=1024**3)
     parser.add_argument("--messages", type=int, default=10_000)
+    parser.add_argument("--variants", default=",".join(SPEED_VARIANTS),
+                        help="skald patch variants, comma-separated: all, none, -NAME (default: %(default)s)")
     args = parser.parse_args()
+    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    if "all" not in variants:
+        variants.insert(0, "all")
     if shutil.which("curl") is None:
         raise SystemExit("bench/relay.py needs curl")
     with tempfile.TemporaryDirectory() as tmp:
@@ -152,11 +181,14 @@ def main() -> None:
         with source.open("rb") as f:  # ... once it is in the page cache, for every server alike
             while f.read(1 << 23):
                 pass
-        skald, skald_url = start_skald(Path(tmp) / "data")
+        skalds = []
+        for n, variant in enumerate(variants):
+            proc, url = start_skald(Path(tmp) / f"data{n}", variant)
+            skalds.append((variant if variant != "all" else "skald", url, proc))
         piping, piping_base = start_piping()
         bare, bare_base = start_bare()
         try:
-            servers = (("skald", skald_url, skald), ("piping", piping_base, piping), ("bare", bare_base, bare))
+            servers = (*skalds, ("piping", piping_base, piping), ("bare", bare_base, bare))
             # Big transfers: the median of ROUNDS, the servers taking turns within each round, so that
             # neither the page cache (filled before the first round) nor a noisy moment favours one.
             sized: dict[str, list[float]] = {name: [] for name, _, _ in servers}
@@ -168,24 +200,42 @@ def main() -> None:
                     sized[name].append(big_transfer(f"{base}/p/big-{name}", args.bytes, source))
                     chunked[name].append(big_transfer(f"{base}/p/big-{name}", args.bytes, None))
                     big_cpu[name] += cpu_seconds(proc.pid) - before
+            # Small messages in SMALL_ROUNDS turns as well: a slow minute on a shared machine lands on
+            # every server alike, not on whichever ran then.
+            small_time = dict.fromkeys(sized, 0.0)
+            small_cpu = dict.fromkeys(sized, 0.0)
+            per_round = max(1, args.messages // SMALL_ROUNDS)
+            for turn in range(SMALL_ROUNDS):
+                # Each turn starts with another server: the first of a turn ran measurably slower.
+                shift = turn % len(servers)
+                for name, base, proc in (*servers[shift:], *servers[:shift]):
+                    before = cpu_seconds(proc.pid)
+                    small_time[name] += per_round / trio.run(small_messages, base, per_round, turn)
+                    small_cpu[name] += cpu_seconds(proc.pid) - before
+            sent = per_round * SMALL_ROUNDS
             results = {}
             cpu = {}
-            for name, base, proc in servers:
-                before = cpu_seconds(proc.pid)
-                rate = trio.run(small_messages, base, args.messages)
-                per_message = (cpu_seconds(proc.pid) - before) / args.messages * 1e3
+            for name, _, _ in servers:
+                rate = sent / small_time[name]
                 results[name] = (statistics.median(sized[name]), statistics.median(chunked[name]), rate)
-                cpu[name] = (big_cpu[name] / (2 * ROUNDS * args.bytes / 1e9), per_message)
+                cpu[name] = (big_cpu[name] / (2 * ROUNDS * args.bytes / 1e9), small_cpu[name] / sent * 1e3)
         finally:
-            for proc in (skald, piping, bare):
+            for _, _, proc in servers:
                 proc.terminate()
                 proc.wait()
     print(f"relay: {args.bytes / 1e9:.2f} GB transfers (curl both ends, median of {ROUNDS}) and {args.messages} x 1 KiB"
           " messages")
-    print(f"{'server':>8} {'MB/s sized':>12} {'MB/s chunked':>14} {'msgs/s':>10} {'CPU s/GB':>10} {'CPU ms/msg':>11}")
+    print(f"{'server':>18} {'MB/s sized':>12} {'MB/s chunked':>14} {'msgs/s':>10} {'CPU s/GB':>10}"
+          f" {'CPU ms/msg':>11}")
     for name, (sized_rate, chunked_rate, rate) in results.items():
         per_gb, per_msg = cpu[name]
-        print(f"{name:>8} {sized_rate:>12.1f} {chunked_rate:>14.1f} {rate:>10.1f} {per_gb:>10.2f} {per_msg:>11.2f}")
+        print(f"{name:>18} {sized_rate:>12.1f} {chunked_rate:>14.1f} {rate:>10.1f} {per_gb:>10.2f} {per_msg:>11.2f}")
+    print("skald = all patches; none = SKALD_HYPERCORN_PATCHES=false; -NAME = all but NAME")
+    for name, _, _ in skalds[1:]:
+        gain = [a / b for a, b in zip(results["skald"], results[name], strict=True)]
+        cpu_gain = [b / a for a, b in zip(cpu["skald"], cpu[name], strict=True)]
+        print(f"skald/{name}: sized {gain[0]:.2f}x, chunked {gain[1]:.2f}x, small messages {gain[2]:.2f}x;"
+              f" CPU per GB {cpu_gain[0]:.2f}x, per message {cpu_gain[1]:.2f}x less (> 1: the patches help)")
     ratios = [s / p for s, p in zip(results["skald"], results["piping"], strict=True)]
     print(f"skald/piping: sized {ratios[0]:.2f}x, chunked {ratios[1]:.2f}x, small messages {ratios[2]:.2f}x"
           " (goal >= 1.0)")

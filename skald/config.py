@@ -34,6 +34,8 @@ class Settings:
     request_head_timeout: float = 10.0  # seconds to receive a request head (0 = unbounded)
     max_connections: int = 4096  # open client connections; beyond, new ones are answered 503
     listen_backlog: int = 4096  # connections the kernel queues before accept (capped by net.core.somaxconn)
+    hypercorn_patches: bool = True  # skald's patches to hypercorn's trio worker (docs/hypercorn.md)
+    hypercorn_patches_skip: str = ""  # comma-separated patches to leave out (docs/hypercorn.md)
     # logging
     log_level: str = "info"
     log_format: str = "console"  # console | json
@@ -84,6 +86,10 @@ class Settings:
     s3_access_key_id: str | None = None
     s3_secret_access_key: str | None = None
     blob_gc_grace_seconds: float = 86400.0
+    # MQTT adapter (off unless mqtt_port is set; 0 = a free port, reported at start)
+    mqtt_port: int | None = None
+    mqtt_session_expiry_seconds: float = 86400.0  # the longest a disconnected persistent session is kept
+    mqtt_max_inflight: int = 64  # unacknowledged QoS 1 messages per connection, each way
     # cluster (docs/cluster.md): all unset = the single-process default, no etcd, no S3, no proxy
     cluster_node_id: str | None = None  # setting it (with etcd endpoints) joins a cluster
     cluster_advertise_url: str | None = None  # how other nodes reach this one (default: the bound address)
@@ -132,6 +138,8 @@ def _coerce(name: str, value: Any) -> Any:
             raise ValueError(text)
         if hint is int:
             return int(value)
+        if hint == (int | None):
+            return None if value is None or text.strip().lower() in {"", "none", "off"} else int(value)
         if hint is float:
             return float(value)
         if hint is Path:
@@ -197,6 +205,10 @@ def load_settings(
         raise ConfigError("mailbox_size, max_batch and read_pool_size must be at least 1")
     if settings.max_connections < 1 or settings.listen_backlog < 1 or settings.request_head_timeout < 0:
         raise ConfigError("max_connections and listen_backlog must be at least 1, request_head_timeout at least 0")
+    if settings.mqtt_port is not None and not 0 <= settings.mqtt_port <= 65535:
+        raise ConfigError("mqtt_port must be 0-65535 (0 = any free port)")
+    if settings.mqtt_max_inflight < 1 or settings.mqtt_session_expiry_seconds < 0:
+        raise ConfigError("mqtt_max_inflight must be at least 1, mqtt_session_expiry_seconds at least 0")
     if settings.durability not in {"local", "replicated"}:
         raise ConfigError("durability must be 'local' or 'replicated'")
     if settings.clustered:

@@ -4,24 +4,27 @@
 and ``nonce``; ``GET /auth/callback`` consumes the flow (once), verifies the ID
 token and opens a server-side session (cookie ``skald_session``: HttpOnly,
 Secure unless ``cookie_secure`` is off, SameSite=Lax); ``POST /auth/logout``
-ends it. ``/ui/tokens`` lists, mints and revokes the signed-in person's tokens
-(forms carry the session's CSRF token). The session also authenticates API
-calls through ``state.session_resolver`` (writes need the
-``X-CSRF-Token`` header).
+ends it (and, for an OIDC session whose provider advertises
+``end_session_endpoint``, the provider's session too: RP-initiated logout).
+Sessions opened by pasting a token (``/ui/login``, :mod:`skald.web.routes`) use
+the same table, cookie and CSRF token. ``/ui/tokens`` lists, mints and revokes
+tokens: the signed-in person's own, or every token for an administrator (forms
+carry the session's CSRF token). The session also authenticates API calls
+through ``state.session_resolver`` (writes need the ``X-CSRF-Token`` header).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import secrets
 from typing import Any
+from urllib.parse import urlencode
 
-from quart import Response, render_template, request
+from quart import Response, request
 from quart_trio import QuartTrio
 
 from skald.auth.mint_policy import personal_namespace, personal_scopes, refusal
 from skald.auth.oidc import LoginFailed, OidcClient, OidcNotConfigured, configured
-from skald.auth.scopes import Principal, Scope, ScopeError
+from skald.auth.scopes import GLOBAL, Principal, Scope, ScopeError, decide
 from skald.auth.sessions import (
     SESSION_LIFETIME,
     Session,
@@ -33,11 +36,12 @@ from skald.auth.sessions import (
     upsert_user,
 )
 from skald.auth.token_admin import MintRequest, fetch_tokens, mint_token, record_event, revoke
-from skald.auth.tokens import parse_duration
+from skald.auth.tokens import get_token, parse_duration
 from skald.db.connection import DocConnection
-from skald.errors import Forbidden
+from skald.errors import Forbidden, SkaldError
 from skald.http.context import request_ip
 from skald.http.state import AppState, get_state
+from skald.web.render import Viewer, render_page
 
 COOKIE = "skald_session"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
@@ -88,7 +92,20 @@ def _safe_next(value: str | None) -> str:
     # Only local paths: an open redirect after login would hand the session's trust to anyone.
     if value and value.startswith("/") and not value.startswith("//") and "\\" not in value:
         return value
-    return "/ui/tokens"
+    return "/ui"
+
+
+def safe_next(value: str | None) -> str:
+    """``value`` if it is a local path, else ``/ui`` (what sign-in returns to)."""
+    return _safe_next(value)
+
+
+def set_session_cookie(response: Response, session_id: str) -> None:
+    """The session cookie: HttpOnly, SameSite=Lax, Secure unless ``cookie_secure`` is off."""
+    response.set_cookie(
+        COOKIE, session_id, max_age=int(SESSION_LIFETIME.total_seconds()), path="/",
+        httponly=True, secure=get_state().settings.cookie_secure, samesite="Lax",
+    )
 
 
 async def current_session() -> Session | None:
@@ -100,8 +117,29 @@ async def current_session() -> Session | None:
 
 
 def session_principal(session: Session) -> Principal:
+    """The principal of an OIDC session (a token session's is its token's: :func:`principal_of`)."""
     scopes = () if session.is_admin else personal_scopes(session.owner)
     return Principal("user", "user:" + session.owner, session.owner, scopes, session.owner, session.is_admin)
+
+
+async def principal_of(session: Session) -> Principal | None:
+    """Who the session acts as: an OIDC person, or the token it was opened with.
+
+    A token session lives only as long as its token: once the token is revoked or expired the
+    session signs nobody in (None), so a revocation ends browser access at once.
+    """
+    if session.token_id is None:
+        return session_principal(session)
+    token_id = session.token_id
+    record = await get_state().supervisor.service.read(lambda c: get_token(c, token_id))
+    if record is None or record.state() != "active":
+        return None
+    return record.principal()
+
+
+def is_token_admin(principal: Principal) -> bool:
+    """May ``principal`` administer every token (an admin person, or a token with ``admin.token``)?"""
+    return decide(principal, GLOBAL, "admin.token").allowed
 
 
 async def resolve_session() -> Principal | None:
@@ -111,7 +149,7 @@ async def resolve_session() -> Principal | None:
         return None
     if request.method not in SAFE_METHODS and request.headers.get("X-CSRF-Token") != session.csrf:
         return None
-    return session_principal(session)
+    return await principal_of(session)
 
 
 # ---- login / callback / logout ------------------------------------------------------------------
@@ -165,10 +203,7 @@ async def callback() -> Response:
     await record_event(state, "login", actor="user:" + who.owner, subject=who.subject,
                        detail={"admin": who.is_admin}, ip=request_ip())
     response = _redirect(flow.return_to)
-    response.set_cookie(
-        COOKIE, session_id, max_age=int(SESSION_LIFETIME.total_seconds()), path="/",
-        httponly=True, secure=state.settings.cookie_secure, samesite="Lax",
-    )
+    set_session_cookie(response, session_id)
     return response
 
 
@@ -179,15 +214,43 @@ async def _require_csrf(session: Session) -> dict[str, str]:
     return dict(form)
 
 
+SIGNED_OUT_PATH = "/ui/signed-out"
+
+
+async def _provider_logout_url(session: Session) -> str | None:
+    """Where the provider ends its own session (RP-initiated logout), if it says so in discovery.
+
+    Without this the provider's session outlives ours and "sign in" signs the person straight
+    back in. Token sessions have no provider session. A provider that cannot be reached is not
+    a reason to keep the person signed in here: skald's session is ended either way.
+    """
+    state = get_state()
+    if session.token_id is not None or not configured(state.settings):
+        return None
+    try:
+        meta = await _oidc().metadata()
+    except SkaldError:
+        return None
+    if not meta.end_session_endpoint:
+        return None
+    signed_out = request.host_url.rstrip("/") + SIGNED_OUT_PATH
+    params = {"client_id": str(state.settings.oidc_client_id), "post_logout_redirect_uri": signed_out}
+    separator = "&" if "?" in meta.end_session_endpoint else "?"
+    return meta.end_session_endpoint + separator + urlencode(params)
+
+
 async def logout() -> Response:
     state = get_state()
     session = await current_session()
+    location = SIGNED_OUT_PATH
     if session is not None:
         await _require_csrf(session)
         session_id = request.cookies[COOKIE]
         await state.supervisor.service.write(lambda c: end_session(c, session_id))
-        await record_event(state, "logout", actor="user:" + session.owner, ip=request_ip())
-    response = _redirect("/ui/tokens")
+        actor = "user:" + session.owner if session.token_id is None else session.token_id
+        await record_event(state, "logout", actor=actor, ip=request_ip())
+        location = await _provider_logout_url(session) or SIGNED_OUT_PATH
+    response = _redirect(location)
     response.delete_cookie(
         COOKIE, path="/", httponly=True, secure=state.settings.cookie_secure, samesite="Lax"
     )
@@ -205,69 +268,106 @@ class _Form:
 
 
 async def _page(
-    session: Session,
+    signed: SignedIn,
     *,
     status: int = 200,
     error: str = "",
     new_token: dict[str, str] | None = None,
     form: _Form | None = None,
 ) -> Response:
-    records = await fetch_tokens(get_state(), owner=session.owner)
-    script_nonce = secrets.token_urlsafe(16)
+    session, principal = signed.session, signed.principal
+    admin = is_token_admin(principal)
+    # An administrator sees and may revoke every token (CLI-, API- and web-minted alike).
+    records = await fetch_tokens(get_state(), owner=None if admin else session.owner)
     tokens = [{**r.to_public(), "scopes": [str(s) for s in r.scopes]} for r in reversed(records)]
-    html = await render_template(
-        "tokens.html", owner=session.owner, is_admin=session.is_admin, csrf=session.csrf, tokens=tokens,
+    return await render_page(
+        "web/tokens.html", signed.viewer, status=status, title="Tokens",
+        owner=session.owner, is_admin=admin, tokens=tokens, may_mint=_mint_refusal(signed, ()) is None,
         error=error, new_token=new_token, form=form or _Form(), expiry_choices=EXPIRY_CHOICES,
-        namespace=personal_namespace(session.owner), script_nonce=script_nonce,
+        namespace=personal_namespace(session.owner),
     )
-    response = Response(html, status=status, content_type="text/html; charset=utf-8")
-    response.headers["Cache-Control"] = "no-store"
-    response.headers["X-Frame-Options"] = "DENY"
-    response.headers["Content-Security-Policy"] = (
-        f"default-src 'none'; style-src 'unsafe-inline'; script-src 'nonce-{script_nonce}'; "
-        "base-uri 'none'; frame-ancestors 'none'"
-    )
-    return response
 
 
-async def _signed_in() -> Session | Response:
-    _oidc()  # 404 oidc_not_configured when login is off
+@dataclasses.dataclass(frozen=True)
+class SignedIn:
+    """A live web session and who it acts as."""
+
+    session: Session
+    principal: Principal
+
+    @property
+    def viewer(self) -> Viewer:
+        return Viewer(
+            name=self.session.owner or self.principal.label or self.principal.id,
+            csrf=self.session.csrf,
+            is_admin=is_token_admin(self.principal),
+            via_token=self.session.token_id is not None,
+        )
+
+
+async def signed_in() -> SignedIn | None:
+    """The request's live session and its principal (None: nobody, or the session's token is gone)."""
     session = await current_session()
     if session is None:
-        return _redirect("/auth/login?next=/ui/tokens")
-    return session
+        return None
+    principal = await principal_of(session)
+    return None if principal is None else SignedIn(session, principal)
+
+
+def login_redirect(path: str) -> Response:
+    """To the sign-in page, coming back to ``path`` afterwards."""
+    return _redirect("/ui/login?" + urlencode({"next": path}))
+
+
+async def _signed_in() -> SignedIn | Response:
+    # Works with or without OIDC: /ui/login always offers signing in with a token.
+    signed = await signed_in()
+    return login_redirect("/ui/tokens") if signed is None else signed
+
+
+def _mint_refusal(signed: SignedIn, scopes: tuple[Scope, ...]) -> str | None:
+    """Why this session may not mint ``scopes`` (None = allowed).
+
+    A token session mints only with ``admin.token`` (as the admin API demands): otherwise pasting a
+    narrow token would let it mint itself wider ones on its owner's personal namespace.
+    """
+    if is_token_admin(signed.principal):
+        return None
+    if signed.session.token_id is not None:
+        return "minting tokens needs a session signed in with a token that has admin.token"
+    return refusal(signed.session.owner, False, scopes) if scopes else None
 
 
 async def tokens_page() -> Response:
-    session = await _signed_in()
-    return session if isinstance(session, Response) else await _page(session)
+    signed = await _signed_in()
+    return signed if isinstance(signed, Response) else await _page(signed)
 
 
 async def tokens_create() -> Response:
-    session = await _signed_in()
-    if isinstance(session, Response):
-        return session
+    signed = await _signed_in()
+    if isinstance(signed, Response):
+        return signed
+    session = signed.session
     fields = await _require_csrf(session)
     form = _Form(fields.get("label", "")[:200], fields.get("scopes", ""), fields.get("expires", ""))
     try:
         scopes = tuple(Scope.parse(line.strip()) for line in form.scopes.splitlines() if line.strip())
         expires_in = parse_duration(form.expires) if form.expires else None
     except (ScopeError, ValueError) as exc:
-        return await _page(session, status=400, error=str(exc), form=form)
-    reason = "enter at least one scope" if not scopes else refusal(session.owner, session.is_admin, scopes)
+        return await _page(signed, status=400, error=str(exc), form=form)
+    reason = "enter at least one scope" if not scopes else _mint_refusal(signed, scopes)
     if reason:
-        return await _page(session, status=400 if not scopes else 403, error=reason, form=form)
+        return await _page(signed, status=400 if not scopes else 403, error=reason, form=form)
     mint = MintRequest(scopes=scopes, label=form.label, owner=session.owner, expires_in=expires_in)
-    principal = session_principal(session)
-    secret, record = await mint_token(get_state(), principal, mint, ip=request_ip(), via="web")
-    return await _page(session, new_token={"id": record.id, "label": record.label, "secret": secret})
+    secret, record = await mint_token(get_state(), signed.principal, mint, ip=request_ip(), via="web")
+    return await _page(signed, new_token={"id": record.id, "label": record.label, "secret": secret})
 
 
 async def tokens_revoke(token_id: str) -> Response:
-    session = await _signed_in()
-    if isinstance(session, Response):
-        return session
-    await _require_csrf(session)
-    await revoke(get_state(), session_principal(session), token_id, owner=session.owner, ip=request_ip(),
-                 via="web")
+    signed = await _signed_in()
+    if isinstance(signed, Response):
+        return signed
+    await _require_csrf(signed.session)
+    owner = None if is_token_admin(signed.principal) else signed.session.owner
+    await revoke(get_state(), signed.principal, token_id, owner=owner, ip=request_ip(), via="web")
     return _redirect("/ui/tokens")

@@ -58,6 +58,8 @@ class ProviderMetadata:
     token_endpoint: str
     jwks_uri: str
     userinfo_endpoint: str | None
+    # RP-initiated logout (OpenID Connect RP-Initiated Logout 1.0); None when not advertised.
+    end_session_endpoint: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,6 +107,7 @@ class OidcClient:
                     token_endpoint=doc["token_endpoint"],
                     jwks_uri=doc["jwks_uri"],
                     userinfo_endpoint=doc.get("userinfo_endpoint"),
+                    end_session_endpoint=doc.get("end_session_endpoint"),
                 )
             except KeyError as exc:
                 raise ProviderUnavailable(f"discovery document lacks {exc.args[0]}") from None

@@ -31,6 +31,8 @@ class Session:
     is_admin: bool
     csrf: str
     expires_at: str
+    # Set for a session opened by pasting a token (/ui/login): it acts with that token's scopes.
+    token_id: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,27 +80,34 @@ def upsert_user(
     )
 
 
-def create_session(conn: sqlite3.Connection, owner: str, is_admin: bool) -> tuple[str, Session]:
-    """Open a session; return ``(session id for the cookie, session)``. Only the id's hash is stored."""
+def create_session(
+    conn: sqlite3.Connection, owner: str, is_admin: bool, *, token_id: str | None = None
+) -> tuple[str, Session]:
+    """Open a session; return ``(session id for the cookie, session)``. Only the id's hash is stored.
+
+    With ``token_id`` the session is a token session: it acts with that token's scopes, and
+    deleting the token deletes the session (the foreign key cascades).
+    """
     session_id = secrets.token_urlsafe(32)
     now = utcnow()
-    session = Session(owner, is_admin, secrets.token_urlsafe(24), iso(now + SESSION_LIFETIME))
+    session = Session(owner, is_admin, secrets.token_urlsafe(24), iso(now + SESSION_LIFETIME), token_id)
     conn.execute("DELETE FROM sessions WHERE expires_at <= ?", (iso(now),))
     conn.execute(
-        "INSERT INTO sessions (id_hash, owner, is_admin, csrf, created_at, expires_at) "
-        "VALUES (?, ?, ?, ?, ?, ?)",
-        (_hash(session_id), owner, int(is_admin), session.csrf, iso(now), session.expires_at),
+        "INSERT INTO sessions (id_hash, owner, is_admin, csrf, created_at, expires_at, token_id) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (_hash(session_id), owner, int(is_admin), session.csrf, iso(now), session.expires_at, token_id),
     )
     return session_id, session
 
 
 def find_session(conn: sqlite3.Connection, session_id: str) -> Session | None:
     row = conn.execute(
-        "SELECT owner, is_admin, csrf, expires_at FROM sessions WHERE id_hash = ?", (_hash(session_id),)
+        "SELECT owner, is_admin, csrf, expires_at, token_id FROM sessions WHERE id_hash = ?",
+        (_hash(session_id),),
     ).fetchone()
     if row is None or row[3] <= iso(utcnow()):
         return None
-    return Session(row[0], bool(row[1]), row[2], row[3])
+    return Session(row[0], bool(row[1]), row[2], row[3], row[4])
 
 
 def end_session(conn: sqlite3.Connection, session_id: str) -> str | None:

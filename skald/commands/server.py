@@ -35,6 +35,8 @@ def register(subparsers: Subparsers) -> None:
     add_server_options(serve)
     serve.add_argument("--host", default=None, help="address to listen on (default 127.0.0.1)")
     serve.add_argument("--port", type=port_number, default=None, help="TCP port, 0-65535 (0: any free port)")
+    serve.add_argument("--mqtt-port", dest="mqtt_port", type=port_number, default=None,
+                       help="also serve MQTT 3.1.1/5.0 on this TCP port (0: any free port; off by default)")
     serve.add_argument("--log-level", dest="log_level", default=None, help="debug, info, warning, error")
     serve.add_argument(
         "--log-format", dest="log_format", choices=["console", "json"], default=None, help="log line format"
@@ -81,7 +83,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from skald.server.runner import CannotListen, run
 
     settings = settings_from_args(
-        args, host=args.host, port=args.port, log_level=args.log_level, log_format=args.log_format
+        args, host=args.host, port=args.port, log_level=args.log_level, log_format=args.log_format,
+        mqtt_port=args.mqtt_port,
     )
     configure_logging(settings.log_level, settings.log_format)
     try:

@@ -38,12 +38,14 @@ from skald.jobs import routes as jobs
 from skald.leases import routes as leases
 from skald.libsql import routes as libsql
 from skald.metrics import Metrics
+from skald.mqtt import routes as mqtt
 from skald.pubsub import routes as messages
 from skald.query import routes as query
 from skald.relay import legacy as legacy_relay
 from skald.relay import stream_routes
 from skald.relay.legacy import ASGIApp, LegacyRelay
 from skald.sync import routes as sync
+from skald.web import routes as web
 from skald.webhooks import routes as webhooks
 
 log = structlog.get_logger("skald.http.app")
@@ -64,11 +66,13 @@ INSTALLERS: tuple[Installer, ...] = (
     query.install,
     libsql.install,
     messages.install,
+    mqtt.install,
     webhooks.install,
     leases.install,
     blobs.install,
     sync.install,
     jobs.install,
+    web.install,
     cluster.install,  # last: its forwarder wraps the app the others built; a no-op without cluster settings
 )
 

@@ -235,7 +235,11 @@ class Op:
     auth: bool = True  # bearer token (or session) required
 
     def apply(self, operation: dict[str, Any]) -> None:
-        responses = {**self.responses, **problem_responses(merge(_ANY, self.errors))}
+        responses = dict(self.responses)
+        for status, problem in problem_responses(merge(_ANY, self.errors)).items():
+            own = responses.get(status, {}).get("content")
+            # A status that is both a problem and a page of its own (the web face's HTML 400) lists both.
+            responses[status] = {**problem, "content": {**problem["content"], **own}} if own else problem
         operation["responses"] = responses
         if self.body is not None:
             operation["requestBody"] = self.body
@@ -494,6 +498,69 @@ def _job_operations() -> dict[tuple[str, str], Op]:
                    query_param("heartbeat", _num(HEARTBEAT_MIN_SECONDS, HEARTBEAT_MAX_SECONDS),
                                "seconds between heartbeats"))),
     }
+def _web_operations() -> dict[tuple[str, str], Op]:
+    """The pages of :mod:`skald.web`: each is HTML, or a redirect to ``/ui/login`` when signed out."""
+    page = {"200": {"description": "the page", "content": HTML}}
+    login = redirect("not signed in: to /ui/login")
+    form = {"content": {"application/x-www-form-urlencoded": {"schema": obj({}, {"csrf": STR, "sql": STR})}}}
+    # A document page's refusals are HTML pages with the problem's status and code.
+    doc_errors = {
+        status: {"description": "refused (an HTML page naming the problem's code)", "content": HTML}
+        for status in ("400", "403", "404", "409", "413")
+    }
+    u = "/ui/db/{db_id}"
+    repeated: Errors = {400: ["validation_failed"]}  # a query parameter given twice (refused before the page)
+    ops: dict[tuple[str, str], Op] = {
+        ("GET", "/"): Op(page, {}, auth=False),
+        ("GET", "/docs"): Op(page, {}, auth=False),
+        ("GET", "/favicon.ico"): Op({"200": {"description": "the icon",
+                                             "content": {"image/svg+xml": {"schema": STR}}}}, {}, auth=False),
+        ("GET", "/ui/static/{filename}"): Op({"200": {"description": "a static asset of the web face",
+                                                      "content": {"*/*": {"schema": STR}}}},
+                                             {404: ["not_found"]}, auth=False),
+        ("GET", "/ui/login"): Op(page, {}, query=(query_param("next", STR, "local path to return to"),),
+                                 auth=False),
+        ("POST", "/ui/login"): Op(
+            {**redirect("signed in: to `next`"),
+             **{status: {"description": "the form again, with why", "content": HTML}
+                for status in ("400", "401", "403")}},
+            {}, auth=False, query=(query_param("next", STR, "local path to return to"),),
+            body={"content": {"application/x-www-form-urlencoded": {"schema": obj({}, {
+                "csrf": STR, "token": STR, "next": STR})}}}, body_required=False,
+        ),
+        ("GET", "/ui/signed-out"): Op(page, {}, auth=False),
+        ("GET", "/ui"): Op({**page, **login}, {}, auth=False),
+        ("GET", u): Op({**page, **login, **doc_errors}, {}, auth=False),
+        ("GET", u + "/tables/{table}"): Op(
+            {**page, **login, **doc_errors}, {}, auth=False,
+            query=(query_param("sort", STR, "column to sort by"), query_param("desc", STR, "`1`: descending"),
+                   query_param("column", STR, "column to filter on"),
+                   query_param("op", STR, "eq, ne, contains, gt, lt, null or notnull (else: no filter)"),
+                   query_param("value", STR, "filter value"), query_param("page", STR, "page number from 1")),
+        ),
+        ("GET", u + "/sql"): Op({**page, **login, **doc_errors}, {}, auth=False,
+                                query=(query_param("sql", STR, "a read-only statement to run"),)),
+        ("POST", u + "/sql"): Op({**page, **login, **doc_errors}, {}, auth=False, body=form, body_required=False),
+        ("GET", u + "/export"): Op(
+            {"200": {"description": "the result as a download",
+                     "content": {"text/csv": {"schema": STR}, "application/x-ndjson": {"schema": STR},
+                                 "application/json": {"schema": ANY}}},
+             **login, **doc_errors}, {}, auth=False,
+            query=(query_param("sql", STR, "a read-only statement"),
+                   query_param("format", STR, "csv, json or ndjson (else csv)")),
+        ),
+        ("GET", u + "/live"): Op({**page, **login, **doc_errors}, {}, auth=False,
+                                 query=(query_param("sql", STR, "the statement to watch"),)),
+        ("GET", u + "/topics"): Op({**page, **login, **doc_errors}, {}, auth=False,
+                                   query=(query_param("topic", STR, "topic filter (MQTT wildcards)"),
+                                          query_param("since_id", STR, "replay after this id"))),
+        ("GET", u + "/webhooks"): Op({**page, **login, **doc_errors}, {}, auth=False,
+                                     query=(query_param("endpoint", STR, "only this endpoint"),)),
+        ("GET", u + "/leases"): Op({**page, **login, **doc_errors}, {}, auth=False),
+        ("GET", u + "/blobs"): Op({**page, **login, **doc_errors}, {}, auth=False),
+    }
+    return {key: dataclasses.replace(op, errors=merge(op.errors, repeated)) if op.query else op
+            for key, op in ops.items()}
 
 
 OPERATIONS: dict[tuple[str, str], Op] = {
@@ -528,9 +595,16 @@ OPERATIONS: dict[tuple[str, str], Op] = {
     ("GET", D): Op(ok(DOCUMENT), merge(_AUTH, _DOC)),
     ("DELETE", D): Op(no_content("deleted with its files"), merge(_AUTH, _DOC)),
     # query
-    ("POST", D + "/query"): Op(ok({**QUERY_RESULT, "properties": {**QUERY_RESULT["properties"],
-                                                                  "duration_ms": NUM}}),
-                               merge(_AUTH, _DOC, _JSON, _SQL)),
+    ("POST", D + "/query"): Op(
+        {"200": {"description": "the result; as CSV or NDJSON (streamed) with `?format=` or `Accept`",
+                 "headers": {"Skald-Truncated": {"schema": STR, "description": "CSV/NDJSON: a cap cut it"}},
+                 "content": {"application/json": {"schema": {**QUERY_RESULT, "properties": {
+                     **QUERY_RESULT["properties"], "duration_ms": NUM}}},
+                     "text/csv": {"schema": STR}, "application/x-ndjson": {"schema": STR}}}},
+        merge(_AUTH, _DOC, _JSON, _SQL, {400: ["unsupported_format"]}),
+        query=(query_param("format", {"enum": ["json", "csv", "ndjson"]},
+                           "result format (else from `Accept`; default json)"),),
+    ),
     ("POST", D + "/query/batch"): Op(ok(obj({"results": array(QUERY_RESULT), "duration_ms": NUM})),
                                      merge(_AUTH, _DOC, _JSON, _SQL)),
     ("POST", D + "/query/watch"): Op(
@@ -692,21 +766,22 @@ OPERATIONS: dict[tuple[str, str], Op] = {
                                      "schema": obj({}, {"csrf": STR})}}}, body_required=False),
     ("GET", "/ui/tokens"): Op({"200": {"description": "the token page", "content": HTML},
                                **redirect("not signed in: to the login")},
-                              {404: ["oidc_not_configured"]}, auth=False),
+                              {}, auth=False),
     ("POST", "/ui/tokens"): Op(
         {"200": {"description": "the page with the new token", "content": HTML},
          "400": {"description": "the page with the form's error", "content": HTML},
          **redirect("not signed in: to the login")},
-        {403: ["csrf_failed", "scope_denied"], 404: ["oidc_not_configured"]}, auth=False,
+        {403: ["csrf_failed", "scope_denied"]}, auth=False,
         body={"content": {"application/x-www-form-urlencoded": {"schema": obj({}, {
             "csrf": STR, "label": STR, "scopes": STR, "expires": STR})}}}, body_required=False,
     ),
     ("POST", "/ui/tokens/{token_id}/revoke"): Op(
-        redirect("revoked: back to the page"), {403: ["csrf_failed"], 404: ["oidc_not_configured",
-                                                                            "token_not_found"]},
+        redirect("revoked: back to the page"), {403: ["csrf_failed"], 404: ["token_not_found"]},
         auth=False, body={"content": {"application/x-www-form-urlencoded": {"schema": obj({}, {"csrf": STR})}}},
         body_required=False,
     ),
+    # the web face (HTML; a session cookie, not a bearer token): home, API docs, sign-in, the browser
+    **_web_operations(),
 }
 OPERATIONS.update(_job_operations())
 

@@ -27,11 +27,13 @@ if TYPE_CHECKING:
     from skald.http.throttle import Throttle
     from skald.jobs.service import JobService
     from skald.libsql.service import LibsqlService
+    from skald.mqtt.service import MqttService
     from skald.pubsub.service import PubSub
     from skald.query.metrics import QueryMetrics
     from skald.query.service import QueryService
     from skald.query.watch import WatchHub
     from skald.sync.service import SyncService
+    from skald.web.service import DocumentBrowser
     from skald.webhooks.service import WebhookInbox
 
 
@@ -79,6 +81,10 @@ class AppState:
     libsql: LibsqlService = dataclasses.field(init=False)
     # None unless object storage is configured.
     blob_gc: GarbageCollector | None = None
+    # The web face's document browser (skald.web.routes).
+    web: DocumentBrowser = dataclasses.field(init=False)
+    # None unless mqtt_port is set (skald.mqtt.routes).
+    mqtt: MqttService | None = None
     # None unless this node is part of a cluster (cluster_node_id set; skald.cluster).
     cluster: Cluster | None = None
 

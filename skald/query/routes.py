@@ -19,6 +19,7 @@ from quart_trio import QuartTrio
 from skald.auth.guard import authorize, current_principal, requires
 from skald.db.connection import DocConnection
 from skald.db.sqlscope import StatementClass
+from skald.http.export import export_response, negotiate
 from skald.http.params import HEARTBEAT_MAX_SECONDS, HEARTBEAT_MIN_SECONDS
 from skald.http.sse import sse_response
 from skald.http.state import AppState, get_state
@@ -133,12 +134,20 @@ def _ms(started: float) -> float:
 
 @requires("query.read")
 @validate_request(QueryBody)
-async def query_view(db_id: str, data: QueryBody) -> dict[str, Any]:
-    """Run one statement; reads on the read pool, writes in the next group commit."""
+async def query_view(db_id: str, data: QueryBody) -> dict[str, Any] | Response:
+    """Run one statement; reads on the read pool, writes in the next group commit.
+
+    ``?format=csv|ndjson`` (or ``Accept: text/csv`` / ``application/x-ndjson``) streams the rows in
+    that format instead of the JSON object (:mod:`skald.http.export`), under the same limits.
+    """
+    fmt = negotiate(request.args.get("format"), request.headers.get("Accept", ""))
     started = time.perf_counter()
     stmt = Statement(data.sql, decode_args(data.args))
     limits = _limits(data.options)
     cls, result = await _service().run(db_id, stmt, limits, _authorizer(db_id, data.options), _fence_guard(data.fence))
+    if fmt != "json":
+        _metrics().duration.labels(cls.name.lower()).observe(time.perf_counter() - started)
+        return export_response(fmt, result.columns, result.rows, truncated=result.truncated)
     body = result.to_json()
     body["duration_ms"] = _ms(started)
     _metrics().duration.labels(cls.name.lower()).observe(body["duration_ms"] / 1000)

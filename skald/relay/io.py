@@ -14,7 +14,8 @@ from typing import Any
 import trio
 
 from skald.relay.channels import Transfer
-from skald.server.patches import HOLD_HEAD, on_hang_up
+from skald.server.hang_ups import on_hang_up
+from skald.server.patches import queued_receive
 
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -30,11 +31,8 @@ class BodyReader:
 
     def __init__(self, receive: Receive, fixed: bytes | None = None) -> None:
         self._receive = receive
-        # hypercorn's trio worker hands over a memory channel's bound ``receive``: what it already
-        # queued can be taken without a trip through the scheduler per chunk.
-        self._receive_nowait: Callable[[], Message] | None = getattr(
-            getattr(receive, "__self__", None), "receive_nowait", None
-        )
+        # What hypercorn already queued is taken without a trip through the scheduler per chunk.
+        self._receive_nowait: Callable[[], Message] | None = queued_receive(receive)
         self._fixed = fixed
         self._buffered: deque[Message] = deque()
         self.gone = trio.Event()
@@ -182,11 +180,10 @@ async def deliver(
             return False
         try:
             due = _bytes_due(transfer, method)
-            # The head leaves with the body's first piece (or its end), in one write: as legacy's Go
-            # server, which sends headers with the first body bytes.
+            # The head leaves once the body's first piece is at hand: as legacy's Go server, which sends
+            # headers with the first body bytes.
             data = None if due == 0 else await transfer.body.take()
-            await send({"type": "http.response.start", "status": transfer.status, "headers": _framed(transfer),
-                        HOLD_HEAD: True})
+            await send({"type": "http.response.start", "status": transfer.status, "headers": _framed(transfer)})
             sent, last, whole = 0, b"", due == 0
             while data is not None:
                 if (due is not None and sent + len(data) >= due) or (
@@ -234,11 +231,10 @@ def _framed(transfer: Transfer) -> list[tuple[bytes, bytes]]:
 async def whole_response(
     send: Send, status: int, content_type: bytes, body: bytes, headers: list[tuple[bytes, bytes]] | None = None
 ) -> None:
-    """A response whose body is at hand: head and body leave in one write."""
+    """A response whose body is at hand."""
     start = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
     with contextlib.suppress(OSError):
-        await send({"type": "http.response.start", "status": status, "headers": start + (headers or []),
-                    HOLD_HEAD: True})
+        await send({"type": "http.response.start", "status": status, "headers": start + (headers or [])})
         await send({"type": "http.response.body", "body": body, "more_body": False})
 
 

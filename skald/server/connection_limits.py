@@ -63,9 +63,10 @@ class ConnectionLimits:
 
 
 class SkaldConfig(Config):
-    """hypercorn's ``Config`` plus the limits its patched trio worker enforces."""
+    """hypercorn's ``Config`` plus the patches its trio worker runs for this server, and the limits they enforce."""
 
     connection_limits: ConnectionLimits | None = None
+    skald_patches: frozenset[str] = frozenset()  # names from skald.server.patches.NAMES; none: stock hypercorn
 
 
 def limits_of(config: Any) -> ConnectionLimits | None:

@@ -20,7 +20,7 @@ from hypercorn.trio.run import worker_serve
 from hypercorn.utils import wrap_app
 from quart_trio import QuartTrio
 
-from skald.config import Settings
+from skald.config import ConfigError, Settings
 from skald.http.app import create_app
 from skald.http.state import AppState
 from skald.server import patches as hypercorn_patches
@@ -30,9 +30,23 @@ log = structlog.get_logger("skald.server.runner")
 
 
 def hypercorn_config(settings: Settings) -> SkaldConfig:
-    """hypercorn's config for ``settings``, with skald's patches to its trio worker applied."""
-    hypercorn_patches.apply()
+    """hypercorn's config for ``settings``, with skald's patches to its trio worker applied.
+
+    Raises :class:`~skald.server.patches.HypercornPatchMismatch` (one line: which patch, what differs,
+    the setting that turns the patches off) when the installed hypercorn or h11 is not the code a patch
+    was written for, and :class:`~skald.config.ConfigError` for an unknown name in
+    ``hypercorn_patches_skip``.
+    """
+    try:
+        names = hypercorn_patches.enabled(settings.hypercorn_patches, settings.hypercorn_patches_skip)
+    except ValueError as exc:
+        raise ConfigError(f"hypercorn_patches_skip: {exc}") from None
+    hypercorn_patches.apply(names)
+    if "connection_limits" not in names:
+        log.warning("hypercorn patches off: max_connections and request_head_timeout are not enforced",
+                    patches=sorted(names))
     config = SkaldConfig()
+    config.skald_patches = names
     config.bind = [f"{settings.host}:{settings.port}"]
     config.backlog = settings.listen_backlog  # hypercorn's 100 drops connections when a thousand arrive at once
     config.connection_limits = ConnectionLimits(settings.request_head_timeout or math.inf, settings.max_connections)
@@ -75,11 +89,16 @@ async def serve_app(
     """Run ``app`` under hypercorn's trio worker until its :class:`~skald.server.shutdown.Shutdown` begins.
 
     Reports the bound addresses through ``task_status``; returns once every
-    connection and the lifespan have ended. skald makes the listening sockets
+    connection and the lifespan have ended. Raises
+    :class:`~skald.server.patches.HypercornPatchMismatch` before serving if a patch ``config`` names does
+    not fit the installed hypercorn (a config made by :func:`hypercorn_config` was checked already).
+    skald makes the listening sockets
     (hypercorn would) so that its shutdown trigger can see their backlog: the
     connections queued there at the signal are accepted and answered, not reset.
     """
     state: AppState = app.extensions["skald"]
+    # A config made elsewhere than hypercorn_config is checked here too: no patch runs unchecked.
+    hypercorn_patches.apply(getattr(config, "skald_patches", frozenset()))
     sockets = bind_sockets(config) if sockets is None else sockets
     listening = [*sockets.secure_sockets, *sockets.insecure_sockets]
     try:

@@ -90,6 +90,7 @@ async def _raw_request(server: LiveServer, head: bytes) -> trio.SocketStream:
     return stream
 
 
+@pytest.mark.hypercorn_patch("hang_ups")
 async def test_producer_gone_before_pairing_leaves_nothing(server: LiveServer) -> None:
     """A waiting producer that hangs up is withdrawn at once: its message reaches nobody."""
     hub, key = _hub(server), channel_key("public", "p", "left")
@@ -104,6 +105,7 @@ async def test_producer_gone_before_pairing_leaves_nothing(server: LiveServer) -
         assert (await client.get("/p/left")).content == b"kept"
 
 
+@pytest.mark.hypercorn_patch("hang_ups")
 async def test_producer_gone_mid_upload_before_pairing_leaves_nothing(server: LiveServer) -> None:
     """The same with a large body still in flight (unread bytes queued on the socket).
 

@@ -2,7 +2,9 @@
 //
 // Listens on 127.0.0.1 (port from PORT, default 0 = any free port) and prints
 // "listening on http://127.0.0.1:PORT" once ready. One client is registered:
-// client_id "skald", secret "skald-secret", redirect URI from REDIRECT_URI.
+// client_id "skald", secret "skald-secret", redirect URI from REDIRECT_URI, and as its
+// post-logout redirect URI (RP-initiated logout, advertised as end_session_endpoint) the
+// same origin's /ui/signed-out.
 // devInteractions lets anyone log in with any name; the account "NAME" gets
 // email NAME@example.test and skald_admin = (NAME === "admin").
 //
@@ -29,6 +31,7 @@ const configuration = {
       client_id: 'skald',
       client_secret: 'skald-secret',
       redirect_uris: [redirectUri],
+      post_logout_redirect_uris: [new URL('/ui/signed-out', redirectUri).href],
       grant_types: ['authorization_code'],
       response_types: ['code'],
       token_endpoint_auth_method: 'client_secret_basic',

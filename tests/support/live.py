@@ -86,9 +86,26 @@ async def start_live_server(nursery: trio.Nursery, settings: Settings, *, gracef
     return LiveServer(binds[0], settings, app, shutdown, done)
 
 
+def patches_on() -> bool:
+    """Whether this test run serves with skald's hypercorn patches: ``SKALD_HYPERCORN_PATCHES`` as
+    ``skald serve`` reads it (CI runs tests/compat a second time with it false)."""
+    value = os.environ.get("SKALD_HYPERCORN_PATCHES", "true").strip().lower()
+    return value not in {"0", "false", "no", "off"}
+
+
+def patches_in_use() -> frozenset[str]:
+    """The patches this run's servers apply (``SKALD_HYPERCORN_PATCHES_SKIP`` leaves some out)."""
+    from skald.server.patches import enabled
+
+    return enabled(patches_on(), os.environ.get("SKALD_HYPERCORN_PATCHES_SKIP", ""))
+
+
 def make_settings(data_dir: Path, **overrides: Any) -> Settings:
     # Tests fire bursts from one IP: the limiter stays on (its code runs) but far above them.
-    values: dict[str, Any] = {"rate_limit_per_second": 10_000.0, "rate_limit_burst": 100_000, **overrides}
+    values: dict[str, Any] = {"rate_limit_per_second": 10_000.0, "rate_limit_burst": 100_000,
+                              "hypercorn_patches": patches_on(),
+                              "hypercorn_patches_skip": os.environ.get("SKALD_HYPERCORN_PATCHES_SKIP", ""),
+                              **overrides}
     return Settings(data_dir=data_dir, port=0, admin_token=ADMIN_TOKEN, cookie_secure=False, **values)
 
 
@@ -101,6 +118,7 @@ class SkaldProcess:
         self.args = list(args)
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""
+        self.mqtt_port: int | None = None
 
     async def start(self) -> str:
         self.proc = subprocess.Popen(  # noqa: ASYNC220 - starts at once; only the readline below blocks
@@ -110,13 +128,18 @@ class SkaldProcess:
             env=self.env,
         )
         assert self.proc.stdout is not None
-        line = await trio.to_thread.run_sync(self.proc.stdout.readline)
-        match = re.search(rb"listening on (http://\S+)", line)
-        if not match:
-            self.proc.kill()
-            raise RuntimeError(f"server did not start: {line!r}")
-        self.url = match[1].decode()
-        return self.url
+        while True:  # "skald mqtt listening on HOST:PORT" comes first when --mqtt-port is given
+            line = await trio.to_thread.run_sync(self.proc.stdout.readline)
+            mqtt = re.search(rb"mqtt listening on \S+:(\d+)", line)
+            if mqtt:
+                self.mqtt_port = int(mqtt[1])
+                continue
+            match = re.search(rb"listening on (http://\S+)", line)
+            if not match:
+                self.proc.kill()
+                raise RuntimeError(f"server did not start: {line!r}")
+            self.url = match[1].decode()
+            return self.url
 
     def signal(self, signum: int = signal.SIGTERM) -> None:
         assert self.proc is not None
@@ -136,4 +159,5 @@ class SkaldProcess:
             self.proc.stdout.close()
 
 
-__all__ = ["ADMIN_TOKEN", "LiveServer", "SkaldProcess", "make_settings", "partial", "start_live_server"]
+__all__ = ["ADMIN_TOKEN", "LiveServer", "SkaldProcess", "make_settings", "partial", "patches_in_use",
+           "patches_on", "start_live_server"]

@@ -110,9 +110,11 @@ def browser_flow(base: str, issuer: str) -> dict[str, Any]:
         context = browser.new_context(permissions=["clipboard-read", "clipboard-write"])
         page = context.new_page()
         page.goto(base + "/ui/tokens")
+        page.wait_for_url(re.compile(r".*/ui/login"))
+        page.click("#oidc-login")  # the sign-in page offers the provider beside the token form
         _log_in_at_provider(page, issuer, "alice")
         page.wait_for_url(base + "/ui/tokens")
-        seen["owner"] = page.text_content("#owner")
+        seen["owner"] = page.text_content("#who")
         seen["cookies"] = [c for c in context.cookies() if c["name"] == "skald_session"]
 
         page.fill("#label", "e2e")
@@ -147,10 +149,21 @@ def browser_flow(base: str, issuer: str) -> dict[str, Any]:
         seen["refused_mint"] = page.text_content("#error")
 
         cookie = seen["cookies"][0]["value"]
+        # Sign out ends the provider's session too (RP-initiated logout): the provider asks, then
+        # sends the browser back to skald's signed-out page.
         page.click("text=Sign out")
-        page.wait_for_load_state()
+        page.wait_for_url(re.compile("^" + re.escape(issuer) + "/session/end"))
+        page.click("button[name=logout][value=yes]")
+        page.wait_for_url(base + "/ui/signed-out")
+        seen["signed_out"] = page.text_content("h1")
         with httpx.Client(base_url=base, cookies={"skald_session": cookie}) as old:
             seen["after_logout"] = old.get("/ui/tokens").status_code
+        # signing in again asks for credentials: the provider no longer signs alice straight back in
+        page.goto(base + "/ui/tokens")
+        page.wait_for_url(re.compile(r".*/ui/login"))
+        page.click("#oidc-login")
+        page.wait_for_url(re.compile("^" + re.escape(issuer) + "/interaction/"))
+        seen["provider_asks_again"] = page.locator("input[name=login]").count() == 1
 
         context.close()
     return seen
@@ -206,6 +219,8 @@ async def test_browser_login_mint_use_revoke(server: LiveServer, provider: str) 
     assert status == 401 and challenge.startswith("Bearer")
     assert "only administrators" in (seen["refused_mint"] or "")
     assert seen["after_logout"] == 303  # the old cookie no longer signs anyone in
+    assert seen["signed_out"] == "You are signed out"
+    assert seen["provider_asks_again"]
 
     callback_url = await capture_callback(server.url, provider, "mallory")
     query = parse_qs(urlparse(callback_url).query)

@@ -162,7 +162,7 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
         assert client.post(f"/api/v1/db/{DB}/messages", json={"topic": "a/b", "payload": 1}).status_code == 201
         minted = client.post("/api/v1/admin/tokens", json={"scopes": [f"{DB}:query.read"]})
         values = {"db_id": DB, "token_id": minted.json()["id"], "endpoint": "hook", "sha256": "0" * 64,
-                  "filename": "x", "job_id": "1", "queue": "q"}
+                  "filename": "x", "job_id": "1", "queue": "q", "table": "t"}
         yield Target(client, values)
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import h11
 import httpx
+import pytest
 import trio
 from httpx_sse import aconnect_sse
 from support.live import ADMIN_TOKEN, LiveServer, SkaldProcess, make_settings, start_live_server
@@ -145,6 +146,9 @@ class _Stream:
         self.ended_cleanly = True  # the server ended the response properly (no reset, no cut chunk)
 
 
+@pytest.mark.hypercorn_patch("shielded_close")
+@pytest.mark.hypercorn_patch("close_at_shutdown")
+@pytest.mark.hypercorn_patch("keep_alive_timer")
 async def test_shutdown_answers_every_request_it_took_and_ends_as_soon_as_that_is_done(
     nursery: trio.Nursery, data_dir: Path
 ) -> None:
@@ -252,6 +256,8 @@ async def test_shutdown_answers_every_request_it_took_and_ends_as_soon_as_that_i
         await kept.stream.aclose()
 
 
+@pytest.mark.hypercorn_patch("shielded_close")
+@pytest.mark.hypercorn_patch("keep_alive_timer")
 async def test_sigterm_under_a_steady_load_with_a_relay_consumer_and_streams_exits_well_before_the_grace(
     tmp_path: Path,
 ) -> None:

@@ -100,6 +100,7 @@ class SlowClient:
         self.held = trio.current_time() - self.opened
 
 
+@pytest.mark.hypercorn_patch("connection_limits")
 async def test_trickled_heads_end_at_the_head_timeout_while_healthz_stays_fast(
     data_dir: Path, nursery: trio.Nursery
 ) -> None:
@@ -132,6 +133,7 @@ async def test_trickled_heads_end_at_the_head_timeout_while_healthz_stays_fast(
         assert json.loads(body)["code"] == "request_head_timeout"
 
 
+@pytest.mark.hypercorn_patch("connection_limits")
 async def test_an_idle_new_connection_is_closed_at_the_head_timeout(data_dir: Path, nursery: trio.Nursery) -> None:
     server = await start_live_server(nursery, make_settings(data_dir, request_head_timeout=2.0))
     started = trio.current_time()
@@ -141,6 +143,7 @@ async def test_an_idle_new_connection_is_closed_at_the_head_timeout(data_dir: Pa
     assert trio.current_time() - started >= 2.0
 
 
+@pytest.mark.hypercorn_patch("connection_limits")
 @pytest.mark.parametrize("pipelined", [False, True], ids=["after-the-answer", "with-the-first-request"])
 async def test_a_kept_alive_connection_gets_the_head_timeout_from_its_next_requests_first_byte(
     data_dir: Path, nursery: trio.Nursery, pipelined: bool
@@ -167,6 +170,7 @@ async def _answered_connection(host: str, port: int) -> trio.SocketStream:
     return stream
 
 
+@pytest.mark.hypercorn_patch("connection_limits")
 async def test_connections_beyond_max_connections_are_answered_503(data_dir: Path, nursery: trio.Nursery) -> None:
     cap = 20
     server = await start_live_server(nursery, make_settings(data_dir, max_connections=cap))

@@ -8,10 +8,11 @@ import types
 import h11
 import trio
 import trio.testing
+from hypercorn.trio.task_group import TaskGroup
 
 from skald.relay import io as relay_io
-from skald.server import patches as hypercorn_patches
-from skald.server.patches import _JoiningConnection
+from skald.server import hang_ups, keep_alive
+from skald.server.h11_reads import JoiningConnection
 
 
 def _request(body_chunks: list[bytes], path: bytes = b"/p/x") -> bytes:
@@ -25,7 +26,7 @@ def _respond(conn: h11.Connection) -> None:
 
 
 def test_back_to_back_chunks_arrive_as_one_event_and_the_request_still_ends() -> None:
-    conn = _JoiningConnection(h11.SERVER)
+    conn = JoiningConnection(h11.SERVER)
     conn.receive_data(_request([b"a" * 10, b"b" * 20, b"c" * 30]))
     assert isinstance(conn.next_event(), h11.Request)
     data = conn.next_event()
@@ -34,7 +35,7 @@ def test_back_to_back_chunks_arrive_as_one_event_and_the_request_still_ends() ->
 
 
 def test_a_pipelined_request_follows_even_if_the_answer_came_before_the_end_was_handed_out() -> None:
-    conn = _JoiningConnection(h11.SERVER)
+    conn = JoiningConnection(h11.SERVER)
     conn.receive_data(_request([b"x" * 5, b"y" * 5]) + _request([b"z"], b"/p/second"))
     assert isinstance(conn.next_event(), h11.Request)
     assert isinstance(conn.next_event(), h11.Data)  # the EndOfMessage behind it is held
@@ -45,21 +46,23 @@ def test_a_pipelined_request_follows_even_if_the_answer_came_before_the_end_was_
 
 
 def test_a_body_split_across_reads_keeps_every_byte() -> None:
-    conn = _JoiningConnection(h11.SERVER)
+    conn = JoiningConnection(h11.SERVER)
     raw = _request([b"1" * 100, b"2" * 100, b"3" * 100])
     conn.receive_data(raw[:150])
     received = b""
     assert isinstance(conn.next_event(), h11.Request)
-    while (event := conn.next_event()) is not h11.NEED_DATA:
+    while isinstance(event := conn.next_event(), h11.Data):
         received += bytes(event.data)
+    assert event is h11.NEED_DATA
     conn.receive_data(raw[150:])
-    while not isinstance(event := conn.next_event(), h11.EndOfMessage):
+    while isinstance(event := conn.next_event(), h11.Data):
         received += bytes(event.data)
+    assert isinstance(event, h11.EndOfMessage)
     assert received == b"1" * 100 + b"2" * 100 + b"3" * 100
 
 
 def test_a_sized_body_is_handed_out_as_the_bytes_read_and_a_pipelined_request_follows() -> None:
-    conn = _JoiningConnection(h11.SERVER)
+    conn = JoiningConnection(h11.SERVER)
     conn.receive_data(b"PUT /p/x HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n")
     assert isinstance(conn.next_event(), h11.Request)
     assert conn.next_event() is h11.NEED_DATA
@@ -81,13 +84,13 @@ def test_a_sized_body_is_handed_out_as_the_bytes_read_and_a_pipelined_request_fo
 async def test_a_hang_up_calls_back_without_a_task_and_a_finished_watch_forgets_the_socket() -> None:
     server, client = socket.socketpair()
     calls: list[str] = []
-    token = hypercorn_patches._connection_socket.set(server)
+    token = hang_ups.connection_socket.set(server)
     try:
-        with hypercorn_patches.on_hang_up(lambda: calls.append("first")) as watched:
+        with hang_ups.on_hang_up(lambda: calls.append("first")) as watched:
             assert watched
             await trio.testing.wait_all_tasks_blocked()
             assert calls == []
-        with hypercorn_patches.on_hang_up(lambda: calls.append("second")):
+        with hang_ups.on_hang_up(lambda: calls.append("second")):
             client.close()
             with trio.fail_after(10):  # a guard against hanging, not a speed check
                 while not calls:
@@ -95,7 +98,7 @@ async def test_a_hang_up_calls_back_without_a_task_and_a_finished_watch_forgets_
                     await trio.testing.wait_all_tasks_blocked()
         assert calls == ["second"]  # the first watch ended before the hang-up
     finally:
-        hypercorn_patches._connection_socket.reset(token)
+        hang_ups.connection_socket.reset(token)
         server.close()
 
 
@@ -117,16 +120,16 @@ async def test_without_a_watchable_socket_the_request_watches_http_disconnect() 
 async def test_a_connection_closed_by_the_server_before_its_hang_up_was_reported_still_calls_back() -> None:
     server, client = socket.socketpair()
     calls: list[str] = []
-    token = hypercorn_patches._connection_socket.set(server)
+    token = hang_ups.connection_socket.set(server)
     try:
-        with hypercorn_patches.on_hang_up(lambda: calls.append("closed")):
-            hypercorn_patches._connection_closing(server)  # what hypercorn's close now does first
+        with hang_ups.on_hang_up(lambda: calls.append("closed")):
+            hang_ups.connection_closing(server)  # what hypercorn's close now does first
             server.close()  # a closed descriptor leaves the epoll set without a report
             assert calls == ["closed"]
         # The descriptor number is free for the next connection, whose watch must work.
         reused, peer = socket.socketpair()
-        hypercorn_patches._connection_socket.set(reused)
-        with hypercorn_patches.on_hang_up(lambda: calls.append("next")):
+        hang_ups.connection_socket.set(reused)
+        with hang_ups.on_hang_up(lambda: calls.append("next")):
             peer.close()
             with trio.fail_after(10):  # a guard against hanging, not a speed check
                 while len(calls) < 2:
@@ -135,7 +138,7 @@ async def test_a_connection_closed_by_the_server_before_its_hang_up_was_reported
         assert calls == ["closed", "next"]
         reused.close()
     finally:
-        hypercorn_patches._connection_socket.reset(token)
+        hang_ups.connection_socket.reset(token)
         client.close()
 
 
@@ -146,7 +149,7 @@ class _FakeServer:
         self.config = types.SimpleNamespace(keep_alive_timeout=5.0)
         self.context = types.SimpleNamespace(terminated=trio.Event())
         self.closed_at: list[float] = []
-        self.stream: types.SimpleNamespace | None = None  # the timer reads it as getattr(server, "stream", None)
+        self.stream: trio.SocketStream | None = None  # the timer reads it as getattr(server, "stream", None)
 
     async def _initiate_server_close(self) -> None:
         self.closed_at.append(trio.current_time())
@@ -159,8 +162,9 @@ class _Connection:
     """A connection's keep-alive timer in ``nursery``, armed as hypercorn arms it when the connection opens."""
 
     def __init__(self, nursery: trio.Nursery) -> None:
-        self.server, self.timer = _FakeServer(), hypercorn_patches._KeepAliveTimer()
-        self._group = types.SimpleNamespace(_nursery=nursery)
+        self.server, self.timer = _FakeServer(), keep_alive.KeepAliveTimer()
+        self._group = TaskGroup()
+        self._group._nursery = nursery
 
     @classmethod
     async def open(cls, nursery: trio.Nursery) -> _Connection:
@@ -225,7 +229,7 @@ async def test_at_shutdown_an_idle_connection_whose_next_request_has_arrived_is_
     with ours, theirs:
         async with trio.open_nursery() as nursery:
             connection = await _Connection.open(nursery)
-            connection.server.stream = types.SimpleNamespace(socket=ours)
+            connection.server.stream = trio.SocketStream(trio.socket.from_stdlib_socket(ours))
             theirs.sendall(b"GET /healthz HTTP/1.1\r\nhost: x\r\n\r\n")
             connection.server.context.terminated.set()
             await trio.sleep(1)
@@ -236,7 +240,7 @@ async def test_at_shutdown_an_idle_connection_whose_next_request_has_arrived_is_
 
         async with trio.open_nursery() as nursery:
             quiet = await _Connection.open(nursery)
-            quiet.server.stream = types.SimpleNamespace(socket=theirs)  # nothing waits on this end
+            quiet.server.stream = trio.SocketStream(trio.socket.from_stdlib_socket(theirs))  # nothing waits on this end
             await trio.sleep(2)  # past the shutdown linger, within the keep-alive timeout
             quiet.server.context.terminated.set()
         assert quiet.server.closed_at == [start + 1 + 2]  # quiet for a while: closed at once
@@ -247,7 +251,7 @@ async def test_at_shutdown_a_connection_that_just_answered_is_given_a_moment_for
 ) -> None:
     # Its client had just had an answer and was about to send the next request: closing at once
     # left that request without an answer.
-    linger = hypercorn_patches.SHUTDOWN_LINGER
+    linger = keep_alive.SHUTDOWN_LINGER
     start = trio.current_time()
     async with trio.open_nursery() as nursery:
         active = await _Connection.open(nursery)  # answered a request at ``start``
