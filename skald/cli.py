@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "skald.commands.client",
     "skald.commands.sync",
     "skald.commands.backup",
+    "skald.commands.jobs",
     "skald.commands.cluster",
 )
 

@@ -3,7 +3,7 @@
 A scope is ``{db, action, resource_prefix?}``: ``db`` is a document id or a
 glob pattern (``*``, ``team-*``), ``action`` one of :data:`ACTIONS` or ``*``,
 and ``resource_prefix`` optionally narrows it to resources (topics, stream
-paths, webhook endpoints, lease resources) starting with that prefix.
+paths, webhook endpoints, lease resources, job queues) starting with that prefix.
 
 :func:`decide` is the single place that says allow or deny.
 """
@@ -32,6 +32,9 @@ ACTIONS: tuple[str, ...] = (
     "blob.claim",
     "blob.release",
     "sync.read",
+    "jobs.enqueue",
+    "jobs.work",
+    "jobs.admin",
     "db.admin",
     "admin.token",
 )
@@ -40,6 +43,8 @@ ACTIONS: tuple[str, ...] = (
 IMPLIED: dict[str, frozenset[str]] = {
     "query.write": frozenset({"query.read"}),
     "query.admin": frozenset({"query.read", "query.write"}),
+    # Whoever runs the queues may also enqueue and work them.
+    "jobs.admin": frozenset({"jobs.enqueue", "jobs.work"}),
 }
 
 GLOBAL = "*"

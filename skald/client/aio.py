@@ -25,6 +25,7 @@ from skald.client.errors import (
     error_from_response,
     unreachable,
 )
+from skald.client.jobs import AsyncJobsMethods
 from skald.client.types import (
     ChangesPage,
     DownloadProgress,
@@ -106,7 +107,7 @@ class EventStream:
         await self.aclose()
 
 
-class AsyncClient:
+class AsyncClient(AsyncJobsMethods):
     """``async with AsyncClient(url, token) as client: ...``.
 
     Iterators (:meth:`watch`, :meth:`subscribe`, :meth:`follow_changes`)

@@ -24,6 +24,7 @@ from skald.client.errors import (
     error_from_response,
     unreachable,
 )
+from skald.client.jobs import JobsMethods
 from skald.client.types import (
     ChangesPage,
     DownloadProgress,
@@ -40,7 +41,7 @@ def _params(call: _api.Call) -> httpx.QueryParams | None:
     return httpx.QueryParams(tuple(call.params)) if call.params else None
 
 
-class Client:
+class Client(JobsMethods):
     """``with Client(url, token) as client: client.query("notes", "SELECT 1")``."""
 
     def __init__(

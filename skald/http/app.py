@@ -34,6 +34,7 @@ from skald.http.json_body import decode_json_body
 from skald.http.pipeline import RequestPipeline
 from skald.http.problem import install_error_handlers
 from skald.http.state import AppState, get_state
+from skald.jobs import routes as jobs
 from skald.leases import routes as leases
 from skald.libsql import routes as libsql
 from skald.metrics import Metrics
@@ -70,6 +71,7 @@ INSTALLERS: tuple[Installer, ...] = (
     leases.install,
     blobs.install,
     sync.install,
+    jobs.install,
     web.install,
     cluster.install,  # last: its forwarder wraps the app the others built; a no-op without cluster settings
 )

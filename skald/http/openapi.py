@@ -26,6 +26,10 @@ from skald.auth.scopes import ACTIONS
 from skald.auth.tokens import MAX_LIFETIME
 from skald.blobs.service import MAX_SINGLE_PUT_BYTES
 from skald.errors import PROBLEM_CONTENT_TYPE, ValidationFailed
+from skald.http.params import HEARTBEAT_MAX_SECONDS, HEARTBEAT_MIN_SECONDS
+from skald.jobs.model import PRIORITIES as JOB_PRIORITIES
+from skald.jobs.model import QUEUE_PATTERN as JOB_QUEUE_PATTERN
+from skald.jobs.model import STATES as JOB_STATES
 
 Schema = dict[str, Any]
 Errors = Mapping[int, Iterable[str]]
@@ -60,6 +64,8 @@ PATH_PARAMETERS: dict[str, Schema] = {
     "token_id": {"type": "string", "minLength": 1},
     "topic": {"type": "string", "minLength": 1},
     "path": {"type": "string", "minLength": 1},
+    "job_id": {"type": "integer", "minimum": 1, "maximum": 2**63 - 1},  # a larger one names no job (404)
+    "queue": {"type": "string", "pattern": JOB_QUEUE_PATTERN},
 }
 
 # ---- error sets ----------------------------------------------------------------------------------
@@ -350,6 +356,176 @@ _MINT = obj(
 ) | {"title": "CreateTokenRequest"}  # skald.auth.admin's model, with the patterns its validators enforce
 
 
+# ---- job queues (skald.jobs; docs/jobs.md) ---------------------------------------------------------
+# Optional fields: null means "not given" on the server, so each admits null here too.
+
+
+def _opt(schema: Schema) -> Schema:
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+def _num(minimum: float, maximum: float) -> Schema:
+    return {"type": "number", "minimum": minimum, "maximum": maximum}
+
+
+def _int(minimum: int, maximum: int) -> Schema:
+    return {"type": "integer", "minimum": minimum, "maximum": maximum}
+
+
+def _text(limit: int = 256) -> Schema:
+    return {"type": "string", "minLength": 1, "maxLength": limit}
+
+
+def _one_or_many(schema: Schema) -> Schema:
+    return _opt({"anyOf": [schema, {"type": "array", "minItems": 1, "maxItems": 100, "items": schema}]})
+
+
+_SECONDS = 366 * 86400
+_JOB_ID = _int(1, INT64_MAX)
+_QUEUE_NAME: Schema = {"type": "string", "pattern": JOB_QUEUE_PATTERN}
+_PRIORITY: Schema = {"enum": list(JOB_PRIORITIES)}
+_JOB_STATE: Schema = {"enum": list(JOB_STATES)}
+_TIME: Schema = {"type": "string", "format": "date-time", "description": "RFC 3339"}
+_BACKOFF: Schema = obj({}, {"strategy": {"enum": ["none", "fixed", "linear", "exponential"]},
+                            "base_seconds": NUM, "max_seconds": NUM})
+_BACKOFF_IN: Schema = _opt(obj({}, {"strategy": _opt({"enum": ["none", "fixed", "linear", "exponential"]}),
+                                    "base_seconds": _opt(_num(0, _SECONDS)),
+                                    "max_seconds": _opt(_num(0, _SECONDS))}))
+JOB = obj({
+    "id": INT, "queue": STR, "state": _JOB_STATE, "priority": _PRIORITY, "payload": ANY, "run_at": STR,
+    "created_at": STR, "started_at": NULL_STR, "completed_at": NULL_STR, "attempts": INT, "max_attempts": INT,
+    "backoff": _BACKOFF, "unique_key": NULL_STR, "tags": array(STR), "timeout_seconds": NULL_NUM,
+    "worker_id": NULL_STR, "lease_expires_at": NULL_STR, "progress": ANY, "checkpoint": ANY, "result": ANY,
+    "cancel_requested": BOOL, "error_count": INT, "last_error": NULL_STR,
+})
+_JOB_ERROR = obj({"attempt": INT, "error": STR, "backtrace": NULL_STR, "at": STR})
+_JOB_WITH_ERRORS = {**JOB, "properties": {**JOB["properties"], "errors": array(_JOB_ERROR)}}
+_ENQUEUED = {**JOB, "properties": {**JOB["properties"], "duplicate": BOOL}}
+_FETCHED = {**JOB, "properties": {**JOB["properties"], "attempt": INT,
+                                  "lease": obj({"token": STR, "fence": INT, "expires_at": STR})}}
+_JOB_IN = obj({"queue": _QUEUE_NAME}, {
+    "payload": ANY, "priority": _opt(_PRIORITY), "run_at": _opt(_TIME), "max_attempts": _opt(_int(1, 1000)),
+    "backoff": _BACKOFF_IN, "unique_key": _opt(_text()), "unique_for_seconds": _opt(_num(0, _SECONDS)),
+    "tags": _opt({"type": "array", "maxItems": 32, "items": _text()}), "timeout_seconds": _opt(_num(1, _SECONDS)),
+})
+_JOB_FILTER = obj({}, {
+    "queue": _one_or_many(_QUEUE_NAME), "state": _one_or_many(_JOB_STATE), "priority": _one_or_many(_PRIORITY),
+    "tags": _opt({"type": "array", "maxItems": 32, "items": _text()}),
+    "payload_contains": _opt({"anyOf": [_text(4096), {"type": "object"}]}),
+    "ids": _opt({"type": "array", "maxItems": 10000, "items": _JOB_ID}),
+    "attempts_min": _opt(_int(0, 1_000_000)), "attempts_max": _opt(_int(0, 1_000_000)),
+    "unique_key": _opt(_text()), "worker_id": _opt(_text()), "has_errors": _opt(BOOL),
+    "error_contains": _opt(_text(4096)), "id_prefix": _opt({"type": "string", "pattern": "^[0-9]{1,19}$"}),
+    **{f"{t}_{side}": _opt(_TIME) for t in ("created", "run_at", "started", "completed")
+       for side in ("before", "after")},
+}, closed=True)
+_QUEUE_INFO = obj({"name": STR, "paused": BOOL, "concurrency": NULL_INT,
+                   "throttle": {"anyOf": [obj({"rate": INT, "window_seconds": NUM}), {"type": "null"}]},
+                   "counts": {"type": "object", "additionalProperties": INT}})
+_LEASE_IN = {"lease": _text()}
+_LEASE_SECONDS = _opt(_num(1, 3600))
+_JOB_PATH = merge(_AUTH, _DOC, {404: ["job_not_found"]})
+_JOB_JSON = merge(_DB_JSON, {404: ["job_not_found"]})
+_REMOVED = ok(obj({"queue": STR, "deleted": INT}))
+_PER_JOB = obj({"id": INT, "ok": BOOL}, {"state": STR, "lease_expires_at": STR, "cancel": BOOL, "code": STR,
+                                         "detail": STR})
+# bulk: by ids or by a filter (exactly one); move needs a queue, priority a priority
+_BULK: Schema = {
+    "type": "object",
+    "required": ["action"],
+    "properties": {"action": {"enum": ["retry", "requeue", "delete", "cancel", "move", "priority"]},
+                   "ids": {"type": "array", "maxItems": 10000, "items": _JOB_ID}, "filter": _JOB_FILTER,
+                   "queue": _QUEUE_NAME, "priority": _PRIORITY},
+    "allOf": [
+        {"oneOf": [{"required": ["ids"]}, {"required": ["filter"]}]},
+        {"anyOf": [{"properties": {"action": {"enum": ["retry", "requeue", "delete", "cancel"]}}},
+                   {"properties": {"action": {"const": "move"}}, "required": ["queue"]},
+                   {"properties": {"action": {"const": "priority"}}, "required": ["priority"]}]},
+    ],
+}
+
+
+def _job_operations() -> dict[tuple[str, str], Op]:
+    j = D + "/jobs"
+    state_conflict = {409: ["job_state_conflict"]}
+    return {
+        ("POST", j): Op({**ok(_ENQUEUED, "enqueued", 201), **ok(_ENQUEUED, "a live job has this unique_key")},
+                        _DB_JSON, body=json_body(_JOB_IN)),
+        ("POST", j + "/batch"): Op(
+            {**ok(obj({"jobs": array(_ENQUEUED)}), "enqueued, all or none", 201),
+             **ok(obj({"jobs": array(_ENQUEUED)}), "every job was a duplicate")},
+            _DB_JSON, body=json_body(obj({"jobs": {"type": "array", "minItems": 1, "maxItems": 1000,
+                                                   "items": _JOB_IN}}))),
+        ("POST", j + "/fetch"): Op(
+            {**ok({"anyOf": [_FETCHED, obj({"jobs": array(_FETCHED)})]},
+                  "a job, now running under `lease` (with `max_jobs`: `{\"jobs\": [...]}`)"),
+             **no_content("nothing came within wait_seconds")},
+            _DB_JSON, body=json_body(obj(
+                {"queues": {"type": "array", "minItems": 1, "maxItems": 100, "items": _QUEUE_NAME},
+                 "worker_id": _text()},
+                {"lease_seconds": _LEASE_SECONDS, "wait_seconds": _opt(_num(0, 60)),
+                 "max_jobs": _opt(_int(1, 100))}))),
+        ("POST", j + "/ack"): Op(
+            ok(obj({"jobs": array(_PER_JOB)})), _DB_JSON,
+            body=json_body(obj({"jobs": {"type": "array", "minItems": 1, "maxItems": 1000,
+                                         "items": obj({"id": _JOB_ID, **_LEASE_IN}, {"result": ANY})}}))),
+        ("POST", j + "/heartbeat"): Op(
+            ok(obj({"jobs": array(_PER_JOB)})), _DB_JSON,
+            body=json_body(obj(
+                {"worker_id": _text(),
+                 "jobs": {"type": "array", "maxItems": 1000, "items": obj(
+                     {"id": _JOB_ID, **_LEASE_IN}, {"progress": ANY, "checkpoint": ANY})}},
+                {"lease_seconds": _LEASE_SECONDS}))),
+        ("POST", j + "/{job_id}/ack"): Op(ok(JOB), merge(_JOB_JSON, {409: ["job_lease_mismatch"]}),
+                                          body=json_body(obj(_LEASE_IN, {"result": ANY}))),
+        ("POST", j + "/{job_id}/fail"): Op(
+            ok(JOB, "the job: `retrying` (after its backoff), `dead` or `cancelled`"),
+            merge(_JOB_JSON, {409: ["job_lease_mismatch"]}),
+            body=json_body(obj({**_LEASE_IN, "error": _text(65536)},
+                               {"backtrace": _opt(_text(65536)), "checkpoint": ANY}))),
+        ("GET", j + "/{job_id}"): Op(ok(_JOB_WITH_ERRORS), _JOB_PATH),
+        ("DELETE", j + "/{job_id}"): Op(no_content("deleted"), _JOB_PATH),
+        ("POST", j + "/{job_id}/retry"): Op(ok(JOB), merge(_JOB_PATH, state_conflict)),
+        ("POST", j + "/{job_id}/cancel"): Op(ok(JOB, "cancelled, or `cancel_requested` while running"),
+                                             merge(_JOB_PATH, state_conflict)),
+        ("POST", j + "/{job_id}/move"): Op(ok(JOB), merge(_JOB_JSON, state_conflict),
+                                           body=json_body(obj({"queue": _QUEUE_NAME}))),
+        ("GET", j + "/queues"): Op(ok(obj({"queues": array(_QUEUE_INFO)})), merge(_AUTH, _DOC)),
+        ("PUT", j + "/queues/{queue}"): Op(
+            ok(_QUEUE_INFO), merge(_DB_JSON, {404: ["queue_not_found"]}),
+            body=json_body(obj({}, {
+                "concurrency": _opt(_int(1, 1_000_000)),
+                "throttle": _opt(obj({"rate": _int(1, 1_000_000_000), "window_seconds": _num(0.001, _SECONDS)})),
+                "paused": BOOL}, closed=True))),
+        ("DELETE", j + "/queues/{queue}"): Op(no_content("the queue's jobs and settings are gone"),
+                                              merge(_AUTH, _DOC, {400: ["validation_failed"],
+                                                                  404: ["queue_not_found"], 409: ["queue_busy"]})),
+        ("POST", j + "/queues/{queue}/pause"): Op(ok(_QUEUE_INFO), merge(_AUTH, _DOC, {400: ["validation_failed"]})),
+        ("POST", j + "/queues/{queue}/resume"): Op(ok(_QUEUE_INFO), merge(_AUTH, _DOC, {400: ["validation_failed"]})),
+        ("POST", j + "/queues/{queue}/clear"): Op(_REMOVED, merge(_AUTH, _DOC, {400: ["validation_failed"]})),
+        ("POST", j + "/queues/{queue}/drain"): Op(_REMOVED, merge(_AUTH, _DOC, {400: ["validation_failed"]})),
+        ("POST", j + "/search"): Op(
+            ok(obj({"jobs": array(JOB), "next_cursor": NULL_STR})), _DB_JSON,
+            body=json_body(obj({}, {"filter": _opt(_JOB_FILTER), "sort": {"enum": [
+                "id", "created_at", "run_at", "started_at", "completed_at", "priority", "attempts"]},
+                "order": {"enum": ["asc", "desc"]}, "limit": _opt(_int(1, 1000)),
+                "cursor": _opt({"type": "string", "description": "`next_cursor` of the previous page"})},
+                closed=True))),
+        ("POST", j + "/bulk"): Op(ok(obj({"action": STR, "affected": INT})), _DB_JSON, body=json_body(_BULK)),
+        ("GET", j + "/workers"): Op(
+            ok(obj({"workers": array(obj({"worker_id": STR, "queues": array(STR), "last_seen": STR,
+                                          "running": INT})), "window_seconds": NUM})),
+            merge(_AUTH, _DOC, _QUERY),
+            query=(query_param("window_seconds", _num(1, 86400),
+                               "workers seen within this many seconds (default 60)"),)),
+        ("GET", j + "/events"): Op(
+            {"200": {"description": "SSE: `job` (id = event id), `heartbeat`, `reset`, `shutdown`",
+                     "content": sse("job", "heartbeat", "reset", "shutdown")}},
+            merge(_AUTH, _DOC, _QUERY),
+            query=(query_param("since", count(), "events after this id (else `Last-Event-ID`, else from now)"),
+                   query_param("heartbeat", _num(HEARTBEAT_MIN_SECONDS, HEARTBEAT_MAX_SECONDS),
+                               "seconds between heartbeats"))),
+    }
 def _web_operations() -> dict[tuple[str, str], Op]:
     """The pages of :mod:`skald.web`: each is HTML, or a redirect to ``/ui/login`` when signed out."""
     page = {"200": {"description": "the page", "content": HTML}}
@@ -647,6 +823,7 @@ OPERATIONS: dict[tuple[str, str], Op] = {
     # the web face (HTML; a session cookie, not a bearer token): home, API docs, sign-in, the browser
     **_web_operations(),
 }
+OPERATIONS.update(_job_operations())
 
 # libSQL's remote protocol (Hrana over HTTP; docs/libsql.md). Statement errors are inside the 200 response
 # (`results[i].error` with a Hrana `code`); these problems refuse the whole request.

@@ -19,7 +19,9 @@ from skald.errors import ValidationFailed
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 _INTEGER = re.compile(r"-?[0-9]{1,19}")  # 19 digits hold every int64; more is refused before int()
-_DECIMAL = re.compile(r"[0-9]{1,12}(\.[0-9]{1,12})?|\.[0-9]{1,12}")
+# Up to 17 fractional digits: how a client's JSON encoder or Python's repr writes any float that needs
+# no exponent (0.30000000000000004, 107.80923044364803), which OpenAPI's "number" lets a client send.
+_DECIMAL = re.compile(r"[0-9]{1,12}(\.[0-9]{1,17})?|\.[0-9]{1,17}")
 
 
 def _bounds(name: str, minimum: float, maximum: float) -> str:

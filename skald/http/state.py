@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from skald.cluster.service import Cluster
     from skald.db.background import JobQueue, JobWorker
     from skald.http.throttle import Throttle
+    from skald.jobs.service import JobService
     from skald.libsql.service import LibsqlService
     from skald.mqtt.service import MqttService
     from skald.pubsub.service import PubSub
@@ -77,6 +78,8 @@ class AppState:
     blobs: BlobService = dataclasses.field(init=False)
     jobs: JobQueue = dataclasses.field(init=False)
     job_worker: JobWorker = dataclasses.field(init=False)
+    # Durable job queues in documents (skald.jobs.service; tests swap in one with a manual clock).
+    job_queues: JobService = dataclasses.field(init=False)
     libsql: LibsqlService = dataclasses.field(init=False)
     # None unless object storage is configured.
     blob_gc: GarbageCollector | None = None

@@ -99,6 +99,12 @@ FIELDS: dict[str, st.SearchStrategy[Any]] = {
     "lease_token": st.sampled_from(["1.x", "99999999999999999999.x", "\u00b2.x", "\u0661.x"]) | leaf,
     "sha256": st.sampled_from(["0" * 64, "g" * 64]) | leaf, "size": leaf, "ref": leaf,
     "verify": any_json, "redact_headers": any_json,
+    # job queues (no wait_seconds: a long poll would only make the run slow)
+    "queue": st.sampled_from(["q", "q/x", ""]) | leaf, "queues": st.lists(leaf, max_size=2) | any_json,
+    "worker_id": leaf, "lease": st.sampled_from(["1.1.x", "1.99999999999999999999.x", "\u00b2"]) | leaf,
+    "jobs": st.lists(any_json, max_size=2) | any_json, "filter": any_json, "action": leaf,
+    "ids": st.lists(leaf, max_size=2) | any_json, "run_at": leaf, "backoff": any_json, "priority": leaf,
+    "max_jobs": leaf,
 }
 # A few fields (routes that refuse unknown ones), or each field with even odds (routes that need several).
 shaped = st.dictionaries(st.sampled_from(sorted(FIELDS)), st.none(), max_size=5).flatmap(
@@ -156,7 +162,7 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
         assert client.post(f"/api/v1/db/{DB}/messages", json={"topic": "a/b", "payload": 1}).status_code == 201
         minted = client.post("/api/v1/admin/tokens", json={"scopes": [f"{DB}:query.read"]})
         values = {"db_id": DB, "token_id": minted.json()["id"], "endpoint": "hook", "sha256": "0" * 64,
-                  "filename": "x", "table": "t"}
+                  "filename": "x", "job_id": "1", "queue": "q", "table": "t"}
         yield Target(client, values)
 
 
