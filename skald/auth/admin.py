@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import structlog
 from pydantic import BaseModel, Field, field_validator
 from quart import Response, jsonify, request
 from quart_schema import validate_request
@@ -27,7 +28,7 @@ from skald.auth.token_admin import (
     revoke,
 )
 from skald.auth.tokens import parse_duration
-from skald.errors import ValidationFailed
+from skald.errors import SkaldError, ValidationFailed
 from skald.http.context import request_ip
 from skald.http.params import int_param
 from skald.http.state import AppState, get_state
@@ -57,6 +58,9 @@ class CreateTokenRequest(BaseModel):
         return value
 
 
+log = structlog.get_logger("skald.auth.admin")
+
+
 def install(app: QuartTrio, state: AppState) -> None:
     rules = [
         ("/api/v1/admin/tokens", create_view, "POST"),
@@ -67,6 +71,20 @@ def install(app: QuartTrio, state: AppState) -> None:
     ]
     for rule, view, method in rules:
         app.add_url_rule(rule, endpoint=f"admin.{view.__name__}", view_func=view, methods=[method])
+
+    # Token bookkeeping (skald.auth.usage): written every few seconds by a task of the app's
+    # nursery, and once more as the app stops. Installers' after_serving hooks run before
+    # create_app's own, which closes the service database.
+    @app.before_serving
+    async def start_token_usage() -> None:
+        app.nursery.start_soon(state.token_usage.run, lambda: state.supervisor.service, state.shutdown.event)
+
+    @app.after_serving
+    async def flush_token_usage() -> None:
+        try:
+            await state.token_usage.flush(state.supervisor.service)
+        except SkaldError as exc:
+            log.warning("token usage not written at stop", error=str(exc))
 
 
 def parse_scopes(items: list[ScopeIn | str]) -> tuple[Scope, ...]:

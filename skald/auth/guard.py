@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 from quart import g, request
 
 from skald.auth.scopes import GLOBAL, Principal, decide
-from skald.auth.tokens import TOKEN_PREFIX, TokenRecord, audit, find_by_secret, touch_token
+from skald.auth.tokens import TOKEN_PREFIX, TokenRecord, audit, find_by_secret
 from skald.db.connection import DocConnection
 from skald.errors import ScopeDenied, TokenInvalid, Unauthenticated
 from skald.http.context import request_ip
@@ -112,15 +112,18 @@ async def check_token(state: AppState, secret: str, *, path: str, ip: str) -> Pr
 
 
 async def token_record(state: AppState, secret: str) -> TokenRecord | None:
-    """Look a token up by its secret (cached briefly); ``None`` if unknown. Needs no request context."""
+    """Look a token up by its secret (cached briefly); ``None`` if unknown. Needs no request context.
+
+    A use of an active token is noted in memory (:class:`skald.auth.usage.TokenUsage`); its
+    ``last_used_at`` is written later, in a batch, never on the request path.
+    """
     cache = token_cache(state)
     hit, record = cache.get(secret)
     if not hit:
         record = await state.supervisor.service.read(lambda conn: find_by_secret(conn, secret))
         cache.put(secret, record)
-        if record is not None and record.state() == "active":
-            token_id = record.id
-            await state.supervisor.service.write(lambda conn: touch_token(conn, token_id))
+    if record is not None and record.state() == "active":
+        state.token_usage.note(record.id)
     return record
 
 

@@ -43,6 +43,7 @@ import trio
 
 from skald.db.connection import DocConnection, open_connection
 from skald.db.migrations import apply_migrations
+from skald.db.sqlscope import StatementClass
 from skald.db.worker import ConnectionWorker
 from skald.errors import (
     DocumentUnavailable,
@@ -55,6 +56,7 @@ from skald.metrics import Metrics
 
 T = TypeVar("T")
 log = structlog.get_logger("skald.db.actor")
+STATEMENT_MEMO_SIZE = 512
 
 
 class OpKind(enum.Enum):
@@ -89,6 +91,25 @@ class _Op(Generic[T]):
 
 
 CommitListener = Callable[[CommitInfo], None]
+
+
+class QueuedWrite(Generic[T]):
+    """A write op in the mailbox (:meth:`DocumentActor.enqueue_write`); it runs and commits
+    whether or not anyone awaits :meth:`result`."""
+
+    def __init__(self, op: _Op[T]) -> None:
+        self._op = op
+
+    @property
+    def done(self) -> bool:
+        """True once :meth:`result` would return without waiting."""
+        return self._op.done.is_set()
+
+    async def result(self) -> T:
+        """The op's result once its transaction committed, or its error."""
+        await self._op.done.wait()
+        assert self._op.result is not None
+        return self._op.result.unwrap()
 
 
 class DocumentActor:
@@ -142,6 +163,15 @@ class DocumentActor:
         self.stop_reason = "shutdown"
         self.started_at = time.time()
         self.commits = 0
+        self.schema_generation = 0
+        """Bumped (on the event loop) after every commit whose ops compiled a schema change, after
+        every exclusive op and whenever the writer is replaced: what was learnt about a SQL text
+        at generation N (skald.query.service's statement classes) holds while it is still N.
+        Readers never change the schema (``mode=ro``); one process owns the file."""
+        self.statement_classes: dict[str, tuple[int, StatementClass]] = {}
+        """SQL text -> (schema generation, class): :func:`skald.query.service.classify`'s memo,
+        bounded by :data:`STATEMENT_MEMO_SIZE` (oldest forgotten first)."""
+        self._writer_schema_changes = 0
         self._loan: WriterLoan | None = None
 
     # ---- lifecycle --------------------------------------------------------------------------------
@@ -266,6 +296,26 @@ class DocumentActor:
         """Run ``fn`` alone on the write connection, outside any transaction."""
         return await self._submit(_Op(fn, OpKind.EXCLUSIVE, None))
 
+    async def enqueue_write(
+        self, fn: Callable[[DocConnection], T], *, after_commit: Callable[[T], None] | None = None
+    ) -> QueuedWrite[T]:
+        """Queue ``fn`` for a group commit, waiting for room in the mailbox; return once queued.
+
+        The streaming routes' twin of :meth:`write`: one task can keep many writes in flight,
+        queued in the order it calls this, and await each :meth:`QueuedWrite.result` later. A full
+        mailbox makes it wait (backpressure on the stream) instead of failing with 503.
+        Raises :class:`DocumentUnavailable` if the actor is stopping.
+        """
+        op = _Op(fn, OpKind.WRITE, after_commit)
+        if self.closing.is_set():
+            raise DocumentUnavailable(f"document {self.db_id} is closing")
+        try:
+            await self._send.send(op)
+        except (trio.ClosedResourceError, trio.BrokenResourceError):
+            raise DocumentUnavailable(f"document {self.db_id} is closing") from None
+        self.last_active = trio.current_time()
+        return QueuedWrite(op)
+
     async def lend_writer(self, seconds: float) -> WriterLoan:
         """Wait for the write connection's turn, then hold it alone for at most ``seconds``.
 
@@ -319,9 +369,7 @@ class DocumentActor:
         except (trio.ClosedResourceError, trio.BrokenResourceError):
             raise DocumentUnavailable(f"document {self.db_id} is closing") from None
         self.last_active = trio.current_time()
-        await op.done.wait()
-        assert op.result is not None
-        return op.result.unwrap()
+        return await QueuedWrite(op).result()
 
     async def read(self, fn: Callable[[DocConnection], T]) -> T:
         """Run ``fn`` on a read-only connection (waits for a free one).
@@ -415,6 +463,9 @@ class DocumentActor:
             tables = await loan.finish("timeout")
         finally:
             self._loan = None
+            # whatever the holder ran (DDL included) is committed or gone now: forget what was
+            # learnt under the schema before it (the writer's own count catches up at the next commit)
+            self._schema_changed()
         if tables:
             self.commits += 1
             self._notify(CommitInfo(self.db_id, frozenset(tables), 1))
@@ -437,7 +488,18 @@ class DocumentActor:
             result: outcome.Outcome[Any] = outcome.Value(await self._writer.run(op.fn))
         except Exception as exc:
             result = outcome.Error(_translate(exc))
+        self._schema_changed()  # migrations, restores, VACUUM: assume the worst
         op.finish(result)
+
+    def _schema_changed(self) -> None:
+        self.schema_generation += 1
+        self.statement_classes.clear()
+
+    def _note_schema(self, changes: int) -> None:
+        """After a commit: forget what was learnt under the old schema if the writer compiled DDL."""
+        if changes != self._writer_schema_changes:
+            self._writer_schema_changes = changes
+            self._schema_changed()
 
     async def _commit_writes(self, ops: list[_Op[Any]]) -> None:
         if not ops:
@@ -450,6 +512,8 @@ class DocumentActor:
             batch = await self._writer.run(lambda conn: _group_commit(conn, fns, hooks))
         except Exception as exc:  # the worker itself failed: nothing of this batch was committed
             batch = _BatchResult([outcome.Error(_connection_failed(exc))] * len(ops), set(), 0, exc)
+        # before anything else runs on the event loop: no request classifies against a stale memo
+        self._note_schema(batch.schema_changes)
         if batch.failure is not None:
             log.error("group commit failed", error=repr(batch.failure), batch=len(ops))
             await self._restart_writer()
@@ -498,6 +562,8 @@ class DocumentActor:
         """
         old = self._writer
         self._writer = self._open_writer()
+        self._writer_schema_changes = 0  # the new connection counts from zero
+        self._schema_changed()
         if old is not None:
             await old.aclose()
         try:
@@ -692,6 +758,8 @@ class _BatchResult:
     """Set when the connection itself failed (BEGIN/COMMIT/savepoint bookkeeping, a closed
     connection, an op raising past ``Exception``): every op not yet committed was answered
     with it and the writer should be replaced."""
+    schema_changes: int = -1
+    """The writer's :attr:`DocConnection.schema_changes` after the batch (-1: unknown)."""
 
 
 def _group_commit(
@@ -749,7 +817,7 @@ def _group_commit(
                 results[index] = outcome.Error(error)
     final = [result for result in results if result is not None]
     assert len(final) == len(fns)
-    return _BatchResult(final, tables, commits, failure)
+    return _BatchResult(final, tables, commits, failure, conn.schema_changes)
 
 
 def _run_ops(

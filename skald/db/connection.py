@@ -17,20 +17,41 @@ versions that answer the same and run in bounded time: see the comment above
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import sqlite3
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from skald.db import sqlpattern
+
+if TYPE_CHECKING:
+    from sqlite3 import _Parameters
 
 # An authorizer policy: (action, arg1, arg2, db_name, trigger_or_view) -> SQLITE_OK | DENY | IGNORE
 Policy = Callable[[int, str | None, str | None, str | None, str | None], int]
 
 SQLValue = str | bytes | int | float | None
 
+STATEMENT_CACHE_SIZE = 128
+"""Prepared statements sqlite3 keeps per connection (skald's own texts; user SQL is never reused)."""
+_UNTRUSTED_MARK = "/* skald:"  # DocConnection.execute_untrusted's unique prefix
+_TRACKED_TEXTS = 1024  # texts whose tables DocConnection.execute remembers (forgotten all at once past it)
 _WRITE_ACTIONS = {sqlite3.SQLITE_INSERT, sqlite3.SQLITE_UPDATE, sqlite3.SQLITE_DELETE}
+# Every action that changes the schema (what a statement compiles to): the connection counts them
+# so that what was learnt about a SQL text under the old schema can be forgotten (schema_changes).
+_SCHEMA_ACTIONS = {
+    sqlite3.SQLITE_CREATE_INDEX, sqlite3.SQLITE_CREATE_TABLE, sqlite3.SQLITE_CREATE_TRIGGER,
+    sqlite3.SQLITE_CREATE_VIEW, sqlite3.SQLITE_DROP_INDEX, sqlite3.SQLITE_DROP_TABLE,
+    sqlite3.SQLITE_DROP_TRIGGER, sqlite3.SQLITE_DROP_VIEW, sqlite3.SQLITE_ALTER_TABLE,
+    sqlite3.SQLITE_CREATE_VTABLE, sqlite3.SQLITE_DROP_VTABLE, sqlite3.SQLITE_ANALYZE,
+    sqlite3.SQLITE_REINDEX, sqlite3.SQLITE_CREATE_TEMP_INDEX, sqlite3.SQLITE_CREATE_TEMP_TABLE,
+    sqlite3.SQLITE_CREATE_TEMP_TRIGGER, sqlite3.SQLITE_CREATE_TEMP_VIEW, sqlite3.SQLITE_DROP_TEMP_INDEX,
+    sqlite3.SQLITE_DROP_TEMP_TABLE, sqlite3.SQLITE_DROP_TEMP_TRIGGER, sqlite3.SQLITE_DROP_TEMP_VIEW,
+    sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH,
+}
 # Most character comparisons SQLite's own instr/replace/trim may make in one call (about 0.1 s);
 # beyond it a blob argument is refused as too big rather than compared quadratically.
 _WORK_BUDGET = 1 << 26
@@ -103,6 +124,12 @@ class DocConnection(sqlite3.Connection):
         self._policy: Policy | None = None
         self.set_authorizer(self._authorize)
         self.shadow_cache: tuple[int, frozenset[str]] | None = None  # skald.query.service.shadow_tables
+        self._fresh = itertools.count()
+        self._tracked: dict[str, tuple[frozenset[str], frozenset[str]]] = {}
+        self.schema_changes = 0
+        """Schema-changing actions compiled on this connection (counted at prepare, so a DDL that
+        later fails or rolls back counts too: over-counting only forgets a memo early). The
+        actor reads it after each commit (:attr:`skald.db.actor.DocumentActor.schema_generation`)."""
         # skald never changes SQLITE_LIMIT_LIKE_PATTERN_LENGTH; a pattern of at most a quarter of
         # it in characters is within it in UTF-8 bytes
         self._like_fast_limit = self.getlimit(sqlite3.SQLITE_LIMIT_LIKE_PATTERN_LENGTH) // 4
@@ -235,6 +262,59 @@ class DocConnection(sqlite3.Connection):
             return self._too_big()
         return self._builtin("json_patch", target, patch)
 
+    # ---- the statement cache ------------------------------------------------------------------
+    #
+    # SQLite calls the authorizer only while it prepares a statement, and sqlite3's statement cache
+    # hands back a prepared statement for a SQL text it has seen (on this connection): a cache hit
+    # reaches no authorizer callback at all. Two consequences, handled here:
+    #
+    # * user SQL must never be a cache hit, or it would skip the policy that bounds it: it goes
+    #   through :meth:`execute_untrusted`, which makes every text unique;
+    # * skald's own statements are cached (compiling the publish INSERT with its triggers cost
+    #   ~0.3 ms, more than running it) but the tables they read and write still count for commit
+    #   fan-out and watches: what a text touched when it was prepared is remembered and added on
+    #   every later run. After a schema change SQLite prepares it again (callbacks again), so the
+    #   sets are a superset of the truth: a watch may be woken once too often, never missed.
+
+    def execute_untrusted(self, sql: str, parameters: _Parameters = (), /) -> sqlite3.Cursor:
+        """Run user SQL, always freshly prepared (every authorizer callback fires; never cached).
+
+        A unique *leading* comment makes the text new to the cache. Leading, not trailing: SQLite
+        keeps no leading comment in the schema, but ``ALTER TABLE … ADD COLUMN`` copies the
+        statement's tail into it (a trailing ``-- …`` broke the stored CREATE TABLE).
+        """
+        return self.execute(f"{_UNTRUSTED_MARK}{next(self._fresh)} */ {sql}", parameters)
+
+    def execute(self, sql: str, parameters: _Parameters = (), /) -> sqlite3.Cursor:
+        return self._tracking(sql, lambda: super(DocConnection, self).execute(sql, parameters))
+
+    def executemany(self, sql: str, seq_of_parameters: Iterable[_Parameters], /) -> sqlite3.Cursor:
+        return self._tracking(sql, lambda: super(DocConnection, self).executemany(sql, seq_of_parameters))
+
+    def _tracking(self, sql: str, run: Callable[[], sqlite3.Cursor]) -> sqlite3.Cursor:
+        known = self._tracked.get(sql)
+        if known is not None:
+            cursor = run()
+            self.written_tables |= known[0]
+            self.read_tables |= known[1]
+            return cursor
+        # this statement's own callbacks go to fresh sets, then into the caller's (the same set
+        # objects: track_reads hands its set out)
+        written, read = self.written_tables, self.read_tables
+        self.written_tables, self.read_tables = set(), set()
+        try:
+            cursor = run()
+        finally:
+            mine = (frozenset(self.written_tables), frozenset(self.read_tables))
+            self.written_tables, self.read_tables = written, read
+            written |= mine[0]
+            read |= mine[1]
+        if not sql.startswith(_UNTRUSTED_MARK):  # user SQL is never run again under the same text
+            if len(self._tracked) >= _TRACKED_TEXTS:
+                self._tracked.clear()
+            self._tracked[sql] = mine
+        return cursor
+
     def close(self) -> None:
         if self._builtins is not None:
             self._builtins.close()
@@ -247,6 +327,8 @@ class DocConnection(sqlite3.Connection):
             self.written_tables.add(arg1)
         elif action == sqlite3.SQLITE_READ and arg1 is not None:
             self.read_tables.add(arg1)
+        elif action in _SCHEMA_ACTIONS:
+            self.schema_changes += 1
         if self._policy is not None:
             if (
                 action == sqlite3.SQLITE_INSERT
@@ -336,9 +418,9 @@ def open_connection(
 ) -> DocConnection:
     """Open ``path`` with skald's pragmas.
 
-    The statement cache is off: SQLite calls the authorizer only when a
-    statement is prepared, so a cached statement would bypass both the table
-    tracking (commit fan-out, query watches) and scope policies.
+    The statement cache is on for skald's own statements (see
+    :meth:`DocConnection.execute_untrusted` for why user SQL never hits it, and
+    :meth:`DocConnection.execute` for how table tracking survives a hit).
 
     Write connections get WAL, the chosen ``synchronous`` level, foreign keys
     and a busy timeout, and run in autocommit mode (``isolation_level=None``)
@@ -353,7 +435,7 @@ def open_connection(
             factory=DocConnection,
             check_same_thread=False,
             isolation_level=None,
-            cached_statements=0,
+            cached_statements=STATEMENT_CACHE_SIZE,
         )
     else:
         conn = sqlite3.connect(
@@ -361,7 +443,7 @@ def open_connection(
             factory=DocConnection,
             check_same_thread=False,
             isolation_level=None,
-            cached_statements=0,
+            cached_statements=STATEMENT_CACHE_SIZE,
         )
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute(f"PRAGMA synchronous={synchronous.upper()}")

@@ -210,6 +210,26 @@ def sse(*events: str) -> dict[str, Any]:
 HTML = {"text/html": {"schema": {"type": "string"}}}
 
 
+NDJSON_ACK: Schema = {"type": "object", "required": ["line"],
+                      "properties": {"line": {"type": "integer", "minimum": 1}, "problem": PROBLEM_REF}}
+
+
+def ndjson_acks(description: str) -> dict[str, Any]:
+    """An NDJSON stream of acknowledgements (skald.http.ndjson), described as the array of its lines."""
+    return {"200": {"description": description,
+                    "content": {"application/x-ndjson": {"schema": array(NDJSON_ACK)}}}}
+
+
+def ndjson_body(line: Schema, description: str) -> dict[str, Any]:
+    """An NDJSON request body: one JSON value per line. Each line is validated on its own and a bad
+    one is answered *in the stream* (its acknowledgement carries the problem; the request is
+    still 200), so at the request level any lines are acceptable: ``line`` is documentation,
+    under ``x-line-schema``, not a constraint a fuzzer should expect a 4xx for."""
+    return {"description": description,
+            "content": {"application/x-ndjson": {"schema": {"description": "one JSON value per line",
+                                                            "x-line-schema": line}}}}
+
+
 def ok(schema: Schema, description: str = "success", status: int = 200) -> dict[str, Any]:
     return {str(status): {"description": description, "content": {"application/json": {"schema": schema}}}}
 
@@ -259,6 +279,14 @@ LIMIT = "at most this many (1 or more)"
 _SEGMENT = "[^/+#\\u0000-\\u001f\\u007f-\\u009f]+"
 TOPIC: Schema = {"type": "string", "minLength": 1, "maxLength": 255, "pattern": f"^{_SEGMENT}(/{_SEGMENT})*$"}
 _FILTER_SEGMENT = f"({_SEGMENT}|[+])"
+PUBLISH = obj({"topic": TOPIC}, {
+    "payload": ANY, "payload_text": STR, "payload_base64": {"type": "string", "format": "byte"},
+    "content_type": {"type": ["string", "null"], "maxLength": 255},
+    "dedupe_key": {"type": ["string", "null"], "minLength": 1, "maxLength": 255},
+}) | {"description": "exactly one of payload, payload_text, payload_base64",
+      "oneOf": [{"required": [key]} for key in ("payload", "payload_text", "payload_base64")],
+      "not": {"required": ["messages"]}}  # a body with `messages` is a batch
+PUBLISHED_BATCH = obj({"ids": array(INT)}, {"deduplicated": array(INT)})
 TOPIC_FILTER: Schema = {"type": "string", "minLength": 1, "maxLength": 255,
                         "pattern": f"^({_FILTER_SEGMENT}(/{_FILTER_SEGMENT})*(/#)?|#)$"}
 _TOPIC_FILTERS = query_param(
@@ -607,6 +635,13 @@ OPERATIONS: dict[tuple[str, str], Op] = {
     ),
     ("POST", D + "/query/batch"): Op(ok(obj({"results": array(QUERY_RESULT), "duration_ms": NUM})),
                                      merge(_AUTH, _DOC, _JSON, _SQL)),
+    ("POST", D + "/query/stream"): Op(
+        ndjson_acks("one line per input line, in order, after its commit: `{line, columns, rows, row_count, "
+                    "truncated, changes, last_insert_rowid}` or `{line, problem}`"),
+        merge(_AUTH, _DOC),
+        body=ndjson_body(obj({"sql": STR}, {"args": {"type": ["array", "object", "null"]}}, closed=True),
+                         "one `{sql, args}` per line; lines run in order"), body_required=False,
+    ),
     ("POST", D + "/query/watch"): Op(
         {"200": {"description": "SSE: `snapshot` (or `unchanged` for a known `result_hash`), then `update` when the "
                                 "result changes, `heartbeat`",
@@ -615,16 +650,21 @@ OPERATIONS: dict[tuple[str, str], Op] = {
     ),
     # pub/sub
     ("POST", D + "/messages"): Op(
-        {**ok(obj({"id": INT, "topic": STR, "created_at": STR}), "published", 201),
-         **ok(obj({"id": INT, "topic": STR, "created_at": STR, "deduplicated": {"const": True}}),
-              "a repeated dedupe_key: the original message")},
+        {**ok({"anyOf": [obj({"id": INT, "topic": STR, "created_at": STR}), PUBLISHED_BATCH]},
+              "published (a batch: `ids` in order)", 201),
+         **ok({"anyOf": [obj({"id": INT, "topic": STR, "created_at": STR, "deduplicated": {"const": True}}),
+                         PUBLISHED_BATCH]},
+              "a repeated dedupe_key: the original message (a batch: every one was)")},
         merge(_DB_JSON, {400: ["invalid_topic"]}),
-        body=json_body(obj({"topic": TOPIC}, {
-            "payload": ANY, "payload_text": STR, "payload_base64": {"type": "string", "format": "byte"},
-            "content_type": {"type": ["string", "null"], "maxLength": 255},
-            "dedupe_key": {"type": ["string", "null"], "minLength": 1, "maxLength": 255},
-        }) | {"description": "exactly one of payload, payload_text, payload_base64",
-              "oneOf": [{"required": [key]} for key in ("payload", "payload_text", "payload_base64")]}),
+        body=json_body({"oneOf": [PUBLISH, obj({"messages": {**array(PUBLISH), "minItems": 1, "maxItems": 1000}},
+                                               closed=True)],
+                        "description": "one message, or `messages`: up to 1,000 published all or nothing"}),
+    ),
+    ("POST", D + "/messages/stream"): Op(
+        ndjson_acks("one line per input line, in order, after its commit: `{line, id, topic, created_at}` "
+                    "(`deduplicated: true` for a repeated dedupe_key) or `{line, problem}`"),
+        merge(_AUTH, _DOC),
+        body=ndjson_body(PUBLISH, "one message per line, as `POST …/messages` takes it"), body_required=False,
     ),
     ("GET", D + "/messages"): Op(
         ok(obj({"messages": array(MESSAGE), "next_since_id": INT},

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from prometheus_client import Counter
 from quart import current_app
 
+from skald.auth.usage import TokenUsage
 from skald.config import Settings
 from skald.db.supervisor import Supervisor
 from skald.leases.service import LeaseService
@@ -61,6 +62,7 @@ class AppState:
     # Auth: looked-up tokens (created on first lookup), the browser session check (skald.auth.identity),
     # the OIDC relying party (rebuilt when settings change), the admin token printed on first start.
     token_cache: TokenCache | None = None
+    token_usage: TokenUsage = dataclasses.field(default_factory=TokenUsage)  # last_used_at, written in batches
     session_resolver: SessionResolver | None = None
     oidc_client: OidcClient | None = None
     bootstrap_admin_token: str | None = None

@@ -6,6 +6,7 @@ Routes stay thin: they parse and authorize, then call :mod:`skald.pubsub.service
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from quart import Response, jsonify, request
@@ -14,17 +15,26 @@ from quart_trio import QuartTrio
 from skald.auth.guard import authorize, current_principal, requires
 from skald.auth.scopes import allowed_prefixes
 from skald.db.ids import validate_db_id
-from skald.errors import BadRequest, DocumentNotFound, PayloadTooLarge, ScopeDenied, ValidationFailed
+from skald.errors import BadRequest, DocumentNotFound, PayloadTooLarge, ScopeDenied, SkaldError, ValidationFailed
+from skald.http.context import request_ip
+from skald.http.ndjson import AckStream, ndjson_response
 from skald.http.params import heartbeat_param, int_param
 from skald.http.sse import sse_response
 from skald.http.state import AppState, get_state
+from skald.pubsub.ingest import open_publish_stream
 from skald.pubsub.retention import RetentionPolicy
-from skald.pubsub.service import PubSub, parse_publish
+from skald.pubsub.service import Publish, PubSub, parse_publish
 from skald.pubsub.stream import StreamRequest, event_stream
 from skald.pubsub.topics import TopicFilter
 
 MAX_TAIL = 1000
 MAX_POLL_LIMIT = 1000
+MAX_BATCH = 1000
+"""Messages one batch publish may carry."""
+STREAM_WINDOW = 1000
+"""Lines of one NDJSON stream in flight (queued or committing) before reading waits."""
+BATCH_MAX_BODY_BYTES = 8 * 1024 * 1024
+"""A batch's request body (each message still within ``message_max_bytes``)."""
 
 
 def install(app: QuartTrio, state: AppState) -> None:
@@ -37,6 +47,7 @@ def install(app: QuartTrio, state: AppState) -> None:
     app.add_url_rule(f"{base}/messages/retention", view_func=get_retention_view, methods=["GET"])
     app.add_url_rule(f"{base}/messages/retention", view_func=put_retention_view, methods=["PUT"])
     app.add_url_rule(f"{base}/ping", view_func=ping_view, methods=["POST"])
+    app.add_url_rule(f"{base}/messages/stream", view_func=publish_stream_view, methods=["POST"])
 
     @app.before_serving
     async def start_pubsub() -> None:
@@ -62,13 +73,23 @@ async def _visible_filters(db_id: str) -> tuple[list[TopicFilter], list[str] | N
 
 @requires("pub.publish")
 async def publish_view(db_id: str) -> tuple[Response, int]:
-    """Publish one message; 201 after commit, 200 with the original id for a repeated dedupe_key."""
+    """Publish one message, or a batch (``{"messages": [...]}``, all or nothing); 2xx after commit.
+
+    One message: 201 ``{id, topic, created_at}``, or 200 with the original for a repeated
+    dedupe_key. A batch: 201 ``{"ids": [...]}`` in order (``deduplicated``: the indexes answered
+    with an earlier message; 200 when every one was).
+    """
     settings = get_state().settings
     # base64 costs 4/3 of the payload; anything beyond that plus a margin is refused unread
-    body_cap = settings.message_max_bytes * 4 // 3 + 64 * 1024
+    body_cap = max(settings.message_max_bytes * 4 // 3 + 64 * 1024, BATCH_MAX_BODY_BYTES)
     if request.content_length is not None and request.content_length > body_cap:
-        raise PayloadTooLarge(f"request body is over {body_cap} bytes", limit=settings.message_max_bytes)
+        raise PayloadTooLarge(f"request body is over {body_cap} bytes", limit=body_cap)
     body = await request.get_json(force=True, silent=False)
+    if isinstance(body, dict) and "messages" in body:
+        return await _publish_batch(db_id, body)
+    single_cap = settings.message_max_bytes * 4 // 3 + 64 * 1024
+    if request.content_length is not None and request.content_length > single_cap:
+        raise PayloadTooLarge(f"request body is over {single_cap} bytes", limit=settings.message_max_bytes)
     topic, form, payload, content_type, dedupe_key = parse_publish(body, settings.message_max_bytes)
     await authorize(current_principal(), db_id, "pub.publish", topic)
     result = await _pubsub().publish(db_id, topic, form, payload, content_type, dedupe_key)
@@ -77,6 +98,50 @@ async def publish_view(db_id: str) -> tuple[Response, int]:
     if not result.created:
         reply["deduplicated"] = True
     return jsonify(reply), (201 if result.created else 200)
+
+
+def parse_batch(body: dict[str, Any], max_bytes: int) -> list[Publish]:
+    """The messages of a batch body; a bad one raises its error with ``message_index``."""
+    if set(body) != {"messages"}:
+        raise ValidationFailed("a batch body holds only messages (one message: topic and payload, no messages)")
+    items = body["messages"]
+    if not isinstance(items, list) or not 1 <= len(items) <= MAX_BATCH:
+        raise ValidationFailed(f"messages must be a list of 1 to {MAX_BATCH} messages")
+    parsed: list[Publish] = []
+    for index, item in enumerate(items):
+        try:
+            parsed.append(Publish(*parse_publish(item, max_bytes)))
+        except SkaldError as exc:
+            exc.extra["message_index"] = index
+            exc.detail = f"message {index}: {exc.detail}"
+            raise
+    return parsed
+
+
+async def _publish_batch(db_id: str, body: dict[str, Any]) -> tuple[Response, int]:
+    items = parse_batch(body, get_state().settings.message_max_bytes)
+    principal = current_principal()
+    for topic in dict.fromkeys(item.topic for item in items):  # each topic once, in order
+        await authorize(principal, db_id, "pub.publish", topic)
+    results = await _pubsub().publish_batch(db_id, items)
+    reply: dict[str, Any] = {"ids": [r.message.id for r in results]}
+    deduplicated = [index for index, r in enumerate(results) if not r.created]
+    if deduplicated:
+        reply["deduplicated"] = deduplicated
+    return jsonify(reply), (200 if len(deduplicated) == len(results) else 201)
+
+
+@requires("pub.publish")
+async def publish_stream_view(db_id: str) -> Response:
+    """NDJSON in, NDJSON out: one message per line, one acknowledgement per line after its commit."""
+    state = get_state()
+    validate_db_id(db_id)
+    if not state.supervisor.exists(db_id):
+        raise DocumentNotFound(f"document {db_id} does not exist")
+    path, ip = request.path, request_ip()
+    opened = functools.partial(open_publish_stream, state, _pubsub(), db_id, current_principal(), path=path, ip=ip)
+    max_line = state.settings.message_max_bytes * 4 // 3 + 64 * 1024
+    return ndjson_response(AckStream(request.body, opened, window=STREAM_WINDOW, max_line=max_line))
 
 
 @requires("pub.subscribe")

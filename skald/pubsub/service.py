@@ -19,14 +19,14 @@ import base64
 import binascii
 import dataclasses
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import structlog
 import trio
 from prometheus_client import Counter, Gauge
 
-from skald.db.actor import DocumentActor
+from skald.db.actor import DocumentActor, QueuedWrite
 from skald.db.connection import DocConnection
 from skald.db.supervisor import Supervisor
 from skald.errors import PayloadTooLarge, ValidationFailed
@@ -123,6 +123,30 @@ def _insert(
 class PublishResult:
     message: Message
     created: bool  # False: an earlier message with the same dedupe_key
+
+
+@dataclasses.dataclass(frozen=True)
+class Publish:
+    """One message of a batch or stream publish, as :func:`parse_publish` validated it."""
+
+    topic: str
+    form: str  # json | text | base64
+    payload: bytes
+    content_type: str | None
+    dedupe_key: str | None
+
+
+def _insert_item(conn: DocConnection, item: Publish, created_at: str) -> PublishResult:
+    """Insert ``item`` (or find the message its dedupe_key names) inside the caller's transaction."""
+    if item.dedupe_key is not None:
+        row = conn.execute(
+            f"SELECT {_COLUMNS} FROM _skald_messages WHERE topic = ? AND dedupe_key = ?",
+            (item.topic, item.dedupe_key),
+        ).fetchone()
+        if row is not None:
+            return PublishResult(Message.from_row(row), False)
+    message = _insert(conn, item.topic, item.form, item.payload, item.content_type, item.dedupe_key, created_at)
+    return PublishResult(message, True)
 
 
 def parse_publish(body: object, max_bytes: int) -> tuple[str, str, bytes, str | None, str | None]:
@@ -390,6 +414,43 @@ class PubSub:
 
     # ---- reading ---------------------------------------------------------------------------------
 
+    async def publish_batch(self, db_id: str, items: Sequence[Publish]) -> list[PublishResult]:
+        """Commit ``items`` on ``db_id`` in one write op (all or nothing), in order; returns after COMMIT.
+
+        One result per item, in order. A ``dedupe_key`` seen before (also earlier in the same
+        batch) answers with the original message (``created=False``). Subscribers get the new
+        messages in id order once the transaction committed.
+        """
+        created_at = iso_timestamp()
+        async with self.supervisor.open_document(db_id) as actor:
+            hub = self.hub(actor)
+
+            def insert(conn: DocConnection) -> list[PublishResult]:
+                return [_insert_item(conn, item, created_at) for item in items]
+
+            def committed(results: list[PublishResult]) -> None:
+                for result in results:
+                    self._committed(hub, result)
+
+            return await actor.write(insert, after_commit=committed)
+
+    async def queue_publish(self, actor: DocumentActor, item: Publish) -> QueuedWrite[PublishResult]:
+        """Queue one message for the next group commit (waiting for room: backpressure) and return
+        at once; its :meth:`QueuedWrite.result` comes after COMMIT. Streams call this per line, in
+        order, so ids follow the input."""
+        created_at = iso_timestamp()
+        hub = self.hub(actor)
+        return await actor.enqueue_write(
+            lambda conn: _insert_item(conn, item, created_at), after_commit=lambda r: self._committed(hub, r)
+        )
+
+    def _committed(self, hub: Hub, result: PublishResult) -> None:
+        if result.created:
+            self.published.inc()
+            hub.deliver(result.message)
+        else:
+            self.deduplicated.inc()
+
     async def poll(
         self, db_id: str, since_id: int, filters: list[TopicFilter], prefixes: list[str] | None, limit: int
     ) -> Poll:
@@ -492,4 +553,4 @@ class PubSub:
 
         return await actor.read(fetch)
 
-__all__ = ["Hub", "Message", "NewMessage", "PubSub", "Subscriber", "parse_publish"]
+__all__ = ["Hub", "Message", "NewMessage", "PubSub", "Publish", "Subscriber", "parse_publish"]

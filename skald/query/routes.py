@@ -8,6 +8,7 @@ do the work. Every route needs at least ``query.read``; the statement's class
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any
 
@@ -18,11 +19,16 @@ from quart_trio import QuartTrio
 
 from skald.auth.guard import authorize, current_principal, requires
 from skald.db.connection import DocConnection
+from skald.db.ids import validate_db_id
 from skald.db.sqlscope import StatementClass
+from skald.errors import DocumentNotFound
+from skald.http.context import request_ip
 from skald.http.export import export_response, negotiate
+from skald.http.ndjson import AckStream, ndjson_response
 from skald.http.params import HEARTBEAT_MAX_SECONDS, HEARTBEAT_MIN_SECONDS
 from skald.http.sse import sse_response
 from skald.http.state import AppState, get_state
+from skald.query.ingest import open_query_stream
 from skald.query.metrics import QueryMetrics
 from skald.query.service import Authorize, Guard, Limits, NotReadOnly, QueryService, Statement
 from skald.query.values import decode_args
@@ -81,6 +87,7 @@ def install(app: QuartTrio, state: AppState) -> None:
     app.add_url_rule("/api/v1/db/<db_id>/query", view_func=query_view, methods=["POST"])
     app.add_url_rule("/api/v1/db/<db_id>/query/batch", view_func=batch_view, methods=["POST"])
     app.add_url_rule("/api/v1/db/<db_id>/query/watch", view_func=watch_view, methods=["POST"])
+    app.add_url_rule("/api/v1/db/<db_id>/query/stream", view_func=query_stream_view, methods=["POST"])
 
 
 def _limits(options: QueryOptions | None) -> Limits:
@@ -192,3 +199,21 @@ async def watch_view(db_id: str, data: WatchBody) -> Response:
         metrics=_metrics(),
     )
     return sse_response(watch.events())
+
+
+STREAM_WINDOW = 1000
+"""Lines of one NDJSON stream in flight (queued or running) before reading waits."""
+STREAM_MAX_LINE = 1024 * 1024
+
+
+@requires("query.read")
+async def query_stream_view(db_id: str) -> Response:
+    """NDJSON in, NDJSON out: one statement per line, run in order, acknowledged after its commit."""
+    state = get_state()
+    validate_db_id(db_id)
+    if not state.supervisor.exists(db_id):
+        raise DocumentNotFound(f"document {db_id} does not exist")
+    opened = functools.partial(
+        open_query_stream, state, db_id, current_principal(), path=request.path, ip=request_ip()
+    )
+    return ndjson_response(AckStream(request.body, opened, window=STREAM_WINDOW, max_line=STREAM_MAX_LINE))

@@ -33,7 +33,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from skald.config import Settings
-from skald.db.actor import DocumentActor
+from skald.db.actor import STATEMENT_MEMO_SIZE, DocumentActor
 from skald.db.connection import DocConnection
 from skald.db.sqlscope import ClassRecorder, StatementClass
 from skald.db.supervisor import Supervisor
@@ -174,7 +174,7 @@ def classify_sync(conn: DocConnection, stmt: Statement) -> StatementClass:
     recorder = ClassRecorder(StatementClass.ADMIN, shadow_tables(conn))
     try:
         with conn.policy(recorder):
-            opcodes = {row[1] for row in conn.execute("EXPLAIN " + inner, stmt.params)}
+            opcodes = {row[1] for row in conn.execute_untrusted("EXPLAIN " + inner, stmt.params)}
     except sqlite3.Error as exc:
         if recorder.denied:
             raise StatementForbidden(f"refused: {', '.join(recorder.denied)}") from None
@@ -227,7 +227,7 @@ def run_statement(
                 # shadow tables); the user's statement, its triggers and views are compiled.
                 conn.set_trace_callback(recorder.started)
                 try:
-                    cursor = conn.execute(stmt.sql, stmt.params)
+                    cursor = conn.execute_untrusted(stmt.sql, stmt.params)
                 finally:
                     conn.set_trace_callback(None)
             columns = [d[0] for d in cursor.description or ()]
@@ -350,9 +350,41 @@ def _translate_error(exc: sqlite3.Error) -> Exception:
 # ---- async service -------------------------------------------------------------------------------
 
 
+def remembered_class(actor: DocumentActor, sql: str) -> StatementClass | None:
+    """The class :func:`classify` remembered for ``sql`` under the current schema, if any."""
+    hit = actor.statement_classes.get(sql)
+    return hit[1] if hit is not None and hit[0] == actor.schema_generation else None
+
+
+def remember_class(actor: DocumentActor, generation: int, sql: str, cls: StatementClass) -> None:
+    """Keep ``cls`` for ``sql`` unless the schema changed while it was being worked out (the
+    reader's snapshot may then predate the change)."""
+    if actor.schema_generation != generation:
+        return
+    memo = actor.statement_classes
+    if sql not in memo and len(memo) >= STATEMENT_MEMO_SIZE:
+        del memo[next(iter(memo))]  # the oldest entry: a dict keeps insertion order
+    memo[sql] = (generation, cls)
+
+
 async def classify(actor: DocumentActor, stmt: Statement) -> StatementClass:
-    """Classify on a read-only connection; raises 400/403 skald errors for bad statements."""
-    return await actor.read(lambda conn: classify_sync(conn, stmt))
+    """Classify on a read-only connection; raises 400/403 skald errors for bad statements.
+
+    The class of a SQL text depends only on the text and the schema (the authorizer reports what
+    the statement compiles to, never the values bound to it), so it is remembered per document
+    and schema generation: a repeated statement skips the ``EXPLAIN`` compile and the trip to a
+    reader thread. Nothing is given away by a remembered class: the statement still runs under
+    the enforcing policy of that class (:func:`run_statement`), which denies whatever the
+    statement would do beyond it. Only successes are remembered; a refused statement is
+    classified again every time.
+    """
+    known = remembered_class(actor, stmt.sql)
+    if known is not None:
+        return known
+    generation = actor.schema_generation
+    cls = await actor.read(lambda conn: classify_sync(conn, stmt))
+    remember_class(actor, generation, stmt.sql, cls)
+    return cls
 
 
 async def classify_all(actor: DocumentActor, stmts: Sequence[Statement]) -> StatementClass:
@@ -361,23 +393,35 @@ async def classify_all(actor: DocumentActor, stmts: Sequence[Statement]) -> Stat
     A statement that cannot be prepared yet because an earlier DDL statement of the
     same batch creates what it uses (``CREATE TABLE x ...; INSERT INTO x ...``) makes
     the batch ADMIN; it then runs under the ADMIN enforcing policy, which still
-    refuses every forbidden action.
+    refuses every forbidden action. Classes are remembered as by :func:`classify`.
     """
+    known = [remembered_class(actor, stmt.sql) for stmt in stmts]
+    if all(cls is not None for cls in known):
+        return max(cls for cls in known if cls is not None)
 
-    def run(conn: DocConnection) -> StatementClass:
+    def run(conn: DocConnection) -> list[StatementClass | None]:
+        classes: list[StatementClass | None] = []
         highest = StatementClass.READ
         for index, stmt in enumerate(stmts):
             try:
-                highest = max(highest, classify_sync(conn, stmt))
+                cls = known[index] or classify_sync(conn, stmt)
             except (BadRequest, Forbidden) as exc:
                 if isinstance(exc, SQLError) and highest == StatementClass.ADMIN:
+                    classes.append(None)  # depends on an earlier statement's DDL: not remembered
                     continue
                 exc.extra["statement_index"] = index
                 exc.detail = f"statement {index}: {exc.detail}"
                 raise
-        return highest
+            highest = max(highest, cls)
+            classes.append(cls)
+        return classes
 
-    return await actor.read(run)
+    generation = actor.schema_generation
+    classes = await actor.read(run)
+    for stmt, cls in zip(stmts, classes, strict=True):
+        if cls is not None:
+            remember_class(actor, generation, stmt.sql, cls)
+    return max([StatementClass.READ, *(cls for cls in classes if cls is not None)])
 
 
 Guard = Callable[[DocConnection], None]
