@@ -32,7 +32,7 @@ from skald.mqtt.errors import (
     TopicNeedsDocument,
     WildcardDocument,
 )
-from skald.pubsub.service import Message, NewMessage, PubSub
+from skald.pubsub.service import Message, Publish, PubSub
 from skald.pubsub.topics import TopicFilter, topic_visible, validate_topic
 
 log = structlog.get_logger("skald.mqtt")
@@ -94,7 +94,7 @@ class PublishRequest:
 class _Pending:
     """One connection's run of publishes to one document, waiting for its commit."""
 
-    def __init__(self, items: list[tuple[NewMessage, bool]]) -> None:
+    def __init__(self, items: list[tuple[Publish, bool]]) -> None:
         self.items = items  # (message, retain)
         self.done = trio.Event()
         self.refusal: SkaldError | None = None
@@ -241,7 +241,7 @@ class MqttService:
         streams QoS 1 messages is not limited to one commit per round trip. Returns after COMMIT.
         """
         results: list[SkaldError | None] = [None] * len(requests)
-        prepared: list[tuple[int, str, NewMessage, bool]] = []
+        prepared: list[tuple[int, str, Publish, bool]] = []
         limit = self.settings.message_max_bytes
         for index, req in enumerate(requests):
             try:
@@ -252,7 +252,7 @@ class MqttService:
             except SkaldError as exc:
                 results[index] = exc
                 continue
-            prepared.append((index, db_id, NewMessage(topic, form, req.payload, req.content_type), req.retain))
+            prepared.append((index, db_id, Publish(topic, form, req.payload, req.content_type, None), req.retain))
         for db_id, group in itertools.groupby(prepared, key=lambda item: item[1]):
             run = list(group)
             refusal = await self._commit(db_id, _Pending([(item[2], item[3]) for item in run]))

@@ -96,16 +96,6 @@ class Poll:
     pruned: int  # the highest id retention removed: a since_id below it missed messages
 
 
-@dataclasses.dataclass(frozen=True)
-class NewMessage:
-    """A message for :meth:`PubSub.publish_many` (validated by the caller)."""
-
-    topic: str
-    form: str
-    payload: bytes
-    content_type: str | None
-
-
 def _insert(
     conn: DocConnection, topic: str, form: str, payload: bytes, content_type: str | None,
     dedupe_key: str | None, created_at: str,
@@ -345,37 +335,21 @@ class PubSub:
         self, actor: DocumentActor, topic: str, form: str, payload: bytes,
         content_type: str | None, dedupe_key: str | None,
     ) -> PublishResult:
-        created_at = iso_timestamp()
-        hub = self.hub(actor)
-
-        def insert(conn: DocConnection) -> PublishResult:
-            if dedupe_key is not None:
-                row = conn.execute(
-                    f"SELECT {_COLUMNS} FROM _skald_messages WHERE topic = ? AND dedupe_key = ?",
-                    (topic, dedupe_key),
-                ).fetchone()
-                if row is not None:
-                    return PublishResult(Message.from_row(row), False)
-            message = _insert(conn, topic, form, payload, content_type, dedupe_key, created_at)
-            return PublishResult(message, True)
-
-        def committed(result: PublishResult) -> None:
-            if result.created:
-                self.published.inc()
-                hub.deliver(result.message)
-            else:
-                self.deduplicated.inc()
-
-        return await actor.write(insert, after_commit=committed)
+        item = Publish(topic, form, payload, content_type, dedupe_key)
+        created_at, hub = iso_timestamp(), self.hub(actor)
+        return await actor.write(
+            lambda conn: _insert_item(conn, item, created_at), after_commit=lambda r: self._committed(hub, r)
+        )
 
     async def publish_many(
-        self, db_id: str, items: list[NewMessage],
+        self, db_id: str, items: Sequence[Publish],
         also: Callable[[DocConnection, Message, int], None] | None = None,
     ) -> list[Message]:
         """Commit several messages on ``db_id`` in one op (one place in a group commit), in order.
 
         For a connection that streams publishes (MQTT): their order is kept and they share a
-        commit. ``also(conn, message, index)`` runs after each insert in the same transaction.
+        commit; dedupe keys are not looked at (MQTT has none; :meth:`publish_batch` honours them).
+        ``also(conn, message, index)`` runs after each insert in the same transaction.
         All commit or none does; returns after COMMIT.
         """
         created_at = iso_timestamp()
@@ -553,4 +527,4 @@ class PubSub:
 
         return await actor.read(fetch)
 
-__all__ = ["Hub", "Message", "NewMessage", "PubSub", "Publish", "Subscriber", "parse_publish"]
+__all__ = ["Hub", "Message", "PubSub", "Publish", "Subscriber", "parse_publish"]
