@@ -866,7 +866,7 @@ def _connection_failed(exc: BaseException) -> DocumentUnavailable:
 
 def _rolled_back(exc: Exception) -> Exception:
     """The answer for an op that ended the whole transaction."""
-    cause = _sqlite_cause(exc)
+    cause = sqlite_cause(exc)
     name = getattr(cause, "sqlite_errorname", None)
     if name == "SQLITE_INTERRUPT":
         # skald stopped it (a query's time limit): its own error says more than the rollback
@@ -891,7 +891,7 @@ def _rolled_back(exc: Exception) -> Exception:
     return error
 
 
-def _sqlite_cause(exc: BaseException) -> sqlite3.Error | None:
+def sqlite_cause(exc: BaseException) -> sqlite3.Error | None:
     """The sqlite3 error behind ``exc`` (services translate with ``from None``, which keeps the context)."""
     seen: BaseException | None = exc
     for _ in range(8):

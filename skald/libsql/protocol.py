@@ -13,10 +13,10 @@ import base64
 import binascii
 import dataclasses
 import math
-import sqlite3
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from skald.db.actor import sqlite_cause
 from skald.errors import SkaldError
 from skald.libsql.errors import HranaProtocolError
 from skald.query.values import Params
@@ -217,21 +217,12 @@ def evaluate(cond: Cond, ok: Sequence[bool | None], autocommit: Callable[[], boo
 # ---- errors ----------------------------------------------------------------------------------------
 
 
-def _sqlite_cause(exc: BaseException) -> sqlite3.Error | None:
-    seen: BaseException | None = exc
-    for _ in range(8):
-        if seen is None or isinstance(seen, sqlite3.Error):
-            return seen
-        seen = seen.__cause__ or seen.__context__
-    return None
-
-
 def error_code(exc: SkaldError) -> str:
     """The Hrana error ``code`` clients raise: SQLite's (extended) error name where SQLite refused
     the statement (``SQLITE_CONSTRAINT_PRIMARYKEY``, ``SQLITE_ERROR``), else skald's stable code in
     capitals (``SCOPE_DENIED``, ``STATEMENT_FORBIDDEN``, ``QUERY_TIMEOUT``, ``TRANSACTION_TIMEOUT``)."""
     if exc.code in ("sql_error", "constraint_violation"):
-        cause = _sqlite_cause(exc)
+        cause = sqlite_cause(exc)
         name = getattr(cause, "sqlite_errorname", None)
         if isinstance(name, str):
             return name
