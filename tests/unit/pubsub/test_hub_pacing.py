@@ -1,0 +1,112 @@
+"""A publish is answered after its commit, not after its fan-out (issue 17).
+
+The hub hands committed messages to subscribers' buffers from its own task, a slice of
+subscribers per scheduler round, so the publisher's reply does not wait for (or compete
+with) thousands of subscriber wake-ups. These tests drive a real actor and a serving
+PubSub in-process; time never enters them (scheduler rounds, ``wait_all_tasks_blocked``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+import trio
+import trio.testing
+
+from skald.config import Settings
+from skald.db.supervisor import Supervisor
+from skald.metrics import Metrics
+from skald.pubsub.service import Message, Publish, PubSub, Subscriber
+from skald.pubsub.topics import TopicFilter
+
+DB = "fanout"
+
+
+@pytest.fixture
+async def pubsub(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[PubSub]:
+    sup = Supervisor(Settings(data_dir=tmp_path / "data"))
+    await nursery.start(sup.serve)
+    service = PubSub(sup, Metrics(), 1000)
+    await nursery.start(service.serve, None)
+    yield service
+    await sup.aclose()
+
+
+def _buffered(sub: Subscriber) -> list[Message]:
+    out: list[Message] = []
+    while True:
+        try:
+            out.append(sub.receive.receive_nowait())
+        except (trio.WouldBlock, trio.EndOfChannel):
+            return out
+
+
+async def test_a_publish_is_answered_before_every_subscriber_was_written_to(pubsub: PubSub) -> None:
+    count = 20 * pubsub.fanout_slice
+    async with pubsub.supervisor.open_document(DB, create=True) as actor:
+        hub = pubsub.hub(actor)
+        subs = [Subscriber([], None, 10) for _ in range(count)]
+        for sub in subs:
+            hub.add(sub)
+        result = await pubsub.publish(DB, "news", "text", b"hello", None, None)
+        reached = sum(1 for sub in subs if sub.receive.statistics().current_buffer_used)
+        # today's hub offered the message to all of them before the actor answered the publisher
+        assert reached < count
+        await trio.testing.wait_all_tasks_blocked()
+        assert all([m.id for m in _buffered(sub)] == [result.message.id] for sub in subs)
+
+
+async def test_every_subscriber_gets_every_message_in_order_across_passes(pubsub: PubSub) -> None:
+    pubsub.fanout_slice = 3  # many passes and slices for a handful of subscribers
+    async with pubsub.supervisor.open_document(DB, create=True) as actor:
+        hub = pubsub.hub(actor)
+        early = [Subscriber([], None, 1000) for _ in range(8)]
+        filtered = Subscriber([TopicFilter.parse("odd/#")], None, 1000)
+        for sub in [*early, filtered]:
+            hub.add(sub)
+        late: list[Subscriber] = []
+        ids: list[int] = []
+
+        async def single(n: int) -> None:
+            result = await pubsub.publish(DB, f"{'odd' if n % 2 else 'even'}/{n}", "text", b"x", None, None)
+            ids.append(result.message.id)
+
+        async with trio.open_nursery() as nursery:
+            for n in range(20):
+                nursery.start_soon(single, n)
+            batch = [Publish("even/batch", "text", b"y", None, None) for _ in range(30)]
+            nursery.start_soon(lambda: _batch(pubsub, batch, ids))
+            await trio.testing.wait_all_tasks_blocked(cushion=0)  # mid-way: a subscriber joins
+            late.append(Subscriber([], None, 1000))
+            hub.add(late[0])
+        await trio.testing.wait_all_tasks_blocked()
+        everything = sorted(ids)
+        assert len(everything) == 50
+        for sub in early:
+            assert [m.id for m in _buffered(sub)] == everything
+        odd = [m.id for m in _buffered(filtered)]
+        assert odd == sorted(odd) and len(odd) == 10
+        joined = [m.id for m in _buffered(late[0])]
+        assert joined == sorted(joined) and joined == everything[len(everything) - len(joined):]
+
+
+async def _batch(pubsub: PubSub, items: list[Publish], ids: list[int]) -> None:
+    ids.extend(m.id for m in await pubsub.publish_many(DB, items))
+
+
+async def test_a_full_subscriber_is_dropped_and_the_others_still_get_everything(pubsub: PubSub) -> None:
+    pubsub.fanout_slice = 2
+    async with pubsub.supervisor.open_document(DB, create=True) as actor:
+        hub = pubsub.hub(actor)
+        stuck = Subscriber([], None, 3)  # never read: overflows on the fourth message
+        readers = [Subscriber([], None, 1000) for _ in range(5)]
+        for sub in [stuck, *readers]:
+            hub.add(sub)
+        published = await pubsub.publish_many(DB, [Publish("t", "text", b"z", None, None)] * 10)
+        await trio.testing.wait_all_tasks_blocked()
+        assert stuck.overflowed and stuck.closed and stuck not in hub.subscribers
+        assert stuck.first_lost_id == published[0].id
+        for sub in readers:
+            assert [m.id for m in _buffered(sub)] == [m.id for m in published]
