@@ -28,7 +28,7 @@ DB = "fanout"
 async def pubsub(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[PubSub]:
     sup = Supervisor(Settings(data_dir=tmp_path / "data"))
     await nursery.start(sup.serve)
-    service = PubSub(sup, Metrics(), 1000)
+    service = PubSub(sup, Metrics(), 1000, fanout_interval=0)  # coalescing: its own test below
     await nursery.start(service.serve, None)
     yield service
     await sup.aclose()
@@ -110,3 +110,24 @@ async def test_a_full_subscriber_is_dropped_and_the_others_still_get_everything(
         assert stuck.first_lost_id == published[0].id
         for sub in readers:
             assert [m.id for m in _buffered(sub)] == [m.id for m in published]
+
+
+async def test_messages_committed_within_one_interval_reach_a_subscriber_in_one_write(
+    pubsub: PubSub, mock_clock: trio.testing.MockClock
+) -> None:
+    pubsub.fanout_interval = 0.025
+    async with pubsub.supervisor.open_document(DB, create=True) as actor:
+        hub = pubsub.hub(actor)
+        subs = [Subscriber([], None, 1000) for _ in range(2 * pubsub.fanout_slice)]  # the paced path
+        for sub in subs:
+            hub.add(sub)
+        first = await pubsub.publish(DB, "t", "text", b"1", None, None)
+        await trio.testing.wait_all_tasks_blocked()
+        # after a pause the first message goes out at once
+        assert all([m.id for m in _buffered(sub)] == [first.message.id] for sub in subs)
+        later = [(await pubsub.publish(DB, "t", "text", b"n", None, None)).message.id for _ in range(5)]
+        await trio.testing.wait_all_tasks_blocked()
+        assert all(not _buffered(sub) for sub in subs)  # held until the interval has passed
+        mock_clock.jump(0.025)
+        await trio.testing.wait_all_tasks_blocked()
+        assert all([m.id for m in _buffered(sub)] == later for sub in subs)  # all five in one pass
