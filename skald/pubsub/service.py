@@ -304,7 +304,8 @@ class Hub:
 
     def __init__(self, pubsub: PubSub) -> None:
         self._pubsub = pubsub
-        self.subscribers: set[Subscriber] = set()
+        # insertion-ordered: passes reach subscribers oldest first, the same order every time
+        self.subscribers: dict[Subscriber, None] = {}
         self._pending: list[Message] = []  # committed, not offered yet (in id order)
         self._pending_bytes = 0
         self._busy = False  # a pass is under way (or queued): deliver() must not overtake it
@@ -326,7 +327,7 @@ class Hub:
                 continue  # removed (or dropped) since the snapshot
             for message in messages:
                 if sub.wants(message) and not sub.offer(message):
-                    self.subscribers.discard(sub)
+                    self.subscribers.pop(sub, None)
                     break
 
     def _behind(self) -> bool:
@@ -365,11 +366,11 @@ class Hub:
             self._pending, self._pending_bytes, self._busy = [], 0, False
 
     def add(self, sub: Subscriber) -> None:
-        self.subscribers.add(sub)
+        self.subscribers[sub] = None
         self._pubsub.subscribers_gauge.inc()
 
     def remove(self, sub: Subscriber) -> None:
-        self.subscribers.discard(sub)
+        self.subscribers.pop(sub, None)
         sub.close()
         self._pubsub.subscribers_gauge.dec()
 

@@ -14,11 +14,13 @@ from pathlib import Path
 import pytest
 import trio
 import trio.testing
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 
 from skald.config import Settings
 from skald.db.supervisor import Supervisor
 from skald.metrics import Metrics
-from skald.pubsub.service import Message, Publish, PubSub, Subscriber
+from skald.pubsub.service import Hub, Message, Publish, PubSub, Subscriber
 from skald.pubsub.topics import TopicFilter
 
 DB = "fanout"
@@ -126,3 +128,55 @@ async def test_messages_committed_within_one_interval_reach_a_subscriber_in_one_
         mock_clock.jump(0.025)
         await trio.testing.wait_all_tasks_blocked()
         assert all([m.id for m in _buffered(sub)] == later for sub in subs)  # all five in one pass
+
+
+_STEP = st.one_of(
+    st.just(("deliver", 0)), st.just(("add", 0)), st.just(("round", 0)),
+    st.tuples(st.just("remove"), st.integers(0, 6)),
+)
+
+
+@settings(max_examples=100, deadline=None)
+# a pass under way while the subscribers drop to one slice: the next message must not overtake it
+@example(steps=[("add", 0), ("add", 0), ("add", 0), ("deliver", 0), ("round", 0), ("remove", 0), ("remove", 1),
+                ("deliver", 0)], slice_size=1)
+@given(steps=st.lists(_STEP, max_size=60), slice_size=st.integers(1, 3))
+def test_any_interleaving_gives_each_subscriber_an_unbroken_tail_of_the_messages(
+    steps: list[tuple[str, int]], slice_size: int
+) -> None:
+    """Subscribers join, leave and messages arrive in any order against the paced fan-out: every
+    subscriber that stays gets the committed messages as one unbroken run in id order, from at
+    latest the first message committed after it joined, to the last."""
+
+    async def scenario() -> None:
+        service = PubSub(Supervisor(Settings()), Metrics(), 1000, fanout_slice=slice_size)
+        hub = Hub(service)
+        subs: list[tuple[Subscriber, int]] = []  # with how many messages were committed when it joined
+        removed: set[int] = set()
+        committed: list[int] = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(hub.serve_fanout)
+            await trio.testing.wait_all_tasks_blocked()
+            for action, arg in steps:
+                if action == "deliver":
+                    committed.append(len(committed) + 1)
+                    hub.deliver(Message(committed[-1], "t", "text", b"x", None, "c"))
+                elif action == "add":
+                    sub = Subscriber([], None, 1000)
+                    hub.add(sub)
+                    subs.append((sub, len(committed)))
+                elif action == "remove" and arg < len(subs) and arg not in removed:
+                    hub.remove(subs[arg][0])
+                    removed.add(arg)
+                else:
+                    await trio.lowlevel.checkpoint()  # a scheduler round: a slice of a pass
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.cancel_scope.cancel()
+        for index, (sub, joined_after) in enumerate(subs):
+            if index in removed:
+                continue
+            got = [m.id for m in sub.take_nowait()]
+            assert got == committed[len(committed) - len(got):]  # an unbroken tail, in order
+            assert len(got) >= len(committed) - joined_after  # nothing committed after it joined is missing
+
+    trio.run(scenario)
