@@ -27,6 +27,7 @@ from skald.config import Settings
 from skald.db.actor import DocumentActor
 from skald.db.connection import DocConnection
 from skald.db.ids import validate_db_id
+from skald.db.worker import WorkerPool
 from skald.errors import DocumentNotFound, DocumentUnavailable, ShuttingDown
 from skald.metrics import Metrics
 
@@ -62,6 +63,8 @@ class Supervisor:
         self._closed = False
         self._actor_hooks: list[ActorHook] = []
         self._reaper_wakeup = trio.Event()
+        self._writer_pool: WorkerPool | None = None
+        self._reader_pool: WorkerPool | None = None
         self.placement: Placement | None = None
         """Set on a cluster node; ``None`` (the single-process default) changes nothing."""
         self.started_at = time.time()
@@ -75,18 +78,28 @@ class Supervisor:
         Reports itself through ``task_status`` once the service database is ready.
         """
         self.settings.documents_dir.mkdir(parents=True, exist_ok=True)
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            self._service = self._new_actor(SERVICE_DB_ID, migrations="service")
-            self._service.path = self.settings.service_db_path
-            await nursery.start(self._service.serve)
-            rows = await self._service.read(
-                lambda conn: [r[0] for r in conn.execute("SELECT db_id FROM documents")]
-            )
-            self._known = set(rows)
-            self.metrics.documents.set(len(self._known))
-            nursery.start_soon(self._reap_idle)
-            task_status.started(self)
+        # Every document's connections share these threads (a thread per connection would mean
+        # 20,000 threads for 10,000 open documents). Two pools: slow reads never hold the
+        # threads writes need.
+        self._writer_pool = WorkerPool(self.settings.db_writer_threads, name="skald-writer")
+        self._reader_pool = WorkerPool(self.settings.db_reader_threads, name="skald-reader")
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                self._service = self._new_actor(SERVICE_DB_ID, migrations="service")
+                self._service.path = self.settings.service_db_path
+                await nursery.start(self._service.serve)
+                rows = await self._service.read(
+                    lambda conn: [r[0] for r in conn.execute("SELECT db_id FROM documents")]
+                )
+                self._known = set(rows)
+                self.metrics.documents.set(len(self._known))
+                nursery.start_soon(self._reap_idle)
+                task_status.started(self)
+        finally:
+            # every actor has stopped (the nursery is done) and closed its connections
+            await self._writer_pool.aclose()
+            await self._reader_pool.aclose()
 
     async def aclose(self) -> None:
         """Stop every actor after its queued work, then the service database; returns when all exited."""
@@ -256,6 +269,10 @@ class Supervisor:
             read_pool_size=s.read_pool_size,
             synchronous=s.synchronous,
             busy_timeout_ms=s.busy_timeout_ms,
+            cache_kib=s.sqlite_cache_kib,
+            reader_idle_seconds=s.reader_idle_seconds,
+            writer_pool=self._writer_pool,
+            reader_pool=self._reader_pool,
             metrics=self.metrics,
         )
         actor.on_idle = self._wake_reaper
