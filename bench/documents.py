@@ -82,18 +82,21 @@ def memory(pid: int) -> tuple[float, int]:
     return int(status["VmRSS"].split()[0]) / 1024, int(status["Threads"])
 
 
-async def each(url: str, requests: Iterable[tuple[str, str, str | None]], concurrency: int = 16) -> None:
-    """Send ``(method, path, json body)`` requests, ``concurrency`` at a time; any non-2xx stops the bench."""
-    pending = iter(requests)
+Request = tuple[str, str, str | None]  # method, path, JSON body
+
+
+async def each(url: str, groups: Iterable[list[Request]], concurrency: int = 16) -> None:
+    """Send each group's requests in order, ``concurrency`` groups at a time; a non-2xx stops the bench."""
+    pending = iter(groups)
     async with httpx.AsyncClient(base_url=url, headers=AUTH, timeout=120) as client:
 
         async def lane() -> None:
-            for method, path, body in pending:
-                r = await client.request(
-                    method, path, content=body, headers={"Content-Type": "application/json"} if body else None
-                )
-                if r.status_code >= 300:
-                    raise SystemExit(f"{method} {path}: {r.status_code} {r.text}")
+            for group in pending:
+                for method, path, body in group:
+                    headers = {"Content-Type": "application/json"} if body else None
+                    r = await client.request(method, path, content=body, headers=headers)
+                    if r.status_code >= 300:
+                        raise SystemExit(f"{method} {path}: {r.status_code} {r.text}")
 
         async with trio.open_nursery() as nursery:
             for _ in range(concurrency):
@@ -142,9 +145,9 @@ def spread(tmp: Path, args: argparse.Namespace) -> None:
     try:
         started = time.perf_counter()
         create = "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)"
-        trio.run(each, url, [("PUT", f"/api/v1/db/d{i}", None) for i in range(args.documents)])
         body = f'{{"sql": "{create}"}}'
-        trio.run(each, url, [("POST", f"/api/v1/db/d{i}/query", body) for i in range(args.documents)])
+        trio.run(each, url, [[("PUT", f"/api/v1/db/d{i}", None), ("POST", f"/api/v1/db/d{i}/query", body)]
+                             for i in range(args.documents)])
         print(f"(a) {args.documents} documents created in {time.perf_counter() - started:.0f}s; {load()}")
         scripts = {1: tmp / "one.lua", args.documents: tmp / "spread.lua"}
         for documents, script in scripts.items():
@@ -192,8 +195,8 @@ def open_many(tmp: Path, args: argparse.Namespace) -> None:
         message = '{"topic": "t", "payload": "x"}'
         for checkpoint in checkpoints:
             batch = range(done, checkpoint)
-            trio.run(each, url, [r for i in batch for r in (("PUT", f"/api/v1/db/m{i}", None),
-                                                            ("POST", f"/api/v1/db/m{i}/messages", message))])
+            trio.run(each, url, [[("PUT", f"/api/v1/db/m{i}", None), ("POST", f"/api/v1/db/m{i}/messages", message)]
+                                 for i in batch])
             done = checkpoint
             rss, threads = memory(proc.pid)
             actors = open_actors(url)

@@ -31,12 +31,19 @@ T = TypeVar("T")
 
 IDLE_THREAD_SECONDS = 10.0
 """A pool thread with nothing to do for this long exits (the next call starts one again)."""
+INTERRUPT_AGAIN_SECONDS = 0.05
+"""How often a cancelled call that is still running is interrupted again (see ConnectionWorker.run)."""
+
+
+class CallCancelled(Exception):
+    """A call's caller was cancelled after a thread took it but before ``fn`` started: it never ran."""
 
 
 @dataclasses.dataclass(eq=False)
 class _Job:
     fn: Callable[[DocConnection], object] | None  # None: close the connection (the worker's last job)
     done: Callable[[outcome.Outcome[object]], None]
+    cancelled: bool = False  # guarded by the pool's lock
 
 
 class WorkerPool:
@@ -114,7 +121,7 @@ class WorkerPool:
                     worker._running = job
                     self._lock.release()
                     try:
-                        result = outcome.capture(worker._call, job.fn)
+                        result = outcome.capture(worker._call, job)
                     finally:
                         self._lock.acquire()
                     worker._running = None
@@ -162,15 +169,18 @@ class ConnectionWorker:
 
     # ---- on a pool thread ----------------------------------------------------------------------------
 
-    def _call(self, fn: Callable[[DocConnection], object] | None) -> object:
-        if fn is None:  # the last job: close the connection here, on a pool thread
+    def _call(self, job: _Job) -> object:
+        if job.fn is None:  # the last job: close the connection here, on a pool thread
             conn, self._conn = self._conn, None
             if conn is not None:
                 conn.close()
             return None
         if self._conn is None:
             self._conn = self._opener()
-        return fn(self._conn)
+        with self._pool._lock:  # cancelled while the connection opened (nothing to interrupt then)
+            if job.cancelled:
+                raise CallCancelled("the caller was cancelled before the call started")
+        return job.fn(self._conn)
 
     def _deliver(self, job: _Job, result: outcome.Outcome[object]) -> None:
         with contextlib.suppress(trio.RunFinishedError):
@@ -207,13 +217,23 @@ class ConnectionWorker:
                 if job in self._jobs:  # not started: withdraw it
                     self._jobs.remove(job)
                     raise
-                if self._running is job and self._conn is not None:
-                    # under the lock: the thread cannot have moved on to this connection's next call
-                    self._conn.interrupt()
+                job.cancelled = True
             with trio.CancelScope(shield=True):
-                await finished.wait()
+                # SQLite forgets an interrupt that lands before a statement starts (sqlite3_step
+                # clears it when no statement is active), e.g. while fn is still in Python: so
+                # interrupt again until fn returns.
+                while not finished.is_set():
+                    self._interrupt(job)
+                    with trio.move_on_after(INTERRUPT_AGAIN_SECONDS):
+                        await finished.wait()
             raise
         return box[0].unwrap()
+
+    def _interrupt(self, job: _Job) -> None:
+        with self._pool._lock:
+            # under the lock: the thread cannot have moved on to this connection's next call
+            if self._running is job and self._conn is not None:
+                self._conn.interrupt()
 
     async def aclose(self) -> None:
         """Finish the queued calls, close the connection (on a pool thread) and return.
