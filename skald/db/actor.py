@@ -175,6 +175,8 @@ class DocumentActor:
         self.keep_alive_deadline = -math.inf
         self.on_idle: Callable[[], None] | None = None
         """Called when the actor may have become idle (the supervisor's reaper wakes on it)."""
+        self.reap_scheduled = False
+        """The supervisor's reaper has this actor lined up (see Supervisor._schedule_reap)."""
         self.closing = trio.Event()
         """Set when the actor starts stopping; long-lived holders (SSE) end on it."""
         self.stopped = trio.Event()

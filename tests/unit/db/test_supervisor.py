@@ -120,3 +120,25 @@ async def test_open_and_reap_500_documents_leaves_nothing_behind(tmp_path: Path)
         await sup.aclose()
     # the pools' threads end with the supervisor
     assert _connection_threads() == []
+
+
+async def test_a_document_used_again_is_reaped_a_full_timeout_after_its_last_use(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    async with trio.open_nursery() as nursery:
+        sup = await _supervisor(nursery, tmp_path, idle_timeout=60.0)
+        actors = {}
+        for db_id in ("a", "b"):
+            await sup.create_document(db_id)
+            async with sup.open_document(db_id) as actors[db_id]:
+                await actors[db_id].write(lambda c: c.execute("CREATE TABLE t (x)"))
+        await trio.sleep(50)
+        async with sup.open_document("a") as a:  # lined up for t=60 already: used again at t=50
+            await a.read(lambda c: c.execute("SELECT count(*) FROM t").fetchone())
+        await trio.sleep(15)  # t=65
+        assert actors["b"].closing.is_set() and actors["b"].stop_reason == "idle"
+        await trio.sleep(40)  # t=105: a's last use + 55 s
+        assert not a.closing.is_set()
+        await trio.sleep(10)  # t=115
+        assert a.closing.is_set() and a.stop_reason == "idle"
+        await sup.aclose()
