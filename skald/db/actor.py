@@ -57,8 +57,10 @@ from skald.metrics import Metrics
 T = TypeVar("T")
 log = structlog.get_logger("skald.db.actor")
 STATEMENT_MEMO_SIZE = 512
-READER_IDLE_SECONDS = 30.0
-"""A read-only connection unused for this long is closed (the next read opens one again)."""
+CONNECTION_IDLE_SECONDS = 30.0
+"""A connection (the writer or a reader) unused for this long is closed; the next op opens it again.
+An open document costs its connections' memory (SQLite's schema and page cache: ~100-300 KiB each)
+only while it is in use."""
 
 
 class OpKind(enum.Enum):
@@ -129,7 +131,7 @@ class DocumentActor:
         synchronous: str = "NORMAL",
         busy_timeout_ms: int = 5000,
         cache_kib: int | None = None,
-        reader_idle_seconds: float = READER_IDLE_SECONDS,
+        connection_idle_seconds: float = CONNECTION_IDLE_SECONDS,
         writer_pool: WorkerPool | None = None,
         reader_pool: WorkerPool | None = None,
         metrics: Metrics | None = None,
@@ -148,7 +150,9 @@ class DocumentActor:
         self._synchronous = synchronous
         self._busy_timeout_ms = busy_timeout_ms
         self._cache_kib = cache_kib
-        self._reader_idle_seconds = reader_idle_seconds
+        self._idle_seconds = connection_idle_seconds
+        self._writer_idle_since: float | None = None
+        """When the writer's connection was last used (None: it is not open)."""
         self._writer_pool = writer_pool
         self._reader_pool = reader_pool
         self._metrics = metrics
@@ -218,6 +222,7 @@ class DocumentActor:
                 await self._writer.run(lambda conn: apply_migrations(conn, kind))
             except sqlite3.Error as exc:
                 raise StorageError(f"cannot open document {self.db_id}: {exc}") from None
+            self._writer_idle_since = trio.current_time()
             if self._metrics:
                 self._metrics.actors_open.inc()
                 self._metrics.actors_started.inc()
@@ -392,7 +397,7 @@ class DocumentActor:
         now = trio.current_time()
         self._reader_idle_since[reader] = now
         if self._mailbox_wait is not None:  # the actor waits for ops: wake it to close this one later
-            self._mailbox_wait.deadline = min(self._mailbox_wait.deadline, now + self._reader_idle_seconds)
+            self._mailbox_wait.deadline = min(self._mailbox_wait.deadline, now + self._idle_seconds)
 
     async def _submit(self, op: _Op[T]) -> T:
         if self.closing.is_set():
@@ -455,9 +460,9 @@ class DocumentActor:
     # ---- the loop -----------------------------------------------------------------------------------
 
     async def _next_op(self) -> _Op[Any] | None:
-        """The next op, or None at the end of the mailbox; closes idle readers while it waits."""
+        """The next op, or None at the end of the mailbox; closes idle connections while it waits."""
         while True:
-            with trio.CancelScope(deadline=self._readers_expire_at()) as wait:
+            with trio.CancelScope(deadline=self._connections_expire_at()) as wait:
                 self._mailbox_wait = wait
                 try:
                     return await self._receive.receive()
@@ -465,17 +470,27 @@ class DocumentActor:
                     return None
                 finally:
                     self._mailbox_wait = None
-            await self._close_idle_readers()
+            await self._close_idle_connections()
 
-    def _readers_expire_at(self) -> float:
-        if not self._reader_idle_since:
-            return math.inf
-        return min(self._reader_idle_since.values()) + self._reader_idle_seconds
+    def _connections_expire_at(self) -> float:
+        since = list(self._reader_idle_since.values())
+        if self._writer_idle_since is not None:
+            since.append(self._writer_idle_since)
+        return min(since, default=math.inf) + self._idle_seconds
 
-    async def _close_idle_readers(self) -> None:
-        """Close the read-only connections unused for ``reader_idle_seconds`` (memory, a file descriptor)."""
+    async def _close_idle_connections(self) -> None:
+        """Close the connections unused for ``connection_idle_seconds`` (memory, file descriptors).
+
+        Runs on the actor's task between batches: no op, loan or commit is using the writer then.
+        """
         now = trio.current_time()
-        expired = [r for r, since in self._reader_idle_since.items() if since + self._reader_idle_seconds <= now]
+        if self._writer_idle_since is not None and self._writer_idle_since + self._idle_seconds <= now:
+            old, self._writer = self._writer, self._open_writer()  # opens its connection on first use
+            self._writer_idle_since = None
+            self._writer_schema_changes = 0  # the new connection counts from zero; the schema is the same
+            if old is not None:
+                await old.aclose()
+        expired = [r for r, since in self._reader_idle_since.items() if since + self._idle_seconds <= now]
         for reader in expired:  # out of every list first: nobody can take it while it closes
             del self._reader_idle_since[reader]
             self._idle_readers.remove(reader)
@@ -496,6 +511,7 @@ class DocumentActor:
                 with trio.CancelScope(shield=True):
                     await self._run_batch(batch)
             finally:
+                self._writer_idle_since = trio.current_time()
                 self.inflight -= 1
                 self._touch()
                 if self._metrics:

@@ -277,7 +277,7 @@ class Supervisor:
             synchronous=s.synchronous,
             busy_timeout_ms=s.busy_timeout_ms,
             cache_kib=s.sqlite_cache_kib,
-            reader_idle_seconds=s.reader_idle_seconds,
+            connection_idle_seconds=s.connection_idle_seconds,
             writer_pool=self._writer_pool,
             reader_pool=self._reader_pool,
             metrics=self.metrics,

@@ -243,7 +243,10 @@ class ConnectionWorker:
         with self._pool._lock:
             if not self._closed:
                 self._closed = True
-                self._jobs.append(_Job(None, lambda _result: self._stopped.set()))
-                self._pool._schedule(self)
+                if self._conn is None and not self._lined_up:
+                    self._stopped.set()  # never opened, nothing queued: no thread needed
+                else:
+                    self._jobs.append(_Job(None, lambda _result: self._stopped.set()))
+                    self._pool._schedule(self)
         with trio.CancelScope(shield=True):
             await self._stopped.wait()
