@@ -17,7 +17,7 @@ Two parts, each against a fresh ``python -m skald serve`` (its own data folder):
 
 The load average is printed beside every figure. Usage:
 ``python bench/documents.py [--only spread,open] [--seconds 5] [--rounds 3] [--documents 1000]
-[--open 10000] [--idle-timeout 90]``; wrap it in ``flock /tmp/bench.lock`` on a shared machine.
+[--open 10000] [--idle-timeout 180]``; wrap it in ``flock /tmp/bench.lock`` on a shared machine.
 Needs ``wrk`` (``apt install wrk``). Server settings (``SKALD_*`` in the environment, e.g.
 ``SKALD_DB_WRITER_THREADS``) are passed through.
 """
@@ -224,7 +224,7 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=16, help="wrk connections (spread)")
     parser.add_argument("--documents", type=int, default=1000, help="documents the spread load uses")
     parser.add_argument("--open", type=int, default=10_000, help="documents to open (open)")
-    parser.add_argument("--idle-timeout", type=float, default=90.0, help="the server's idle_timeout (open)")
+    parser.add_argument("--idle-timeout", type=float, default=180.0, help="the server's idle_timeout (open)")
     args = parser.parse_args()
     parts = [p for p in args.only.split(",") if p]
     if set(parts) - {"spread", "open"}:
