@@ -30,6 +30,7 @@ import itertools
 import json
 import sqlite3
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
@@ -163,19 +164,20 @@ _stream_numbers = itertools.count()
 
 @dataclasses.dataclass
 class ReusedTexts:
-    """Prepared statements that the lines of one NDJSON query stream share (:func:`run_statement`).
+    """Prepared statements that the lines of one NDJSON query stream, or the single statements of one
+    open document, share (:func:`run_statement`).
 
-    User SQL is normally prepared afresh every run (``execute_untrusted``): SQLite consults the
-    authorizer only while it prepares, and a cached statement would skip the policy. A stream's
-    lines mostly repeat one text (``INSERT INTO t VALUES (?)`` ten thousand times), and preparing
-    it (every authorizer callback a Python call taking the GIL from the event loop) was most of a
-    line's cost. Reuse is safe when the cached statement was prepared under the *same* enforcing
-    policy: the text skald runs starts with a comment naming this stream and the statement's class,
-    so a statement is only ever handed back to a line of the same class, whose policy allowed every
-    action it compiled to (a denied prepare is never cached). A schema change makes SQLite prepare
-    it again, under the policy of the line that runs it. The token's own scopes are checked per
-    line as before (``decide``). Only READ and WRITE lines reuse: ADMIN lines (DDL) are prepared
-    afresh every time.
+    User SQL was prepared afresh every run (``execute_untrusted``): SQLite consults the authorizer
+    only while it prepares, and a cached statement would skip the policy. But a stream's lines and
+    an application's requests mostly repeat a few texts (``INSERT INTO t VALUES (?)`` ten thousand
+    times), and preparing one (every authorizer callback a Python call taking the GIL from the
+    event loop) was most of a stream line's cost. Reuse is safe when the cached statement was
+    prepared under the *same* enforcing policy: the text skald runs starts with a comment naming
+    this set and the statement's class, so a statement is only ever handed back to a statement of
+    the same class, whose policy allowed every action it compiled to (a denied prepare is never
+    cached). A schema change makes SQLite prepare it again, under the policy of the statement that
+    runs it. The token's own scopes are checked as before (the class's action, per request or
+    line). Only READ and WRITE statements reuse: ADMIN ones (DDL) are prepared afresh every time.
 
     What the authorizer taught about a text (does it write rows, insert rows) is kept in ``seen``,
     for runs whose statement came from the cache and reached no callback; the tables written and
@@ -485,6 +487,23 @@ async def classify_all(actor: DocumentActor, stmts: Sequence[Statement]) -> Stat
     return max([StatementClass.READ, *(cls for cls in classes if cls is not None)])
 
 
+_texts_of: weakref.WeakKeyDictionary[DocumentActor, ReusedTexts] = weakref.WeakKeyDictionary()
+
+
+def _document_texts(actor: DocumentActor) -> ReusedTexts:
+    """The prepared statements single ``/query`` statements (and watch re-runs) of one open document share.
+
+    As a stream's (:class:`ReusedTexts` says why a class-keyed text is safe to hand back): a
+    repeated ``INSERT`` or primary-key read compiles once per connection, not once per request.
+    Read statements run on several reader threads at once; what ``seen`` keeps matters only for
+    writes (a READ reports no changes), which run on the one writer thread.
+    """
+    texts = _texts_of.get(actor)
+    if texts is None:
+        texts = _texts_of[actor] = ReusedTexts.fresh()
+    return texts
+
+
 Guard = Callable[[DocConnection], None]
 """A check run first inside the same write op (e.g. a lease fence): raising refuses the write."""
 
@@ -497,13 +516,14 @@ async def execute(
     With a ``guard`` the statement always runs as a write op, right after the guard,
     so nothing can change what the guard checked in between.
     """
+    reuse = _document_texts(actor)
     if cls == StatementClass.READ and guard is None:
-        return await actor.read(lambda conn: run_statement(conn, stmt, cls, limits))
+        return await actor.read(lambda conn: run_statement(conn, stmt, cls, limits, reuse=reuse))
 
     def op(conn: DocConnection) -> StatementResult:
         if guard is not None:
             guard(conn)
-        return run_statement(conn, stmt, cls, limits)
+        return run_statement(conn, stmt, cls, limits, reuse=reuse)
 
     return await actor.write(op)
 
