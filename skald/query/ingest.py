@@ -81,8 +81,10 @@ async def open_query_stream(
                 # Not remembered: classified here, on the writer, so an earlier line's DDL (queued
                 # just before, maybe not committed yet) is what this line is judged against.
                 cls = known if known is not None else classify_sync(conn, stmt)
-                if not decide(principal, db_id, cls.action).allowed:
-                    raise _NeedsScope(cls)
+                if cls.action not in allowed:  # a set shared with the event loop: add/in hold the GIL
+                    if not decide(principal, db_id, cls.action).allowed:
+                        raise _NeedsScope(cls)
+                    allowed.add(cls.action)
                 return cls, run_statement(conn, stmt, cls, limits, reuse=reuse)
 
             generation = actor.schema_generation
