@@ -35,6 +35,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from skald.cluster.etcd import EtcdClient, EtcdUnavailable
 from skald.cluster.replication import Litestream, replica_url
+from skald.cluster.rows import ROWS, RowMirror, row_key, seconds_left
+from skald.cluster.rows import read_row as read_shared_row
 from skald.cluster.tokens import TOKENS, TokenMirror, read_row
 from skald.config import Settings
 from skald.db.actor import DocumentActor
@@ -96,6 +98,14 @@ class ClusterMetrics:
             "skald_cluster_last_confirmed_sync_timestamp_seconds", "Wall time of the last confirmed sync",
             registry=registry,
         )
+        self.released = Counter(
+            "skald_cluster_documents_released_total",
+            "Idle documents handed back because their requests arrive through another node", registry=registry,
+        )
+        self.imported = Counter(
+            "skald_cluster_documents_imported_total", "Documents of the data folder from before the node joined",
+            registry=registry,
+        )
         self.forwarded = Counter(
             "skald_cluster_forwarded_requests_total", "Requests forwarded to the owning node, by outcome",
             ["outcome"], registry=registry,
@@ -129,7 +139,13 @@ class Cluster:
         self.owners: dict[str, tuple[str, int]] = {}  # db_id -> (owner URL, its lease)
         self.nodes: dict[str, str] = {}
         self.tokens = TokenMirror(lambda: supervisor.service)
+        self.rows = RowMirror(lambda: supervisor.service)
         self.forwarder: Forwarder | None = None  # set by skald.cluster.routes.install
+        # For each owned document, the node its latest request came through (this node's id when
+        # HAProxy sent it here directly): an idle document is handed back to the node its requests
+        # arrive at, which is where HAProxy's hash puts it now (a node rejoined or joined).
+        self.arrivals: dict[str, str] = {}
+        self.import_conflicts: list[str] = []
         self.started_at = time.time()
 
     # ---- lifecycle --------------------------------------------------------------------------------
@@ -141,10 +157,13 @@ class Cluster:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.litestream.serve)
                 nursery.start_soon(self.tokens.serve)
+                nursery.start_soon(self.rows.serve)
                 await nursery.start(self._follow)
                 await self._join()
                 nursery.start_soon(self._keep_alive)
                 nursery.start_soon(self._watchdog)
+                await self._import_local()
+                nursery.start_soon(self._rebalance)
                 task_status.started()
                 log.info("joined the cluster", node=self.node_id, url=self.url)
 
@@ -201,6 +220,9 @@ class Cluster:
         if key.startswith(TOKENS):
             if kind == "PUT":
                 self.tokens.seen(kv.value)
+            return
+        if key.startswith(ROWS):
+            self.rows.seen(kind, key, kv.value)
             return
         for prefix, table in ((DOCS, None), (OWNERS, self.owners), (NODES, self.nodes)):
             if not key.startswith(prefix):
@@ -261,6 +283,7 @@ class Cluster:
         self.metrics.fenced.inc()
         dropped = list(self._claims)
         self._claims.clear()
+        self.arrivals.clear()
         self.metrics.owned.set(0)
         for db_id in dropped:
             actor = self.supervisor.open_actors.get(db_id)
@@ -278,7 +301,111 @@ class Cluster:
             return None
         return self._claims.get(db_id)
 
-    async def place(self, db_id: str, *, creating: bool = False) -> str | None:
+    def arrived(self, db_id: str, via: str | None) -> None:
+        """A request for ``db_id`` is being served here; ``via`` names the node that forwarded it."""
+        if db_id in self._claims:
+            self.arrivals[db_id] = via or self.node_id
+
+    async def _rebalance(self) -> None:
+        """Hand back idle documents whose requests arrive through another live node (see :meth:`release`)."""
+        while True:
+            await trio.sleep(max(0.5, min(self.settings.idle_timeout, self.settings.cluster_lease_seconds)))
+            open_now = self.supervisor.open_actors
+            for db_id, via in list(self.arrivals.items()):
+                if via != self.node_id and via in self.nodes and db_id not in open_now and db_id in self._claims:
+                    try:
+                        await self.release(db_id)
+                    except (EtcdUnavailable, DocumentUnavailable) as exc:
+                        log.warning("could not hand a document back", db_id=db_id, error=str(exc))
+
+    async def release(self, db_id: str) -> bool:
+        """Stop owning ``db_id`` (idle here): last sync to S3, then delete the owner key; True if released.
+
+        The claim goes first, so from then on no commit of this node is acknowledged for ``db_id``
+        (the commit gate refuses it): everything acknowledged before is in the generation that the
+        sync below confirms in S3, which is what the next owner restores.
+        """
+        lock = self._locks.setdefault(db_id, trio.Lock())
+        async with lock:
+            claim = self._claims.get(db_id)
+            if claim is None or db_id in self.supervisor.open_actors:
+                return False
+            del self._claims[db_id]
+            self.arrivals.pop(db_id, None)
+            self.metrics.owned.set(len(self._claims))
+            path = self.settings.document_path(db_id)
+            actor = self.supervisor.open_actors.get(db_id)
+            if actor is not None:  # opened by a request that passed owns() just before: it acknowledges nothing
+                actor.stop("ownership changed")
+                await actor.stopped.wait()
+            if claim.replicating:
+                try:
+                    await self.litestream.sync(path, wait_seconds=10)
+                except DocumentUnavailable:
+                    self._claims.setdefault(db_id, claim)  # not confirmed in S3: keep it and serve it here
+                    self.metrics.owned.set(len(self._claims))
+                    raise
+                with contextlib.suppress(DocumentUnavailable):
+                    await self.litestream.unregister(path)
+            await self.etcd.delete_if_owned(OWNERS + db_id, revision=claim.fence)
+            self.metrics.released.inc()
+            log.info("document handed back to the node its requests arrive at", db_id=db_id)
+            return True
+
+    async def _import_local(self) -> None:
+        """Bring the data folder's documents from before this node joined into the cluster.
+
+        A registered document without a ``.generation`` file was never in a cluster: the node takes
+        it (its owner key), replicates the file as is under that fence's prefix, waits until S3 has
+        it, and only then puts its registry key, so no other node can take it before its data is
+        restorable. A name the cluster already has is left alone on disk and listed in ``/status``
+        (``import_conflicts``): rename one of them.
+        """
+        for db_id in sorted(self.supervisor.known_documents):
+            path = self.settings.document_path(db_id)
+            if path.with_name(path.name + ".generation").exists() or not path.exists():
+                continue
+            try:
+                imported = await self._import(db_id)
+            except (EtcdUnavailable, DocumentUnavailable) as exc:
+                log.warning("could not import a document; it is tried again at the next start", db_id=db_id,
+                            error=str(exc))
+                continue
+            if not imported:
+                self.import_conflicts.append(db_id)
+                log.warning("not imported: the cluster already has a document of that name", db_id=db_id)
+
+    async def _import(self, db_id: str) -> bool:
+        path = self.settings.document_path(db_id)
+        if db_id in self.documents:
+            return False
+        owner = json.dumps({"node": self.node_id, "url": self.url})
+        result = await self.etcd.create(OWNERS + db_id, owner, lease=self._lease)
+        if not result.created or result.current is None:
+            return False
+        fence = result.current.create_revision
+        if await self.etcd.get(DOCS + db_id) is not None:
+            await self.etcd.delete_if_owned(OWNERS + db_id, revision=fence)
+            return False
+        await self.litestream.register(path, replica_url(self.settings, db_id, fence))
+        claim = Claim(db_id, fence, replicating=True)
+        try:
+            await self.litestream.sync(path, wait_seconds=30)
+            if not (await self.etcd.create(DOCS + db_id, json.dumps({"generation": fence}))).created:
+                raise NotOwner(f"{db_id} was created elsewhere while it was imported")
+        except BaseException:
+            with trio.CancelScope(shield=True), contextlib.suppress(DocumentUnavailable):
+                await self.litestream.unregister(path)
+                await self.etcd.delete_if_owned(OWNERS + db_id, revision=fence)
+            raise
+        path.with_name(path.name + ".generation").write_text(str(fence))
+        self._claims[db_id] = claim
+        self.metrics.owned.set(len(self._claims))
+        self.metrics.imported.inc()
+        log.info("imported a document from before the node joined", db_id=db_id, generation=fence)
+        return True
+
+    async def place(self, db_id: str, *, creating: bool = False, take: bool = True) -> str | None:
         """Where ``db_id`` is served: ``None`` for this node (taking it if free), else the owner's URL.
 
         A document not in the cluster registry is taken only when ``creating`` (``PUT`` of the
@@ -298,6 +425,8 @@ class Cluster:
             known = self.owners.get(db_id)
             if known is not None and known[1] != self._lease:
                 return known[0]  # forwarded; if that node let go meanwhile it answers not_owner
+            if not take:  # a forwarded request: the sender thinks we own it; we do not take it on its word
+                raise NotOwner(f"document {db_id} moved while this request was forwarded; retry", retry_after=1)
             if not self.valid():  # fenced: may not take anything
                 raise NotOwner("this node's cluster lease lapsed; it is re-joining, retry", retry_after=1)
             registry = await self.etcd.get(DOCS + db_id)
@@ -367,6 +496,7 @@ class Cluster:
     async def deleted(self, db_id: str) -> None:
         await self.etcd.delete(DOCS + db_id)
         claim = self._claims.pop(db_id, None)
+        self.arrivals.pop(db_id, None)
         if claim is not None:
             if claim.replicating:
                 with contextlib.suppress(DocumentUnavailable):
@@ -401,6 +531,24 @@ class Cluster:
         if row is not None:
             await self.etcd.put(TOKENS + token_id, json.dumps(row))
 
+    async def share_row(self, table: str, key: str) -> None:
+        """Publish the local row ``key`` of ``table`` (users, sessions, login_flows), or its deletion."""
+        row = await self.supervisor.service.read(lambda conn: read_shared_row(conn, table, key))
+        if row is None:
+            await self.etcd.delete(row_key(table, key))
+            return
+        left = seconds_left(row)
+        lease = 0
+        if left is not None:  # etcd forgets it once it has expired (a minute later: clocks differ)
+            lease = await self.etcd.grant(max(1.0, left) + 60)
+        await self.etcd.put(row_key(table, key), json.dumps(row), lease=lease)
+
+    async def take_row(self, table: str, key: str) -> dict[str, Any] | None:
+        """Remove a shared row cluster-wide and return it; only one caller of many gets it."""
+        kv = await self.etcd.take(row_key(table, key))
+        row: dict[str, Any] | None = json.loads(kv.value) if kv is not None else None
+        return row
+
     # ---- reads ---------------------------------------------------------------------------------------
 
     def list_documents(self) -> list[str]:
@@ -424,6 +572,8 @@ class Cluster:
             "lease_renewals": int(self.metrics.renewals._value.get()),
             "lease_failures": int(self.metrics.renewal_failures._value.get()),
             "last_confirmed_sync": self.litestream.last_confirmed_sync,
+            "documents_released": int(self.metrics.released._value.get()),
+            "import_conflicts": list(self.import_conflicts),
             "replication": dict(sorted(replicating.items())),
         }
 
