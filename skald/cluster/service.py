@@ -33,6 +33,7 @@ import structlog
 import trio
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from skald.cluster.audit import AuditCollector
 from skald.cluster.etcd import EtcdClient, EtcdUnavailable
 from skald.cluster.replication import Litestream, replica_url
 from skald.cluster.rows import ROWS, RowMirror, row_key, seconds_left
@@ -140,6 +141,7 @@ class Cluster:
         self.nodes: dict[str, str] = {}
         self.tokens = TokenMirror(lambda: supervisor.service)
         self.rows = RowMirror(lambda: supervisor.service)
+        self.audit = AuditCollector(self)
         self.forwarder: Forwarder | None = None  # set by skald.cluster.routes.install
         # For each owned document, the node its latest request came through (this node's id when
         # HAProxy sent it here directly): an idle document is handed back to the node its requests
@@ -164,6 +166,7 @@ class Cluster:
                 nursery.start_soon(self._watchdog)
                 await self._import_local()
                 nursery.start_soon(self._rebalance)
+                nursery.start_soon(self.audit.serve)
                 task_status.started()
                 log.info("joined the cluster", node=self.node_id, url=self.url)
 
@@ -193,6 +196,7 @@ class Cluster:
         self._cancel.cancel(reason="node left the cluster")
         await self.etcd.aclose()
         await self._lease_etcd.aclose()
+        await self.audit.aclose()
 
     async def _follow(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Keep :attr:`documents`, :attr:`owners` and :attr:`nodes` in step with etcd."""
@@ -465,7 +469,8 @@ class Cluster:
                 raise NotOwner(f"lost document {db_id} while taking it; retry", retry_after=1)
             marker.parent.mkdir(parents=True, exist_ok=True)
             marker.write_text(str(fence))
-            await self.supervisor.adopt(db_id)
+            if not db_id.startswith("_"):  # skald's own documents (``_audit``) have no registry row
+                await self.supervisor.adopt(db_id)
         self._claims[db_id] = Claim(db_id, fence)
         self.metrics.owned.set(len(self._claims))
         self.metrics.takeovers.labels(str(restored).lower()).inc()
@@ -553,7 +558,7 @@ class Cluster:
 
     def list_documents(self) -> list[str]:
         """Every document of the cluster (the registry in etcd, as the watch last saw it)."""
-        return sorted(self.documents)
+        return sorted(d for d in self.documents if not d.startswith("_"))  # not skald's own (``_audit``)
 
     async def status(self) -> dict[str, Any]:
         """``/status``'s ``cluster`` block; ``replication`` is Litestream's last sync of each owned document."""
