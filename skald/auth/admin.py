@@ -144,9 +144,12 @@ async def audit_view() -> dict[str, Any]:
     limit = min(int_param("limit", request.args.get("limit"), 100, minimum=1), AUDIT_PAGE_MAX)
     event = request.args.get("event") or None
     after_id = int_param("after_id", request.args.get("after_id"), minimum=0)
+    node = request.args.get("node")
+    if node is not None and node != "local":
+        raise ValidationFailed("node may only be `local` (this node's own events)")
     state = get_state()
     cluster = state.cluster
-    if cluster is not None and request.args.get("node") != "local" and after_id is None:
+    if cluster is not None and node is None and after_id is None:
         # The cluster's log (every node's events, collected in the owned document ``_audit``).
         forwarded = request.headers.get(FORWARDED_BY) is not None
         return await cluster.audit.page(before_id=before_id, limit=limit, event=event, forwarded=forwarded)
