@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import shutil
@@ -36,11 +37,12 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from skald.cluster.audit import AuditCollector
 from skald.cluster.etcd import EtcdClient, EtcdUnavailable
 from skald.cluster.replication import Litestream, replica_url
-from skald.cluster.rows import ROWS, RowMirror, row_key, seconds_left
+from skald.cluster.rows import ROWS, TABLES, RowMirror, row_key, seconds_left
 from skald.cluster.rows import read_row as read_shared_row
 from skald.cluster.tokens import TOKENS, TokenMirror, read_row
 from skald.config import Settings
 from skald.db.actor import DocumentActor
+from skald.db.connection import DocConnection
 from skald.db.supervisor import Supervisor
 from skald.errors import DocumentNotFound, DocumentUnavailable
 from skald.metrics import Metrics
@@ -365,6 +367,10 @@ class Cluster:
         restorable. A name the cluster already has is left alone on disk and listed in ``/status``
         (``import_conflicts``): rename one of them.
         """
+        joined = self.litestream.work_dir / "joined"  # written once this data folder has been in a cluster
+        if not await trio.Path(joined).exists():
+            await self._publish_local_identity()
+            await trio.Path(joined).write_text(self.node_id)
         for db_id in sorted(self.supervisor.known_documents):
             path = self.settings.document_path(db_id)
             if path.with_name(path.name + ".generation").exists() or not path.exists():
@@ -378,6 +384,36 @@ class Cluster:
             if not imported:
                 self.import_conflicts.append(db_id)
                 log.warning("not imported: the cluster already has a document of that name", db_id=db_id)
+
+    async def _publish_local_identity(self) -> None:
+        """First join of a data folder: its tokens, users and live sessions become the cluster's.
+
+        Only once (the ``joined`` file): a node that returns later must not bring back a row that
+        was deleted cluster-wide while it was away. A row the cluster already has is left as it is.
+        """
+        present = {kv.key for kv in await self.etcd.get_prefix("/skald/", keys_only=True)}
+
+        def local_keys(conn: DocConnection) -> tuple[list[str], dict[str, list[str]]]:
+            tokens = [r[0] for r in conn.execute("SELECT id FROM tokens")]
+            rows = {table: [r[0] for r in conn.execute(f"SELECT {pk} FROM {table}")]
+                    for table, (pk, _columns) in TABLES.items() if table != "login_flows"}
+            return tokens, rows
+
+        tokens, rows = await self.supervisor.service.read(local_keys)
+        shared = 0
+        for token_id in tokens:
+            if TOKENS + token_id not in present:
+                await self.share_token(token_id)
+                shared += 1
+        for table in ("users", "sessions"):  # users first: a session names its user
+            for key in rows[table]:
+                row = await self.supervisor.service.read(functools.partial(read_shared_row, table=table, key=key))
+                left = seconds_left(row) if row else None
+                if row_key(table, key) not in present and (left is None or left > 0):
+                    await self.share_row(table, key)
+                    shared += 1
+        if shared:
+            log.info("shared the data folder's tokens, users and sessions with the cluster", rows=shared)
 
     async def _import(self, db_id: str) -> bool:
         path = self.settings.document_path(db_id)

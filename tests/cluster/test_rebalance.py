@@ -1,10 +1,11 @@
 """Documents move: a data folder from before the cluster is imported, and documents go back to a rejoined node.
 
 One 2-node cluster (``idle_timeout`` 1 s, so an idle document is handed back quickly). node1's data
-folder first holds documents written by a single-node skald; through HAProxy they are all readable
-once node1 has joined. Then node2 stops (node1 takes its documents), writes continue, node2
-restarts on its address: requests HAProxy hashes to it are forwarded to node1 at first, and once
-each document has gone idle on node1 it is handed back to node2, with every acknowledged write.
+folder first holds documents written by a single-node skald, and a token minted there; through
+HAProxy the documents are all readable once node1 has joined, and the token works on node2 too.
+Then node2 stops (node1 takes its documents), writes continue, node2 restarts on its address:
+requests HAProxy hashes to it are forwarded to node1 at first, and once each document has gone
+idle on node1 it is handed back to node2, with every acknowledged write.
 """
 
 from __future__ import annotations
@@ -73,11 +74,14 @@ async def released_by_node1(cluster: LocalCluster, ids: list[str]) -> None:
                             watching.cancel(reason="every document was handed back")
 
 
-async def make_single_node_folder(data_dir: Path) -> None:
+async def make_single_node_folder(data_dir: Path) -> str:
+    """A single-node skald's folder: documents with rows, and a token minted there (returned)."""
     server = SkaldProcess(data_dir)
     await server.start()
     try:
         async with client(server.url) as http:
+            minted = await http.post("/api/v1/admin/tokens", json={"scopes": ["legacy-*:query.read"]})
+            assert minted.status_code == 201, minted.text
             for db_id in LEGACY:
                 assert (await http.put(f"/api/v1/db/{db_id}")).status_code == 201
                 await sql(http, db_id, "CREATE TABLE t (k TEXT)")
@@ -85,12 +89,14 @@ async def make_single_node_folder(data_dir: Path) -> None:
                     await sql(http, db_id, "INSERT INTO t (k) VALUES (?)", f"old-{n}")
     finally:
         await server.stop()
+    token: str = minted.json()["token"]
+    return token
 
 
 @pytest.mark.slow
 async def test_pre_cluster_documents_and_rebalancing_after_a_rejoin(tmp_path: Path) -> None:
     base = tmp_path / "cluster"
-    await make_single_node_folder(base / "node1")
+    old_token = await make_single_node_folder(base / "node1")
     env = {**NODE_ENV, "SKALD_IDLE_TIMEOUT": "1"}
     async with open_local_cluster(base, 2, env=env, admin_token=ADMIN_TOKEN) as cluster, client(cluster.url) as http:
         # Imported at join: every document of the old folder, through HAProxy, whichever node it hashes to.
@@ -98,6 +104,13 @@ async def test_pre_cluster_documents_and_rebalancing_after_a_rejoin(tmp_path: Pa
             assert await keys(http, db_id) == ["old-0", "old-1", "old-2"], db_id
         listed = {d["db_id"] for d in (await http.get("/api/v1/db")).json()["documents"]}
         assert set(LEGACY) <= listed
+        # The folder's token was shared at node1's first join: node2, which never saw it, accepts it
+        # (asked for what node2 answers itself: a document request would be forwarded to its owner).
+        async with client(cluster.node("node2").url) as direct:
+            direct.headers["Authorization"] = f"Bearer {old_token}"
+            with trio.fail_after(30):
+                while (listing := await direct.get("/api/v1/db")).status_code != 200:  # the copy travels by etcd
+                    assert listing.status_code == 401, listing.text
 
         acked: dict[str, list[str]] = {db_id: [] for db_id in DOCS}
         for db_id in DOCS:
