@@ -85,7 +85,7 @@ def processes_of(cluster: LocalCluster) -> dict[int, str]:
         if not entry.name.isdigit():
             continue
         try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            argv = (entry / "cmdline").read_bytes().rstrip(b"\0").split(b"\0")  # it ends with a NUL
             ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
         except (OSError, IndexError, ValueError):
             continue
