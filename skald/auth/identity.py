@@ -257,9 +257,11 @@ async def logout() -> Response:
     if session is not None:
         await _require_csrf(session)
         session_id = request.cookies[COOKIE]
+        if state.cluster is not None:
+            # Every node's copy first: with etcd away this fails (503) and changes nothing, so the
+            # retry still finds the session; deleting here first would leave it alive elsewhere.
+            await state.cluster.unshare_row("sessions", stored_key(session_id))
         await state.supervisor.service.write(lambda c: end_session(c, session_id))
-        if state.cluster is not None:  # ends it on every node
-            await state.cluster.share_row("sessions", stored_key(session_id))
         actor = "user:" + session.owner if session.token_id is None else session.token_id
         await record_event(state, "logout", actor=actor, ip=request_ip())
         location = await _provider_logout_url(session) or SIGNED_OUT_PATH

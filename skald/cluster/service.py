@@ -34,6 +34,7 @@ import structlog
 import trio
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from skald.auth.tokens import hash_token
 from skald.cluster.audit import AuditCollector
 from skald.cluster.etcd import EtcdClient, EtcdUnavailable
 from skald.cluster.replication import Litestream, replica_url
@@ -393,8 +394,11 @@ class Cluster:
         """
         present = {kv.key for kv in await self.etcd.get_prefix("/skald/", keys_only=True)}
 
+        # Not the SKALD_ADMIN_TOKEN row: every node registers it itself (same hash, its own id).
+        admin_hash = hash_token(self.settings.admin_token) if self.settings.admin_token else ""
+
         def local_keys(conn: DocConnection) -> tuple[list[str], dict[str, list[str]]]:
-            tokens = [r[0] for r in conn.execute("SELECT id FROM tokens")]
+            tokens = [r[0] for r in conn.execute("SELECT id FROM tokens WHERE token_hash != ?", (admin_hash,))]
             rows = {table: [r[0] for r in conn.execute(f"SELECT {pk} FROM {table}")]
                     for table, (pk, _columns) in TABLES.items() if table != "login_flows"}
             return tokens, rows
@@ -583,6 +587,10 @@ class Cluster:
         if left is not None:  # etcd forgets it once it has expired (a minute later: clocks differ)
             lease = await self.etcd.grant(max(1.0, left) + 60)
         await self.etcd.put(row_key(table, key), json.dumps(row), lease=lease)
+
+    async def unshare_row(self, table: str, key: str) -> None:
+        """Remove a shared row from every node (a logout): the watch deletes each node's copy."""
+        await self.etcd.delete(row_key(table, key))
 
     async def take_row(self, table: str, key: str) -> dict[str, Any] | None:
         """Remove a shared row cluster-wide and return it; only one caller of many gets it."""

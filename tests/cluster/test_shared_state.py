@@ -20,10 +20,14 @@ async def status_with(url: str, token: str) -> int:
 async def until_every_node_answers(urls: list[str], token: str, status: int) -> float:
     """Ask each node until it answers ``status``; return how long the slowest took (seconds)."""
     started = trio.current_time()
-    with trio.fail_after(30):
-        for url in urls:
-            while await status_with(url, token) != status:  # asking again: the copy travels by etcd's watch
-                pass
+    seen: list[int] = []
+    try:
+        with trio.fail_after(30):
+            for url in urls:
+                while (got := await status_with(url, token)) != status:  # again: the copy travels by etcd's watch
+                    seen.append(got)
+    except trio.TooSlowError:
+        raise AssertionError(f"still answering {sorted(set(seen[-20:]))}, not {status}") from None
     return trio.current_time() - started
 
 
