@@ -335,25 +335,27 @@ class Cluster:
         lock = self._locks.setdefault(db_id, trio.Lock())
         async with lock:
             claim = self._claims.get(db_id)
-            if claim is None or db_id in self.supervisor.open_actors:
+            path = self.settings.document_path(db_id)
+            if claim is None or db_id in self.supervisor.open_actors or not await trio.Path(path).exists():
                 return False
             del self._claims[db_id]
             self.arrivals.pop(db_id, None)
             self.metrics.owned.set(len(self._claims))
-            path = self.settings.document_path(db_id)
             actor = self.supervisor.open_actors.get(db_id)
             if actor is not None:  # opened by a request that passed owns() just before: it acknowledges nothing
                 actor.stop("ownership changed")
                 await actor.stopped.wait()
-            if claim.replicating:
-                try:
-                    await self.litestream.sync(path, wait_seconds=10)
-                except DocumentUnavailable:
-                    self._claims.setdefault(db_id, claim)  # not confirmed in S3: keep it and serve it here
-                    self.metrics.owned.set(len(self._claims))
-                    raise
-                with contextlib.suppress(DocumentUnavailable):
-                    await self.litestream.unregister(path)
+            try:
+                if not claim.replicating:  # never opened while ours: S3 must still hold our generation
+                    await self.litestream.register(path, replica_url(self.settings, db_id, claim.fence))
+                    claim.replicating = True
+                await self.litestream.sync(path, wait_seconds=10)
+            except DocumentUnavailable:
+                self._claims.setdefault(db_id, claim)  # not confirmed in S3: keep it and serve it here
+                self.metrics.owned.set(len(self._claims))
+                raise
+            with contextlib.suppress(DocumentUnavailable):
+                await self.litestream.unregister(path)
             await self.etcd.delete_if_owned(OWNERS + db_id, revision=claim.fence)
             self.metrics.released.inc()
             log.info("document handed back to the node its requests arrive at", db_id=db_id)
@@ -501,6 +503,16 @@ class Cluster:
             _remove_document_files(path)
             restored = await self.litestream.restore(replica_url(self.settings, db_id, previous), path)
             log.info("document restored from S3", generation=previous, restored=restored, db_id=db_id)
+        replicating = False
+        if registry is not None and await trio.Path(path).exists():
+            # The generation this node serves goes to S3 under its own prefix *before* the registry
+            # names that prefix: if the registry moved first and this node died before Litestream's
+            # first upload, the next owner would restore an empty generation.
+            with contextlib.suppress(DocumentUnavailable):
+                await self.litestream.unregister(path)
+            await self.litestream.register(path, replica_url(self.settings, db_id, fence))
+            await self.litestream.sync(path)
+            replicating = True
         if registry is not None:
             ok = await self.etcd.put_if_owned(
                 DOCS + db_id, json.dumps({"generation": fence}), owner_key=OWNERS + db_id, owner_revision=fence
@@ -511,7 +523,7 @@ class Cluster:
             marker.write_text(str(fence))
             if not db_id.startswith("_"):  # skald's own documents (``_audit``) have no registry row
                 await self.supervisor.adopt(db_id)
-        self._claims[db_id] = Claim(db_id, fence)
+        self._claims[db_id] = Claim(db_id, fence, replicating=replicating)
         self.metrics.owned.set(len(self._claims))
         self.metrics.takeovers.labels(str(restored).lower()).inc()
 
