@@ -179,7 +179,7 @@ TOKEN = obj({
 MINTED = {**TOKEN, "required": [*TOKEN["required"], "token"],
           "properties": {**TOKEN["properties"], "token": {"type": "string", "description": "shown once"}}}
 AUDIT_EVENT = obj({"id": INT, "at": STR, "event": STR, "actor": NULL_STR, "subject": NULL_STR,
-                   "detail": ANY, "ip": NULL_STR})
+                   "detail": ANY, "ip": NULL_STR}, {"node": NULL_STR})  # node: on a cluster, who recorded it
 DOCUMENT = obj({
     "db_id": STR, "size_bytes": INT, "wal_bytes": INT, "page_count": INT, "page_size": INT,
     "schema_version": INT, "created_at": NULL_STR, "tables": array(STR), "latest_schema_version": INT,
@@ -613,7 +613,11 @@ OPERATIONS: dict[tuple[str, str], Op] = {
         ok(obj({"events": array(AUDIT_EVENT), "next_before_id": NULL_INT})), merge(_AUTH, _QUERY),
         query=(query_param("before_id", count(1), "events older than this id"),
                query_param("limit", count(1), LIMIT + "; capped at 1000"),
-               query_param("event", STR, "only events of this kind, e.g. `token.create`")),
+               query_param("event", STR, "only events of this kind, e.g. `token.create`"),
+               query_param("after_id", count(0), "this node's own events after this id, oldest first "
+                           "(following the log; on a cluster, what the audit collector asks each node)"),
+               query_param("node", {"enum": ["local"]}, "on a cluster: this node's own events, not the "
+                           "cluster's log")),
     ),
     # documents
     ("GET", "/api/v1/db"): Op(ok(obj({"documents": array(obj({"db_id": STR, "open": BOOL}))})),

@@ -30,7 +30,7 @@ from skald.auth.identity import (
 )
 from skald.auth.oidc import configured
 from skald.auth.scopes import GLOBAL, decide
-from skald.auth.sessions import create_session
+from skald.auth.sessions import create_session, stored_key
 from skald.auth.token_admin import record_event
 from skald.db.connection import DocConnection
 from skald.errors import SkaldError, TokenInvalid
@@ -130,6 +130,8 @@ async def login_submit() -> Response:
         return session_id
 
     session_id = await state.supervisor.service.write(open_session)
+    if state.cluster is not None:  # the browser's next request may reach another node
+        await state.cluster.share_row("sessions", stored_key(session_id))
     await record_event(state, "login", actor=principal.id, subject=principal.id,
                        detail={"via": "token", "label": principal.label}, ip=request_ip())
     response = _redirect(safe_next(request.args.get("next") or form.get("next")))
