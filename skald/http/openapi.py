@@ -531,6 +531,7 @@ def _web_operations() -> dict[tuple[str, str], Op]:
     page = {"200": {"description": "the page", "content": HTML}}
     login = redirect("not signed in: to /ui/login")
     form = {"content": {"application/x-www-form-urlencoded": {"schema": obj({}, {"csrf": STR, "sql": STR})}}}
+    csrf_form = {"content": {"application/x-www-form-urlencoded": {"schema": obj({}, {"csrf": STR})}}}
     # A document page's refusals are HTML pages with the problem's status and code.
     doc_errors = {
         status: {"description": "refused (an HTML page naming the problem's code)", "content": HTML}
@@ -586,6 +587,23 @@ def _web_operations() -> dict[tuple[str, str], Op]:
                                      query=(query_param("endpoint", STR, "only this endpoint"),)),
         ("GET", u + "/leases"): Op({**page, **login, **doc_errors}, {}, auth=False),
         ("GET", u + "/blobs"): Op({**page, **login, **doc_errors}, {}, auth=False),
+        # the job queue pages (skald.web.jobs): actions are forms that redirect back to a page
+        ("GET", u + "/jobs"): Op({**page, **login, **doc_errors}, {}, auth=False,
+                                 query=(query_param("done", STR, "the notice to show (set by an action)"),)),
+        ("GET", u + "/jobs/queues/{queue}"): Op(
+            {**page, **login, **doc_errors}, {}, auth=False,
+            query=(query_param("state", STR, "jobs of this state (or `scheduled`)"),
+                   query_param("cursor", STR, "the older page's cursor (from the page's link)"),
+                   query_param("done", STR, "the notice to show (set by an action)"))),
+        **{("POST", f"{u}/jobs/queues/{{queue}}/{action}"): Op(
+            {**redirect(f"{action}: done, back to the queue's page; signed out: to the login"), **doc_errors},
+            {}, auth=False, body=csrf_form, body_required=False) for action in ("pause", "resume", "retry-dead")},
+        ("GET", u + "/jobs/{job_id}"): Op({**page, **login, **doc_errors}, {}, auth=False,
+                                          query=(query_param("done", STR, "the notice to show"),)),
+        **{("POST", f"{u}/jobs/{{job_id}}/{action}"): Op(
+            {**redirect(f"{action}: done, back to the job's page (delete: the queue's); signed out: to the login"),
+             **doc_errors}, {}, auth=False, body=csrf_form, body_required=False)
+           for action in ("retry", "cancel", "delete")},
     }
     return {key: dataclasses.replace(op, errors=merge(op.errors, repeated)) if op.query else op
             for key, op in ops.items()}
