@@ -456,6 +456,27 @@ def _job_operations() -> dict[tuple[str, str], Op]:
              **ok(obj({"jobs": array(_ENQUEUED)}), "every job was a duplicate")},
             _DB_JSON, body=json_body(obj({"jobs": {"type": "array", "minItems": 1, "maxItems": 1000,
                                                    "items": _JOB_IN}}))),
+        ("POST", j + "/stream"): Op(
+            ndjson_acks("one line per input line, in order, once its enqueue committed: `{line, id, queue, state, "
+                        "duplicate}` or `{line, problem}`"),
+            merge(_AUTH, _DOC),
+            body=ndjson_body(_JOB_IN, "one job per line, as `POST …/jobs` takes it"), body_required=False,
+        ),
+        ("POST", j + "/work"): Op(
+            ndjson_acks("one line per input line, in order, each after the one before: `{line, acks: [{id, ok, "
+                        "state | code, detail}], jobs: [job with lease]}` or `{line, problem}`"),
+            merge(_AUTH, _DOC),
+            body=ndjson_body(obj(
+                {"queues": {"type": "array", "minItems": 1, "maxItems": 100, "items": _QUEUE_NAME},
+                 "worker_id": _text()},
+                {"lease_seconds": _LEASE_SECONDS, "wait_seconds": _opt(_num(0, 60)),
+                 "max_jobs": _opt(_int(0, 100)),
+                 "ack": {"type": "array", "maxItems": 1000,
+                         "items": obj({"id": _JOB_ID, **_LEASE_IN}, {"result": ANY})}}, closed=True),
+                "a worker's step per line: ack the jobs it finished and claim up to `max_jobs` more (0: none), "
+                "in one commit"),
+            body_required=False,
+        ),
         ("POST", j + "/fetch"): Op(
             {**ok({"anyOf": [_FETCHED, obj({"jobs": array(_FETCHED)})]},
                   "a job, now running under `lease` (with `max_jobs`: `{\"jobs\": [...]}`)"),
