@@ -167,11 +167,13 @@ class JobService:
         (metrics, waking the fetches it made jobs ready for)."""
         db_id = actor.db_id
         signal = self._signal(actor)
-        first = db_id not in self._counts
 
         def op(conn: DocConnection) -> _Done[T]:
             tx = ops.Tx(conn, self.clock.now_ms())
             value = fn(tx)
+            # Counted once per document (then kept by transitions), decided when the op runs: a stream
+            # queues many ops before the first commit, and each must not scan the jobs table again.
+            first = db_id not in self._counts
             counts = ops.queue_counts(tx) if (tx.recount or first) else None
             if tx.transitions or tx.recount:
                 written = self._event_writes.get(db_id, 0) + 1
