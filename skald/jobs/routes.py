@@ -156,11 +156,12 @@ async def enqueue_stream_view(db_id: str) -> Response:
     async def opened() -> AsyncIterator[Start]:
         limit = state.settings.message_max_bytes
         async with state.supervisor.open_document(db_id) as actor:
+            stream = service.enqueue_stream(actor)
 
             async def start(value: Any) -> Started:
                 spec = model.JobSpec.parse(value, limit)
                 await check_scope(state, principal, db_id, "jobs.enqueue", spec.queue, path=path, ip=ip)
-                pending = await service.queue_enqueue(actor, spec)
+                pending = await stream.add(spec)
 
                 async def wait() -> Ack:
                     job, duplicate = await pending.result()

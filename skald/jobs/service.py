@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import threading
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Generic, TypeVar
 
@@ -30,7 +31,7 @@ from skald.http.sse import json_event, wait_first
 from skald.jobs import ops
 from skald.jobs import search as job_search
 from skald.jobs.clock import JobClock, SystemJobClock
-from skald.jobs.model import Job, JobSpec, iso
+from skald.jobs.model import MAX_BATCH, Job, JobSpec, iso
 from skald.metrics import Metrics
 from skald.server.shutdown import final_event
 
@@ -87,18 +88,91 @@ class _Signal:
 
 
 class Pending(Generic[T]):
-    """A job op queued in a document's mailbox: its value once committed."""
+    """A job op queued in a document's mailbox: its value once committed, for any number of awaiters
+    (the enqueue stream's lines that share an op each await it; the actor's result unwraps once)."""
 
     def __init__(self, queued: QueuedWrite[_Done[T]]) -> None:
         self._queued = queued
+        self._settled = trio.Event()
+        self._taking = False
+        self._value: T | None = None
+        self._error: Exception | None = None
 
     @property
     def done(self) -> bool:
         return self._queued.done
 
     async def result(self) -> T:
-        value, _tx, _counts = await self._queued.result()
-        return value
+        while not self._settled.is_set():
+            if self._taking:  # another awaiter is unwrapping it
+                await self._settled.wait()
+                continue
+            self._taking = True
+            try:
+                self._value = (await self._queued.result())[0]
+                self._settled.set()
+            except Exception as exc:  # the op's error, for every awaiter
+                self._error = exc
+                self._settled.set()
+            finally:  # cancelled before unwrapping: the next awaiter unwraps it
+                self._taking = False
+        if self._error is not None:
+            raise self._error
+        return self._value  # type: ignore[return-value]  # set when no error was
+
+
+class _Shared:
+    """Enqueue-stream lines that share one write op: those read while it waited in the mailbox."""
+
+    def __init__(self, spec: JobSpec) -> None:
+        self.specs = [spec]
+        self.taken = False  # the op has started: later lines need an op of their own
+        self.lock = threading.Lock()  # the op starts in the document's worker thread
+        self.pending: Pending[list[tuple[Job, bool]]] | None = None
+
+
+class EnqueueStream:
+    """Queues each line's enqueue in line order. A line read while the previous line's op still waits
+    in the mailbox joins that op (one ``enqueue_many``: a handful of statements for all of them) instead
+    of adding an op of its own; a document that commits slower than lines arrive then does fewer, larger
+    writes, as a batch request would. Lines sharing an op commit together (all or none)."""
+
+    def __init__(self, service: JobService, actor: DocumentActor) -> None:
+        self._service = service
+        self._actor = actor
+        self._open: _Shared | None = None
+
+    async def add(self, spec: JobSpec) -> EnqueuedLine:
+        shared = self._open
+        if shared is not None:
+            with shared.lock:
+                if not shared.taken and len(shared.specs) < MAX_BATCH:
+                    shared.specs.append(spec)
+                    return EnqueuedLine(shared, len(shared.specs) - 1)
+        shared = self._open = _Shared(spec)
+
+        def run(tx: ops.Tx, shared: _Shared = shared) -> list[tuple[Job, bool]]:
+            with shared.lock:
+                shared.taken = True
+                specs = list(shared.specs)
+            return ops.enqueue_many(tx, specs)
+
+        shared.pending = await self._service._queue_write(self._actor, run)
+        return EnqueuedLine(shared, 0)
+
+
+class EnqueuedLine:
+    def __init__(self, shared: _Shared, index: int) -> None:
+        self._shared = shared
+        self._index = index
+
+    @property
+    def done(self) -> bool:
+        return self._shared.pending is not None and self._shared.pending.done
+
+    async def result(self) -> tuple[Job, bool]:
+        assert self._shared.pending is not None  # set before add() returned the first line
+        return (await self._shared.pending.result())[self._index]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -248,10 +322,9 @@ class JobService:
     async def enqueue_batch(self, db_id: str, specs: list[JobSpec]) -> list[tuple[Job, bool]]:
         return await self._run(db_id, lambda tx: ops.enqueue_many(tx, specs))
 
-    async def queue_enqueue(self, actor: DocumentActor, spec: JobSpec) -> Pending[tuple[Job, bool]]:
-        """The enqueue stream's form (``POST …/jobs/stream``, the document held open by the stream):
-        queued now, in line order, group-committed with whatever else is in the mailbox."""
-        return await self._queue_write(actor, lambda tx: ops.enqueue(tx, spec))
+    def enqueue_stream(self, actor: DocumentActor) -> EnqueueStream:
+        """The enqueue stream's producer side (``POST …/jobs/stream``; the stream holds ``actor`` open)."""
+        return EnqueueStream(self, actor)
 
     # ---- workers ----------------------------------------------------------------------------------
 

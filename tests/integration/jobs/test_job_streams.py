@@ -50,6 +50,21 @@ async def test_enqueue_stream_acknowledges_each_line_after_its_commit(server: Li
         assert r.status_code == 403 and r.json()["code"] == "scope_denied"
 
 
+async def test_enqueue_stream_lines_keep_their_order_when_they_share_commits(server: LiveServer) -> None:
+    async with server.client() as api:
+        assert (await api.put(f"/api/v1/db/{DB}")).status_code == 201
+        count = 2500  # more than one op holds (1,000): lines read while an op waits join it
+        body = lines(*({"queue": "bulk", "payload": n, "unique_key": f"k{n % 2000}"} for n in range(count)))
+        r = await api.post(J + "/stream", content=body, headers=NDJSON)
+        acks = [json.loads(line) for line in r.text.splitlines()]
+        assert [a["line"] for a in acks] == list(range(1, count + 1))
+        fresh = [a["id"] for a in acks[:2000]]
+        assert fresh == sorted(fresh) and len(set(fresh)) == 2000 and not any(a["duplicate"] for a in acks[:2000])
+        assert [a["id"] for a in acks[2000:]] == fresh[:500] and all(a["duplicate"] for a in acks[2000:])
+        queues = (await api.get(J + "/queues")).json()["queues"]
+        assert next(q for q in queues if q["name"] == "bulk")["counts"]["queued"] == 2000
+
+
 async def test_work_stream_acks_and_fetches_in_one_step(server: LiveServer) -> None:
     async with server.client() as api:
         assert (await api.put(f"/api/v1/db/{DB}")).status_code == 201
