@@ -619,11 +619,12 @@ def _web_operations() -> dict[tuple[str, str], Op]:
         **{("POST", f"{u}/jobs/queues/{{queue}}/{action}"): Op(
             {**redirect(f"{action}: done, back to the queue's page; signed out: to the login"), **doc_errors},
             {}, auth=False, body=csrf_form, body_required=False) for action in ("pause", "resume", "retry-dead")},
-        ("GET", u + "/jobs/{job_id}"): Op({**page, **login, **doc_errors}, {}, auth=False,
+        # a job id that is not a number matches no route: the router's 404 problem
+        ("GET", u + "/jobs/{job_id}"): Op({**page, **login, **doc_errors}, {404: ["not_found"]}, auth=False,
                                           query=(query_param("done", STR, "the notice to show"),)),
         **{("POST", f"{u}/jobs/{{job_id}}/{action}"): Op(
             {**redirect(f"{action}: done, back to the job's page (delete: the queue's); signed out: to the login"),
-             **doc_errors}, {}, auth=False, body=csrf_form, body_required=False)
+             **doc_errors}, {404: ["not_found"]}, auth=False, body=csrf_form, body_required=False)
            for action in ("retry", "cancel", "delete")},
     }
     return {key: dataclasses.replace(op, errors=merge(op.errors, repeated)) if op.query else op

@@ -12,6 +12,7 @@ page never repeats an action and no text from the URL is echoed.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 from urllib.parse import quote, urlencode
 
@@ -20,7 +21,7 @@ from quart import Response, request
 from skald.auth.guard import check_scope
 from skald.auth.identity import CsrfFailed, SignedIn
 from skald.auth.scopes import allowed_prefixes, decide
-from skald.errors import DocumentNotFound
+from skald.errors import DocumentNotFound, SkaldError
 from skald.http.context import request_ip
 from skald.http.state import get_state
 from skald.jobs import model, search
@@ -196,13 +197,28 @@ def _action_view(view: Any, action: str) -> Any:
     return bound
 
 
+def _queue_checked(view: Any) -> Any:
+    """A malformed queue name is a 400 page for anyone, signed in or not (as a malformed ``db_id`` is)."""
+
+    @functools.wraps(view)
+    async def wrapper(**kwargs: Any) -> Response:
+        try:
+            model.queue_name(kwargs["queue"], "queue")
+        except SkaldError as exc:
+            return await render_page("web/error.html", None, status=exc.status, title=exc.title, error=exc)
+        response: Response = await view(**kwargs)
+        return response
+
+    return wrapper
+
+
 # `<string:db_id>` spelled out: quart-schema reads a converted variable after a bare one as one
 # variable (as in skald/jobs/routes.py).
 J = "/ui/db/<string:db_id>/jobs"
 RULES: list[tuple[str, Any, list[str]]] = [
     (J, page("jobs.admin")(queues_page), ["GET"]),
-    (J + "/queues/<queue>", page("jobs.admin")(queue_page), ["GET"]),
-    *((f"{J}/queues/<queue>/{a}", page("jobs.admin")(_action_view(queue_action, a)), ["POST"])
+    (J + "/queues/<queue>", _queue_checked(page("jobs.admin")(queue_page)), ["GET"]),
+    *((f"{J}/queues/<queue>/{a}", _queue_checked(page("jobs.admin")(_action_view(queue_action, a))), ["POST"])
       for a in QUEUE_ACTIONS),
     (J + "/<int:job_id>", page("jobs.enqueue")(job_page), ["GET"]),
     *((f"{J}/<int:job_id>/{a}", page("jobs.admin")(_action_view(job_action, a)), ["POST"]) for a in JOB_ACTIONS),

@@ -118,6 +118,10 @@ async def test_queue_pages_and_actions(server: LiveServer) -> None:
             assert bad_cursor.status_code == 400 and "validation_failed" in bad_cursor.text
             unknown = await web.post(f"{UI}/queues/mail/explode", data={"csrf": csrf})
             assert unknown.status_code == 404
+    async with server.client(None, follow_redirects=False) as anonymous:
+        bad = await anonymous.get(f"{UI}/queues/no%20spaces")  # malformed: 400 for anyone, signed in or not
+        assert bad.status_code == 400 and "validation_failed" in bad.text
+        assert (await anonymous.get(f"{UI}/queues/mail")).status_code == 303  # else: to the sign-in
 
 
 async def test_queue_page_pages_through_every_job(server: LiveServer) -> None:
