@@ -149,7 +149,7 @@ class EnqueueStream:
                 if not shared.taken and len(shared.specs) < MAX_BATCH:
                     shared.specs.append(spec)
                     return EnqueuedLine(shared, len(shared.specs) - 1)
-        shared = self._open = _Shared(spec)
+        shared = _Shared(spec)
 
         def run(tx: ops.Tx, shared: _Shared = shared) -> list[tuple[Job, bool]]:
             with shared.lock:
@@ -158,6 +158,7 @@ class EnqueueStream:
             return ops.enqueue_many(tx, specs)
 
         shared.pending = await self._service._queue_write(self._actor, run)
+        self._open = shared  # only once queued: a line never joins an op that failed to queue
         return EnqueuedLine(shared, 0)
 
 
