@@ -1,8 +1,8 @@
 """The job queue pages in a real browser (Playwright driving Debian's Chromium) against a real skald:
-from the document's page to the queues, a queue's dead jobs, a job's errors, and its buttons (retry a
-job, retry all dead, pause and resume) as an administrator works them. Every page passes
-:func:`support.browser.check_page` (screenshots at 1280x900 and 390x844, no sideways scrolling at
-390 px, labelled fields, every control reachable from the keyboard)."""
+from the document's page to the queues (their counts updating live), a queue's dead jobs, a job's
+errors, and its buttons (retry a job, retry all dead, pause and resume) as an administrator works
+them. Every page passes :func:`support.browser.check_page` (screenshots at 1280x900 and 390x844, no
+sideways scrolling at 390 px, labelled fields, every control reachable from the keyboard)."""
 
 from __future__ import annotations
 
@@ -67,6 +67,13 @@ def admin_flow(base: str, shots: Path, ids: dict[str, int]) -> dict[str, Any]:
         page.wait_for_url(base + f"/ui/db/{DB}/jobs")
         seen["queues"] = page.locator("#queues tbody tr td:first-child").all_text_contents()
         seen["mail_dead"] = page.text_content("#queues tr[data-queue=mail] td[data-state=dead]")
+        # live counts: a job enqueued elsewhere shows up without a reload
+        page.wait_for_function("() => document.querySelector('[data-job-counts]').dataset.live === '1'")
+        seen["queued_before"] = page.text_content("#queues tr[data-queue=mail] td[data-state=queued]")
+        assert api.post(J, json={"queue": "mail", "payload": {"to": "eve"}}).status_code == 201
+        page.wait_for_function(
+            "() => document.querySelector('#queues tr[data-queue=mail] td[data-state=queued]').textContent === '2'")
+        seen["queued_after"] = page.text_content("#queues tr[data-queue=mail] td[data-state=queued]")
         check_page(page, "jobs", shots, report)
 
         page.click("#queues a:text-is('mail')")
@@ -114,6 +121,7 @@ async def test_admin_works_a_queue_in_the_browser(web_server: LiveServer, tmp_pa
         assert found["unlabelled"] == [], f"{name} has fields without a label: {found['unlabelled']}"
         assert found["unreachable"] == [], f"{name} has controls the keyboard cannot reach"
     assert seen["queues"] == ["mail", "sms"] and seen["mail_dead"] == "2"
+    assert seen["queued_before"] == "1" and seen["queued_after"] == "2"
     assert seen["dead_rows"] == 2
     assert len(seen["errors_shown"]) == 1 and "attempt 1" in seen["errors_shown"][0]
     assert "SMTP 550 for ann" in seen["errors_shown"][0]
