@@ -37,12 +37,17 @@ class Run:
         self.results: dict[int, int] = {}
 
 
+def _job(n: int) -> dict[str, Any]:
+    # unique for an hour, finished or not: a line resent after the kill names the job it made before
+    return {"queue": "q", "payload": {"n": n}, "unique_key": f"n{n}", "unique_for_seconds": 3600,
+            "max_attempts": 20, "backoff": {"strategy": "none"}}
+
+
 async def _produce(url: str, run: Run, kill: Any) -> None:
     try:
         async with duplex_ndjson(url, J + "/stream", ADMIN_TOKEN) as stream:
             for first in range(0, TOTAL, 100):
-                await stream.send(*({"queue": "q", "payload": {"n": n}, "unique_key": f"n{n}"}
-                                    for n in range(first, first + 100)))
+                await stream.send(*(_job(n) for n in range(first, first + 100)))
             await stream.end()
             for _ in range(TOTAL):
                 ack = await stream.receive()
