@@ -197,13 +197,17 @@ def _action_view(view: Any, action: str) -> Any:
     return bound
 
 
-def _queue_checked(view: Any) -> Any:
-    """A malformed queue name is a 400 page for anyone, signed in or not (as a malformed ``db_id`` is)."""
+def _checked(view: Any) -> Any:
+    """A malformed queue name (400) or a job id no job can have (404) is refused with its page for
+    anyone, signed in or not, as a malformed ``db_id`` is: what the path says is checked first."""
 
     @functools.wraps(view)
     async def wrapper(**kwargs: Any) -> Response:
         try:
-            model.queue_name(kwargs["queue"], "queue")
+            if "queue" in kwargs:
+                model.queue_name(kwargs["queue"], "queue")
+            if "job_id" in kwargs:
+                _job_id(kwargs["job_id"])
         except SkaldError as exc:
             return await render_page("web/error.html", None, status=exc.status, title=exc.title, error=exc)
         response: Response = await view(**kwargs)
@@ -217,9 +221,10 @@ def _queue_checked(view: Any) -> Any:
 J = "/ui/db/<string:db_id>/jobs"
 RULES: list[tuple[str, Any, list[str]]] = [
     (J, page("jobs.admin")(queues_page), ["GET"]),
-    (J + "/queues/<queue>", _queue_checked(page("jobs.admin")(queue_page)), ["GET"]),
-    *((f"{J}/queues/<queue>/{a}", _queue_checked(page("jobs.admin")(_action_view(queue_action, a))), ["POST"])
+    (J + "/queues/<queue>", _checked(page("jobs.admin")(queue_page)), ["GET"]),
+    *((f"{J}/queues/<queue>/{a}", _checked(page("jobs.admin")(_action_view(queue_action, a))), ["POST"])
       for a in QUEUE_ACTIONS),
-    (J + "/<int:job_id>", page("jobs.enqueue")(job_page), ["GET"]),
-    *((f"{J}/<int:job_id>/{a}", page("jobs.admin")(_action_view(job_action, a)), ["POST"]) for a in JOB_ACTIONS),
+    (J + "/<int:job_id>", _checked(page("jobs.enqueue")(job_page)), ["GET"]),
+    *((f"{J}/<int:job_id>/{a}", _checked(page("jobs.admin")(_action_view(job_action, a))), ["POST"])
+      for a in JOB_ACTIONS),
 ]

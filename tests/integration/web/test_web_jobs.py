@@ -122,6 +122,10 @@ async def test_queue_pages_and_actions(server: LiveServer) -> None:
         bad = await anonymous.get(f"{UI}/queues/no%20spaces")  # malformed: 400 for anyone, signed in or not
         assert bad.status_code == 400 and "validation_failed" in bad.text
         assert (await anonymous.get(f"{UI}/queues/mail")).status_code == 303  # else: to the sign-in
+        for path in (f"{UI}/0", f"{UI}/{2**63}/retry"):  # ids no job can have
+            method = anonymous.post if path.endswith("retry") else anonymous.get
+            nobody = await method(path)
+            assert nobody.status_code == 404 and "job_not_found" in nobody.text
 
 
 async def test_queue_page_pages_through_every_job(server: LiveServer) -> None:
