@@ -3,9 +3,10 @@
 Everything goes through :class:`~skald.jobs.service.JobService` with the signed-in viewer's scopes,
 deciding as the API does: seeing queues and their jobs is ``jobs.admin`` (``GET …/jobs/queues`` and
 ``…/jobs/search`` need it), a job's own page is ``jobs.enqueue`` (a producer follows its jobs), and
-every action is ``jobs.admin``. A scope's resource prefix limits it to queues under that prefix, here
-as on the API: the overview lists only those queues, and a queue's page, a job's page and every
-action check the queue the job is in. Actions are forms (a POST with the session's CSRF token, never
+every action is ``jobs.admin``. A scope's resource prefix limits it to queues under that prefix on
+every page here: the overview lists only those queues, and a queue's page, a job's page and every
+action check the queue (the job's, for a job). That is stricter than the API's routes naming a job by
+id, which check the document only (docs/jobs.md, "Scopes"). Actions are forms (a POST with the session's CSRF token, never
 a link); each redirects back (post/redirect/get) with a notice from a fixed list, so reloading the
 page never repeats an action and no text from the URL is echoed.
 """
