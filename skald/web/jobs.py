@@ -6,9 +6,9 @@ deciding as the API does: seeing queues and their jobs is ``jobs.admin`` (``GET 
 every action is ``jobs.admin``. A scope's resource prefix limits it to queues under that prefix on
 every page here: the overview lists only those queues, and a queue's page, a job's page and every
 action check the queue (the job's, for a job). That is stricter than the API's routes naming a job by
-id, which check the document only (docs/jobs.md, "Scopes"). Actions are forms (a POST with the session's CSRF token, never
-a link); each redirects back (post/redirect/get) with a notice from a fixed list, so reloading the
-page never repeats an action and no text from the URL is echoed.
+id, which check the document only (docs/jobs.md, "Scopes"). Actions are forms (a POST with the
+session's CSRF token, never a link); each redirects back (post/redirect/get) with a notice from a
+fixed list, so reloading the page never repeats an action and no text from the URL is echoed.
 """
 
 from __future__ import annotations

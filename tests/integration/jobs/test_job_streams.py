@@ -114,3 +114,19 @@ async def test_work_stream_acks_and_fetches_in_one_step(server: LiveServer) -> N
         await work.send({"queues": ["q"], "worker_id": "w2"})
         await work.end()
         assert (await work.receive())["problem"]["code"] == "scope_denied"
+
+
+async def test_stream_lines_are_as_strict_as_json_bodies(server: LiveServer) -> None:
+    """A lone surrogate ("\\ud800": Python's json takes it, UTF-8 cannot carry it to SQLite or back) is
+    refused on its line as in a JSON body, and the stream goes on (it used to break off mid-answer)."""
+    async with server.client() as api:
+        assert (await api.put(f"/api/v1/db/{DB}")).status_code == 201
+        assert (await api.post(J, json={"queue": "q", "payload": 1})).status_code == 201
+        body = b'{"queues": ["q"], "worker_id": "w\\ud800"}\n{"queues": ["q"], "worker_id": "w1"}\n'
+        r = await api.post(J + "/work", content=body, headers=NDJSON)
+        assert r.status_code == 200
+        refused, ok = [json.loads(text) for text in r.text.splitlines()]
+        assert refused["problem"]["code"] == "invalid_json" and "surrogate" in refused["problem"]["detail"]
+        assert ok["jobs"][0]["worker_id"] == "w1"
+        r = await api.post(J + "/stream", content=b'{"queue": "q", "payload": NaN}\n', headers=NDJSON)
+        assert json.loads(r.text)["problem"]["code"] == "invalid_json"
