@@ -155,8 +155,7 @@ async def enqueue_stream_view(db_id: str) -> Response:
     @contextlib.asynccontextmanager
     async def opened() -> AsyncIterator[Start]:
         limit = state.settings.message_max_bytes
-        async with state.supervisor.open_document(db_id) as actor:
-            stream = service.enqueue_stream(actor)
+        async with service.enqueue_stream(db_id) as stream:
 
             async def start(value: Any) -> Started:
                 spec = model.JobSpec.parse(value, limit)
@@ -234,12 +233,13 @@ async def work_stream_view(db_id: str) -> Response:
     one commit and is answered ``{"line", "acks": [...], "jobs": [...]}`` (or ``{"line", "problem"}``),
     lines in order, each after the one before it (a waiting fetch holds the lines behind it)."""
     _stream_document(db_id)
-    state = get_state()
+    # The stream's body runs outside the request's app context: everything it needs is taken here.
+    state, service = get_state(), _service()
     start = _work_start(state, current_principal(), db_id, request.path, request_ip())
 
     @contextlib.asynccontextmanager
     async def opened() -> AsyncIterator[Start]:
-        async with state.supervisor.open_document(db_id):  # held while the stream lasts
+        async with service.held(db_id):
             yield start
 
     return ndjson_response(AckStream(request.body, opened, window=WORK_WINDOW,

@@ -323,9 +323,17 @@ class JobService:
     async def enqueue_batch(self, db_id: str, specs: list[JobSpec]) -> list[tuple[Job, bool]]:
         return await self._run(db_id, lambda tx: ops.enqueue_many(tx, specs))
 
-    def enqueue_stream(self, actor: DocumentActor) -> EnqueueStream:
-        """The enqueue stream's producer side (``POST …/jobs/stream``; the stream holds ``actor`` open)."""
-        return EnqueueStream(self, actor)
+    @contextlib.asynccontextmanager
+    async def enqueue_stream(self, db_id: str) -> AsyncIterator[EnqueueStream]:
+        """The enqueue stream's producer side (``POST …/jobs/stream``), the document held open while it lasts."""
+        async with self._document(db_id) as actor:
+            yield EnqueueStream(self, actor)
+
+    @contextlib.asynccontextmanager
+    async def held(self, db_id: str) -> AsyncIterator[None]:
+        """``db_id`` held open while a worker stream (``POST …/jobs/work``) lasts."""
+        async with self._document(db_id):
+            yield
 
     # ---- workers ----------------------------------------------------------------------------------
 
