@@ -415,6 +415,7 @@ def open_connection(
     readonly: bool = False,
     synchronous: str = "NORMAL",
     busy_timeout_ms: int = 5000,
+    cache_kib: int | None = None,
 ) -> DocConnection:
     """Open ``path`` with skald's pragmas.
 
@@ -449,5 +450,9 @@ def open_connection(
         conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
     conn.execute("PRAGMA foreign_keys=ON")
     conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+    if cache_kib is not None:
+        # negative: a size in KiB, not in pages (SQLite's default is -2000). Pages are allocated as
+        # they are read, so this caps a large document's cache without costing a small one anything.
+        conn.execute(f"PRAGMA cache_size={-max(1, int(cache_kib))}")
     assert isinstance(conn, DocConnection)
     return conn
