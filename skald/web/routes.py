@@ -36,7 +36,7 @@ from skald.db.connection import DocConnection
 from skald.errors import SkaldError, TokenInvalid
 from skald.http.context import request_ip
 from skald.http.state import AppState, get_state
-from skald.web import pages
+from skald.web import jobs, pages
 from skald.web.render import render_page
 from skald.web.service import DocumentBrowser
 
@@ -55,6 +55,7 @@ def install(app: QuartTrio, state: AppState) -> None:
         ("/ui/login", login_submit, ["POST"]),
         ("/ui/signed-out", signed_out, ["GET"]),
         *pages.RULES,
+        *jobs.RULES,
     ]
     for rule, view, methods in rules:
         app.add_url_rule(rule, endpoint=f"web.{view.__name__}.{methods[0]}", view_func=view, methods=methods)
