@@ -346,17 +346,21 @@ def _open_files(path: Path) -> int:
 
 
 async def test_connections_unused_for_a_while_are_closed_and_reopened_on_demand(
-    tmp_path: Path, autojump_clock: trio.abc.Clock
+    tmp_path: Path, mock_clock: trio.testing.MockClock
 ) -> None:
+    # A clock that moves only when told: an autojump clock also jumps while a pool thread runs
+    # SQLite (every task is blocked then), which could expire the writer before the read begins.
     path = tmp_path / "d.sqlite3"
     async with trio.open_nursery() as nursery:
         actor = await _started(nursery, path, connection_idle_seconds=30.0)
         await actor.write(_insert(1))
         assert await actor.read(lambda c: c.execute("SELECT v FROM t").fetchall()) == [(1,)]
         both = _open_files(path)  # the writer and a reader
-        await trio.sleep(29)
+        mock_clock.jump(29)
+        await trio.testing.wait_all_tasks_blocked()
         assert _open_files(path) == both
-        await trio.sleep(2)  # both unused for 30 s now
+        mock_clock.jump(2)  # both unused for 30 s now
+        await trio.testing.wait_all_tasks_blocked()  # a loop pass: the actor sees its deadline and starts closing
         # the next op waits for the actor to finish closing them; it opens the writer alone again
         await actor.write(_insert(2))
         writer_only = _open_files(path)
