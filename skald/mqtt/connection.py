@@ -583,25 +583,17 @@ class _SocketReceiver(trio.abc.ReceiveStream):
         self._streak = 0
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        sock = self._stream.socket
-        if self._streak >= self.FAST_READS:
-            self._streak = 0
-            return await self._stream.receive_some(max_bytes)
-        while True:
-            fd = sock.fileno()  # -1 once closed: then trio raises ClosedResourceError
-            if fd < 0:
-                return await self._stream.receive_some(max_bytes)
+        fd = self._stream.socket.fileno()  # -1 once closed: then trio raises ClosedResourceError
+        if fd >= 0 and self._streak < self.FAST_READS:
             try:
                 data = os.read(fd, max_bytes or 65536)
-            except BlockingIOError:
-                # Nothing waiting: wait for it here (trio's receive_some would first try recv again).
-                self._streak = 0
-                await trio.lowlevel.wait_readable(sock)
-                continue
-            except OSError:  # a reset: trio's receive_some raises the right exception for it
-                return await self._stream.receive_some(max_bytes)
-            self._streak += 1
-            return data
+            except OSError:  # nothing waiting (BlockingIOError), or a reset that trio reports below
+                pass
+            else:
+                self._streak += 1
+                return data
+        self._streak = 0
+        return await self._stream.receive_some(max_bytes)
 
     async def aclose(self) -> None:
         await self._stream.aclose()
