@@ -31,10 +31,3 @@ def test_config_file_from_env_and_errors(tmp_path: Path) -> None:
     with pytest.raises(ConfigError):
         load_settings(env={"SKALD_LOG_FORMAT": "xml"})
     assert load_settings(env={"SKALD_COOKIE_SECURE": "false"}).cookie_secure is False
-
-
-def test_gil_switch_interval_is_validated() -> None:
-    assert load_settings(None, env={"SKALD_GIL_SWITCH_INTERVAL_MS": "1"}).gil_switch_interval_ms == 1.0
-    for bad in ("0", "-1", "5000"):
-        with pytest.raises(ConfigError, match="gil_switch_interval_ms"):
-            load_settings(None, env={"SKALD_GIL_SWITCH_INTERVAL_MS": bad})
