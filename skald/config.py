@@ -49,9 +49,6 @@ class Settings:
     db_reader_threads: int = 16  # OS threads running every document's read-only connections
     sqlite_cache_kib: int = 1024  # SQLite page cache per connection at most (PRAGMA cache_size)
     synchronous: str = "NORMAL"  # NORMAL | FULL
-    # sys.setswitchinterval for `skald serve`: how long a writer thread back from SQLite may wait for
-    # the GIL while the event loop runs (docs/mqtt.md, "Where the time goes")
-    gil_switch_interval_ms: float = 0.5
     busy_timeout_ms: int = 5000
     # limits
     query_timeout_ms: int = 5000
@@ -218,8 +215,6 @@ def load_settings(
         raise ConfigError("max_connections and listen_backlog must be at least 1, request_head_timeout at least 0")
     if settings.mqtt_port is not None and not 0 <= settings.mqtt_port <= 65535:
         raise ConfigError("mqtt_port must be 0-65535 (0 = any free port)")
-    if not 0 < settings.gil_switch_interval_ms <= 1000:
-        raise ConfigError("gil_switch_interval_ms must be above 0 and at most 1000")
     if settings.mqtt_max_inflight < 1 or settings.mqtt_session_expiry_seconds < 0:
         raise ConfigError("mqtt_max_inflight must be at least 1, mqtt_session_expiry_seconds at least 0")
     if settings.durability not in {"local", "replicated"}:

@@ -12,7 +12,6 @@ import errno
 import math
 import signal
 import socket
-import sys
 from functools import partial
 
 import structlog
@@ -176,7 +175,4 @@ async def serve(settings: Settings, *, task_status: trio.TaskStatus[list[str]] =
 
 
 def run(settings: Settings) -> None:
-    # Python's default 5 ms: a document's writer thread waits up to that for the GIL after each
-    # SQLite call while the event loop is busy, several times per commit (docs/mqtt.md).
-    sys.setswitchinterval(settings.gil_switch_interval_ms / 1000)
     trio.run(serve, settings)
