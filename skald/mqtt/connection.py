@@ -17,8 +17,6 @@ and the will is published unless the client said DISCONNECT.
 from __future__ import annotations
 
 import contextlib
-import math
-import os
 import secrets
 
 import structlog
@@ -74,7 +72,7 @@ class MqttConnection:
 
     async def run(self) -> None:
         try:
-            reader = codec.PacketReader(_SocketReceiver(self.stream), self.service.max_packet_size)
+            reader = codec.PacketReader(self.stream, self.service.max_packet_size)
             if not await self._handshake(reader):
                 return
             try:
@@ -258,23 +256,13 @@ class MqttConnection:
     ) -> None:
         # A client that sends nothing for 1.5 keep-alive periods is gone (MQTT 3.1.1 section 3.1.2.10).
         idle = self.keep_alive * 1.5 if self.keep_alive else None
-        # One scope whose deadline runs only while waiting for a packet (not while a packet is
-        # handled: a publish may wait for room in a busy document), rather than a move_on_after per
-        # packet: that was a tenth of the read loop's time.
-        with trio.CancelScope() as waiting:
-            await self._read_packets(reader, publishes, waiting, idle)
-        if waiting.cancelled_caught:
-            self.end(Reason.KEEP_ALIVE_TIMEOUT, "no packet within 1.5 times the keep-alive")
-
-    async def _read_packets(
-        self, reader: codec.PacketReader, publishes: trio.MemorySendChannel[codec.Publish],
-        waiting: trio.CancelScope, idle: float | None,
-    ) -> None:
         while True:
-            if idle is not None:
-                waiting.deadline = trio.current_time() + idle
-            frame = await reader.next_frame()
-            waiting.deadline = math.inf
+            frame: bytes | None = None
+            with trio.move_on_after(idle if idle is not None else float("inf")) as waited:
+                frame = await reader.next_frame()
+            if waited.cancelled_caught:
+                self.end(Reason.KEEP_ALIVE_TIMEOUT, "no packet within 1.5 times the keep-alive")
+                return
             if frame is None:
                 return
             packet = codec.decode(frame, self.protocol)
@@ -527,32 +515,6 @@ class MqttConnection:
         self._inflight_slots.release()
 
     async def _write(self, data: bytes) -> None:
-        if not self._send_lock.locked() and not self._write_cut:
-            # The common case, a socket with room in its send buffer: one os.write, no trip through
-            # trio's scheduler (SocketStream.send_all and Lock each yield once). Per message sent or
-            # acknowledged that was a fifth of the event loop's time under load (bench/mqtt.py).
-            fd = self.stream.socket.fileno()  # each time: -1 once closed (never a reused number)
-            if fd < 0:
-                raise trio.ClosedResourceError("the connection is closed")
-            self._send_lock.acquire_nowait()  # held while a partial write is finished below
-            try:
-                try:
-                    sent = os.write(fd, data)
-                except BlockingIOError:
-                    sent = 0
-                except OSError as exc:
-                    self._write_cut = True
-                    raise trio.BrokenResourceError(f"socket connection broken: {exc}") from exc
-                if sent < len(data):
-                    done = False
-                    try:
-                        await self.stream.send_all(memoryview(data)[sent:])
-                        done = True
-                    finally:
-                        self._write_cut = not done  # see below
-            finally:
-                self._send_lock.release()
-            return
         async with self._send_lock:
             if self._write_cut:
                 raise trio.BrokenResourceError("a write was cut off mid-packet")
@@ -564,39 +526,6 @@ class MqttConnection:
                 # Cancelled part way (slow consumer, shutdown): the client may hold half a packet, so
                 # nothing more may follow it on this connection, not even a DISCONNECT.
                 self._write_cut = not done
-
-
-class _SocketReceiver(trio.abc.ReceiveStream):
-    """``stream.receive_some`` without a trip through trio's scheduler when bytes are waiting.
-
-    trio's ``receive_some`` yields once per call even when ``recv`` succeeds at once; with 132
-    connections each sending a packet per message (bench/mqtt.py) those yields were a large part
-    of the event loop's time. Bytes waiting: one ``os.read``. None (or an error, which trio turns
-    into the right exception): trio's ``receive_some``, which waits. After ``FAST_READS`` reads in a
-    row it goes through trio anyway, so a client that never stops sending cannot starve the others.
-    """
-
-    FAST_READS = 16
-
-    def __init__(self, stream: trio.SocketStream) -> None:
-        self._stream = stream
-        self._streak = 0
-
-    async def receive_some(self, max_bytes: int | None = None) -> bytes:
-        fd = self._stream.socket.fileno()  # -1 once closed: then trio raises ClosedResourceError
-        if fd >= 0 and self._streak < self.FAST_READS:
-            try:
-                data = os.read(fd, max_bytes or 65536)
-            except OSError:  # nothing waiting (BlockingIOError), or a reset that trio reports below
-                pass
-            else:
-                self._streak += 1
-                return data
-        self._streak = 0
-        return await self._stream.receive_some(max_bytes)
-
-    async def aclose(self) -> None:
-        await self._stream.aclose()
 
 
 def _content_type(props: codec.Properties) -> str | None:
