@@ -65,6 +65,10 @@ class Settings:
     libsql_stream_idle_seconds: float = 10.0
     libsql_max_streams: int = 1024
     subscriber_buffer: int = 1000
+    # a document with more than 64 subscribers fans out at most once per interval while messages keep
+    # coming (the first after a pause goes at once): each subscriber then gets one write per interval
+    # for all of them instead of one per message (docs/pubsub.md#fan-out). 0: a pass per message.
+    fanout_interval_seconds: float = 0.025
     # identity
     admin_token: str | None = None
     oidc_issuer: str | None = None
@@ -217,6 +221,8 @@ def load_settings(
         raise ConfigError("mqtt_port must be 0-65535 (0 = any free port)")
     if settings.mqtt_max_inflight < 1 or settings.mqtt_session_expiry_seconds < 0:
         raise ConfigError("mqtt_max_inflight must be at least 1, mqtt_session_expiry_seconds at least 0")
+    if not 0 <= settings.fanout_interval_seconds <= 1:
+        raise ConfigError("fanout_interval_seconds must be between 0 and 1")
     if settings.durability not in {"local", "replicated"}:
         raise ConfigError("durability must be 'local' or 'replicated'")
     if settings.clustered:

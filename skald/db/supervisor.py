@@ -217,6 +217,21 @@ class Supervisor:
             if not create:
                 raise DocumentNotFound(f"document {db_id} does not exist")
             await self.create_document(db_id)
+        async with self._held(db_id) as actor:
+            yield actor
+
+    @contextlib.asynccontextmanager
+    async def open_internal(self, db_id: str) -> AsyncIterator[DocumentActor]:
+        """Like :meth:`open_document` for a document of skald's own (the cluster's ``_audit``).
+
+        Its name is one no client can use (not a valid ``db_id``), and it has no registry row, so
+        it is never listed, created or deleted through the API.
+        """
+        async with self._held(db_id) as actor:
+            yield actor
+
+    @contextlib.asynccontextmanager
+    async def _held(self, db_id: str) -> AsyncIterator[DocumentActor]:
         for _attempt in range(3):
             actor = await self._get(db_id)
             try:
