@@ -14,7 +14,11 @@ publisher ``i`` on topic ``bench/p<i>``; 100 subscriber connections, subscriber 
 (b) latency: both servers at half of skald's peak rate (paced per publisher), the time from
     sending a PUBLISH to a subscriber receiving it, p50 and p99 over every delivery.
 
-Usage: ``python bench/mqtt.py [--seconds 5] [--window 16]``. Needs ``mosquitto`` on PATH.
+Each phase also prints the server's CPU time per published message (from /proc/<pid>/stat: a
+figure that survives a loaded machine), the load average, and in (b) the PUBACK latency (publish
+to commit to acknowledgement) beside the delivery latency.
+
+Usage: ``flock /tmp/bench.lock python bench/mqtt.py [--seconds 5] [--window 16]``. Needs ``mosquitto``.
 The load generator shares the machine (and its 2 cores) with the server: numbers are relative,
 and mosquitto's can be bounded by this Python generator rather than by mosquitto.
 """
@@ -130,15 +134,20 @@ async def subscriber(port: int, j: int, ready: trio.Event, counts: list[int], la
     await conn.stream.aclose()
 
 
-async def publisher(port: int, i: int, window: int, until: float, interval: float | None, acked: list[int]) -> None:
+async def publisher(port: int, i: int, window: int, until: float, interval: float | None, acked: list[int],
+                    ack_latencies: list[float] | None = None) -> None:
     conn = await Conn.open(port, f"pub-{i}")
     slots = trio.Semaphore(window)
+    sent_at: dict[int, float] = {}
 
     async def read_acks() -> None:
         while True:
             packet = codec.decode(await conn.frame(), P311)
             if isinstance(packet, codec.PubAck):
                 acked[0] += 1
+                sent = sent_at.pop(packet.packet_id, None)
+                if ack_latencies is not None and sent is not None:
+                    ack_latencies.append(time.perf_counter() - sent)
                 slots.release()
 
     async with trio.open_nursery() as nursery:
@@ -151,7 +160,8 @@ async def publisher(port: int, i: int, window: int, until: float, interval: floa
                 await trio.sleep_until(trio.current_time() + max(0.0, next_at - time.perf_counter()))
             await slots.acquire()
             packet_id = packet_id % 65535 + 1
-            payload = struct.pack("!d", time.perf_counter()) + b"x" * 56
+            sent_at[packet_id] = now = time.perf_counter()
+            payload = struct.pack("!d", now) + b"x" * 56
             await conn.stream.send_all(codec.Publish(f"bench/p{i}", payload, 1, False, False, packet_id).encode(P311))
         with trio.move_on_after(5):  # let the last acknowledgements in
             for _ in range(window):
@@ -160,7 +170,8 @@ async def publisher(port: int, i: int, window: int, until: float, interval: floa
     await conn.stream.aclose()
 
 
-async def run_load(port: int, seconds: float, window: int, rate: float | None) -> tuple[float, int, list[float]]:
+async def run_load(port: int, seconds: float, window: int, rate: float | None,
+                   ack_latencies: list[float] | None = None) -> tuple[float, int, list[float]]:
     """(PUBACKs per second, deliveries, latencies) for one phase."""
     acked, delivered = [0], [0]
     latencies: list[float] = []
@@ -176,7 +187,7 @@ async def run_load(port: int, seconds: float, window: int, rate: float | None) -
         interval = PUBLISHERS / rate if rate else None
         async with trio.open_nursery() as pubs:
             for i in range(PUBLISHERS):
-                pubs.start_soon(publisher, port, i, window, until, interval, acked)
+                pubs.start_soon(publisher, port, i, window, until, interval, acked, ack_latencies)
         elapsed = time.perf_counter() - start
         await trio.sleep(1)  # deliveries still under way (only latencies of those that arrive count)
         for scope in scopes:
@@ -191,13 +202,27 @@ def pct(values: list[float], q: int) -> float:
     return statistics.quantiles(values, n=100, method="inclusive")[q - 1] * 1000
 
 
-async def measure(name: str, port: int, seconds: float, window: int, rate: float | None) -> tuple[float, list[float]]:
-    value, delivered, latencies = await run_load(port, seconds, window, rate)
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` so far (/proc/<pid>/stat): survives a loaded machine."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def measure(name: str, pid: int, port: int, seconds: float, window: int,
+                  rate: float | None) -> tuple[float, list[float]]:
+    ack_latencies: list[float] = []
+    before = cpu_seconds(pid)
+    value, delivered, latencies = await run_load(port, seconds, window, rate, ack_latencies)
+    per_message = (cpu_seconds(pid) - before) / max(1.0, value * seconds) * 1e6
+    load = os.getloadavg()[0]
     if rate is None:
-        print(f"  {name:10s} QoS 1 publish rate {value:9.0f} msg/s  ({delivered} deliveries)", flush=True)
+        print(f"  {name:10s} QoS 1 publish rate {value:9.0f} msg/s  ({delivered} deliveries)"
+              f"  server CPU {per_message:4.0f} us/msg  load {load:.1f}", flush=True)
     else:
         print(f"  {name:10s} at {rate:6.0f} msg/s: p50 {pct(latencies, 50):6.1f} ms  p99 {pct(latencies, 99):6.1f} ms"
-              f"  ({len(latencies)} deliveries)", flush=True)
+              f"  ({len(latencies)} deliveries; PUBACK p50 {pct(ack_latencies, 50):.1f} ms"
+              f" p99 {pct(ack_latencies, 99):.1f} ms)  server CPU {per_message:4.0f} us/msg  load {load:.1f}",
+              flush=True)
     return value, latencies
 
 
@@ -215,13 +240,15 @@ def main() -> None:
         try:
             print(f"throughput: {PUBLISHERS} publishers (window {args.window}), {SUBSCRIBERS} subscribers, "
                   f"{args.seconds:.0f} s", flush=True)
-            skald_rate, _ = trio.run(measure, "skald", skald_port, args.seconds, args.window, None)
-            mosq_rate, _ = trio.run(measure, "mosquitto", mosq_port, args.seconds, args.window, None)
+            print(f"load average before: {os.getloadavg()[0]:.1f}", flush=True)
+            skald, mosq = ("skald", skald_proc.pid, skald_port), ("mosquitto", mosq_proc.pid, mosq_port)
+            skald_rate, _ = trio.run(measure, *skald, args.seconds, args.window, None)
+            mosq_rate, _ = trio.run(measure, *mosq, args.seconds, args.window, None)
             print(f"  skald / mosquitto = {skald_rate / mosq_rate:.2f} (goal >= 0.5)", flush=True)
             half = skald_rate / 2
             print(f"latency at half of skald's peak ({half:.0f} msg/s):", flush=True)
-            _, skald_lat = trio.run(measure, "skald", skald_port, args.seconds, args.window, half)
-            trio.run(measure, "mosquitto", mosq_port, args.seconds, args.window, half)
+            _, skald_lat = trio.run(measure, *skald, args.seconds, args.window, half)
+            trio.run(measure, *mosq, args.seconds, args.window, half)
             p99 = pct(skald_lat, 99)
             print(f"  skald p99 {p99:.1f} ms (goal <= 50 ms)", flush=True)
         finally:

@@ -360,13 +360,18 @@ class MqttConnection:
                 codes.append(subscribe_reason(exc) if self.protocol == PROTOCOL_5 else codec.SUBACK_FAILURE_311)
                 continue
             qos = min(wanted.qos, 1)
-            existed = wanted.filter in self.session.subscriptions
-            subscription = SessionSubscription(wanted.filter, qos, None)
+            previous = self.session.subscriptions.get(wanted.filter)
+            existed = previous is not None
+            # The same filter again (mosquitto_sub -c does it on every connect) replaces the QoS but
+            # must not interrupt the flow (MQTT 3.1.1 3.8.4): it keeps its replay start, so a resumed
+            # session still gets what it missed.
+            subscription = SessionSubscription(wanted.filter, qos, None if previous is None else previous.start)
             self.session.subscriptions[wanted.filter] = subscription
             doc = await self._ensure_doc(db_id)
             doc.rebuild(self.session)
-            # Live delivery for the new filter began with rebuild(); replay covers ids after this one.
-            subscription.start = await doc.last_id(self.service.pubsub)
+            if previous is None or previous.start is None:
+                # Live delivery for the new filter began with rebuild(); replay covers ids after this one.
+                subscription.start = await doc.last_id(self.service.pubsub)
             codes.append(qos)
             if wanted.retain_handling == 0 or (wanted.retain_handling == 1 and not existed):
                 retained.append((db_id, wanted, qos))

@@ -14,6 +14,8 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import socket
+import sys
 from typing import Any
 
 import structlog
@@ -39,6 +41,37 @@ log = structlog.get_logger("skald.mqtt")
 
 # Room for a PUBLISH's topic, packet id and MQTT 5 properties beside a payload of the maximum size.
 PACKET_OVERHEAD = 64 * 1024
+
+
+def listen_sockets(host: str, port: int, backlog: int) -> list[socket.socket]:
+    """Bind and listen on ``host:port`` for MQTT, every address ``host`` resolves to.
+
+    What :func:`trio.open_tcp_listeners` does, in plain sockets so that ``skald serve`` can do it
+    before anything starts (a busy port is then one line and exit 2, as for HTTP; connections that
+    arrive meanwhile wait in the backlog). It listens at once: with ``SO_REUSEADDR`` a second *bind*
+    of a port that is bound but not listening (the HTTP port, say) succeeds, only ``listen`` fails.
+    Raises :class:`OSError` (or :class:`OverflowError` for a port out of range); nothing stays open then.
+    """
+    bound: list[socket.socket] = []
+    try:
+        for family, type_, proto, _name, address in socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        ):
+            sock = socket.socket(family, type_, proto)
+            bound.append(sock)
+            if sys.platform != "win32":
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+            sock.listen(backlog)
+            if port == 0:  # the other addresses of host take the port the first one was given
+                port = int(sock.getsockname()[1])
+    except BaseException:
+        for sock in bound:
+            sock.close()
+        raise
+    return bound
 
 
 def split_topic(full: str) -> tuple[str, str]:
@@ -142,6 +175,8 @@ class MqttService:
         self.max_packet_size = self.settings.message_max_bytes + PACKET_OVERHEAD
         self._queued: dict[str, list[_Pending]] = {}
         self._committing: set[str] = set()
+        self.bound: list[socket.socket] = []
+        """Sockets ``skald serve`` opened before starting (see :func:`listen_sockets`); else serve opens them."""
 
     @property
     def pubsub(self) -> PubSub:
@@ -157,12 +192,15 @@ class MqttService:
         """
         from skald.mqtt.connection import MqttConnection
 
-        assert self.settings.mqtt_port is not None
-        await self.sessions.load()
-        listeners = await trio.open_tcp_listeners(self.settings.mqtt_port, host=self.settings.host)
+        settings = self.settings
+        assert settings.mqtt_port is not None
+        bound = self.bound or listen_sockets(settings.host, settings.mqtt_port, settings.listen_backlog)
+        self.bound = []
+        listeners = [trio.SocketListener(trio.socket.from_stdlib_socket(sock)) for sock in bound]
         self.port = int(listeners[0].socket.getsockname()[1])
         shutdown = self.state.shutdown.event
         try:
+            await self.sessions.load()
             async with trio.open_nursery() as connections:
                 sweeper = trio.CancelScope()
                 connections.start_soon(self._expire_sessions, sweeper)

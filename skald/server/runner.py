@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import math
 import signal
+import socket
 from functools import partial
 
 import structlog
@@ -79,6 +80,21 @@ def bind_sockets(config: Config) -> Sockets:
         raise CannotListen(f"cannot listen on {', '.join(config.bind)}: {reason.lower()}{hint}") from None
 
 
+def bind_mqtt_sockets(host: str, port: int, backlog: int) -> list[socket.socket]:
+    """Bind and listen on the MQTT address; :class:`CannotListen` with one clear line if not (as for HTTP)."""
+    from skald.mqtt.service import listen_sockets
+
+    where = f"{host}:{port}"
+    try:
+        return listen_sockets(host, port, backlog)
+    except OverflowError as exc:
+        raise CannotListen(f"cannot listen for MQTT on {where}: {exc}".replace("bind(): ", "")) from None
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        hint = " (is another broker running there? choose another --mqtt-port)" if exc.errno == errno.EADDRINUSE else ""
+        raise CannotListen(f"cannot listen for MQTT on {where}: {reason.lower()}{hint}") from None
+
+
 async def serve_app(
     app: QuartTrio,
     config: Config,
@@ -124,13 +140,22 @@ async def serve(settings: Settings, *, task_status: trio.TaskStatus[list[str]] =
     """
     config = hypercorn_config(settings)
     sockets = bind_sockets(config)
+    mqtt_sockets: list[socket.socket] = []
     try:
+        if settings.mqtt_port is not None:
+            # The HTTP sockets listen first (serve_app's listen() again is harmless): a port that is
+            # bound but not listening can be bound a second time with SO_REUSEADDR.
+            for sock in [*sockets.secure_sockets, *sockets.insecure_sockets]:
+                sock.listen(config.backlog)
+            mqtt_sockets = bind_mqtt_sockets(settings.host, settings.mqtt_port, settings.listen_backlog)
         app = create_app(settings)
     except BaseException:
-        for sock in [*sockets.secure_sockets, *sockets.insecure_sockets]:
+        for sock in [*sockets.secure_sockets, *sockets.insecure_sockets, *mqtt_sockets]:
             sock.close()
         raise
     state: AppState = app.extensions["skald"]
+    if state.mqtt is not None:
+        state.mqtt.bound = mqtt_sockets  # the listener listens on these instead of binding again
 
     async def watch_signals(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:

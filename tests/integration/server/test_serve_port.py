@@ -56,3 +56,30 @@ def test_bad_port_is_a_usage_error(tmp_path: Path, args: list[str], env: dict[st
     assert message in done.stderr
     assert "Traceback" not in done.stderr
     assert not (tmp_path / "data").exists()
+
+
+def test_busy_mqtt_port_is_one_line_exit_2_and_mints_no_token(tmp_path: Path) -> None:
+    """The MQTT listener's port gets the same treatment as the HTTP one: bound before anything starts."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = _serve(tmp_path / "data", "--host", "127.0.0.1", "--port", "0", "--mqtt-port", str(port))
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert done.stderr == (
+        f"skald: cannot listen for MQTT on 127.0.0.1:{port}: address already in use"
+        " (is another broker running there? choose another --mqtt-port)\n"
+    )
+    assert not (tmp_path / "data").exists()  # nothing started: no service database, no admin token
+
+
+def test_mqtt_port_taken_by_the_http_port_is_refused(tmp_path: Path) -> None:
+    """``--port N --mqtt-port N``: the second bind fails like any busy port, and the first is let go."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    done = _serve(tmp_path / "data", "--host", "127.0.0.1", "--port", str(port), "--mqtt-port", str(port))
+    assert done.returncode == 2
+    assert done.stderr.startswith(f"skald: cannot listen for MQTT on 127.0.0.1:{port}: address already in use")
+    assert not (tmp_path / "data").exists()
