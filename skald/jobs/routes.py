@@ -14,10 +14,10 @@ from typing import Any
 from quart import Response, jsonify, request
 from quart_trio import QuartTrio
 
-from skald.auth.guard import authorize, check_scope, current_principal, requires
-from skald.auth.scopes import Principal
+from skald.auth.guard import audit_denied, authorize, check_scope, current_principal, requires
+from skald.auth.scopes import Principal, allowed_prefixes
 from skald.db.ids import validate_db_id
-from skald.errors import DocumentNotFound, PayloadTooLarge, ValidationFailed
+from skald.errors import DocumentNotFound, PayloadTooLarge, ScopeDenied, ValidationFailed
 from skald.http.context import request_ip
 from skald.http.ndjson import Ack, AckStream, Start, Started, ndjson_response
 from skald.http.params import float_param, heartbeat_param, int_param
@@ -342,32 +342,62 @@ async def fail_view(db_id: str, job_id: int) -> tuple[Response, int]:
 
 
 # ---- one job --------------------------------------------------------------------------------------
+# A route naming a job by id learns the job's queue from the job, so a scope limited to queue
+# prefixes acts only on its own queues' jobs (ack, fail and heartbeat prove themselves with the
+# lease, which only a queue-checked fetch hands out).
+
+
+def _prefixes(db_id: str, action: str) -> list[str] | None:
+    return allowed_prefixes(current_principal(), db_id, action)
+
+
+async def _authorize_job(db_id: str, job_id: int, action: str) -> None:
+    if _prefixes(db_id, action) is None:
+        return  # unrestricted: no lookup on the common path
+    job = await _service().get(db_id, job_id)
+    await authorize(current_principal(), db_id, action, job["queue"])
+
+
+async def _authorize_every_queue(db_id: str, action: str) -> None:
+    """Routes that span every queue (workers, events) need a scope without a queue prefix."""
+    if _prefixes(db_id, action) is None:
+        return
+    reason = f"{action} on {db_id} is limited to queue prefixes; this route spans every queue"
+    await audit_denied(get_state(), current_principal().id, reason, path=request.path, ip=request_ip())
+    raise ScopeDenied(reason, action=action)
 
 
 @requires("jobs.enqueue")
 async def get_view(db_id: str, job_id: int) -> dict[str, Any]:
-    return await _service().get(db_id, _job_id(job_id))
+    job = await _service().get(db_id, _job_id(job_id))
+    await authorize(current_principal(), db_id, "jobs.enqueue", job["queue"])
+    return job
 
 
 @requires("jobs.admin")
 async def delete_view(db_id: str, job_id: int) -> Response:
+    await _authorize_job(db_id, _job_id(job_id), "jobs.admin")
     await _service().delete(db_id, _job_id(job_id))
     return Response("", status=204)
 
 
 @requires("jobs.admin")
 async def retry_view(db_id: str, job_id: int) -> tuple[Response, int]:
+    await _authorize_job(db_id, _job_id(job_id), "jobs.admin")
     return _job(await _service().retry(db_id, _job_id(job_id)))
 
 
 @requires("jobs.admin")
 async def cancel_view(db_id: str, job_id: int) -> tuple[Response, int]:
+    await _authorize_job(db_id, _job_id(job_id), "jobs.admin")
     return _job(await _service().cancel(db_id, _job_id(job_id)))
 
 
 @requires("jobs.admin")
 async def move_view(db_id: str, job_id: int) -> tuple[Response, int]:
     queue = model.queue_name((await _body()).get("queue"))
+    await _authorize_job(db_id, _job_id(job_id), "jobs.admin")
+    await authorize(current_principal(), db_id, "jobs.admin", queue)
     return _job(await _service().move(db_id, _job_id(job_id), queue))
 
 
@@ -376,7 +406,11 @@ async def move_view(db_id: str, job_id: int) -> tuple[Response, int]:
 
 @requires("jobs.admin")
 async def queues_view(db_id: str) -> dict[str, Any]:
-    return {"queues": await _service().queues(db_id)}
+    prefixes = _prefixes(db_id, "jobs.admin")
+    queues = await _service().queues(db_id)
+    if prefixes is not None:
+        queues = [q for q in queues if any(q["name"].startswith(p) for p in prefixes)]
+    return {"queues": queues}
 
 
 @requires("jobs.admin", resource=_queue_resource)
@@ -449,7 +483,8 @@ async def search_view(db_id: str) -> dict[str, Any]:
     unknown = set(body) - {"filter", "sort", "order", "limit", "cursor"}
     if unknown:
         raise ValidationFailed(f"unknown fields: {', '.join(sorted(unknown))}")
-    return await _service().search(db_id, search.parse_filter(body.get("filter")), search.Page.parse(body))
+    where = search.within_queues(search.parse_filter(body.get("filter")), _prefixes(db_id, "jobs.admin"))
+    return await _service().search(db_id, where, search.Page.parse(body))
 
 
 @requires("jobs.admin")
@@ -473,12 +508,16 @@ async def bulk_view(db_id: str) -> dict[str, Any]:
         queue = None
     if action != "priority":
         new_priority = None
+    where = search.within_queues(where, _prefixes(db_id, "jobs.admin"))
+    if queue is not None:
+        await authorize(current_principal(), db_id, "jobs.admin", queue)
     affected = await _service().bulk(db_id, str(action), where, queue, new_priority)
     return {"action": action, "affected": affected}
 
 
 @requires("jobs.admin")
 async def workers_view(db_id: str) -> dict[str, Any]:
+    await _authorize_every_queue(db_id, "jobs.admin")
     window = float_param("window_seconds", request.args.get("window_seconds"), DEFAULT_WORKER_WINDOW,
                          minimum=1, maximum=86400)
     return {"workers": await _service().workers(db_id, window), "window_seconds": window}
@@ -487,6 +526,7 @@ async def workers_view(db_id: str) -> dict[str, Any]:
 @requires("jobs.admin")
 async def events_view(db_id: str) -> Response:
     """SSE of job state changes; resume with ``since`` or ``Last-Event-ID``."""
+    await _authorize_every_queue(db_id, "jobs.admin")
     state = get_state()
     raw = request.args.get("since")
     if raw is None:

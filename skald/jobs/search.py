@@ -62,6 +62,21 @@ class Where:
     params: tuple[Any, ...]
 
 
+def within_queues(where: Where, prefixes: list[str] | None) -> Where:
+    """``where`` narrowed to jobs whose queue starts with one of ``prefixes`` (None: unrestricted).
+
+    How a scope limited to queue prefixes sees search and bulk: only its own queues' jobs, with
+    paging intact (the narrowing is in the statement, not applied to a page afterwards).
+    """
+    if prefixes is None:
+        return where
+    if not prefixes:
+        return Where("0", ())
+    narrow = " OR ".join("substr(queue, 1, ?) = ?" for _ in prefixes)
+    params = tuple(value for p in prefixes for value in (len(p), p))
+    return Where(f"({where.sql}) AND ({narrow})", where.params + params)
+
+
 def parse_filter(value: Any) -> Where:
     """Validate a filter object; the ``WHERE`` clause (without the keyword) and its parameters."""
     data = obj(value if value is not None else {}, "filter")

@@ -415,3 +415,34 @@ async def test_a_waiting_fetch_answers_204_when_the_server_stops(nursery: trio.N
             await trio.testing.wait_all_tasks_blocked()
             inner.start_soon(live.stop)
         assert got == [204]  # answered, not cut off at the end of the grace period
+
+
+async def test_a_scope_limited_to_queue_prefixes_acts_only_on_its_own_queues(
+    server: LiveServer, clock: ManualJobClock
+) -> None:
+    async with _client(server) as admin:
+        mail = await enqueue(admin, queue="mail", payload={"to": "a"})
+        sms = await enqueue(admin, queue="sms", payload={"to": "b"})
+        other = [await enqueue(admin, queue="sms", payload={"n": n}) for n in range(3)]
+    mail_admin = await server.mint_token(f"{DOC}:jobs.admin:mail")
+    async with server.client(mail_admin) as client:
+        assert (await client.get(f"{J}/{mail['id']}")).status_code == 200
+        problem(await client.get(f"{J}/{sms['id']}"), 403, "scope_denied")
+        for action in ("retry", "cancel"):
+            problem(await client.post(f"{J}/{sms['id']}/{action}"), 403, "scope_denied")
+        problem(await client.delete(f"{J}/{sms['id']}"), 403, "scope_denied")
+        problem(await client.post(f"{J}/{sms['id']}/move", json={"queue": "mail"}), 403, "scope_denied")
+        problem(await client.post(f"{J}/{mail['id']}/move", json={"queue": "sms"}), 403, "scope_denied")
+        assert (await client.get(f"{J}/{9_999}")).status_code == 404
+        assert [q["name"] for q in (await client.get(f"{J}/queues")).json()["queues"]] == ["mail"]
+        found = (await client.post(f"{J}/search", json={})).json()["jobs"]
+        assert [j["id"] for j in found] == [mail["id"]]
+        problem(await client.post(f"{J}/bulk", json={"action": "move", "filter": {}, "queue": "sms"}),
+                403, "scope_denied")
+        r = await client.post(f"{J}/bulk", json={"action": "delete", "filter": {}})
+        assert r.json()["affected"] == 1
+        problem(await client.get(f"{J}/workers"), 403, "scope_denied")
+        problem(await client.get(f"{J}/events"), 403, "scope_denied")
+    async with server.client() as admin:  # the other queue's jobs are untouched
+        for job in (sms, *other):
+            assert (await admin.get(f"{J}/{job['id']}")).json()["state"] == "queued"
