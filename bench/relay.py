@@ -58,7 +58,7 @@ def _wait_listening(port: int, limit: float = 20) -> None:
 
 # The patches that exist for speed (the others fix behaviour: their tests are their receipt).
 # keep_alive_timer goes with connection_limits, which needs it.
-SPEED_VARIANTS = ("all", "none", "-large_reads", "-joined_chunks", "-keep_alive_timer")
+SPEED_VARIANTS = ("all", "none", "-large_reads", "-joined_chunks", "-joined_writes", "-keep_alive_timer")
 
 
 def variant_env(variant: str) -> dict[str, str]:
