@@ -39,6 +39,7 @@ class Settings:
     # logging
     log_level: str = "info"
     log_format: str = "console"  # console | json
+    tracemalloc: bool = False  # debug only: trace allocations, a growth report on SIGUSR1 (docs/operations.md)
     # runtime
     idle_timeout: float = 300.0
     mailbox_size: int = 1024

@@ -11,7 +11,6 @@ from __future__ import annotations
 import errno
 import math
 import signal
-from functools import partial
 
 import structlog
 import trio
@@ -24,6 +23,7 @@ from skald.config import ConfigError, Settings
 from skald.http.app import create_app
 from skald.http.state import AppState
 from skald.server import patches as hypercorn_patches
+from skald.server import tracemalloc_dumps
 from skald.server.connection_limits import ConnectionLimits, SkaldConfig, fit_descriptor_limit
 
 log = structlog.get_logger("skald.server.runner")
@@ -124,6 +124,8 @@ async def serve(settings: Settings, *, task_status: trio.TaskStatus[list[str]] =
     """
     config = hypercorn_config(settings)
     sockets = bind_sockets(config)
+    if settings.tracemalloc:
+        tracemalloc_dumps.start()  # before the app exists: its allocations are traced too
     try:
         app = create_app(settings)
     except BaseException:
@@ -140,9 +142,24 @@ async def serve(settings: Settings, *, task_status: trio.TaskStatus[list[str]] =
                 state.shutdown.begin()
                 return
 
+    dumps = trio.CancelScope()  # the tracemalloc dumps (if on) end with serving
+
+    async def serve_then_stop_dumps(*, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            await serve_app(app, config, sockets=sockets, task_status=task_status)
+        finally:
+            dumps.cancel(reason="server exited")
+
+    async def dump_memory(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        with dumps:
+            await tracemalloc_dumps.serve_tracemalloc_dumps(settings.data_dir, task_status=task_status)
+
     async with trio.open_nursery() as nursery:
         await nursery.start(watch_signals)
-        binds = await nursery.start(partial(serve_app, app, config, sockets=sockets))
+        if settings.tracemalloc:
+            await nursery.start(dump_memory)
+        binds = await nursery.start(serve_then_stop_dumps)
         for bind in binds:
             print(f"skald listening on {bind}", flush=True)
         task_status.started(binds)
