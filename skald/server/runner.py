@@ -22,8 +22,8 @@ from quart_trio import QuartTrio
 from skald.config import ConfigError, Settings
 from skald.http.app import create_app
 from skald.http.state import AppState
+from skald.server import native_memory, tracemalloc_dumps
 from skald.server import patches as hypercorn_patches
-from skald.server import tracemalloc_dumps
 from skald.server.connection_limits import ConnectionLimits, SkaldConfig, fit_descriptor_limit
 
 log = structlog.get_logger("skald.server.runner")
@@ -126,6 +126,7 @@ async def serve(settings: Settings, *, task_status: trio.TaskStatus[list[str]] =
     sockets = bind_sockets(config)
     if settings.tracemalloc:
         tracemalloc_dumps.start()  # before the app exists: its allocations are traced too
+    native_memory.limit_arenas(settings.malloc_arena_max)  # before any actor thread exists
     try:
         app = create_app(settings)
     except BaseException:
@@ -142,24 +143,30 @@ async def serve(settings: Settings, *, task_status: trio.TaskStatus[list[str]] =
                 state.shutdown.begin()
                 return
 
-    dumps = trio.CancelScope()  # the tracemalloc dumps (if on) end with serving
+    housekeeping = trio.CancelScope()  # memory trims and tracemalloc dumps: they end with serving
 
-    async def serve_then_stop_dumps(*, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
+    async def serve_then_stop(*, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
         try:
             await serve_app(app, config, sockets=sockets, task_status=task_status)
         finally:
-            dumps.cancel(reason="server exited")
+            housekeeping.cancel(reason="server exited")
 
     async def dump_memory(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        with dumps:
+        with housekeeping:
             await tracemalloc_dumps.serve_tracemalloc_dumps(settings.data_dir, task_status=task_status)
+
+    async def trim_memory(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        with housekeeping:
+            await native_memory.serve_memory_trims(settings.malloc_trim_seconds, task_status=task_status)
 
     async with trio.open_nursery() as nursery:
         await nursery.start(watch_signals)
         if settings.tracemalloc:
             await nursery.start(dump_memory)
-        binds = await nursery.start(serve_then_stop_dumps)
+        if settings.malloc_trim_seconds > 0:
+            await nursery.start(trim_memory)
+        binds = await nursery.start(serve_then_stop)
         for bind in binds:
             print(f"skald listening on {bind}", flush=True)
         task_status.started(binds)
