@@ -17,7 +17,11 @@ requests done and failed. After the load it waits until every document is closed
 With ``--tracemalloc`` the server runs with ``SKALD_TRACEMALLOC=1`` and is sent ``SIGUSR1`` at the end of
 each window: the top growth since the previous window (from the file the server writes) is printed.
 
-Usage: ``python bench/soak.py [--minutes 20] [--window 120] [--tracemalloc]``
+With ``--compare`` a second server (``peer``) runs beside it under the same load, with the native-memory
+settings off (``SKALD_MALLOC_ARENA_MAX=0 SKALD_MALLOC_TRIM_SECONDS=0``: glibc's defaults, as before them),
+so the before and the after come from one run.
+
+Usage: ``python bench/soak.py [--minutes 20] [--window 120] [--compare] [--tracemalloc]``
 (iterating: ``--minutes 4 --window 30``). The load generator shares the machine; the figures are
 the server process's own (``/proc/<pid>``).
 """
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import itertools
 import json
 import os
@@ -47,12 +52,16 @@ DB = "soak"
 IDLE_TIMEOUT = 3.0  # seconds: documents the load stops touching are reaped within a window
 
 
-def start_server(data_dir: Path, tracemalloc: bool) -> tuple[subprocess.Popen[bytes], str]:
+# The peer of --compare: skald with what fixed its native memory turned off (docs/operations.md#memory).
+PEER_ENV = {"SKALD_MALLOC_ARENA_MAX": "0", "SKALD_MALLOC_TRIM_SECONDS": "0"}
+
+
+def start_server(data_dir: Path, tracemalloc: bool, extra: dict[str, str]) -> tuple[subprocess.Popen[bytes], str]:
     env = {
         **os.environ, "SKALD_ADMIN_TOKEN": TOKEN, "SKALD_LOG_LEVEL": "warning",
         "SKALD_IDLE_TIMEOUT": str(IDLE_TIMEOUT), "SKALD_RATE_LIMIT_PER_SECOND": "0",
         "SKALD_PUBLIC_RATE_PER_SECOND": "1000000", "SKALD_PUBLIC_RATE_BURST": "1000000",
-        "SKALD_TRACEMALLOC": "1" if tracemalloc else "0",
+        "SKALD_TRACEMALLOC": "1" if tracemalloc else "0", **extra,
     }
     proc = subprocess.Popen(
         [sys.executable, "-m", "skald", "serve", "--port", "0", "--data-dir", str(data_dir)],
@@ -233,53 +242,84 @@ def tracemalloc_report(data_dir: Path, pid: int, before: set[Path], lines: int) 
     print("  (no tracemalloc report: was the server started with SKALD_TRACEMALLOC=1?)")
 
 
-async def run(args: argparse.Namespace, data_dir: Path, proc: subprocess.Popen[bytes], base: str) -> None:
-    await setup(base)
-    load = Load(base)
-    print(f"{'minute':>6} {'RSS MB':>7} {'fds':>5} {'threads':>7} {'actors':>6} {'requests':>9} {'failed':>6}"
-          f"  load avg")
-    reports: set[Path] = set()
+@dataclasses.dataclass
+class Server:
+    name: str
+    data_dir: Path
+    proc: subprocess.Popen[bytes]
+    base: str
+    load: Load = dataclasses.field(init=False)
 
+    def __post_init__(self) -> None:
+        self.load = Load(self.base)
+
+    async def sample(self, minute: float) -> str:
+        rss, fds, threads = process_figures(self.proc.pid)
+        actors = await open_actors(self.base)
+        load = self.load
+        return (f"{minute:>6.1f} {self.name:>8} {rss:>7.1f} {fds:>5} {threads:>7} {actors:>6}"
+                f" {sum(load.done.values()):>9} {sum(load.failed.values()):>6}  {os.getloadavg()[0]:.1f}")
+
+
+def start_load(nursery: trio.Nursery, load: Load) -> None:
+    nursery.start_soon(load.publisher)
+    for i in range(4):
+        nursery.start_soon(load.subscriber, i)
+    nursery.start_soon(load.querier)
+    for i in range(2):
+        nursery.start_soon(load.watcher, i)
+    nursery.start_soon(load.webhooks)
+    nursery.start_soon(load.relay)
+    nursery.start_soon(load.documents)
+    nursery.start_soon(load.tokens)
+
+
+async def run(args: argparse.Namespace, servers: list[Server]) -> None:
+    for server in servers:
+        await setup(server.base)
+    print(f"{'minute':>6} {'server':>8} {'RSS MB':>7} {'fds':>5} {'threads':>7} {'actors':>6} {'requests':>9}"
+          f" {'failed':>6}  load avg")
+    reports: set[Path] = set()
     async with trio.open_nursery() as nursery:
-        nursery.start_soon(load.publisher)
-        for i in range(4):
-            nursery.start_soon(load.subscriber, i)
-        nursery.start_soon(load.querier)
-        for i in range(2):
-            nursery.start_soon(load.watcher, i)
-        nursery.start_soon(load.webhooks)
-        nursery.start_soon(load.relay)
-        nursery.start_soon(load.documents)
-        nursery.start_soon(load.tokens)
+        for server in servers:
+            start_load(nursery, server.load)
         started = time.monotonic()
         end = started + args.minutes * 60
         next_sample = started
         while True:
             now = time.monotonic()
             if now >= next_sample:
-                rss, fds, threads = process_figures(proc.pid)
-                actors = await open_actors(base)
-                print(f"{(now - started) / 60:>6.1f} {rss:>7.1f} {fds:>5} {threads:>7} {actors:>6}"
-                      f" {sum(load.done.values()):>9} {sum(load.failed.values()):>6}  {os.getloadavg()[0]:.1f}",
-                      flush=True)
+                for server in servers:
+                    print(await server.sample((now - started) / 60), flush=True)
                 if args.tracemalloc and now > started:
-                    await trio.to_thread.run_sync(tracemalloc_report, data_dir, proc.pid, reports, args.top)
+                    await trio.to_thread.run_sync(tracemalloc_report, servers[0].data_dir, servers[0].proc.pid,
+                                                  reports, args.top)
                 next_sample += args.window
             if now >= end:
                 break
             await trio.sleep(min(1.0, max(0.0, min(next_sample, end) - time.monotonic())))
-        load.stop.set()
-    # Every document idle: the supervisor closes them all (the load's main document too).
+        for server in servers:
+            server.load.stop.set()
+    # Every document idle: the supervisor closes them all (the load's main document too); then a little
+    # longer than one malloc_trim_seconds (30 s), so what a trim gives back is seen.
     closed_by = time.monotonic() + IDLE_TIMEOUT * 10 + 30
-    # Polling another process: there is no event to wait on.
-    while (actors := await open_actors(base)) > 0 and time.monotonic() < closed_by:  # noqa: ASYNC110
-        await trio.sleep(1)
-    rss, fds, threads = process_figures(proc.pid)
-    print(f"load stopped, {actors} documents open: RSS {rss:.1f} MB, {fds} fds, {threads} threads")
+    for server in servers:
+        # Polling another process: there is no event to wait on.
+        while await open_actors(server.base) > 0 and time.monotonic() < closed_by:  # noqa: ASYNC110
+            await trio.sleep(1)
+    await trio.sleep(args.settle)
+    for server in servers:
+        rss, fds, threads = process_figures(server.proc.pid)
+        actors = await open_actors(server.base)
+        print(f"{server.name}: load stopped, {actors} documents open {args.settle:g} s later: RSS {rss:.1f} MB,"
+              f" {fds} fds, {threads} threads")
     if args.tracemalloc:
-        await trio.to_thread.run_sync(tracemalloc_report, data_dir, proc.pid, reports, args.top)
-    print("requests:", json.dumps(dict(sorted(load.done.items()))))
-    print("failed:", json.dumps(dict(sorted(load.failed.items()))) if load.failed else "none")
+        await trio.to_thread.run_sync(tracemalloc_report, servers[0].data_dir, servers[0].proc.pid, reports,
+                                      args.top)
+    for server in servers:
+        print(f"{server.name} requests:", json.dumps(dict(sorted(server.load.done.items()))))
+        print(f"{server.name} failed:",
+              json.dumps(dict(sorted(server.load.failed.items()))) if server.load.failed else "none")
 
 
 def main() -> None:
@@ -288,21 +328,33 @@ def main() -> None:
     parser.add_argument("--window", type=float, default=120.0, help="seconds between samples")
     parser.add_argument("--tracemalloc", action="store_true", help="SKALD_TRACEMALLOC=1, a diff per window")
     parser.add_argument("--top", type=int, default=12, help="tracemalloc lines printed per window")
+    parser.add_argument("--compare", action="store_true",
+                        help="a second server beside it, same load, native-memory settings off (the 'before')")
+    parser.add_argument("--settle", type=float, default=35.0,
+                        help="seconds waited after every document closed before the last sample")
     args = parser.parse_args()
     print(f"soak: {args.minutes:g} minutes, a sample every {args.window:g} s, idle_timeout {IDLE_TIMEOUT:g} s,"
           f" load average at start {os.getloadavg()[0]:.1f}")
     with tempfile.TemporaryDirectory() as tmp:
-        data_dir = Path(tmp) / "data"
-        proc, base = start_server(data_dir, args.tracemalloc)
+        servers: list[Server] = []
         try:
-            trio.run(run, args, data_dir, proc, base)
+            variants: list[tuple[str, dict[str, str]]] = [("skald", {})]
+            if args.compare:
+                variants.append(("peer", PEER_ENV))
+            for n, (name, env) in enumerate(variants):
+                data_dir = Path(tmp) / f"data{n}"
+                proc, base = start_server(data_dir, args.tracemalloc and n == 0, env)
+                servers.append(Server(name, data_dir, proc, base))
+            trio.run(run, args, servers)
         finally:
-            proc.send_signal(signal.SIGTERM)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                proc.wait(timeout=30)
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+            for server in servers:
+                server.proc.send_signal(signal.SIGTERM)
+            for server in servers:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    server.proc.wait(timeout=30)
+                if server.proc.poll() is None:
+                    server.proc.kill()
+                    server.proc.wait()
 
 
 if __name__ == "__main__":
