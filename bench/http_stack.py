@@ -135,7 +135,8 @@ def main() -> None:
         for name in names:
             scripts[name] = tmp / f"{name}.lua"
             scripts[name].write_text(_lua(WORKLOADS[name][1], TOKEN))
-        print(f"skald HTTP benchmark ({os.cpu_count()} cores, wrk -t1, median of {args.rounds} x {args.seconds}s)")
+        print(f"skald HTTP benchmark ({os.cpu_count()} cores, wrk -t1, median of {args.rounds} x {args.seconds}s)"
+              f"  load {os.getloadavg()[0]:.2f}")
         print(f"  no-op app {noop_url}  skald {skald_url}")
         header = f"{'conns':>5} {'no-op/s':>8}" + "".join(f" {n + '/s':>10} {'ratio':>6}" for n in names)
         print(header)
@@ -167,6 +168,7 @@ def main() -> None:
         print("\nserver CPU µs per request (ratio: no-op CPU / skald CPU)")
         print(f"{'conns':>5} {'no-op µs':>8}" + "".join(f" {n + ' µs':>10} {'ratio':>6}" for n in names))
         print("\n".join(cpu_lines))
+        print(f"load {os.getloadavg()[0]:.2f} after")
     finally:
         for proc in (skald_proc, noop_proc):
             proc.terminate()

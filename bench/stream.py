@@ -12,7 +12,9 @@
   Only acknowledged lines are counted (a problem line counts as a failure, printed).
 
 Prints records/s for PocketBase, acknowledged lines/s for each skald stream, and each ratio
-(the goal: >= 5x PocketBase's single-record creates/s). The load generator (this script's
+(the goal: >= 5x PocketBase's single-record creates/s), with the server's CPU time per
+acknowledged line (user + system, all threads, from ``/proc``: on a shared machine it moves far
+less than the rates) and the load average before and after. The load generator (this script's
 own Python client for skald, wrk for PocketBase) shares the 2 cores with the servers.
 
 Usage: ``python bench/stream.py [--seconds 5] [--connections 16]``. Needs ``wrk``
@@ -165,6 +167,12 @@ async def stream_connection(url: str, path: str, line: bytes, seconds: float, ch
             nursery.start_soon(receive)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process ``pid`` and all its threads so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def stream_rate(url: str, path: str, line: bytes, connections: int, seconds: float, chunk: int,
                       in_flight: int) -> tuple[float, int]:
     totals = Totals()
@@ -195,17 +203,25 @@ def main() -> None:
         script = tmp / "pb.lua"
         script.write_text('wrk.method = "POST"\nwrk.body = \'{"payload": "hello"}\'\n'
                           'wrk.headers["Content-Type"] = "application/json"\n')
-        print(f"streams vs PocketBase ({os.cpu_count()} cores, {args.connections} connections, {args.seconds}s each)")
+        print(f"streams vs PocketBase ({os.cpu_count()} cores, {args.connections} connections, {args.seconds}s each)"
+              f"  load {os.getloadavg()[0]:.2f}")
         pocketbase = wrk_rate(f"{pb_url}/api/collections/bench/records", args.connections, args.seconds, script)
         print(f"  PocketBase record create      {pocketbase:>9.0f}/s")
         publish_line = json.dumps({"topic": "bench/load", "payload": {"n": 1, "text": "hello"}}).encode() + b"\n"
         insert_line = json.dumps({"sql": "INSERT INTO t(v) VALUES (?)", "args": ["hello"]}).encode() + b"\n"
         for name, path, line in (("messages/stream publish", f"/api/v1/db/{DB}/messages/stream", publish_line),
                                  ("query/stream INSERT", f"/api/v1/db/{DB}/query/stream", insert_line)):
+            # a short warm-up first: the document's connections, the token cache, remembered classes
+            trio.run(stream_rate, skald_url, path, line, args.connections, 1, args.chunk, args.in_flight)
+            cpu_before, started = cpu_seconds(skald_proc.pid), time.monotonic()
             rate, failed = trio.run(stream_rate, skald_url, path, line, args.connections, args.seconds,
                                     args.chunk, args.in_flight)
+            lines = rate * (time.monotonic() - started)
+            cpu_us = (cpu_seconds(skald_proc.pid) - cpu_before) * 1e6 / max(1.0, lines)
             note = f"  ({failed} problem lines)" if failed else ""
-            print(f"  skald {name:<24}{rate:>9.0f}/s  {rate / pocketbase:>5.2f}x PocketBase{note}")
+            print(f"  skald {name:<24}{rate:>9.0f}/s  {rate / pocketbase:>5.2f}x PocketBase"
+                  f"  server CPU {cpu_us:.0f} µs/line{note}")
+        print(f"  load {os.getloadavg()[0]:.2f} after")
     finally:
         for proc in (skald_proc, pb_proc):
             proc.terminate()

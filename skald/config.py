@@ -46,7 +46,11 @@ class Settings:
     idle_timeout: float = 300.0
     mailbox_size: int = 1024
     max_batch: int = 256
-    read_pool_size: int = 2
+    read_pool_size: int = 2  # read-only connections per document at most (opened on demand)
+    connection_idle_seconds: float = 30.0  # an open document's SQLite connection unused this long is closed
+    db_writer_threads: int = 16  # OS threads running every document's write connections (docs/runtime.md)
+    db_reader_threads: int = 16  # OS threads running every document's read-only connections
+    sqlite_cache_kib: int = 1024  # SQLite page cache per connection at most (PRAGMA cache_size)
     synchronous: str = "NORMAL"  # NORMAL | FULL
     busy_timeout_ms: int = 5000
     # limits
@@ -64,6 +68,10 @@ class Settings:
     libsql_stream_idle_seconds: float = 10.0
     libsql_max_streams: int = 1024
     subscriber_buffer: int = 1000
+    # a document with more than 64 subscribers fans out at most once per interval while messages keep
+    # coming (the first after a pause goes at once): each subscriber then gets one write per interval
+    # for all of them instead of one per message (docs/pubsub.md#fan-out). 0: a pass per message.
+    fanout_interval_seconds: float = 0.025
     # identity
     admin_token: str | None = None
     oidc_issuer: str | None = None
@@ -206,12 +214,18 @@ def load_settings(
         raise ConfigError("synchronous must be NORMAL or FULL")
     if settings.mailbox_size < 1 or settings.max_batch < 1 or settings.read_pool_size < 1:
         raise ConfigError("mailbox_size, max_batch and read_pool_size must be at least 1")
+    if settings.db_writer_threads < 1 or settings.db_reader_threads < 1 or settings.sqlite_cache_kib < 1:
+        raise ConfigError("db_writer_threads, db_reader_threads and sqlite_cache_kib must be at least 1")
+    if settings.connection_idle_seconds <= 0:
+        raise ConfigError("connection_idle_seconds must be more than 0")
     if settings.max_connections < 1 or settings.listen_backlog < 1 or settings.request_head_timeout < 0:
         raise ConfigError("max_connections and listen_backlog must be at least 1, request_head_timeout at least 0")
     if settings.mqtt_port is not None and not 0 <= settings.mqtt_port <= 65535:
         raise ConfigError("mqtt_port must be 0-65535 (0 = any free port)")
     if settings.mqtt_max_inflight < 1 or settings.mqtt_session_expiry_seconds < 0:
         raise ConfigError("mqtt_max_inflight must be at least 1, mqtt_session_expiry_seconds at least 0")
+    if not 0 <= settings.fanout_interval_seconds <= 1:
+        raise ConfigError("fanout_interval_seconds must be between 0 and 1")
     if settings.durability not in {"local", "replicated"}:
         raise ConfigError("durability must be 'local' or 'replicated'")
     if settings.clustered:

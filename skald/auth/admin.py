@@ -1,7 +1,9 @@
 """Admin API: machine tokens and the audit log (action ``admin.token``, global).
 
 ``POST /api/v1/admin/tokens`` (201, the plaintext once), ``GET /api/v1/admin/tokens``,
-``GET|DELETE /api/v1/admin/tokens/{token_id}``, ``GET /api/v1/admin/audit?before_id=&limit=&event=``.
+``GET|DELETE /api/v1/admin/tokens/{token_id}``, ``GET /api/v1/admin/audit?before_id=&limit=&event=``
+(``after_id=``: this node's own events after that id, oldest first; on a cluster the log without it
+is the cluster's, collected by :mod:`skald.cluster.audit`).
 The rate limiter (:mod:`skald.http.throttle`) and the audit of admin actions (:mod:`skald.auth.audit_hooks`)
 are their own entries in :data:`skald.http.app.INSTALLERS`.
 """
@@ -24,10 +26,12 @@ from skald.auth.token_admin import (
     fetch_token,
     fetch_tokens,
     mint_token,
+    read_after,
     read_audit,
     revoke,
 )
 from skald.auth.tokens import parse_duration
+from skald.cluster.forward import FORWARDED_BY
 from skald.errors import SkaldError, ValidationFailed
 from skald.http.context import request_ip
 from skald.http.params import int_param
@@ -139,7 +143,22 @@ async def audit_view() -> dict[str, Any]:
     before_id = int_param("before_id", request.args.get("before_id"), minimum=1)
     limit = min(int_param("limit", request.args.get("limit"), 100, minimum=1), AUDIT_PAGE_MAX)
     event = request.args.get("event") or None
-    events = await get_state().supervisor.service.read(
+    after_id = int_param("after_id", request.args.get("after_id"), minimum=0)
+    node = request.args.get("node")
+    if node is not None and node != "local":
+        raise ValidationFailed("node may only be `local` (this node's own events)")
+    state = get_state()
+    cluster = state.cluster
+    if cluster is not None and node is None and after_id is None:
+        # The cluster's log (every node's events, collected in the owned document ``_audit``).
+        forwarded = request.headers.get(FORWARDED_BY) is not None
+        return await cluster.audit.page(before_id=before_id, limit=limit, event=event, forwarded=forwarded)
+    if after_id is not None:  # following this node's log: events after that id, oldest first
+        events = await state.supervisor.service.read(
+            lambda conn: read_after(conn, after_id, limit, event)
+        )
+        return {"events": events, "next_before_id": None}
+    events = await state.supervisor.service.read(
         lambda conn: read_audit(conn, before_id=before_id, limit=limit, event=event)
     )
     next_before = events[-1]["id"] if len(events) == limit else None

@@ -32,7 +32,9 @@ from skald.auth.sessions import (
     create_session,
     end_session,
     find_session,
+    flow_of,
     start_login,
+    stored_key,
     upsert_user,
 )
 from skald.auth.token_admin import MintRequest, fetch_tokens, mint_token, record_event, revoke
@@ -158,7 +160,10 @@ async def resolve_session() -> Principal | None:
 async def login() -> Response:
     client = _oidc()
     return_to = _safe_next(request.args.get("next"))
-    state_value, flow = await get_state().supervisor.service.write(lambda c: start_login(c, return_to))
+    state = get_state()
+    state_value, flow = await state.supervisor.service.write(lambda c: start_login(c, return_to))
+    if state.cluster is not None:  # the provider's callback may reach any node
+        await state.cluster.share_row("login_flows", stored_key(state_value))
     url = await client.authorization_url(
         _redirect_uri(), state=state_value, nonce=flow.nonce, code_verifier=flow.code_verifier
     )
@@ -181,6 +186,9 @@ async def callback() -> Response:
     if not state_value or not code:
         raise await _login_failed("callback without code and state")
     flow = await state.supervisor.service.write(lambda c: consume_login(c, state_value))
+    if state.cluster is not None:  # once cluster-wide: whoever takes the etcd copy consumes it
+        taken = await state.cluster.take_row("login_flows", stored_key(state_value))
+        flow = flow_of(taken) if taken is not None else None
     if flow is None:
         raise await _login_failed("unknown, used or expired state")
     returned_issuer = args.get("iss")  # RFC 9207: a mix-up attack shows up as a foreign issuer here
@@ -200,6 +208,9 @@ async def callback() -> Response:
         return session_id
 
     session_id = await state.supervisor.service.write(open_session)
+    if state.cluster is not None:
+        await state.cluster.share_row("users", who.owner)
+        await state.cluster.share_row("sessions", stored_key(session_id))
     await record_event(state, "login", actor="user:" + who.owner, subject=who.subject,
                        detail={"admin": who.is_admin}, ip=request_ip())
     response = _redirect(flow.return_to)
@@ -246,6 +257,10 @@ async def logout() -> Response:
     if session is not None:
         await _require_csrf(session)
         session_id = request.cookies[COOKIE]
+        if state.cluster is not None:
+            # Every node's copy first: with etcd away this fails (503) and changes nothing, so the
+            # retry still finds the session; deleting here first would leave it alive elsewhere.
+            await state.cluster.unshare_row("sessions", stored_key(session_id))
         await state.supervisor.service.write(lambda c: end_session(c, session_id))
         actor = "user:" + session.owner if session.token_id is None else session.token_id
         await record_event(state, "logout", actor=actor, ip=request_ip())

@@ -25,6 +25,11 @@ def _hash(value: str) -> str:
     return hashlib.sha256(value.encode()).hexdigest()
 
 
+def stored_key(value: str) -> str:
+    """The key a session id or login state is stored under (its SHA-256; a cluster shares rows by it)."""
+    return _hash(value)
+
+
 @dataclasses.dataclass(frozen=True)
 class Session:
     owner: str
@@ -65,6 +70,13 @@ def consume_login(conn: sqlite3.Connection, state: str) -> LoginFlow | None:
     if row is None or row[3] <= iso(utcnow()):
         return None
     return LoginFlow(row[0], row[1], row[2])
+
+
+def flow_of(row: dict[str, str]) -> LoginFlow | None:
+    """The flow in a ``login_flows`` row taken from the cluster (None once expired)."""
+    if row["expires_at"] <= iso(utcnow()):
+        return None
+    return LoginFlow(row["nonce"], row["code_verifier"], row["return_to"])
 
 
 def upsert_user(

@@ -143,5 +143,22 @@ def read_audit(
     ]
 
 
+def read_after(
+    conn: DocConnection, after_id: int, limit: int, event: str | None = None
+) -> list[dict[str, Any]]:
+    """Oldest first, the events after ``after_id`` (following the log; a cluster collects it so)."""
+    clause, params = ("AND event = ?", [event]) if event else ("", [])
+    rows = conn.execute(
+        "SELECT id, at, event, actor, subject, detail_json, ip FROM audit_log "
+        f"WHERE id > ? {clause} ORDER BY id LIMIT ?",
+        (after_id, *params, limit),
+    ).fetchall()
+    return [
+        {"id": r[0], "at": r[1], "event": r[2], "actor": r[3], "subject": r[4],
+         "detail": json.loads(r[5]), "ip": r[6]}
+        for r in rows
+    ]
+
+
 def scopes_text(scopes: Sequence[Scope]) -> str:
     return ", ".join(str(s) for s in scopes)

@@ -34,7 +34,10 @@ def install(app: QuartTrio, state: AppState) -> None:
     state.blobs = service
     state.jobs = queue
     state.job_worker = worker
-    if store is not None:
+    # Not on a cluster node: its service DB knows only the objects uploaded through it and reads only
+    # its own copies of documents, so it would take objects other nodes uploaded or reference for
+    # garbage and delete them from the shared bucket. Blob GC waits for cluster-wide blob metadata.
+    if store is not None and not settings.clustered:
         gc = GarbageCollector(
             state.supervisor, store, settings.blob_gc_grace_seconds, registry=state.metrics.registry
         )

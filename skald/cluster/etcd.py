@@ -190,3 +190,19 @@ class EtcdClient:
 
     async def delete(self, key: str) -> None:
         await self._call("/v3/kv/deleterange", {"key": _b64(key)})
+
+    async def take(self, key: str) -> KeyValue | None:
+        """Delete ``key`` and return what it held: of several callers racing, only one gets it."""
+        data = await self._call("/v3/kv/deleterange", {"key": _b64(key), "prev_kv": True})
+        kvs = data.get("prev_kvs", [])
+        return _kv(kvs[0]) if kvs else None
+
+    async def delete_if_owned(self, key: str, *, revision: int) -> bool:
+        """Delete ``key`` only while its create revision is ``revision`` (ours, not a later owner's)."""
+        body = {
+            "compare": [{"key": _b64(key), "target": "CREATE", "result": "EQUAL", "create_revision": str(revision)}],
+            "success": [{"request_delete_range": {"key": _b64(key)}}],
+            "failure": [],
+        }
+        data = await self._call("/v3/kv/txn", body)
+        return bool(data.get("succeeded", False))

@@ -71,14 +71,18 @@ class Forwarder:
             info.db_id = db_id
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         creating = scope["method"] == "PUT" and not match[2]
+        via = headers.get(FORWARDED_BY)
         try:
-            owner = await self.cluster.place(db_id, creating=creating)
-            if owner is not None and FORWARDED_BY in headers:
+            # A forwarded request never takes the document: the sender believed this node owns it,
+            # and if it does not any more the sender's directory is a moment behind (retry).
+            owner = await self.cluster.place(db_id, creating=creating, take=via is None)
+            if owner is not None and via is not None:
                 raise NotOwner(f"document {db_id} moved while this request was forwarded; retry", retry_after=1)
         except SkaldError as error:
             await send_error(self._stamped(send), error, scope["path"], legacy=False, metrics=self.cluster.metrics_root)
             return
         if owner is None:
+            self.cluster.arrived(db_id, via)
             await self.app(scope, receive, self._stamped(send))
             return
         await self._forward(scope, receive, send, owner, headers)
@@ -133,6 +137,8 @@ class Forwarder:
                     for k, v in response.headers.multi_items()
                     if k.lower() not in _ANSWER_SKIP
                 ]
+                # Which node the request came in through (X-Skald-Node names the one that served it).
+                answer.append((FORWARDED_BY.encode(), self.cluster.node_id.encode()))
                 await send({"type": "http.response.start", "status": response.status_code, "headers": answer})
                 try:
                     async for chunk in response.aiter_raw():

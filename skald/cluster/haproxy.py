@@ -5,7 +5,8 @@ equal and runs ``haproxy -c`` on both); ``skald cluster up`` renders it for the 
 
 * ``/api/v1/db/{db_id}/...`` hashes the ``db_id`` path field (``path,field(5,/)``) with
   ``hash-type consistent``: each id keeps its node, and a node joining or leaving moves only its
-  share of the ids. Explicit server ``id``\\ s keep the ring stable when a line is removed.
+  share of the ids. Explicit server ``id``\\ s keep the ring stable when a line is removed; equal
+  weights of 100 give each node 100 times the ring points of the default, a more even spread.
 * Relay channels (``/p/``, ``/public/``, ``/u/``, ``/h/``, ``/r/``) hash the whole path, so a
   producer and a consumer of one channel meet on one node (the relay is in memory).
 * Everything else (``/api/v1/db``, tokens, ``/healthz``) goes to any healthy node.
@@ -70,5 +71,10 @@ EXAMPLE_NODES = (("node1", "10.0.0.1:8080"), ("node2", "10.0.0.2:8080"), ("node3
 
 def haproxy_config(bind: str, nodes: Sequence[tuple[str, str]]) -> str:
     """The config for ``nodes`` (name, ``host:port``), in order; a node's ``id`` is its position + 1."""
-    servers = "".join(f"    server {name} {address} id {index}\n" for index, (name, address) in enumerate(nodes, 1))
+    # weight 100 on every node: the same share for each, but 100x the points on HAProxy's hash ring,
+    # which evens it out (1,000 ids over 2 nodes: 503/497 instead of 409/591 at weight 1; the 64
+    # ids of bench/cluster.py: 30/34 instead of 27/37). A node's load is its share of the ids.
+    servers = "".join(
+        f"    server {name} {address} id {index} weight 100\n" for index, (name, address) in enumerate(nodes, 1)
+    )
     return _TEMPLATE.format(bind=bind, servers=servers)

@@ -79,9 +79,23 @@ class LocalCluster:
     admin_token: str
     nodes: list[Node]
     base_dir: Path
+    nursery: trio.Nursery | None = None
 
     def node(self, node_id: str) -> Node:
         return next(n for n in self.nodes if n.node_id == node_id)
+
+    async def restart(self, node_id: str) -> Node:
+        """Start a stopped node again on its data folder and port (HAProxy knows it by that address)."""
+        node = self.node(node_id)
+        assert node.process is not None and node.process.returncode is not None, "stop the node first"
+        if node.process.stdout is not None:
+            await node.process.stdout.aclose()
+        port = int(node.url.rsplit(":", 1)[1])
+        node.url = ""
+        await _start_node(node, port)
+        if self.nursery is not None and node.process is not None:
+            self.nursery.start_soon(_drain, node.process.stdout)
+        return node
 
 
 async def _wait_http(url: str, process: trio.Process, what: str, limit: float = 20) -> None:
@@ -96,11 +110,11 @@ async def _wait_http(url: str, process: trio.Process, what: str, limit: float = 
                 await trio.sleep(0.05)
 
 
-async def _start_node(node: Node) -> None:
+async def _start_node(node: Node, port: int = 0) -> None:
     node.data_dir.mkdir(parents=True, exist_ok=True)
     log = (node.data_dir.parent / f"{node.node_id}.log").open("ab")
     node.process = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "skald", "serve", "--host", "127.0.0.1", "--port", "0", "--data-dir", str(node.data_dir)],  # noqa: E501
+        [sys.executable, "-m", "skald", "serve", "--host", "127.0.0.1", "--port", str(port), "--data-dir", str(node.data_dir)],  # noqa: E501
         stdout=subprocess.PIPE,
         stderr=log,
         env=node.env,
@@ -225,7 +239,7 @@ async def open_local_cluster(
             )
             url = f"http://127.0.0.1:{proxy_port}"
             await _wait_http(f"{url}/healthz", proxy, "haproxy")
-            yield LocalCluster(url, etcd_url, s3_url, bucket, admin_token, cluster_nodes, base_dir)
+            yield LocalCluster(url, etcd_url, s3_url, bucket, admin_token, cluster_nodes, base_dir, nursery)
         finally:
             with trio.CancelScope(shield=True):
                 await _stop(proxy)  # first: no new requests while the nodes hand their documents back

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import shutil
@@ -33,11 +34,16 @@ import structlog
 import trio
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from skald.auth.tokens import hash_token
+from skald.cluster.audit import AuditCollector
 from skald.cluster.etcd import EtcdClient, EtcdUnavailable
 from skald.cluster.replication import Litestream, replica_url
+from skald.cluster.rows import ROWS, TABLES, RowMirror, row_key, seconds_left
+from skald.cluster.rows import read_row as read_shared_row
 from skald.cluster.tokens import TOKENS, TokenMirror, read_row
 from skald.config import Settings
 from skald.db.actor import DocumentActor
+from skald.db.connection import DocConnection
 from skald.db.supervisor import Supervisor
 from skald.errors import DocumentNotFound, DocumentUnavailable
 from skald.metrics import Metrics
@@ -96,6 +102,14 @@ class ClusterMetrics:
             "skald_cluster_last_confirmed_sync_timestamp_seconds", "Wall time of the last confirmed sync",
             registry=registry,
         )
+        self.released = Counter(
+            "skald_cluster_documents_released_total",
+            "Idle documents handed back because their requests arrive through another node", registry=registry,
+        )
+        self.imported = Counter(
+            "skald_cluster_documents_imported_total", "Documents of the data folder from before the node joined",
+            registry=registry,
+        )
         self.forwarded = Counter(
             "skald_cluster_forwarded_requests_total", "Requests forwarded to the owning node, by outcome",
             ["outcome"], registry=registry,
@@ -129,7 +143,14 @@ class Cluster:
         self.owners: dict[str, tuple[str, int]] = {}  # db_id -> (owner URL, its lease)
         self.nodes: dict[str, str] = {}
         self.tokens = TokenMirror(lambda: supervisor.service)
+        self.rows = RowMirror(lambda: supervisor.service)
+        self.audit = AuditCollector(self)
         self.forwarder: Forwarder | None = None  # set by skald.cluster.routes.install
+        # For each owned document, the node its latest request came through (this node's id when
+        # HAProxy sent it here directly): an idle document is handed back to the node its requests
+        # arrive at, which is where HAProxy's hash puts it now (a node rejoined or joined).
+        self.arrivals: dict[str, str] = {}
+        self.import_conflicts: list[str] = []
         self.started_at = time.time()
 
     # ---- lifecycle --------------------------------------------------------------------------------
@@ -141,10 +162,14 @@ class Cluster:
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.litestream.serve)
                 nursery.start_soon(self.tokens.serve)
+                nursery.start_soon(self.rows.serve)
                 await nursery.start(self._follow)
                 await self._join()
                 nursery.start_soon(self._keep_alive)
                 nursery.start_soon(self._watchdog)
+                await self._import_local()
+                nursery.start_soon(self._rebalance)
+                nursery.start_soon(self.audit.serve)
                 task_status.started()
                 log.info("joined the cluster", node=self.node_id, url=self.url)
 
@@ -174,6 +199,7 @@ class Cluster:
         self._cancel.cancel(reason="node left the cluster")
         await self.etcd.aclose()
         await self._lease_etcd.aclose()
+        await self.audit.aclose()
 
     async def _follow(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Keep :attr:`documents`, :attr:`owners` and :attr:`nodes` in step with etcd."""
@@ -201,6 +227,9 @@ class Cluster:
         if key.startswith(TOKENS):
             if kind == "PUT":
                 self.tokens.seen(kv.value)
+            return
+        if key.startswith(ROWS):
+            self.rows.seen(kind, key, kv.value)
             return
         for prefix, table in ((DOCS, None), (OWNERS, self.owners), (NODES, self.nodes)):
             if not key.startswith(prefix):
@@ -261,6 +290,7 @@ class Cluster:
         self.metrics.fenced.inc()
         dropped = list(self._claims)
         self._claims.clear()
+        self.arrivals.clear()
         self.metrics.owned.set(0)
         for db_id in dropped:
             actor = self.supervisor.open_actors.get(db_id)
@@ -278,7 +308,150 @@ class Cluster:
             return None
         return self._claims.get(db_id)
 
-    async def place(self, db_id: str, *, creating: bool = False) -> str | None:
+    def arrived(self, db_id: str, via: str | None) -> None:
+        """A request for ``db_id`` is being served here; ``via`` names the node that forwarded it."""
+        if db_id in self._claims:
+            self.arrivals[db_id] = via or self.node_id
+
+    async def _rebalance(self) -> None:
+        """Hand back idle documents whose requests arrive through another live node (see :meth:`release`)."""
+        while True:
+            await trio.sleep(max(0.5, min(self.settings.idle_timeout, self.settings.cluster_lease_seconds)))
+            open_now = self.supervisor.open_actors
+            for db_id, via in list(self.arrivals.items()):
+                if via != self.node_id and via in self.nodes and db_id not in open_now and db_id in self._claims:
+                    try:
+                        await self.release(db_id)
+                    except (EtcdUnavailable, DocumentUnavailable) as exc:
+                        log.warning("could not hand a document back", db_id=db_id, error=str(exc))
+
+    async def release(self, db_id: str) -> bool:
+        """Stop owning ``db_id`` (idle here): last sync to S3, then delete the owner key; True if released.
+
+        The claim goes first, so from then on no commit of this node is acknowledged for ``db_id``
+        (the commit gate refuses it): everything acknowledged before is in the generation that the
+        sync below confirms in S3, which is what the next owner restores.
+        """
+        lock = self._locks.setdefault(db_id, trio.Lock())
+        async with lock:
+            claim = self._claims.get(db_id)
+            path = self.settings.document_path(db_id)
+            if claim is None or db_id in self.supervisor.open_actors or not await trio.Path(path).exists():
+                return False
+            del self._claims[db_id]
+            self.arrivals.pop(db_id, None)
+            self.metrics.owned.set(len(self._claims))
+            actor = self.supervisor.open_actors.get(db_id)
+            if actor is not None:  # opened by a request that passed owns() just before: it acknowledges nothing
+                actor.stop("ownership changed")
+                await actor.stopped.wait()
+            try:
+                if not claim.replicating:  # never opened while ours: S3 must still hold our generation
+                    await self.litestream.register(path, replica_url(self.settings, db_id, claim.fence))
+                    claim.replicating = True
+                await self.litestream.sync(path, wait_seconds=10)
+            except DocumentUnavailable:
+                self._claims.setdefault(db_id, claim)  # not confirmed in S3: keep it and serve it here
+                self.metrics.owned.set(len(self._claims))
+                raise
+            with contextlib.suppress(DocumentUnavailable):
+                await self.litestream.unregister(path)
+            await self.etcd.delete_if_owned(OWNERS + db_id, revision=claim.fence)
+            self.metrics.released.inc()
+            log.info("document handed back to the node its requests arrive at", db_id=db_id)
+            return True
+
+    async def _import_local(self) -> None:
+        """Bring the data folder's documents from before this node joined into the cluster.
+
+        A registered document without a ``.generation`` file was never in a cluster: the node takes
+        it (its owner key), replicates the file as is under that fence's prefix, waits until S3 has
+        it, and only then puts its registry key, so no other node can take it before its data is
+        restorable. A name the cluster already has is left alone on disk and listed in ``/status``
+        (``import_conflicts``): rename one of them.
+        """
+        joined = self.litestream.work_dir / "joined"  # written once this data folder has been in a cluster
+        if not await trio.Path(joined).exists():
+            await self._publish_local_identity()
+            await trio.Path(joined).write_text(self.node_id)
+        for db_id in sorted(self.supervisor.known_documents):
+            path = self.settings.document_path(db_id)
+            if path.with_name(path.name + ".generation").exists() or not path.exists():
+                continue
+            try:
+                imported = await self._import(db_id)
+            except (EtcdUnavailable, DocumentUnavailable) as exc:
+                log.warning("could not import a document; it is tried again at the next start", db_id=db_id,
+                            error=str(exc))
+                continue
+            if not imported:
+                self.import_conflicts.append(db_id)
+                log.warning("not imported: the cluster already has a document of that name", db_id=db_id)
+
+    async def _publish_local_identity(self) -> None:
+        """First join of a data folder: its tokens, users and live sessions become the cluster's.
+
+        Only once (the ``joined`` file): a node that returns later must not bring back a row that
+        was deleted cluster-wide while it was away. A row the cluster already has is left as it is.
+        """
+        present = {kv.key for kv in await self.etcd.get_prefix("/skald/", keys_only=True)}
+
+        # Not the SKALD_ADMIN_TOKEN row: every node registers it itself (same hash, its own id).
+        admin_hash = hash_token(self.settings.admin_token) if self.settings.admin_token else ""
+
+        def local_keys(conn: DocConnection) -> tuple[list[str], dict[str, list[str]]]:
+            tokens = [r[0] for r in conn.execute("SELECT id FROM tokens WHERE token_hash != ?", (admin_hash,))]
+            rows = {table: [r[0] for r in conn.execute(f"SELECT {pk} FROM {table}")]
+                    for table, (pk, _columns) in TABLES.items() if table != "login_flows"}
+            return tokens, rows
+
+        tokens, rows = await self.supervisor.service.read(local_keys)
+        shared = 0
+        for token_id in tokens:
+            if TOKENS + token_id not in present:
+                await self.share_token(token_id)
+                shared += 1
+        for table in ("users", "sessions"):  # users first: a session names its user
+            for key in rows[table]:
+                row = await self.supervisor.service.read(functools.partial(read_shared_row, table=table, key=key))
+                left = seconds_left(row) if row else None
+                if row_key(table, key) not in present and (left is None or left > 0):
+                    await self.share_row(table, key)
+                    shared += 1
+        if shared:
+            log.info("shared the data folder's tokens, users and sessions with the cluster", rows=shared)
+
+    async def _import(self, db_id: str) -> bool:
+        path = self.settings.document_path(db_id)
+        if db_id in self.documents:
+            return False
+        owner = json.dumps({"node": self.node_id, "url": self.url})
+        result = await self.etcd.create(OWNERS + db_id, owner, lease=self._lease)
+        if not result.created or result.current is None:
+            return False
+        fence = result.current.create_revision
+        if await self.etcd.get(DOCS + db_id) is not None:
+            await self.etcd.delete_if_owned(OWNERS + db_id, revision=fence)
+            return False
+        await self.litestream.register(path, replica_url(self.settings, db_id, fence))
+        claim = Claim(db_id, fence, replicating=True)
+        try:
+            await self.litestream.sync(path, wait_seconds=30)
+            if not (await self.etcd.create(DOCS + db_id, json.dumps({"generation": fence}))).created:
+                raise NotOwner(f"{db_id} was created elsewhere while it was imported")
+        except BaseException:
+            with trio.CancelScope(shield=True), contextlib.suppress(DocumentUnavailable):
+                await self.litestream.unregister(path)
+                await self.etcd.delete_if_owned(OWNERS + db_id, revision=fence)
+            raise
+        path.with_name(path.name + ".generation").write_text(str(fence))
+        self._claims[db_id] = claim
+        self.metrics.owned.set(len(self._claims))
+        self.metrics.imported.inc()
+        log.info("imported a document from before the node joined", db_id=db_id, generation=fence)
+        return True
+
+    async def place(self, db_id: str, *, creating: bool = False, take: bool = True) -> str | None:
         """Where ``db_id`` is served: ``None`` for this node (taking it if free), else the owner's URL.
 
         A document not in the cluster registry is taken only when ``creating`` (``PUT`` of the
@@ -298,6 +471,8 @@ class Cluster:
             known = self.owners.get(db_id)
             if known is not None and known[1] != self._lease:
                 return known[0]  # forwarded; if that node let go meanwhile it answers not_owner
+            if not take:  # a forwarded request: the sender thinks we own it; we do not take it on its word
+                raise NotOwner(f"document {db_id} moved while this request was forwarded; retry", retry_after=1)
             if not self.valid():  # fenced: may not take anything
                 raise NotOwner("this node's cluster lease lapsed; it is re-joining, retry", retry_after=1)
             registry = await self.etcd.get(DOCS + db_id)
@@ -328,6 +503,16 @@ class Cluster:
             _remove_document_files(path)
             restored = await self.litestream.restore(replica_url(self.settings, db_id, previous), path)
             log.info("document restored from S3", generation=previous, restored=restored, db_id=db_id)
+        replicating = False
+        if registry is not None and await trio.Path(path).exists():
+            # The generation this node serves goes to S3 under its own prefix *before* the registry
+            # names that prefix: if the registry moved first and this node died before Litestream's
+            # first upload, the next owner would restore an empty generation.
+            with contextlib.suppress(DocumentUnavailable):
+                await self.litestream.unregister(path)
+            await self.litestream.register(path, replica_url(self.settings, db_id, fence))
+            await self.litestream.sync(path)
+            replicating = True
         if registry is not None:
             ok = await self.etcd.put_if_owned(
                 DOCS + db_id, json.dumps({"generation": fence}), owner_key=OWNERS + db_id, owner_revision=fence
@@ -336,8 +521,9 @@ class Cluster:
                 raise NotOwner(f"lost document {db_id} while taking it; retry", retry_after=1)
             marker.parent.mkdir(parents=True, exist_ok=True)
             marker.write_text(str(fence))
-            await self.supervisor.adopt(db_id)
-        self._claims[db_id] = Claim(db_id, fence)
+            if not db_id.startswith("_"):  # skald's own documents (``_audit``) have no registry row
+                await self.supervisor.adopt(db_id)
+        self._claims[db_id] = Claim(db_id, fence, replicating=replicating)
         self.metrics.owned.set(len(self._claims))
         self.metrics.takeovers.labels(str(restored).lower()).inc()
 
@@ -367,6 +553,7 @@ class Cluster:
     async def deleted(self, db_id: str) -> None:
         await self.etcd.delete(DOCS + db_id)
         claim = self._claims.pop(db_id, None)
+        self.arrivals.pop(db_id, None)
         if claim is not None:
             if claim.replicating:
                 with contextlib.suppress(DocumentUnavailable):
@@ -401,11 +588,33 @@ class Cluster:
         if row is not None:
             await self.etcd.put(TOKENS + token_id, json.dumps(row))
 
+    async def share_row(self, table: str, key: str) -> None:
+        """Publish the local row ``key`` of ``table`` (users, sessions, login_flows), or its deletion."""
+        row = await self.supervisor.service.read(lambda conn: read_shared_row(conn, table, key))
+        if row is None:
+            await self.etcd.delete(row_key(table, key))
+            return
+        left = seconds_left(row)
+        lease = 0
+        if left is not None:  # etcd forgets it once it has expired (a minute later: clocks differ)
+            lease = await self.etcd.grant(max(1.0, left) + 60)
+        await self.etcd.put(row_key(table, key), json.dumps(row), lease=lease)
+
+    async def unshare_row(self, table: str, key: str) -> None:
+        """Remove a shared row from every node (a logout): the watch deletes each node's copy."""
+        await self.etcd.delete(row_key(table, key))
+
+    async def take_row(self, table: str, key: str) -> dict[str, Any] | None:
+        """Remove a shared row cluster-wide and return it; only one caller of many gets it."""
+        kv = await self.etcd.take(row_key(table, key))
+        row: dict[str, Any] | None = json.loads(kv.value) if kv is not None else None
+        return row
+
     # ---- reads ---------------------------------------------------------------------------------------
 
     def list_documents(self) -> list[str]:
         """Every document of the cluster (the registry in etcd, as the watch last saw it)."""
-        return sorted(self.documents)
+        return sorted(d for d in self.documents if not d.startswith("_"))  # not skald's own (``_audit``)
 
     async def status(self) -> dict[str, Any]:
         """``/status``'s ``cluster`` block; ``replication`` is Litestream's last sync of each owned document."""
@@ -424,6 +633,8 @@ class Cluster:
             "lease_renewals": int(self.metrics.renewals._value.get()),
             "lease_failures": int(self.metrics.renewal_failures._value.get()),
             "last_confirmed_sync": self.litestream.last_confirmed_sync,
+            "documents_released": int(self.metrics.released._value.get()),
+            "import_conflicts": list(self.import_conflicts),
             "replication": dict(sorted(replicating.items())),
         }
 

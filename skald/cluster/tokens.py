@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import json
+import sqlite3
 from collections.abc import Callable
 from typing import Any
 
@@ -34,14 +35,23 @@ def read_row(conn: DocConnection, token_id: str) -> dict[str, Any] | None:
 
 def _upsert(conn: DocConnection, rows: list[dict[str, Any]]) -> None:
     for row in rows:
-        # A revocation is never undone by an older copy: revoked_at only goes from NULL to a time.
-        conn.execute(
-            f"INSERT INTO tokens ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))}) "
-            "ON CONFLICT (id) DO UPDATE SET label = excluded.label, owner = excluded.owner, "
-            "scopes_json = excluded.scopes_json, expires_at = excluded.expires_at, "
-            "revoked_at = COALESCE(tokens.revoked_at, excluded.revoked_at)",
-            [row.get(c) for c in _COLUMNS],
-        )
+        try:
+            _upsert_one(conn, row)
+        except sqlite3.IntegrityError:
+            # The same secret under another id (each node's own row of a shared admin token): this
+            # node already accepts that secret; one such row must not hold back every other copy.
+            log.warning("token copy skipped: its hash is here under another id", token_id=row.get("id"))
+
+
+def _upsert_one(conn: DocConnection, row: dict[str, Any]) -> None:
+    # A revocation is never undone by an older copy: revoked_at only goes from NULL to a time.
+    conn.execute(
+        f"INSERT INTO tokens ({', '.join(_COLUMNS)}) VALUES ({', '.join('?' * len(_COLUMNS))}) "
+        "ON CONFLICT (id) DO UPDATE SET label = excluded.label, owner = excluded.owner, "
+        "scopes_json = excluded.scopes_json, expires_at = excluded.expires_at, "
+        "revoked_at = COALESCE(tokens.revoked_at, excluded.revoked_at)",
+        [row.get(c) for c in _COLUMNS],
+    )
 
 
 class TokenMirror:

@@ -44,7 +44,7 @@ import trio
 from skald.db.connection import DocConnection, open_connection
 from skald.db.migrations import apply_migrations
 from skald.db.sqlscope import StatementClass
-from skald.db.worker import ConnectionWorker
+from skald.db.worker import ConnectionWorker, WorkerPool
 from skald.errors import (
     DocumentUnavailable,
     MailboxFull,
@@ -57,6 +57,10 @@ from skald.metrics import Metrics
 T = TypeVar("T")
 log = structlog.get_logger("skald.db.actor")
 STATEMENT_MEMO_SIZE = 512
+CONNECTION_IDLE_SECONDS = 30.0
+"""A connection (the writer or a reader) unused for this long is closed; the next op opens it again.
+An open document costs its connections' memory (SQLite's schema and page cache: ~100-300 KiB each)
+only while it is in use."""
 
 
 class OpKind(enum.Enum):
@@ -126,8 +130,17 @@ class DocumentActor:
         read_pool_size: int = 2,
         synchronous: str = "NORMAL",
         busy_timeout_ms: int = 5000,
+        cache_kib: int | None = None,
+        connection_idle_seconds: float = CONNECTION_IDLE_SECONDS,
+        writer_pool: WorkerPool | None = None,
+        reader_pool: WorkerPool | None = None,
         metrics: Metrics | None = None,
     ) -> None:
+        """``writer_pool`` / ``reader_pool``: the threads that run this document's write and read
+        connections (the supervisor shares one of each among all documents, so a slow read never
+        holds a thread a write needs); without them the actor runs a pool of its own, with a thread
+        for each of its connections, closed when it stops. ``cache_kib``: SQLite's page cache per
+        connection (``PRAGMA cache_size``; None keeps SQLite's default, 2 MiB)."""
         self.db_id = db_id
         self.path = path
         self._migrations = migrations
@@ -136,10 +149,19 @@ class DocumentActor:
         self._read_pool_size = read_pool_size
         self._synchronous = synchronous
         self._busy_timeout_ms = busy_timeout_ms
+        self._cache_kib = cache_kib
+        self._idle_seconds = connection_idle_seconds
+        self._writer_idle_since: float | None = None
+        """When the writer's connection was last used (None: it is not open)."""
+        self._writer_pool = writer_pool
+        self._reader_pool = reader_pool
         self._metrics = metrics
         self._writer: ConnectionWorker | None = None
         self._readers: list[ConnectionWorker] = []
         self._idle_readers: list[ConnectionWorker] = []
+        """Readers not in use, the one returned last at the end (taken first: its cache is warm)."""
+        self._reader_idle_since: dict[ConnectionWorker, float] = {}
+        self._mailbox_wait: trio.CancelScope | None = None
         self._reader_available = trio.Condition()
         self._listeners: list[CommitListener] = []
         self.write_hooks: list[Callable[[DocConnection], None]] = []
@@ -157,6 +179,8 @@ class DocumentActor:
         self.keep_alive_deadline = -math.inf
         self.on_idle: Callable[[], None] | None = None
         """Called when the actor may have become idle (the supervisor's reaper wakes on it)."""
+        self.reap_scheduled = False
+        """The supervisor's reaper has this actor lined up (see Supervisor._schedule_reap)."""
         self.closing = trio.Event()
         """Set when the actor starts stopping; long-lived holders (SSE) end on it."""
         self.stopped = trio.Event()
@@ -184,6 +208,12 @@ class DocumentActor:
         """
         structlog.contextvars.bind_contextvars(db_id=self.db_id, request_id=None)
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        own_pool: WorkerPool | None = None
+        if self._writer_pool is None or self._reader_pool is None:
+            # a thread per connection, as many as this actor can open at once
+            own_pool = WorkerPool(1 + self._read_pool_size, name=f"skald-doc-{self.db_id}")
+            self._writer_pool = self._writer_pool or own_pool
+            self._reader_pool = self._reader_pool or own_pool
         self._writer = self._open_writer()
         started = False
         try:
@@ -192,6 +222,7 @@ class DocumentActor:
                 await self._writer.run(lambda conn: apply_migrations(conn, kind))
             except sqlite3.Error as exc:
                 raise StorageError(f"cannot open document {self.db_id}: {exc}") from None
+            self._writer_idle_since = trio.current_time()
             if self._metrics:
                 self._metrics.actors_open.inc()
                 self._metrics.actors_started.inc()
@@ -208,6 +239,8 @@ class DocumentActor:
                 for reader in self._readers:
                     await reader.aclose()
                 await self._writer.aclose()
+                if own_pool is not None:
+                    await own_pool.aclose()
             if self._metrics:
                 if started:
                     self._metrics.actors_open.dec()
@@ -351,11 +384,20 @@ class DocumentActor:
         return ReaderLoan(self, reader)
 
     async def _return_reader(self, reader: ConnectionWorker) -> None:
-        self._idle_readers.append(reader)
+        self._put_reader(reader)
         self.inflight -= 1
         async with self._reader_available:
             self._reader_available.notify()
         self._touch()
+
+    def _put_reader(self, reader: ConnectionWorker) -> None:
+        if reader not in self._readers:
+            return  # closed meanwhile (the actor is stopping)
+        self._idle_readers.append(reader)
+        now = trio.current_time()
+        self._reader_idle_since[reader] = now
+        if self._mailbox_wait is not None:  # the actor waits for ops: wake it to close this one later
+            self._mailbox_wait.deadline = min(self._mailbox_wait.deadline, now + self._idle_seconds)
 
     async def _submit(self, op: _Op[T]) -> T:
         if self.closing.is_set():
@@ -387,7 +429,7 @@ class DocumentActor:
             except sqlite3.Error as exc:
                 raise _translate(exc) from None
             finally:
-                self._idle_readers.append(reader)
+                self._put_reader(reader)
                 async with self._reader_available:
                     self._reader_available.notify()
         finally:
@@ -398,11 +440,18 @@ class DocumentActor:
         async with self._reader_available:
             while True:
                 if self._idle_readers:
-                    return self._idle_readers.pop()
+                    reader = self._idle_readers.pop()
+                    del self._reader_idle_since[reader]
+                    return reader
                 if len(self._readers) < self._read_pool_size:
+                    assert self._reader_pool is not None
                     reader = ConnectionWorker(
-                        lambda: open_connection(self.path, readonly=True, busy_timeout_ms=self._busy_timeout_ms),
+                        lambda: open_connection(
+                            self.path, readonly=True, busy_timeout_ms=self._busy_timeout_ms,
+                            cache_kib=self._cache_kib,
+                        ),
                         name=f"skald-reader-{self.db_id}",
+                        pool=self._reader_pool,
                     )
                     self._readers.append(reader)
                     return reader
@@ -410,8 +459,47 @@ class DocumentActor:
 
     # ---- the loop -----------------------------------------------------------------------------------
 
+    async def _next_op(self) -> _Op[Any] | None:
+        """The next op, or None at the end of the mailbox; closes idle connections while it waits."""
+        while True:
+            with trio.CancelScope(deadline=self._connections_expire_at()) as wait:
+                self._mailbox_wait = wait
+                try:
+                    return await self._receive.receive()
+                except trio.EndOfChannel:
+                    return None
+                finally:
+                    self._mailbox_wait = None
+            await self._close_idle_connections()
+
+    def _connections_expire_at(self) -> float:
+        since = list(self._reader_idle_since.values())
+        if self._writer_idle_since is not None:
+            since.append(self._writer_idle_since)
+        return min(since, default=math.inf) + self._idle_seconds
+
+    async def _close_idle_connections(self) -> None:
+        """Close the connections unused for ``connection_idle_seconds`` (memory, file descriptors).
+
+        Runs on the actor's task between batches: no op, loan or commit is using the writer then.
+        """
+        now = trio.current_time()
+        if self._writer_idle_since is not None and self._writer_idle_since + self._idle_seconds <= now:
+            old, self._writer = self._writer, self._open_writer()  # opens its connection on first use
+            self._writer_idle_since = None
+            self._writer_schema_changes = 0  # the new connection counts from zero; the schema is the same
+            if old is not None:
+                await old.aclose()
+        expired = [r for r, since in self._reader_idle_since.items() if since + self._idle_seconds <= now]
+        for reader in expired:  # out of every list first: nobody can take it while it closes
+            del self._reader_idle_since[reader]
+            self._idle_readers.remove(reader)
+            self._readers.remove(reader)
+        for reader in expired:
+            await reader.aclose()
+
     async def _serve_mailbox(self) -> None:
-        async for first in self._receive:
+        while (first := await self._next_op()) is not None:
             batch: list[_Op[Any]] = [first]
             while len(batch) < self._max_batch:
                 try:
@@ -423,6 +511,7 @@ class DocumentActor:
                 with trio.CancelScope(shield=True):
                     await self._run_batch(batch)
             finally:
+                self._writer_idle_since = trio.current_time()
                 self.inflight -= 1
                 self._touch()
                 if self._metrics:
@@ -545,11 +634,14 @@ class DocumentActor:
             op.finish(result)
 
     def _open_writer(self) -> ConnectionWorker:
+        assert self._writer_pool is not None
         return ConnectionWorker(
             lambda: open_connection(
-                self.path, synchronous=self._synchronous, busy_timeout_ms=self._busy_timeout_ms
+                self.path, synchronous=self._synchronous, busy_timeout_ms=self._busy_timeout_ms,
+                cache_kib=self._cache_kib,
             ),
             name=f"skald-writer-{self.db_id}",
+            pool=self._writer_pool,
         )
 
     async def _restart_writer(self) -> None:

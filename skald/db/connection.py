@@ -20,6 +20,7 @@ import functools
 import itertools
 import json
 import sqlite3
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -38,7 +39,7 @@ SQLValue = str | bytes | int | float | None
 STATEMENT_CACHE_SIZE = 128
 """Prepared statements sqlite3 keeps per connection (skald's own texts; user SQL is never reused)."""
 _UNTRUSTED_MARK = "/* skald:"  # DocConnection.execute_untrusted's unique prefix
-_TRACKED_TEXTS = 1024  # texts whose tables DocConnection.execute remembers (forgotten all at once past it)
+_TRACKED_TEXTS = 1024  # texts whose tables DocConnection.execute remembers (> STATEMENT_CACHE_SIZE: see _tracking)
 _WRITE_ACTIONS = {sqlite3.SQLITE_INSERT, sqlite3.SQLITE_UPDATE, sqlite3.SQLITE_DELETE}
 # Every action that changes the schema (what a statement compiles to): the connection counts them
 # so that what was learnt about a SQL text under the old schema can be forgotten (schema_changes).
@@ -125,7 +126,7 @@ class DocConnection(sqlite3.Connection):
         self.set_authorizer(self._authorize)
         self.shadow_cache: tuple[int, frozenset[str]] | None = None  # skald.query.service.shadow_tables
         self._fresh = itertools.count()
-        self._tracked: dict[str, tuple[frozenset[str], frozenset[str]]] = {}
+        self._tracked: OrderedDict[str, tuple[frozenset[str], frozenset[str]]] = OrderedDict()
         self.schema_changes = 0
         """Schema-changing actions compiled on this connection (counted at prepare, so a DDL that
         later fails or rolls back counts too: over-counting only forgets a memo early). The
@@ -273,8 +274,9 @@ class DocConnection(sqlite3.Connection):
     # * skald's own statements are cached (compiling the publish INSERT with its triggers cost
     #   ~0.3 ms, more than running it) but the tables they read and write still count for commit
     #   fan-out and watches: what a text touched when it was prepared is remembered and added on
-    #   every later run. After a schema change SQLite prepares it again (callbacks again), so the
-    #   sets are a superset of the truth: a watch may be woken once too often, never missed.
+    #   every later run. After a schema change SQLite prepares it again (callbacks again) and what
+    #   it touches now is added, so the sets are a superset of the truth: a watch may be woken once
+    #   too often, never missed.
 
     def execute_untrusted(self, sql: str, parameters: _Parameters = (), /) -> sqlite3.Cursor:
         """Run user SQL, always freshly prepared (every authorizer callback fires; never cached).
@@ -292,28 +294,35 @@ class DocConnection(sqlite3.Connection):
         return self._tracking(sql, lambda: super(DocConnection, self).executemany(sql, seq_of_parameters))
 
     def _tracking(self, sql: str, run: Callable[[], sqlite3.Cursor]) -> sqlite3.Cursor:
-        known = self._tracked.get(sql)
-        if known is not None:
-            cursor = run()
-            self.written_tables |= known[0]
-            self.read_tables |= known[1]
-            return cursor
         # this statement's own callbacks go to fresh sets, then into the caller's (the same set
         # objects: track_reads hands its set out)
         written, read = self.written_tables, self.read_tables
         self.written_tables, self.read_tables = set(), set()
         try:
-            cursor = run()
+            return run()
         finally:
-            mine = (frozenset(self.written_tables), frozenset(self.read_tables))
+            fresh_written, fresh_read = self.written_tables, self.read_tables
             self.written_tables, self.read_tables = written, read
+            known = self._tracked.get(sql)
+            if known is None:
+                mine = (frozenset(fresh_written), frozenset(fresh_read))
+            elif fresh_written or fresh_read:  # prepared again (a schema change, or evicted from the cache)
+                mine = (known[0] | fresh_written, known[1] | fresh_read)
+            else:
+                mine = known  # a cache hit: no callback, what the text touched when it was prepared
             written |= mine[0]
             read |= mine[1]
-        if not sql.startswith(_UNTRUSTED_MARK):  # user SQL is never run again under the same text
-            if len(self._tracked) >= _TRACKED_TEXTS:
-                self._tracked.clear()
-            self._tracked[sql] = mine
-        return cursor
+            # Kept even when the run failed: a statement that prepared and then failed while
+            # running (a constraint) is in sqlite3's cache, and its next run reaches no callback.
+            # User SQL is never run again under the same text; the rest is kept most recently
+            # used last and forgotten oldest first, so every text sqlite3 may still hand back
+            # from its cache (the last STATEMENT_CACHE_SIZE used) is remembered.
+            if not sql.startswith(_UNTRUSTED_MARK):
+                if known is not None:
+                    self._tracked.move_to_end(sql)
+                elif len(self._tracked) >= _TRACKED_TEXTS:
+                    self._tracked.popitem(last=False)
+                self._tracked[sql] = mine
 
     def close(self) -> None:
         if self._builtins is not None:
@@ -415,6 +424,7 @@ def open_connection(
     readonly: bool = False,
     synchronous: str = "NORMAL",
     busy_timeout_ms: int = 5000,
+    cache_kib: int | None = None,
 ) -> DocConnection:
     """Open ``path`` with skald's pragmas.
 
@@ -449,5 +459,9 @@ def open_connection(
         conn.execute(f"PRAGMA synchronous={synchronous.upper()}")
     conn.execute("PRAGMA foreign_keys=ON")
     conn.execute(f"PRAGMA busy_timeout={int(busy_timeout_ms)}")
+    if cache_kib is not None:
+        # negative: a size in KiB, not in pages (SQLite's default is -2000). Pages are allocated as
+        # they are read, so this caps a large document's cache without costing a small one anything.
+        conn.execute(f"PRAGMA cache_size={-max(1, int(cache_kib))}")
     assert isinstance(conn, DocConnection)
     return conn

@@ -273,6 +273,7 @@ class ClassRecorder:
         self.inserts = False  # the statement itself (not a trigger) inserts rows
         self.writes = False  # the statement itself changes rows of a user table
         self.internal = False
+        self.calls = 0  # callbacks from compiling the user's statement (none: a cached statement ran)
         self._table_ddl = False  # the statement renames or drops a table
 
     def started(self, _sql: str) -> None:
@@ -282,6 +283,8 @@ class ClassRecorder:
     def __call__(
         self, action: int, arg1: str | None, arg2: str | None, db_name: str | None, source: str | None
     ) -> int:
+        if not self.internal:
+            self.calls += 1
         if action in (sqlite3.SQLITE_ALTER_TABLE, sqlite3.SQLITE_DROP_TABLE):
             self._table_ddl = True
         if self._table_ddl and action in _DML_ACTIONS and (arg1 or "").lower() == "sqlite_sequence":

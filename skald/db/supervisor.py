@@ -14,6 +14,8 @@ unexpired lease (see :meth:`DocumentActor.hold` and
 from __future__ import annotations
 
 import contextlib
+import heapq
+import itertools
 import math
 import shutil
 import time
@@ -27,6 +29,7 @@ from skald.config import Settings
 from skald.db.actor import DocumentActor
 from skald.db.connection import DocConnection
 from skald.db.ids import validate_db_id
+from skald.db.worker import WorkerPool
 from skald.errors import DocumentNotFound, DocumentUnavailable, ShuttingDown
 from skald.metrics import Metrics
 
@@ -62,6 +65,13 @@ class Supervisor:
         self._closed = False
         self._actor_hooks: list[ActorHook] = []
         self._reaper_wakeup = trio.Event()
+        # (deadline, n, actor): when each idle actor could be reaped, at most one entry per actor
+        # (DocumentActor.reap_scheduled); an entry may be early (the actor was used since): the
+        # reaper then looks again at that actor alone. No scan of every open actor per request.
+        self._reap_queue: list[tuple[float, int, DocumentActor]] = []
+        self._reap_order = itertools.count()
+        self._writer_pool: WorkerPool | None = None
+        self._reader_pool: WorkerPool | None = None
         self.placement: Placement | None = None
         """Set on a cluster node; ``None`` (the single-process default) changes nothing."""
         self.started_at = time.time()
@@ -75,18 +85,28 @@ class Supervisor:
         Reports itself through ``task_status`` once the service database is ready.
         """
         self.settings.documents_dir.mkdir(parents=True, exist_ok=True)
-        async with trio.open_nursery() as nursery:
-            self._nursery = nursery
-            self._service = self._new_actor(SERVICE_DB_ID, migrations="service")
-            self._service.path = self.settings.service_db_path
-            await nursery.start(self._service.serve)
-            rows = await self._service.read(
-                lambda conn: [r[0] for r in conn.execute("SELECT db_id FROM documents")]
-            )
-            self._known = set(rows)
-            self.metrics.documents.set(len(self._known))
-            nursery.start_soon(self._reap_idle)
-            task_status.started(self)
+        # Every document's connections share these threads (a thread per connection would mean
+        # 20,000 threads for 10,000 open documents). Two pools: slow reads never hold the
+        # threads writes need.
+        self._writer_pool = WorkerPool(self.settings.db_writer_threads, name="skald-writer")
+        self._reader_pool = WorkerPool(self.settings.db_reader_threads, name="skald-reader")
+        try:
+            async with trio.open_nursery() as nursery:
+                self._nursery = nursery
+                self._service = self._new_actor(SERVICE_DB_ID, migrations="service")
+                self._service.path = self.settings.service_db_path
+                await nursery.start(self._service.serve)
+                rows = await self._service.read(
+                    lambda conn: [r[0] for r in conn.execute("SELECT db_id FROM documents")]
+                )
+                self._known = set(rows)
+                self.metrics.documents.set(len(self._known))
+                nursery.start_soon(self._reap_idle)
+                task_status.started(self)
+        finally:
+            # every actor has stopped (the nursery is done) and closed its connections
+            await self._writer_pool.aclose()
+            await self._reader_pool.aclose()
 
     async def aclose(self) -> None:
         """Stop every actor after its queued work, then the service database; returns when all exited."""
@@ -197,6 +217,21 @@ class Supervisor:
             if not create:
                 raise DocumentNotFound(f"document {db_id} does not exist")
             await self.create_document(db_id)
+        async with self._held(db_id) as actor:
+            yield actor
+
+    @contextlib.asynccontextmanager
+    async def open_internal(self, db_id: str) -> AsyncIterator[DocumentActor]:
+        """Like :meth:`open_document` for a document of skald's own (the cluster's ``_audit``).
+
+        Its name is one no client can use (not a valid ``db_id``), and it has no registry row, so
+        it is never listed, created or deleted through the API.
+        """
+        async with self._held(db_id) as actor:
+            yield actor
+
+    @contextlib.asynccontextmanager
+    async def _held(self, db_id: str) -> AsyncIterator[DocumentActor]:
         for _attempt in range(3):
             actor = await self._get(db_id)
             try:
@@ -256,9 +291,13 @@ class Supervisor:
             read_pool_size=s.read_pool_size,
             synchronous=s.synchronous,
             busy_timeout_ms=s.busy_timeout_ms,
+            cache_kib=s.sqlite_cache_kib,
+            connection_idle_seconds=s.connection_idle_seconds,
+            writer_pool=self._writer_pool,
+            reader_pool=self._reader_pool,
             metrics=self.metrics,
         )
-        actor.on_idle = self._wake_reaper
+        actor.on_idle = lambda: self._schedule_reap(actor)
         return actor
 
     async def _run_actor(
@@ -274,18 +313,41 @@ class Supervisor:
     # ---- reaping ------------------------------------------------------------------------------------
 
     async def _reap_idle(self) -> None:
-        # Sleep until the earliest moment an idle actor could be reaped, or until an actor
-        # reports it may have become idle. No periodic wake-ups while everything is busy.
+        # Sleep until the earliest moment an idle actor could be reaped, or until an actor that
+        # became idle could be reaped earlier than that. No periodic wake-ups while everything
+        # is busy, and each wake-up looks only at the actors whose moment came.
         timeout = self.settings.idle_timeout
         while True:
-            deadline = min((a.reap_deadline(timeout) for a in self._actors.values()), default=math.inf)
+            deadline = self._reap_queue[0][0] if self._reap_queue else math.inf
             with trio.move_on_at(deadline):
                 await self._reaper_wakeup.wait()
             self._reaper_wakeup = trio.Event()
-            self.reap_idle_now()
+            now = trio.current_time()
+            reaped = 0
+            while self._reap_queue and self._reap_queue[0][0] <= now:
+                _, _, actor = heapq.heappop(self._reap_queue)
+                actor.reap_scheduled = False
+                if actor.closing.is_set() or self._actors.get(actor.db_id) is not actor:
+                    continue
+                if actor.idle_for(now) >= timeout:
+                    actor.stop("idle")
+                    reaped += 1
+                else:  # used since it was lined up: line it up again (if still idle)
+                    self._schedule_reap(actor)
+            if reaped:
+                log.debug("reaped idle documents", count=reaped)
 
-    def _wake_reaper(self) -> None:
-        self._reaper_wakeup.set()
+    def _schedule_reap(self, actor: DocumentActor) -> None:
+        """``actor`` may have become idle: line it up for the reaper (once)."""
+        if actor.reap_scheduled:
+            return  # its entry is due no later than its new deadline: the reaper looks again then
+        deadline = actor.reap_deadline(self.settings.idle_timeout)
+        if deadline == math.inf:
+            return  # held or busy: it calls on_idle again when it is not
+        actor.reap_scheduled = True
+        heapq.heappush(self._reap_queue, (deadline, next(self._reap_order), actor))
+        if self._reap_queue[0][2] is actor:
+            self._reaper_wakeup.set()  # earlier than what the reaper sleeps until
 
     def reap_idle_now(self, min_idle: float | None = None) -> list[str]:
         """Stop every actor idle for at least ``min_idle`` (default ``idle_timeout``); return their ids."""

@@ -33,6 +33,7 @@ from quart.wrappers.response import ResponseBody
 from werkzeug.exceptions import HTTPException
 
 from skald.errors import InvalidJSON, PayloadTooLarge, SkaldError
+from skald.http.json_body import decode_json_body
 
 NDJSON = "application/x-ndjson"
 Ack = dict[str, Any]
@@ -124,10 +125,10 @@ class AckStream(ResponseBody):
             return _refused(_too_long(self._max_line))
         if not raw.strip():
             return _blank
-        try:
-            value = json.loads(raw)
-        except (ValueError, RecursionError):
-            return _refused(InvalidJSON(f"line {number} is not JSON"))
+        try:  # as strict as a JSON body (no lone surrogate, NaN or runaway nesting: each breaks later)
+            value = decode_json_body(raw)
+        except InvalidJSON as exc:
+            return _refused(InvalidJSON(f"line {number} is not JSON: {exc.detail}"))
         try:
             return await self._start(value)
         except SkaldError as exc:
@@ -193,7 +194,11 @@ async def _ack_line(number: int, started: Started) -> bytes:
         ack = {"line": number, **ack}
     except SkaldError as exc:
         ack = problem_line(number, exc)
-    return json.dumps(ack, separators=(",", ":"), ensure_ascii=False).encode() + b"\n"
+    text = json.dumps(ack, separators=(",", ":"), ensure_ascii=False)
+    try:
+        return text.encode() + b"\n"
+    except UnicodeEncodeError:  # a lone surrogate (JSON allows "\ud800"; UTF-8 cannot carry it): escaped
+        return json.dumps(ack, separators=(",", ":")).encode() + b"\n"
 
 
 def ndjson_response(stream: AckStream) -> Response:

@@ -179,7 +179,7 @@ TOKEN = obj({
 MINTED = {**TOKEN, "required": [*TOKEN["required"], "token"],
           "properties": {**TOKEN["properties"], "token": {"type": "string", "description": "shown once"}}}
 AUDIT_EVENT = obj({"id": INT, "at": STR, "event": STR, "actor": NULL_STR, "subject": NULL_STR,
-                   "detail": ANY, "ip": NULL_STR})
+                   "detail": ANY, "ip": NULL_STR}, {"node": NULL_STR})  # node: on a cluster, who recorded it
 DOCUMENT = obj({
     "db_id": STR, "size_bytes": INT, "wal_bytes": INT, "page_count": INT, "page_size": INT,
     "schema_version": INT, "created_at": NULL_STR, "tables": array(STR), "latest_schema_version": INT,
@@ -456,6 +456,27 @@ def _job_operations() -> dict[tuple[str, str], Op]:
              **ok(obj({"jobs": array(_ENQUEUED)}), "every job was a duplicate")},
             _DB_JSON, body=json_body(obj({"jobs": {"type": "array", "minItems": 1, "maxItems": 1000,
                                                    "items": _JOB_IN}}))),
+        ("POST", j + "/stream"): Op(
+            ndjson_acks("one line per input line, in order, once its enqueue committed: `{line, id, queue, state, "
+                        "duplicate}` or `{line, problem}`"),
+            merge(_AUTH, _DOC),
+            body=ndjson_body(_JOB_IN, "one job per line, as `POST …/jobs` takes it"), body_required=False,
+        ),
+        ("POST", j + "/work"): Op(
+            ndjson_acks("one line per input line, in order, each after the one before: `{line, acks: [{id, ok, "
+                        "state | code, detail}], jobs: [job with lease]}` or `{line, problem}`"),
+            merge(_AUTH, _DOC),
+            body=ndjson_body(obj(
+                {"queues": {"type": "array", "minItems": 1, "maxItems": 100, "items": _QUEUE_NAME},
+                 "worker_id": _text()},
+                {"lease_seconds": _LEASE_SECONDS, "wait_seconds": _opt(_num(0, 60)),
+                 "max_jobs": _opt(_int(0, 100)),
+                 "ack": {"type": "array", "maxItems": 1000,
+                         "items": obj({"id": _JOB_ID, **_LEASE_IN}, {"result": ANY})}}, closed=True),
+                "a worker's step per line: ack the jobs it finished and claim up to `max_jobs` more (0: none), "
+                "in one commit"),
+            body_required=False,
+        ),
         ("POST", j + "/fetch"): Op(
             {**ok({"anyOf": [_FETCHED, obj({"jobs": array(_FETCHED)})]},
                   "a job, now running under `lease` (with `max_jobs`: `{\"jobs\": [...]}`)"),
@@ -531,6 +552,7 @@ def _web_operations() -> dict[tuple[str, str], Op]:
     page = {"200": {"description": "the page", "content": HTML}}
     login = redirect("not signed in: to /ui/login")
     form = {"content": {"application/x-www-form-urlencoded": {"schema": obj({}, {"csrf": STR, "sql": STR})}}}
+    csrf_form = {"content": {"application/x-www-form-urlencoded": {"schema": obj({}, {"csrf": STR})}}}
     # A document page's refusals are HTML pages with the problem's status and code.
     doc_errors = {
         status: {"description": "refused (an HTML page naming the problem's code)", "content": HTML}
@@ -586,6 +608,24 @@ def _web_operations() -> dict[tuple[str, str], Op]:
                                      query=(query_param("endpoint", STR, "only this endpoint"),)),
         ("GET", u + "/leases"): Op({**page, **login, **doc_errors}, {}, auth=False),
         ("GET", u + "/blobs"): Op({**page, **login, **doc_errors}, {}, auth=False),
+        # the job queue pages (skald.web.jobs): actions are forms that redirect back to a page
+        ("GET", u + "/jobs"): Op({**page, **login, **doc_errors}, {}, auth=False,
+                                 query=(query_param("done", STR, "the notice to show (set by an action)"),)),
+        ("GET", u + "/jobs/queues/{queue}"): Op(
+            {**page, **login, **doc_errors}, {}, auth=False,
+            query=(query_param("state", STR, "jobs of this state (or `scheduled`)"),
+                   query_param("cursor", STR, "the older page's cursor (from the page's link)"),
+                   query_param("done", STR, "the notice to show (set by an action)"))),
+        **{("POST", f"{u}/jobs/queues/{{queue}}/{action}"): Op(
+            {**redirect(f"{action}: done, back to the queue's page; signed out: to the login"), **doc_errors},
+            {}, auth=False, body=csrf_form, body_required=False) for action in ("pause", "resume", "retry-dead")},
+        # a job id that is not a number matches no route: the router's 404 problem
+        ("GET", u + "/jobs/{job_id}"): Op({**page, **login, **doc_errors}, {404: ["not_found"]}, auth=False,
+                                          query=(query_param("done", STR, "the notice to show"),)),
+        **{("POST", f"{u}/jobs/{{job_id}}/{action}"): Op(
+            {**redirect(f"{action}: done, back to the job's page (delete: the queue's); signed out: to the login"),
+             **doc_errors}, {404: ["not_found"]}, auth=False, body=csrf_form, body_required=False)
+           for action in ("retry", "cancel", "delete")},
     }
     return {key: dataclasses.replace(op, errors=merge(op.errors, repeated)) if op.query else op
             for key, op in ops.items()}
@@ -613,7 +653,11 @@ OPERATIONS: dict[tuple[str, str], Op] = {
         ok(obj({"events": array(AUDIT_EVENT), "next_before_id": NULL_INT})), merge(_AUTH, _QUERY),
         query=(query_param("before_id", count(1), "events older than this id"),
                query_param("limit", count(1), LIMIT + "; capped at 1000"),
-               query_param("event", STR, "only events of this kind, e.g. `token.create`")),
+               query_param("event", STR, "only events of this kind, e.g. `token.create`"),
+               query_param("after_id", count(0), "this node's own events after this id, oldest first "
+                           "(following the log; on a cluster, what the audit collector asks each node)"),
+               query_param("node", {"enum": ["local"]}, "on a cluster: this node's own events, not the "
+                           "cluster's log")),
     ),
     # documents
     ("GET", "/api/v1/db"): Op(ok(obj({"documents": array(obj({"db_id": STR, "open": BOOL}))})),

@@ -49,12 +49,15 @@ class RequestPipeline:
         self.app = app
         self.state = state
         self.legacy = legacy
+        # prometheus-client's labels() takes a lock and builds its key on every call: the children
+        # are kept here by (route, method, status), a bounded set (route templates, not paths)
+        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)  # lifespan; websockets keep Quart's own handling
             return
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        headers = _wanted_headers(scope["headers"])
         peer = scope.get("client")
         ip = client_ip(peer[0] if peer else None, headers.get("x-forwarded-for"), headers.get("x-real-ip"),
                        self.state.settings.trusted_proxies)
@@ -104,13 +107,33 @@ class RequestPipeline:
         method: str = scope.get("method", "")
         duration = time.perf_counter() - info.started
         status = info.status if info.status is not None else 499  # the client left before an answer started
-        metrics = self.state.metrics
-        metrics.requests.labels(info.route, method, str(status)).inc()
-        metrics.request_duration.labels(info.route, method).observe(duration)
+        key = (info.route, method, status)
+        children = self._children.get(key)
+        if children is None:
+            metrics = self.state.metrics
+            children = (metrics.requests.labels(info.route, method, str(status)),
+                        metrics.request_duration.labels(info.route, method))
+            if len(self._children) < 10_000:  # a bound even if a client invents methods
+                self._children[key] = children
+        children[0].inc()
+        children[1].observe(duration)
         access_log.info(
             "request", method=method, route=info.route, status=status, duration_ms=round(duration * 1000, 3),
             db_id=info.db_id, request_id=info.request_id,
         )
+
+
+_WANTED = frozenset({b"x-request-id", b"authorization", b"x-forwarded-for", b"x-real-ip"})
+
+
+def _wanted_headers(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
+    """The request headers the pipeline reads, decoded (a repeated one: its last value)."""
+    found: dict[str, str] = {}
+    for name, value in raw:
+        lowered = name.lower()
+        if lowered in _WANTED:
+            found[lowered.decode("latin-1")] = value.decode("latin-1")
+    return found
 
 
 def _credential(headers: dict[str, str], scope: Scope) -> str | None:

@@ -7,14 +7,19 @@ the scope's resource), validate with :mod:`skald.jobs.model`, call
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 from quart import Response, jsonify, request
 from quart_trio import QuartTrio
 
-from skald.auth.guard import authorize, current_principal, requires
+from skald.auth.guard import authorize, check_scope, current_principal, requires
+from skald.auth.scopes import Principal
 from skald.db.ids import validate_db_id
 from skald.errors import DocumentNotFound, PayloadTooLarge, ValidationFailed
+from skald.http.context import request_ip
+from skald.http.ndjson import Ack, AckStream, Start, Started, ndjson_response
 from skald.http.params import float_param, heartbeat_param, int_param
 from skald.http.sse import sse_response
 from skald.http.state import AppState, get_state
@@ -28,6 +33,10 @@ from skald.jobs.service import Fetched, JobService
 # from also matching the job routes (their methods would show up in its `Allow`).
 BASE = "/api/v1/db/<string:db_id>/jobs"
 BATCH_BODY_BYTES = 32 * 1024 * 1024
+STREAM_WINDOW = 1000
+"""Enqueue lines in flight on one stream (queued, not yet acknowledged) before its reading pauses."""
+WORK_WINDOW = 4
+"""Worker-stream lines read ahead of the one being answered (each waits for the one before it)."""
 DEFAULT_WORKER_WINDOW = 60.0
 
 
@@ -36,6 +45,8 @@ def install(app: QuartTrio, state: AppState) -> None:
     rules: list[tuple[str, Any, str]] = [
         ("", enqueue_view, "POST"),
         ("/batch", batch_view, "POST"),
+        ("/stream", enqueue_stream_view, "POST"),
+        ("/work", work_stream_view, "POST"),
         ("/fetch", fetch_view, "POST"),
         ("/heartbeat", heartbeat_view, "POST"),
         ("/ack", ack_many_view, "POST"),
@@ -123,6 +134,118 @@ async def batch_view(db_id: str) -> tuple[Response, int]:
     return jsonify({"jobs": jobs}), 201 if created else 200
 
 
+def _stream_document(db_id: str) -> None:
+    validate_db_id(db_id)
+    if not get_state().supervisor.exists(db_id):  # refused before the 200 of the stream, not inside it
+        raise DocumentNotFound(f"document {db_id} does not exist")
+
+
+def _stream_line_cap(items: int = 1) -> int:
+    return (get_state().settings.message_max_bytes + 64 * 1024) * items
+
+
+@requires("jobs.enqueue")
+async def enqueue_stream_view(db_id: str) -> Response:
+    """NDJSON in, NDJSON out: one job per line (as ``POST …/jobs``), one acknowledgement per line once
+    its enqueue committed (``{"line", "id", "queue", "state", "duplicate"}``) or ``{"line", "problem"}``."""
+    _stream_document(db_id)
+    # The stream's body runs outside the request's app context: everything it needs is taken here.
+    state, service, principal, path, ip = get_state(), _service(), current_principal(), request.path, request_ip()
+
+    @contextlib.asynccontextmanager
+    async def opened() -> AsyncIterator[Start]:
+        limit = state.settings.message_max_bytes
+        async with service.enqueue_stream(db_id) as stream:
+
+            async def start(value: Any) -> Started:
+                spec = model.JobSpec.parse(value, limit)
+                await check_scope(state, principal, db_id, "jobs.enqueue", spec.queue, path=path, ip=ip)
+                pending = await stream.add(spec)
+
+                async def wait() -> Ack:
+                    job, duplicate = await pending.result()
+                    return {"id": job.id, "queue": job.queue, "state": job.state, "duplicate": duplicate}
+
+                return Started(wait, lambda: pending.done)
+
+            yield start
+
+    return ndjson_response(AckStream(request.body, opened, window=STREAM_WINDOW, max_line=_stream_line_cap()))
+
+
+def _fetch_fields(body: dict[str, Any], *, allow_zero: bool = False) -> tuple[list[str], str, float, float, int | None]:
+    """``queues``, ``worker_id``, ``lease_seconds``, ``wait_seconds``, ``max_jobs`` of a fetch body."""
+    queues = body.get("queues")
+    if not isinstance(queues, list) or not 1 <= len(queues) <= 100:
+        raise ValidationFailed("queues must be a list of 1-100 queue names")
+    names = list(dict.fromkeys(model.queue_name(q, "queues[]") for q in queues))
+    worker_id = model.text(body.get("worker_id"), "worker_id", optional=False)
+    assert worker_id is not None
+    lease_seconds = _lease_seconds(body.get("lease_seconds"))
+    wait = model.number(body.get("wait_seconds"), "wait_seconds", minimum=0, maximum=model.MAX_WAIT_SECONDS,
+                        default=0.0)
+    assert wait is not None
+    max_jobs = model.integer(body.get("max_jobs"), "max_jobs", minimum=0 if allow_zero else 1,
+                             maximum=model.MAX_FETCH)
+    return names, worker_id, lease_seconds, wait, max_jobs
+
+
+def _acks(items: Any, max_bytes: int) -> list[tuple[int, str, str | None]]:
+    if not isinstance(items, list) or len(items) > model.MAX_BATCH:
+        raise ValidationFailed(f"ack must be a list of at most {model.MAX_BATCH} entries")
+    acks = []
+    for item in items:
+        entry = model.obj(item, "ack[]")
+        job_id = model.required_integer(entry.get("id"), "ack[].id", minimum=1, maximum=2**63 - 1)
+        result = None if entry.get("result") is None else model.to_json_text(entry["result"], "result", max_bytes)
+        acks.append((job_id, _lease(entry), result))
+    return acks
+
+
+def _work_start(state: AppState, principal: Principal, db_id: str, path: str, ip: str) -> Start:
+    service = _service()
+
+    async def start(value: Any) -> Started:
+        body = model.obj(value, "line")
+        unknown = set(body) - {"queues", "worker_id", "lease_seconds", "wait_seconds", "max_jobs", "ack"}
+        if unknown:
+            raise ValidationFailed(f"unknown fields: {', '.join(sorted(unknown))}")
+        names, worker_id, lease_seconds, wait, max_jobs = _fetch_fields(body, allow_zero=True)
+        acks = _acks(body.get("ack", []), state.settings.message_max_bytes)
+        for queue in names:  # every line: a line may name other queues than the one before
+            await check_scope(state, principal, db_id, "jobs.work", queue, path=path, ip=ip)
+        count = 1 if max_jobs is None else max_jobs
+
+        async def wait_for() -> Ack:
+            answers, fetched = await service.ack_and_fetch(db_id, acks, names, worker_id, lease_seconds, wait,
+                                                              count)
+            return {"acks": answers, "jobs": [_fetched(one) for one in fetched]}
+
+        return Started(wait_for, lambda: False)
+
+    return start
+
+
+@requires("jobs.work")
+async def work_stream_view(db_id: str) -> Response:
+    """A worker's fetch/ack loop over one request: each line ``{"queues", "worker_id", "lease_seconds"?,
+    "wait_seconds"?, "max_jobs"? (0: only ack), "ack"?: [{"id", "lease", "result"?}]}`` acks and claims in
+    one commit and is answered ``{"line", "acks": [...], "jobs": [...]}`` (or ``{"line", "problem"}``),
+    lines in order, each after the one before it (a waiting fetch holds the lines behind it)."""
+    _stream_document(db_id)
+    # The stream's body runs outside the request's app context: everything it needs is taken here.
+    state, service = get_state(), _service()
+    start = _work_start(state, current_principal(), db_id, request.path, request_ip())
+
+    @contextlib.asynccontextmanager
+    async def opened() -> AsyncIterator[Start]:
+        async with service.held(db_id):
+            yield start
+
+    return ndjson_response(AckStream(request.body, opened, window=WORK_WINDOW,
+                                     max_line=min(BATCH_BODY_BYTES, _stream_line_cap(4))))
+
+
 # ---- workers --------------------------------------------------------------------------------------
 
 
@@ -138,17 +261,7 @@ async def fetch_view(db_id: str) -> Response | tuple[Response, int]:
     """``{"queues", "worker_id", "lease_seconds"?, "wait_seconds"?, "max_jobs"?}`` -> 200 with a job and its
     lease (with ``max_jobs``: ``{"jobs": [...]}`` of up to that many), or 204."""
     body = await _body()
-    queues = body.get("queues")
-    if not isinstance(queues, list) or not 1 <= len(queues) <= 100:
-        raise ValidationFailed("queues must be a list of 1-100 queue names")
-    names = list(dict.fromkeys(model.queue_name(q, "queues[]") for q in queues))
-    worker_id = model.text(body.get("worker_id"), "worker_id", optional=False)
-    assert worker_id is not None
-    lease_seconds = _lease_seconds(body.get("lease_seconds"))
-    wait = model.number(body.get("wait_seconds"), "wait_seconds", minimum=0, maximum=model.MAX_WAIT_SECONDS,
-                        default=0.0)
-    assert wait is not None
-    max_jobs = model.integer(body.get("max_jobs"), "max_jobs", minimum=1, maximum=model.MAX_FETCH)
+    names, worker_id, lease_seconds, wait, max_jobs = _fetch_fields(body)
     for queue in names:
         await authorize(current_principal(), db_id, "jobs.work", queue)
     fetched = await _service().fetch(db_id, names, worker_id, lease_seconds, wait, max_jobs or 1)

@@ -15,14 +15,15 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import threading
 from collections.abc import AsyncIterator, Callable
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import structlog
 import trio
 from prometheus_client import Counter, Gauge, Histogram
 
-from skald.db.actor import CommitInfo, DocumentActor
+from skald.db.actor import CommitInfo, DocumentActor, QueuedWrite
 from skald.db.connection import DocConnection
 from skald.db.supervisor import Supervisor
 from skald.errors import SkaldError
@@ -30,11 +31,12 @@ from skald.http.sse import json_event, wait_first
 from skald.jobs import ops
 from skald.jobs import search as job_search
 from skald.jobs.clock import JobClock, SystemJobClock
-from skald.jobs.model import Job, JobSpec, iso
+from skald.jobs.model import MAX_BATCH, Job, JobSpec, iso
 from skald.metrics import Metrics
 from skald.server.shutdown import final_event
 
 T = TypeVar("T")
+_Done = tuple[T, ops.Tx, dict[str, dict[str, int]] | None]
 log = structlog.get_logger("skald.jobs")
 
 WAKE_TABLES = frozenset({"_skald_job_events", "_skald_job_queues"})
@@ -83,6 +85,95 @@ class _Signal:
         woken, self.waiters = self.waiters[:count], self.waiters[count:]
         for event in woken:
             event.set()
+
+
+class Pending(Generic[T]):
+    """A job op queued in a document's mailbox: its value once committed, for any number of awaiters
+    (the enqueue stream's lines that share an op each await it; the actor's result unwraps once)."""
+
+    def __init__(self, queued: QueuedWrite[_Done[T]]) -> None:
+        self._queued = queued
+        self._settled = trio.Event()
+        self._taking = False
+        self._value: T | None = None
+        self._error: Exception | None = None
+
+    @property
+    def done(self) -> bool:
+        return self._queued.done
+
+    async def result(self) -> T:
+        while not self._settled.is_set():
+            if self._taking:  # another awaiter is unwrapping it
+                await self._settled.wait()
+                continue
+            self._taking = True
+            try:
+                self._value = (await self._queued.result())[0]
+                self._settled.set()
+            except Exception as exc:  # the op's error, for every awaiter
+                self._error = exc
+                self._settled.set()
+            finally:  # cancelled before unwrapping: the next awaiter unwraps it
+                self._taking = False
+        if self._error is not None:
+            raise self._error
+        return self._value  # type: ignore[return-value]  # set when no error was
+
+
+class _Shared:
+    """Enqueue-stream lines that share one write op: those read while it waited in the mailbox."""
+
+    def __init__(self, spec: JobSpec) -> None:
+        self.specs = [spec]
+        self.taken = False  # the op has started: later lines need an op of their own
+        self.lock = threading.Lock()  # the op starts in the document's worker thread
+        self.pending: Pending[list[tuple[Job, bool]]] | None = None
+
+
+class EnqueueStream:
+    """Queues each line's enqueue in line order. A line read while the previous line's op still waits
+    in the mailbox joins that op (one ``enqueue_many``: a handful of statements for all of them) instead
+    of adding an op of its own; a document that commits slower than lines arrive then does fewer, larger
+    writes, as a batch request would. Lines sharing an op commit together (all or none)."""
+
+    def __init__(self, service: JobService, actor: DocumentActor) -> None:
+        self._service = service
+        self._actor = actor
+        self._open: _Shared | None = None
+
+    async def add(self, spec: JobSpec) -> EnqueuedLine:
+        shared = self._open
+        if shared is not None:
+            with shared.lock:
+                if not shared.taken and len(shared.specs) < MAX_BATCH:
+                    shared.specs.append(spec)
+                    return EnqueuedLine(shared, len(shared.specs) - 1)
+        shared = _Shared(spec)
+
+        def run(tx: ops.Tx, shared: _Shared = shared) -> list[tuple[Job, bool]]:
+            with shared.lock:
+                shared.taken = True
+                specs = list(shared.specs)
+            return ops.enqueue_many(tx, specs)
+
+        shared.pending = await self._service._queue_write(self._actor, run)
+        self._open = shared  # only once queued: a line never joins an op that failed to queue
+        return EnqueuedLine(shared, 0)
+
+
+class EnqueuedLine:
+    def __init__(self, shared: _Shared, index: int) -> None:
+        self._shared = shared
+        self._index = index
+
+    @property
+    def done(self) -> bool:
+        return self._shared.pending is not None and self._shared.pending.done
+
+    async def result(self) -> tuple[Job, bool]:
+        assert self._shared.pending is not None  # set before add() returned the first line
+        return (await self._shared.pending.result())[self._index]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,15 +235,20 @@ class JobService:
         self._signals[id(actor)] = (actor, signal)
         return signal
 
-    async def _write(self, actor: DocumentActor, fn: Callable[[ops.Tx], T]) -> T:
-        """Run ``fn`` as one write op with a fresh :class:`ops.Tx`; metrics after the commit."""
+    def _op(
+        self, actor: DocumentActor, fn: Callable[[ops.Tx], T]
+    ) -> tuple[Callable[[DocConnection], _Done[T]], Callable[[_Done[T]], None]]:
+        """``fn`` as one actor write op with a fresh :class:`ops.Tx`, and what runs after its commit
+        (metrics, waking the fetches it made jobs ready for)."""
         db_id = actor.db_id
         signal = self._signal(actor)
-        first = db_id not in self._counts
 
-        def op(conn: DocConnection) -> tuple[T, ops.Tx, dict[str, dict[str, int]] | None]:
+        def op(conn: DocConnection) -> _Done[T]:
             tx = ops.Tx(conn, self.clock.now_ms())
             value = fn(tx)
+            # Counted once per document (then kept by transitions), decided when the op runs: a stream
+            # queues many ops before the first commit, and each must not scan the jobs table again.
+            first = db_id not in self._counts
             counts = ops.queue_counts(tx) if (tx.recount or first) else None
             if tx.transitions or tx.recount:
                 written = self._event_writes.get(db_id, 0) + 1
@@ -161,14 +257,25 @@ class JobService:
                                  " - ?", (EVENTS_KEPT,))
             return value, tx, counts
 
-        def committed(result: tuple[T, ops.Tx, dict[str, dict[str, int]] | None]) -> None:
+        def committed(result: _Done[T]) -> None:
             _, tx, counts = result
             self._record(db_id, tx, counts)
             signal.report(None if tx.recount or tx.wake_all else sum(
                 1 for _, old, new in tx.transitions if new in ("queued", "retrying") or old == "running"))
 
+        return op, committed
+
+    async def _write(self, actor: DocumentActor, fn: Callable[[ops.Tx], T]) -> T:
+        """Run ``fn`` as one write op (group commit); its value once committed."""
+        op, committed = self._op(actor, fn)
         value, _tx, _counts = await actor.write(op, after_commit=committed)
         return value
+
+    async def _queue_write(self, actor: DocumentActor, fn: Callable[[ops.Tx], T]) -> Pending[T]:
+        """Queue ``fn`` as one write op in the actor's mailbox (waiting for room: a stream's backpressure).
+        Ops queued in turn commit in that order."""
+        op, committed = self._op(actor, fn)
+        return Pending(await actor.enqueue_write(op, after_commit=committed))
 
     def _record(self, db_id: str, tx: ops.Tx, counts: dict[str, dict[str, int]] | None) -> None:
         if tx.transitions or tx.recount:
@@ -216,6 +323,18 @@ class JobService:
     async def enqueue_batch(self, db_id: str, specs: list[JobSpec]) -> list[tuple[Job, bool]]:
         return await self._run(db_id, lambda tx: ops.enqueue_many(tx, specs))
 
+    @contextlib.asynccontextmanager
+    async def enqueue_stream(self, db_id: str) -> AsyncIterator[EnqueueStream]:
+        """The enqueue stream's producer side (``POST …/jobs/stream``), the document held open while it lasts."""
+        async with self._document(db_id) as actor:
+            yield EnqueueStream(self, actor)
+
+    @contextlib.asynccontextmanager
+    async def held(self, db_id: str) -> AsyncIterator[None]:
+        """``db_id`` held open while a worker stream (``POST …/jobs/work``) lasts."""
+        async with self._document(db_id):
+            yield
+
     # ---- workers ----------------------------------------------------------------------------------
 
     async def fetch(
@@ -227,23 +346,43 @@ class JobService:
         Cancelling the caller while it waits claims nothing; once the claim's op is queued it
         commits (the lease then expires unused and the job returns to its queue as a failed attempt).
         """
+        _, fetched = await self.ack_and_fetch(db_id, [], queues, worker_id, lease_seconds, wait_seconds, max_jobs)
+        return fetched
+
+    async def ack_and_fetch(
+        self, db_id: str, acks: list[tuple[int, str, str | None]], queues: list[str], worker_id: str,
+        lease_seconds: float, wait_seconds: float, max_jobs: int,
+    ) -> tuple[list[dict[str, Any]], list[Fetched]]:
+        """Ack ``acks`` and claim up to ``max_jobs`` (0: only ack) in one commit, then wait for jobs as
+        :meth:`fetch` does: the worker stream's step (``POST …/jobs/work``), one op where a worker
+        would otherwise make two requests and two commits. The acks' answers are :meth:`ack_many`'s."""
         deadline = trio.current_time() + wait_seconds
+        answers: list[dict[str, Any]] | None = None
         async with self._document(db_id) as actor:
             signal = self._signal(actor)
             while True:
                 woken = trio.Event()
-                signal.waiters.append(woken)  # before the op: a commit after it still wakes us
+                if max_jobs:
+                    signal.waiters.append(woken)  # before the op: a commit after it still wakes us
                 touch = self._touch_worker(db_id, worker_id)
+                pending = acks if answers is None else []
 
-                def claim(tx: ops.Tx, touch: bool = touch) -> list[ops.Claimed] | int | None:
-                    return ops.fetch(tx, queues, worker_id, lease_seconds, max_jobs, touch_worker=touch)
+                def claim(
+                    tx: ops.Tx, touch: bool = touch, pending: list[tuple[int, str, str | None]] = pending
+                ) -> tuple[list[Job | SkaldError], list[ops.Claimed] | int | None]:
+                    done = ops.ack_many(tx, pending) if pending else []
+                    if not max_jobs:
+                        return done, []
+                    return done, ops.fetch(tx, queues, worker_id, lease_seconds, max_jobs, touch_worker=touch)
 
                 try:
-                    outcome = await self._write(actor, claim)
+                    done, outcome = await self._write(actor, claim)
+                    if answers is None:
+                        answers = _ack_answers(acks, done)
                     if isinstance(outcome, list):
-                        return [Fetched(claimed.job, claimed.lease) for claimed in outcome]
+                        return answers, [Fetched(claimed.job, claimed.lease) for claimed in outcome]
                     if trio.current_time() >= deadline:
-                        return []
+                        return answers, []
                     with trio.move_on_at(deadline):
                         async with trio.open_nursery() as nursery:
                             if outcome is not None:
@@ -251,7 +390,7 @@ class JobService:
                             nursery.start_soon(self._wait_then_cancel, woken, actor.closing, self.shutdown,
                                                nursery.cancel_scope)
                     if actor.closing.is_set() or self.shutdown.is_set():
-                        return []
+                        return answers, []
                 finally:
                     if woken in signal.waiters:
                         signal.waiters.remove(woken)
@@ -281,12 +420,7 @@ class JobService:
 
     async def ack_many(self, db_id: str, acks: list[tuple[int, str, str | None]]) -> list[dict[str, Any]]:
         """Each ack's answer: ``{"id", "ok": true, "state"}`` or ``{"id", "ok": false, "code", "detail"}``."""
-        answers = await self._run(db_id, lambda tx: ops.ack_many(tx, acks))
-        return [
-            {"id": job_id, "ok": False, "code": a.code, "detail": a.detail} if isinstance(a, SkaldError)
-            else {"id": job_id, "ok": True, "state": a.state}
-            for (job_id, _, _), a in zip(acks, answers, strict=True)
-        ]
+        return _ack_answers(acks, await self._run(db_id, lambda tx: ops.ack_many(tx, acks)))
 
     async def fail(
         self, db_id: str, job_id: int, lease: str, error: str, backtrace: str | None, checkpoint: str | None
@@ -392,3 +526,11 @@ class JobService:
                     yield json_event("heartbeat", {})
             if shutdown.is_set():
                 yield final_event(resume_from=last)
+
+
+def _ack_answers(acks: list[tuple[int, str, str | None]], done: list[Job | SkaldError]) -> list[dict[str, Any]]:
+    return [
+        {"id": job_id, "ok": False, "code": a.code, "detail": a.detail} if isinstance(a, SkaldError)
+        else {"id": job_id, "ok": True, "state": a.state}
+        for (job_id, _, _), a in zip(acks, done, strict=True)
+    ]

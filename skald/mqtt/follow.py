@@ -149,18 +149,9 @@ async def follow(
                         break
                 doc.live = True
                 while True:
-                    try:
-                        message = await sub.receive.receive()
-                    except (trio.EndOfChannel, trio.ClosedResourceError):
+                    batch = await sub.take(LIVE_BATCH)  # all that is buffered (up to a batch): one write
+                    if not batch:
                         return  # overflow (handled by slow()) or the document is closing
-                    batch = [message]  # and whatever else is buffered: one write for all of it
-                    while len(batch) < LIVE_BATCH:
-                        try:
-                            batch.append(sub.receive.receive_nowait())
-                        except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
-                            break
-                    for taken in batch:
-                        sub.taken(taken)
                     fresh = [m for m in batch if m.id > (doc.last_sent or 0)]
                     await _deliver(connection, doc, fresh, replay=False)
                     pubsub.delivered.inc(len(fresh))

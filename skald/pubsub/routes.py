@@ -38,7 +38,10 @@ BATCH_MAX_BODY_BYTES = 8 * 1024 * 1024
 
 
 def install(app: QuartTrio, state: AppState) -> None:
-    pubsub = PubSub(state.supervisor, state.metrics, state.settings.subscriber_buffer)
+    settings = state.settings
+    pubsub = PubSub(
+        state.supervisor, state.metrics, settings.subscriber_buffer, fanout_interval=settings.fanout_interval_seconds
+    )
     state.pubsub = pubsub
     base = "/api/v1/db/<db_id>"
     app.add_url_rule(f"{base}/messages", view_func=publish_view, methods=["POST"])

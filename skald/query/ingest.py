@@ -6,7 +6,9 @@ a line sees every earlier line's effect; a line that fails (SQL error, constrain
 fails alone. The acknowledgement is the statement's result (``columns``, ``rows``,
 ``changes``, ``last_insert_rowid``, …) or ``{"line": n, "problem": {…}}``. The token needs
 ``query.read`` for the stream and the action of each line's class (``query.write``,
-``query.admin``), checked per line. See :mod:`skald.http.ndjson`.
+``query.admin``), checked per line. Lines of one stream that repeat a text share its prepared
+statement (:class:`skald.query.service.ReusedTexts` says why that is safe). See
+:mod:`skald.http.ndjson`.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from skald.http.ndjson import Ack, Start, Started
 from skald.http.state import AppState
 from skald.query.service import (
     Limits,
+    ReusedTexts,
     Statement,
     StatementResult,
     classify_sync,
@@ -57,6 +60,8 @@ async def open_query_stream(
 ) -> AsyncIterator[Start]:
     """Hold ``db_id`` open for the stream; yield the per-line ``start``."""
     limits = Limits.from_request(state.settings, None)
+    reuse = ReusedTexts.fresh()  # touched only by the writer thread, one op at a time
+    allowed: set[str] = set()  # actions decide() granted this stream's principal (it never changes)
     async with state.supervisor.open_document(db_id) as actor:
 
         async def start(value: Any) -> Started:
@@ -67,16 +72,20 @@ async def open_query_stream(
                 raise ValidationFailed(where) from None
             stmt = Statement(line.sql, decode_args(line.args))
             known = remembered_class(actor, stmt.sql)
-            if known is not None and known > StatementClass.READ:  # checked now, as POST …/query does
+            if known is not None and known > StatementClass.READ and known.action not in allowed:
+                # checked now, as POST …/query does; a denial is audited on every line that meets it
                 await check_scope(state, principal, db_id, known.action, None, path=path, ip=ip)
+                allowed.add(known.action)
 
             def op(conn: DocConnection) -> tuple[StatementClass, StatementResult]:
                 # Not remembered: classified here, on the writer, so an earlier line's DDL (queued
                 # just before, maybe not committed yet) is what this line is judged against.
                 cls = known if known is not None else classify_sync(conn, stmt)
-                if not decide(principal, db_id, cls.action).allowed:
-                    raise _NeedsScope(cls)
-                return cls, run_statement(conn, stmt, cls, limits)
+                if cls.action not in allowed:  # a set shared with the event loop: add/in hold the GIL
+                    if not decide(principal, db_id, cls.action).allowed:
+                        raise _NeedsScope(cls)
+                    allowed.add(cls.action)
+                return cls, run_statement(conn, stmt, cls, limits, reuse=reuse)
 
             generation = actor.schema_generation
             queued = await actor.enqueue_write(op)

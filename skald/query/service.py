@@ -26,9 +26,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import json
 import sqlite3
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
@@ -156,6 +158,57 @@ class Statement:
     params: Params
 
 
+_REUSED_TEXTS = 1024  # distinct texts one ReusedTexts keeps what it learnt about (then: prepared afresh)
+_stream_numbers = itertools.count()
+
+
+@dataclasses.dataclass
+class ReusedTexts:
+    """Prepared statements that the lines of one NDJSON query stream, or the single statements of one
+    open document, share (:func:`run_statement`).
+
+    User SQL was prepared afresh every run (``execute_untrusted``): SQLite consults the authorizer
+    only while it prepares, and a cached statement would skip the policy. But a stream's lines and
+    an application's requests mostly repeat a few texts (``INSERT INTO t VALUES (?)`` ten thousand
+    times), and preparing one (every authorizer callback a Python call taking the GIL from the
+    event loop) was most of a stream line's cost. Reuse is safe when the cached statement was
+    prepared under the *same* enforcing policy: the text skald runs starts with a comment naming
+    this set and the statement's class, so a statement is only ever handed back to a statement of
+    the same class, whose policy allowed every action it compiled to (a denied prepare is never
+    cached). A schema change makes SQLite prepare it again, under the policy of the statement that
+    runs it. The token's own scopes are checked as before (the class's action, per request or
+    line). Only READ and WRITE statements reuse: ADMIN ones (DDL) are prepared afresh every time.
+
+    What the authorizer taught about a text (does it write rows, insert rows) is kept in ``seen``,
+    for runs whose statement came from the cache and reached no callback; the tables written and
+    read are remembered by :meth:`DocConnection.execute`, as for skald's own statements.
+    """
+
+    prefix: str
+    seen: dict[tuple[str, StatementClass], tuple[bool, bool]] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def fresh(cls) -> ReusedTexts:
+        return cls(f"/* skald-stream {next(_stream_numbers)} ")
+
+    def text(self, sql: str, allowed: StatementClass) -> str | None:
+        """What to run for ``sql`` under ``allowed`` (None: run it as untrusted, never reused)."""
+        if allowed not in (StatementClass.READ, StatementClass.WRITE):
+            return None
+        if (sql, allowed) not in self.seen and len(self.seen) >= _REUSED_TEXTS:
+            return None
+        # Leading, as execute_untrusted's mark (ALTER TABLE keeps no leading comment in the schema).
+        return f"{self.prefix}{allowed.name} */ {sql}"
+
+    def learn(self, sql: str, allowed: StatementClass, recorder: ClassRecorder) -> tuple[bool, bool]:
+        """``(writes, inserts)`` of ``sql``: what ``recorder`` saw if it was prepared now, else what was kept."""
+        key = (sql, allowed)
+        if recorder.calls and not recorder.denied:
+            self.seen[key] = (recorder.writes, recorder.inserts)
+            return recorder.writes, recorder.inserts
+        return self.seen.get(key, (recorder.writes, recorder.inserts))
+
+
 # ---- in the connection's thread ------------------------------------------------------------------
 
 
@@ -195,12 +248,14 @@ def run_statement(
     limits: Limits,
     deadline: float | None = None,
     encode: Callable[[Any], JSONValue] = encode_value,
+    reuse: ReusedTexts | None = None,
 ) -> StatementResult:
     """Run one statement under an enforcing policy and the limits; fetch its bounded result.
 
     ``deadline`` (``time.monotonic()``) defaults to now + ``limits.timeout_ms``; a batch
     passes one deadline for all its statements. ``encode`` turns each SQLite value into
     its wire form (the query API's JSON by default; :mod:`skald.libsql` passes Hrana's).
+    ``reuse``: the prepared statements of one query stream (see :class:`ReusedTexts`).
     """
     stop_at = time.monotonic() + limits.timeout_ms / 1000 if deadline is None else deadline
     timed_out = False
@@ -213,6 +268,8 @@ def run_statement(
         return 0
 
     recorder = ClassRecorder(allowed, shadow_tables(conn))
+    text = reuse.text(stmt.sql, allowed) if reuse is not None else None
+    learned = (False, False)
     capability_objects = _capability_objects(conn) if allowed == StatementClass.ADMIN else None
     conn.set_progress_handler(progress, 1000)
     # The progress handler runs between VM instructions, never inside one function call: what
@@ -227,9 +284,14 @@ def run_statement(
                 # shadow tables); the user's statement, its triggers and views are compiled.
                 conn.set_trace_callback(recorder.started)
                 try:
-                    cursor = conn.execute_untrusted(stmt.sql, stmt.params)
+                    cursor = (
+                        conn.execute_untrusted(stmt.sql, stmt.params) if text is None
+                        else conn.execute(text, stmt.params)
+                    )
                 finally:
                     conn.set_trace_callback(None)
+                    if text is not None and reuse is not None:  # even if it failed running: it is cached
+                        learned = reuse.learn(stmt.sql, allowed, recorder)
             columns = [d[0] for d in cursor.description or ()]
             rows, truncated = _fetch(cursor, limits, encode)
             cursor.close()
@@ -256,10 +318,11 @@ def run_statement(
         # The authorizer does not report the new name of ALTER TABLE ... RENAME TO; a user
         # object under skald's prefix would collide with a later migration.
         raise StatementForbidden("refused: the statement creates or renames a capability table")
+    writes, inserts = (recorder.writes, recorder.inserts) if text is None else learned
     changes, rowid = conn.execute("SELECT changes(), last_insert_rowid()").fetchone()
-    if allowed == StatementClass.READ or not recorder.writes:
+    if allowed == StatementClass.READ or not writes:
         changes, rowid = 0, None  # changes() still holds the previous statement's count
-    elif not (recorder.inserts and changes):
+    elif not (inserts and changes):
         rowid = None  # only an INSERT/REPLACE that inserted has a rowid to report
     return StatementResult(columns, rows, truncated, changes, rowid, frozenset(tables))
 
@@ -424,6 +487,23 @@ async def classify_all(actor: DocumentActor, stmts: Sequence[Statement]) -> Stat
     return max([StatementClass.READ, *(cls for cls in classes if cls is not None)])
 
 
+_texts_of: weakref.WeakKeyDictionary[DocumentActor, ReusedTexts] = weakref.WeakKeyDictionary()
+
+
+def _document_texts(actor: DocumentActor) -> ReusedTexts:
+    """The prepared statements single ``/query`` statements (and watch re-runs) of one open document share.
+
+    As a stream's (:class:`ReusedTexts` says why a class-keyed text is safe to hand back): a
+    repeated ``INSERT`` or primary-key read compiles once per connection, not once per request.
+    Read statements run on several reader threads at once; what ``seen`` keeps matters only for
+    writes (a READ reports no changes), which run on the one writer thread.
+    """
+    texts = _texts_of.get(actor)
+    if texts is None:
+        texts = _texts_of[actor] = ReusedTexts.fresh()
+    return texts
+
+
 Guard = Callable[[DocConnection], None]
 """A check run first inside the same write op (e.g. a lease fence): raising refuses the write."""
 
@@ -436,13 +516,14 @@ async def execute(
     With a ``guard`` the statement always runs as a write op, right after the guard,
     so nothing can change what the guard checked in between.
     """
+    reuse = _document_texts(actor)
     if cls == StatementClass.READ and guard is None:
-        return await actor.read(lambda conn: run_statement(conn, stmt, cls, limits))
+        return await actor.read(lambda conn: run_statement(conn, stmt, cls, limits, reuse=reuse))
 
     def op(conn: DocConnection) -> StatementResult:
         if guard is not None:
             guard(conn)
-        return run_statement(conn, stmt, cls, limits)
+        return run_statement(conn, stmt, cls, limits, reuse=reuse)
 
     return await actor.write(op)
 

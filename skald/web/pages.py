@@ -94,7 +94,7 @@ def _may(signed: SignedIn, db_id: str, action: str) -> bool:
 
 def _abilities(signed: SignedIn, db_id: str) -> dict[str, bool]:
     return {a.replace(".", "_"): _may(signed, db_id, a)
-            for a in ("query.write", "query.admin", "pub.subscribe", "blob.read")}
+            for a in ("query.write", "query.admin", "pub.subscribe", "blob.read", "jobs.admin")}
 
 
 @page("query.read")

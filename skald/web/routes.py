@@ -30,13 +30,13 @@ from skald.auth.identity import (
 )
 from skald.auth.oidc import configured
 from skald.auth.scopes import GLOBAL, decide
-from skald.auth.sessions import create_session
+from skald.auth.sessions import create_session, stored_key
 from skald.auth.token_admin import record_event
 from skald.db.connection import DocConnection
 from skald.errors import SkaldError, TokenInvalid
 from skald.http.context import request_ip
 from skald.http.state import AppState, get_state
-from skald.web import pages
+from skald.web import jobs, pages
 from skald.web.render import render_page
 from skald.web.service import DocumentBrowser
 
@@ -55,6 +55,7 @@ def install(app: QuartTrio, state: AppState) -> None:
         ("/ui/login", login_submit, ["POST"]),
         ("/ui/signed-out", signed_out, ["GET"]),
         *pages.RULES,
+        *jobs.RULES,
     ]
     for rule, view, methods in rules:
         app.add_url_rule(rule, endpoint=f"web.{view.__name__}.{methods[0]}", view_func=view, methods=methods)
@@ -130,6 +131,8 @@ async def login_submit() -> Response:
         return session_id
 
     session_id = await state.supervisor.service.write(open_session)
+    if state.cluster is not None:  # the browser's next request may reach another node
+        await state.cluster.share_row("sessions", stored_key(session_id))
     await record_event(state, "login", actor=principal.id, subject=principal.id,
                        detail={"via": "token", "label": principal.label}, ip=request_ip())
     response = _redirect(safe_next(request.args.get("next") or form.get("next")))

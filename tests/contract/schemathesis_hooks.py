@@ -89,13 +89,15 @@ def before_call(context: HookContext, case: OpenApiCase, kwargs: dict[str, Any])
     revoke = case.operation.method.upper() == "DELETE" and case.operation.path.startswith("/api/v1/admin/tokens/")
     if revoke and case.path_parameters.get("token_id") == os.environ.get("SKALD_FUZZ_TOKEN_ID"):
         case.path_parameters["token_id"] = "tok_not_the_fuzzers_own"
-    if case.operation.path.endswith("/jobs/fetch"):
+    if case.operation.path.endswith(("/jobs/fetch", "/jobs/work")):
         # A long poll over an empty queue waits its whole wait_seconds (up to 60): the contract
-        # is the same at a second, and the run stays inside its time (and request-timeout).
+        # is the same at a second, and the run stays inside its time (and request-timeout). A
+        # work stream's body is its lines (each may wait).
         for body in (case.body, kwargs.get("json")):
-            wait = body.get("wait_seconds") if isinstance(body, dict) else None
-            if isinstance(body, dict) and isinstance(wait, int | float) and wait > 1:
-                body["wait_seconds"] = 1
+            for item in body if isinstance(body, list) else [body]:
+                wait = item.get("wait_seconds") if isinstance(item, dict) else None
+                if isinstance(item, dict) and isinstance(wait, int | float) and wait > 1:
+                    item["wait_seconds"] = 1
     if "/streams/" not in case.operation.path:
         return
     url = case.as_transport_kwargs()["url"]
@@ -138,7 +140,7 @@ def filter_failure(context: HookContext, failure: Failure, case: OpenApiCase, re
     return True
 
 
-# ---- NDJSON streams (POST …/messages/stream, …/query/stream) ----------------------------------------
+# ---- NDJSON streams (POST …/messages/stream, …/query/stream, …/jobs/stream, …/jobs/work) -----------------------
 # The schema describes a stream body as an array of its lines and an acknowledgement stream as an
 # array of ack objects; these turn one into the other on the wire.
 
@@ -152,6 +154,6 @@ def ndjson_lines(ctx: Any, value: Any) -> bytes:
 @schemathesis.deserializer("application/x-ndjson")
 def ndjson_acks(ctx: Any, response: Any) -> Any:
     text = response.content.decode()
-    if not ctx.operation.path.endswith("/stream"):
+    if not ctx.operation.path.endswith(("/stream", "/jobs/work")):
         return text  # other NDJSON answers (libSQL's Hrana cursor) are described as a string
     return [json.loads(line) for line in text.splitlines() if line.strip()]

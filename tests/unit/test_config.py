@@ -30,4 +30,7 @@ def test_config_file_from_env_and_errors(tmp_path: Path) -> None:
         load_settings(env={"SKALD_PORT": "eighty"})
     with pytest.raises(ConfigError):
         load_settings(env={"SKALD_LOG_FORMAT": "xml"})
+    with pytest.raises(ConfigError, match="fanout_interval_seconds"):
+        load_settings(env={"SKALD_FANOUT_INTERVAL_SECONDS": "-0.1"})
+    assert load_settings(env={"SKALD_FANOUT_INTERVAL_SECONDS": "0"}).fanout_interval_seconds == 0
     assert load_settings(env={"SKALD_COOKIE_SECURE": "false"}).cookie_secure is False

@@ -159,6 +159,70 @@
     });
   }
 
+  // The job queues overview: counts refreshed from GET …/jobs/queues whenever GET …/jobs/events says a
+  // job changed (one refresh at a time; changes during one cause one more). Only the rows the page
+  // already shows are updated: the server chose them for this viewer's scopes.
+  function startQueueCounts(root) {
+    var db = encodeURIComponent(root.dataset.db);
+    var status = root.querySelector("[data-status]");
+    var busy = false, again = false, updates = 0;
+
+    function fill(row, queue) {
+      var link = row.querySelector("td:first-child a");
+      row.querySelectorAll("td[data-state]").forEach(function (td) {
+        var n = queue.counts[td.dataset.state] || 0;
+        if (n > 0 && link) {
+          var a = document.createElement("a");
+          a.href = link.getAttribute("href") + "?state=" + encodeURIComponent(td.dataset.state);
+          a.textContent = String(n);
+          td.replaceChildren(a);
+        } else {
+          td.textContent = "0";
+        }
+      });
+      var pill = row.querySelector("[data-paused] .pill");
+      if (pill) {
+        pill.textContent = queue.paused ? "paused" : "active";
+        pill.className = "pill " + (queue.paused ? "paused" : "active");
+      }
+    }
+
+    function refresh() {
+      if (busy) { again = true; return; }
+      busy = true;
+      fetch("/api/v1/db/" + db + "/jobs/queues", { credentials: "same-origin", headers: { Accept: "application/json" } })
+        .then(function (response) {
+          if (!response.ok) throw new Error("status " + response.status);
+          return response.json();
+        })
+        .then(function (body) {
+          var byName = {};
+          body.queues.forEach(function (queue) { byName[queue.name] = queue; });
+          root.querySelectorAll("tr[data-queue]").forEach(function (row) {
+            var queue = byName[row.dataset.queue];
+            if (queue) fill(row, queue);
+          });
+          updates += 1;
+          root.dataset.updates = String(updates);
+          status.textContent = "live · updated " + new Date().toLocaleTimeString();
+        })
+        .catch(function (error) { status.textContent = "could not refresh the counts: " + error.message; })
+        .then(function () {
+          busy = false;
+          if (again) { again = false; refresh(); }
+        });
+    }
+
+    var source = new EventSource("/api/v1/db/" + db + "/jobs/events");
+    source.addEventListener("open", function () { status.textContent = "live"; root.dataset.live = "1"; });
+    source.addEventListener("job", refresh);
+    source.addEventListener("reset", refresh);
+    source.addEventListener("error", function () {
+      status.textContent = source.readyState === EventSource.CLOSED ? "live counts stopped; reload the page" : "reconnecting…";
+    });
+  }
+
   document.querySelectorAll("[data-live-query]").forEach(startWatch);
+  document.querySelectorAll("[data-job-counts]").forEach(startQueueCounts);
   document.querySelectorAll("[data-topic-tail]").forEach(startTail);
 })();

@@ -99,6 +99,22 @@ async def test_audit_paging(server: LiveServer) -> None:
         assert {e["event"] for e in created} == {"token.created"}
 
 
+async def test_audit_can_be_followed_oldest_first(server: LiveServer) -> None:
+    """``after_id``: the events after an id, oldest first (how a cluster collects each node's log)."""
+    async with server.client() as admin:
+        newest = (await admin.get("/api/v1/admin/audit", params={"limit": 1})).json()["events"][0]["id"]
+        for i in range(3):
+            assert (await admin.post("/api/v1/admin/tokens", json={"scopes": ["d:query.read"], "label": f"f{i}"})
+                    ).status_code == 201
+        page = (await admin.get("/api/v1/admin/audit", params={"after_id": newest, "limit": 2})).json()
+        ids = [e["id"] for e in page["events"]]
+        assert len(ids) == 2 and ids == sorted(ids) and ids[0] > newest
+        rest = (await admin.get("/api/v1/admin/audit", params={"after_id": ids[-1], "node": "local"})).json()
+        assert [e["detail"]["label"] for e in page["events"] + rest["events"]] == ["f0", "f1", "f2"]
+        wrong = await admin.get("/api/v1/admin/audit", params={"node": "all"})
+        assert wrong.status_code == 400 and wrong.json()["code"] == "validation_failed"
+
+
 async def test_openapi_documents_the_request_model(server: LiveServer) -> None:
     async with server.client(None) as client:
         spec = (await client.get("/openapi.json")).json()

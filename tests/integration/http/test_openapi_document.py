@@ -93,7 +93,7 @@ async def test_query_parameters_the_routes_read_are_declared(server: LiveServer)
     document = await _document(server)
     by_key = {(m, p): o for m, p, o in _operations(document)}
     expected = {
-        ("GET", "/api/v1/admin/audit"): {"before_id", "limit", "event"},
+        ("GET", "/api/v1/admin/audit"): {"before_id", "limit", "event", "after_id", "node"},
         ("GET", "/api/v1/db/{db_id}/messages"): {"topic", "since_id", "limit"},
         ("GET", "/api/v1/db/{db_id}/events/stream"): {"topic", "since_id", "tail", "heartbeat"},
         ("GET", "/api/v1/db/{db_id}/changes"): {"since", "limit"},

@@ -82,3 +82,17 @@ async def test_a_batch_of_remembered_statements_is_still_one_transaction(server:
         r = await admin.post("/api/v1/db/d/query/batch", json=batch)
         assert r.status_code == 409 and r.json()["statement_index"] == 1, r.text
         assert await _count(admin, "t") == 2
+
+
+async def test_a_prepared_statement_kept_for_writers_is_never_run_for_a_reader(server: LiveServer) -> None:
+    reader_token = await server.mint_token("d:query.read")
+    async with server.client() as admin, server.client(reader_token) as reader:
+        assert (await admin.put("/api/v1/db/d")).status_code == 201
+        assert (await _q(admin, "CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT)")).status_code == 200
+        for n in range(3):  # the same text: prepared once on the writer, then handed back
+            r = await _q(admin, INSERT, [f"a{n}"])
+            assert r.status_code == 200 and r.json()["changes"] == 1 and r.json()["last_insert_rowid"] == n + 1
+        for _ in range(2):
+            r = await _q(reader, INSERT, ["r"])
+            assert r.status_code == 403 and r.json()["code"] == "scope_denied"
+        assert await _count(admin, "t") == 3

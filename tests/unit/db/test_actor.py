@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import contextlib
 import itertools
+import os
 import sqlite3
 import threading
 from collections.abc import Callable, Sequence
@@ -332,3 +334,35 @@ async def test_interrupted_write_keeps_its_own_error_and_the_others_commit(tmp_p
         assert await _values(actor) == [1, 2]
         assert isinstance(outcomes[1], TooSlow)
         actor.stop()
+
+
+def _open_files(path: Path) -> int:
+    """File descriptors this process has open on the document (its file, -wal and -shm)."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            count += os.readlink(f"/proc/self/fd/{fd}").startswith(str(path))
+    return count
+
+
+async def test_connections_unused_for_a_while_are_closed_and_reopened_on_demand(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    path = tmp_path / "d.sqlite3"
+    async with trio.open_nursery() as nursery:
+        actor = await _started(nursery, path, connection_idle_seconds=30.0)
+        await actor.write(_insert(1))
+        assert await actor.read(lambda c: c.execute("SELECT v FROM t").fetchall()) == [(1,)]
+        both = _open_files(path)  # the writer and a reader
+        await trio.sleep(29)
+        assert _open_files(path) == both
+        await trio.sleep(2)  # both unused for 30 s now
+        # the next op waits for the actor to finish closing them; it opens the writer alone again
+        await actor.write(_insert(2))
+        writer_only = _open_files(path)
+        assert 0 < writer_only < both
+        # nothing was lost with them, and a read opens a reader again
+        assert await actor.read(lambda c: c.execute("SELECT v FROM t ORDER BY v").fetchall()) == [(1,), (2,)]
+        assert _open_files(path) > writer_only  # (SQLite shares one -shm descriptor per file: not exactly `both`)
+        actor.stop()
+    assert _open_files(path) == 0

@@ -60,3 +60,31 @@ def test_user_sql_with_a_trailing_comment_stays_one_statement(conn: DocConnectio
     with pytest.raises(sqlite3.ProgrammingError, match="one statement"):
         conn.execute_untrusted("SELECT 1; SELECT 2")
     conn.close()
+
+
+def test_a_statement_that_failed_running_still_counts_its_tables_when_it_comes_back_cached(
+    conn: DocConnection,
+) -> None:
+    conn.execute("CREATE UNIQUE INDEX t_v ON t (v)")
+    conn.execute("INSERT INTO t VALUES (?)", (1,))
+    sql = "INSERT INTO t VALUES (?) /* first run fails */"
+    with pytest.raises(sqlite3.IntegrityError):
+        conn.execute(sql, (1,))  # prepared (cached), then failed running
+    conn.written_tables = set()
+    conn.execute(sql, (2,))  # the cached statement: no callback
+    assert conn.written_tables == {"t", "log"}
+    conn.close()
+
+
+def test_a_cached_statement_prepared_again_after_a_schema_change_counts_its_new_tables(
+    conn: DocConnection,
+) -> None:
+    sql = "INSERT INTO log VALUES (?)"
+    conn.execute(sql, (1,))
+    conn.execute("CREATE TABLE audit (v)")
+    conn.execute("CREATE TRIGGER log_audit AFTER INSERT ON log BEGIN INSERT INTO audit VALUES (new.v); END")
+    for _ in range(2):  # prepared again (callbacks), then a cache hit again
+        conn.written_tables = set()
+        conn.execute(sql, (2,))
+        assert conn.written_tables == {"log", "audit"}
+    conn.close()

@@ -88,19 +88,27 @@ def _task_count() -> int:
     return walk(root)
 
 
+def _connection_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name.startswith(("skald-writer", "skald-reader", "skald-doc-"))]
+
+
 async def test_open_and_reap_500_documents_leaves_nothing_behind(tmp_path: Path) -> None:
     async with trio.open_nursery() as nursery:
-        sup = await _supervisor(nursery, tmp_path, idle_timeout=3600.0)
+        sup = await _supervisor(nursery, tmp_path, idle_timeout=3600.0, db_writer_threads=3, db_reader_threads=2)
         await trio.testing.wait_all_tasks_blocked()
-        fds, threads, tasks = _fd_count(), threading.active_count(), _task_count()
+        fds, tasks = _fd_count(), _task_count()
+        peak = 0
         for i in range(500):
             db_id = f"doc-{i}"
             await sup.create_document(db_id)
             async with sup.open_document(db_id) as actor:
                 await actor.write(lambda c: c.execute("CREATE TABLE IF NOT EXISTS t (x)"))
                 await actor.read(lambda c: c.execute("SELECT count(*) FROM t").fetchone())
+            peak = max(peak, len(_connection_threads()))
         assert len(sup.open_actors) == 500
-        assert threading.active_count() > threads
+        # 1,000 connections open, and never more threads than the two pools' sizes
+        assert _fd_count() > fds
+        assert 0 < peak <= 3 + 2
         stopped = [sup.open_actors[d] for d in sup.reap_idle_now(min_idle=0)]
         assert len(stopped) == 500
         for actor in stopped:
@@ -108,9 +116,29 @@ async def test_open_and_reap_500_documents_leaves_nothing_behind(tmp_path: Path)
         await trio.testing.wait_all_tasks_blocked()
         assert sup.open_actors == {}
         assert _fd_count() <= fds  # other tests' sockets may close meanwhile; a leak only adds
-        # trio's own thread cache may retire idle threads meanwhile, so: no more than before,
-        # and none of skald's connection threads left.
-        assert threading.active_count() <= threads
-        assert not [t for t in threading.enumerate() if t.name.startswith(("skald-writer-doc-", "skald-reader-doc-"))]
         assert _task_count() == tasks
+        await sup.aclose()
+    # the pools' threads end with the supervisor
+    assert _connection_threads() == []
+
+
+async def test_a_document_used_again_is_reaped_a_full_timeout_after_its_last_use(
+    tmp_path: Path, autojump_clock: trio.abc.Clock
+) -> None:
+    async with trio.open_nursery() as nursery:
+        sup = await _supervisor(nursery, tmp_path, idle_timeout=60.0)
+        actors = {}
+        for db_id in ("a", "b"):
+            await sup.create_document(db_id)
+            async with sup.open_document(db_id) as actors[db_id]:
+                await actors[db_id].write(lambda c: c.execute("CREATE TABLE t (x)"))
+        await trio.sleep(50)
+        async with sup.open_document("a") as a:  # lined up for t=60 already: used again at t=50
+            await a.read(lambda c: c.execute("SELECT count(*) FROM t").fetchone())
+        await trio.sleep(15)  # t=65
+        assert actors["b"].closing.is_set() and actors["b"].stop_reason == "idle"
+        await trio.sleep(40)  # t=105: a's last use + 55 s
+        assert not a.closing.is_set()
+        await trio.sleep(10)  # t=115
+        assert a.closing.is_set() and a.stop_reason == "idle"
         await sup.aclose()

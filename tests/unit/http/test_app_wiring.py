@@ -65,3 +65,14 @@ def test_routes_never_open_documents() -> None:
         if "open_document(" in inspect.getsource(importlib.import_module(install.__module__))
     ]
     assert offenders == []
+
+
+def test_a_cluster_node_runs_no_blob_gc(tmp_path: Path) -> None:
+    # A node's service DB knows only the objects uploaded through it: its GC would delete from the
+    # shared bucket objects that other nodes' documents reference. A single node keeps its GC.
+    blobs = {"s3_endpoint_url": "http://127.0.0.1:9", "s3_bucket": "b"}
+    single: AppState = app_module.create_app(make_settings(tmp_path / "one", **blobs)).extensions["skald"]
+    assert single.blob_gc is not None
+    node = make_settings(tmp_path / "node", cluster_node_id="n1", cluster_etcd_endpoints="http://127.0.0.1:9", **blobs)
+    clustered: AppState = app_module.create_app(node).extensions["skald"]
+    assert clustered.cluster is not None and clustered.blob_gc is None

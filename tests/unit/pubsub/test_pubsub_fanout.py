@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import pytest
 import trio
+import trio.testing
 
 from skald.errors import PayloadTooLarge, ValidationFailed
 from skald.pubsub import service as pubsub_module
@@ -28,16 +29,14 @@ def test_overflow_by_count_drops_the_buffer_and_remembers_the_gap() -> None:
     assert sub.overflowed and sub.closed
     assert sub.first_lost_id == 5  # the buffered messages were freed too
     assert sub.buffered_bytes == 0
-    with pytest.raises(trio.EndOfChannel):
-        sub.receive.receive_nowait()
+    assert sub.take_nowait() == []
 
 
 def test_overflow_by_bytes(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(pubsub_module, "SUBSCRIBER_BUFFER_BYTES", 100)
     sub = Subscriber([], None, 1000)
     assert sub.offer(_msg(1, size=60))
-    message = sub.receive.receive_nowait()
-    sub.taken(message)
+    assert [m.id for m in sub.take_nowait()] == [1]
     assert sub.offer(_msg(2, size=60))
     assert not sub.offer(_msg(3, size=60))  # 120 bytes would be buffered
     assert sub.first_lost_id == 2
@@ -68,3 +67,34 @@ def test_parse_publish_limits() -> None:
         parse_publish({"topic": "a", "payload_text": 5}, 100)
     with pytest.raises(ValidationFailed):
         parse_publish({"topic": "a", "payload": 1, "dedupe_key": ""}, 100)
+
+
+async def test_take_waits_for_a_message_and_takes_all_that_is_buffered() -> None:
+    sub = Subscriber([], None, 10)
+    taken: list[list[int]] = []
+
+    async def reader() -> None:
+        while batch := await sub.take():
+            taken.append([m.id for m in batch])
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(reader)
+        await trio.testing.wait_all_tasks_blocked()
+        for i in (1, 2, 3):
+            assert sub.offer(_msg(i))
+        await trio.testing.wait_all_tasks_blocked()
+        assert sub.offer(_msg(4))
+        await trio.testing.wait_all_tasks_blocked()
+        sub.close()  # ends the reader: take() answers [] once closed and empty
+    assert taken == [[1, 2, 3], [4]]
+    assert sub.buffered == 0 and sub.buffered_bytes == 0
+
+
+async def test_a_cancelled_take_leaves_the_buffer_and_a_later_take_gets_it() -> None:
+    sub = Subscriber([], None, 10)
+    with trio.move_on_after(0):
+        await sub.take()
+    assert sub.offer(_msg(1)) and sub.offer(_msg(2))
+    assert [m.id for m in await sub.take(limit=1)] == [1]
+    assert sub.buffered == 1 and sub.buffered_bytes == 1
+    assert [m.id for m in await sub.take()] == [2]
