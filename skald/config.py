@@ -39,6 +39,9 @@ class Settings:
     # logging
     log_level: str = "info"
     log_format: str = "console"  # console | json
+    tracemalloc: bool = False  # debug only: trace allocations, a growth report on SIGUSR1 (docs/operations.md)
+    malloc_arena_max: int = 2  # glibc malloc arenas shared by all threads (0 = glibc's default, 8 per core)
+    malloc_trim_seconds: float = 30.0  # give freed native memory back this often (0 = never)
     # runtime
     idle_timeout: float = 300.0
     mailbox_size: int = 1024

@@ -15,6 +15,7 @@ import trio
 
 from skald.relay.channels import Transfer
 from skald.server.hang_ups import on_hang_up
+from skald.server.joined_writes import joined_writes
 from skald.server.patches import queued_receive
 
 Message = MutableMapping[str, Any]
@@ -183,7 +184,8 @@ async def deliver(
             # The head leaves once the body's first piece is at hand: as legacy's Go server, which sends
             # headers with the first body bytes.
             data = None if due == 0 else await transfer.body.take()
-            await send({"type": "http.response.start", "status": transfer.status, "headers": _framed(transfer)})
+            head: Message | None = {"type": "http.response.start", "status": transfer.status,
+                                    "headers": _framed(transfer)}
             sent, last, whole = 0, b"", due == 0
             while data is not None:
                 if (due is not None and sent + len(data) >= due) or (
@@ -191,20 +193,29 @@ async def deliver(
                 ):
                     last, whole = data, True  # the whole rest: it ends the response in the same write
                     break
+                if head is not None:
+                    await send(head)
+                    head = None
                 await send({"type": "http.response.body", "body": data, "more_body": True})
                 sent += len(data)
                 data = await transfer.body.take()
             else:
                 whole = whole or (not transfer.producer_aborted and (due is None or sent == due))
             if not whole:
+                if head is not None:
+                    await send(head)
                 # Ending the app without the message's end makes hypercorn close the connection:
                 # the client sees a cut body, not a whole one.
                 return False
             if not gone.is_set():
                 # Shielded: completing the response makes hypercorn report a disconnect at once,
-                # which must not cancel the very send that completed it.
+                # which must not cancel the very send that completed it. What is left of the response
+                # (all of it, for a small message) leaves in one socket write.
                 with trio.CancelScope(shield=True):
-                    await send({"type": "http.response.body", "body": last, "more_body": False})
+                    async with joined_writes():
+                        if head is not None:
+                            await send(head)
+                        await send({"type": "http.response.body", "body": last, "more_body": False})
                 delivered = True
         finally:
             transfer.finish(delivered)
@@ -234,8 +245,9 @@ async def whole_response(
     """A response whose body is at hand."""
     start = [(b"content-type", content_type), (b"content-length", str(len(body)).encode())]
     with contextlib.suppress(OSError):
-        await send({"type": "http.response.start", "status": status, "headers": start + (headers or [])})
-        await send({"type": "http.response.body", "body": body, "more_body": False})
+        async with joined_writes():  # head and body in one socket write
+            await send({"type": "http.response.start", "status": status, "headers": start + (headers or [])})
+            await send({"type": "http.response.body", "body": body, "more_body": False})
 
 
 async def text_response(send: Send, status: int, text: str, headers: list[tuple[bytes, bytes]] | None = None) -> None:

@@ -28,6 +28,9 @@ naming the patch.
 - ``connection_limits``: ``max_connections`` and ``request_head_timeout``
   (:mod:`skald.server.connection_limits`); needs ``keep_alive_timer``; without it the four marked tests of
   ``tests/integration/server/test_slow_clients.py`` fail.
+- ``joined_writes``: inside :func:`~skald.server.joined_writes.joined_writes` the ASGI messages a task
+  sends leave in one socket write (the relay's small messages: five writes down to two per message);
+  figures in ``docs/performance.md#relay``.
 - ``queued_receive``: replaces nothing; :func:`queued_receive` reads what hypercorn's trio worker
   already queued for the app without a scheduler trip per message.
 
@@ -64,7 +67,7 @@ from hypercorn.trio.tcp_server import TCPServer
 from hypercorn.typing import H11SendableEvent
 
 from skald.errors import SkaldError
-from skald.server import hang_ups
+from skald.server import hang_ups, joined_writes
 from skald.server.connection_limits import TOO_MANY_ANSWER, limits_of, refuse
 from skald.server.h11_reads import READ_SIZE, JoiningConnection
 from skald.server.keep_alive import KeepAliveTimer, read_data
@@ -175,6 +178,7 @@ PATCHES: tuple[Patch, ...] = (
     ), ("send_h11_event",)),
     Patch("connection_limits", (_RUN, _READ_DATA), ("run", "read_data"), requires=("keep_alive_timer",)),
     Patch("queued_receive", (same_source(TaskGroup, "spawn_app", "487c35772c8bd89c"),), ()),
+    Patch("joined_writes", (same_source(TCPServer, "protocol_send", "22b51ba714d07580"),), ("protocol_send",)),
 )
 NAMES = tuple(patch.name for patch in PATCHES)
 _BY_NAME = {patch.name: patch for patch in PATCHES}
@@ -342,6 +346,12 @@ def _hook_send_h11_event() -> None:
     setattr(H11Protocol, "_send_h11_event", send_h11_event)  # noqa: B010
 
 
+def _hook_protocol_send() -> None:
+    original = _replace(TCPServer, "protocol_send", lambda self, event: None)
+    hooked = joined_writes.hook(original, lambda config: _on(config, "joined_writes"))
+    setattr(TCPServer, "protocol_send", hooked)  # noqa: B010
+
+
 def queued_receive(receive: Callable[[], Awaitable[Any]]) -> Callable[[], Any] | None:
     """The non-blocking twin of an ASGI ``receive``, where hypercorn's trio worker made it.
 
@@ -370,4 +380,5 @@ _HOOKS: dict[str, Callable[[], None]] = {
     "read_data": _hook_read_data,
     "protocol_init": _hook_protocol_init,
     "send_h11_event": _hook_send_h11_event,
+    "protocol_send": _hook_protocol_send,
 }

@@ -24,6 +24,7 @@ from quart_trio import QuartTrio
 from skald.config import ConfigError, Settings
 from skald.http.app import create_app
 from skald.http.state import AppState
+from skald.server import native_memory, tracemalloc_dumps
 from skald.server import patches as hypercorn_patches
 from skald.server.connection_limits import ConnectionLimits, SkaldConfig, fit_descriptor_limit
 
@@ -141,6 +142,9 @@ async def serve(settings: Settings, *, task_status: trio.TaskStatus[list[str]] =
     config = hypercorn_config(settings)
     sockets = bind_sockets(config)
     mqtt_sockets: list[socket.socket] = []
+    if settings.tracemalloc:
+        tracemalloc_dumps.start()  # before the app exists: its allocations are traced too
+    native_memory.limit_arenas(settings.malloc_arena_max)  # before any actor thread exists
     try:
         if settings.mqtt_port is not None:
             # The HTTP sockets listen first (serve_app's listen() again is harmless): a port that is
@@ -165,9 +169,30 @@ async def serve(settings: Settings, *, task_status: trio.TaskStatus[list[str]] =
                 state.shutdown.begin()
                 return
 
+    housekeeping = trio.CancelScope()  # memory trims and tracemalloc dumps: they end with serving
+
+    async def serve_then_stop(*, task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            await serve_app(app, config, sockets=sockets, task_status=task_status)
+        finally:
+            housekeeping.cancel(reason="server exited")
+
+    async def dump_memory(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        with housekeeping:
+            await tracemalloc_dumps.serve_tracemalloc_dumps(settings.data_dir, task_status=task_status)
+
+    async def trim_memory(*, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        with housekeeping:
+            await native_memory.serve_memory_trims(settings.malloc_trim_seconds, task_status=task_status)
+
     async with trio.open_nursery() as nursery:
         await nursery.start(watch_signals)
-        binds = await nursery.start(partial(serve_app, app, config, sockets=sockets))
+        if settings.tracemalloc:
+            await nursery.start(dump_memory)
+        if settings.malloc_trim_seconds > 0:
+            await nursery.start(trim_memory)
+        binds = await nursery.start(serve_then_stop)
         for bind in binds:
             print(f"skald listening on {bind}", flush=True)
         task_status.started(binds)
