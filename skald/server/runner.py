@@ -12,7 +12,6 @@ import errno
 import math
 import signal
 import socket
-from functools import partial
 
 import structlog
 import trio
