@@ -23,6 +23,7 @@ from typing import Any
 import httpx
 import pytest
 import trio
+from support.jobs import all_jobs
 from support.live import ADMIN_TOKEN, SkaldProcess
 
 J = "/api/v1/db/work/jobs"
@@ -104,15 +105,7 @@ async def _round(url: str, run: Run, proc: SkaldProcess, kill_at: int | None) ->
 
 
 async def _all_jobs(client: httpx.AsyncClient) -> list[dict[str, Any]]:
-    jobs: list[dict[str, Any]] = []
-    cursor = None
-    while True:
-        body: dict[str, Any] = {"filter": {"queue": "q"}, "limit": 1000, **({"cursor": cursor} if cursor else {})}
-        page = (await client.post(J + "/search", json=body)).json()
-        jobs += page["jobs"]
-        cursor = page["next_cursor"]
-        if cursor is None:
-            return jobs
+    return await all_jobs(client, J, "q")
 
 
 @pytest.mark.slow
