@@ -63,15 +63,17 @@ def decode_json_body(data: bytes | str) -> Any:
             raise InvalidJSON(f"request body is not valid UTF-8 (byte {exc.start})") from None
     else:
         text = data
+    # Depth is checked before decoding (skipped when the text shows it cannot fail: one count): the
+    # decoder recurses, and a garbage collection that runs finalizers a thousand frames deep makes them
+    # fail with RecursionError of their own (an unraisable error outside this request).
+    if text.count("[") + text.count("{") > MAX_JSON_DEPTH and _depth(text) > MAX_JSON_DEPTH:
+        raise InvalidJSON(f"JSON is nested deeper than {MAX_JSON_DEPTH} levels")
     try:
         value = _DECODER.decode(text)
-    except RecursionError:
+    except RecursionError:  # deep nesting _depth could not see (text that is not valid JSON)
         raise InvalidJSON(f"JSON is nested deeper than {MAX_JSON_DEPTH} levels") from None
     except ValueError as exc:  # JSONDecodeError, or a refused constant/number, or an int over 4300 digits
         raise InvalidJSON(f"request body is not valid JSON: {exc}") from None
-    # Each check is skipped when the text shows it cannot fail (the common case: one count, one search).
-    if text.count("[") + text.count("{") > MAX_JSON_DEPTH and _depth(text) > MAX_JSON_DEPTH:
-        raise InvalidJSON(f"JSON is nested deeper than {MAX_JSON_DEPTH} levels")
     if _SURROGATE_ESCAPE.search(text):
         _refuse_surrogates(value)
     return value

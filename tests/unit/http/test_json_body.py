@@ -129,3 +129,19 @@ def test_depth_counts_containers_not_brackets_in_strings(value: Any, extra: int,
     else:
         with pytest.raises(InvalidJSON, match=str(MAX_JSON_DEPTH)):
             decode_json_body(document)
+
+
+@pytest.mark.parametrize("opener", ["[", '{"a":'])
+def test_deep_nesting_is_refused_before_the_decoder_recurses(opener: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The decoder recursing a thousand frames deep lets a garbage collection run finalizers there,
+    # which then fail with RecursionError of their own (seen as an unraisable error in the suite).
+    import skald.http.json_body as json_body
+
+    class NoDecoder:
+        def decode(self, text: str) -> Any:
+            raise AssertionError("deep nesting reached the decoder")
+
+    monkeypatch.setattr(json_body, "_DECODER", NoDecoder())
+    closer = "]" if opener == "[" else "}"
+    with pytest.raises(InvalidJSON, match="nested deeper"):
+        decode_json_body(opener * 50_000 + "1" + closer * 50_000)
